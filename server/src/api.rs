@@ -1,0 +1,269 @@
+//! The HTTP API: document list, snapshot export and import, deletion,
+//! health and metrics. Every error is a JSON body `{"error": {"code",
+//! "message"}}`; a 5xx never reveals internals (they go to the log).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use quire_protocol::DocName;
+use quire_storage::{DocInfo, DocStore};
+use serde::{Deserialize, Serialize};
+use tracing::error;
+
+use crate::AppState;
+use crate::document::Document;
+use crate::room::RoomError;
+use crate::snapshot::{self, Format};
+
+/// Every way an API request can fail.
+#[derive(Debug)]
+pub enum AppError {
+    BadRequest(String),
+    NotFound(String),
+    /// Shutting down, or a document that cannot be loaded right now.
+    Unavailable(String),
+    /// Anything else; the detail is logged, not returned.
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match &self {
+            AppError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m.as_str()),
+            AppError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.as_str()),
+            AppError::Unavailable(m) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m.as_str())
+            }
+            AppError::Internal(detail) => {
+                error!(%detail, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal server error",
+                )
+            }
+        };
+        (
+            status,
+            Json(ErrorBody {
+                error: ErrorDetail { code, message },
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<RoomError> for AppError {
+    fn from(err: RoomError) -> Self {
+        match err {
+            RoomError::InvalidUpdate(m) => AppError::BadRequest(m),
+            RoomError::ShuttingDown => AppError::Unavailable(err.to_string()),
+            RoomError::Unavailable(m) => AppError::Internal(m),
+            RoomError::Gone => AppError::Internal("room kept closing".into()),
+        }
+    }
+}
+
+fn doc_name(raw: &str) -> Result<DocName, AppError> {
+    DocName::parse(raw).map_err(|e| AppError::BadRequest(e.to_string()))
+}
+
+/// Runs blocking storage work off the async threads.
+async fn blocking<T: Send + 'static>(
+    store: &Arc<dyn DocStore>,
+    f: impl FnOnce(&dyn DocStore) -> Result<T, quire_storage::StoreError> + Send + 'static,
+) -> Result<T, AppError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))?
+        .map_err(|e| AppError::Internal(e.to_string()))
+}
+
+/// One row of `GET /api/docs`.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DocSummary {
+    pub name: String,
+    /// Bytes stored for the document (its update log).
+    pub bytes: u64,
+    /// Entries in its update log.
+    pub updates: u64,
+    /// Last change, Unix milliseconds (0 if never stored).
+    pub modified_ms: u64,
+    /// Connections open on it now.
+    pub connections: usize,
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<DocSummary>>, AppError> {
+    let stored = blocking(&state.store, |store| store.list()).await?;
+    let mut live: std::collections::HashMap<String, usize> = state
+        .rooms
+        .live()
+        .into_iter()
+        .map(|(name, connections)| (name.to_string(), connections))
+        .collect();
+    let mut docs: Vec<DocSummary> = stored
+        .into_iter()
+        .map(
+            |DocInfo {
+                 name,
+                 bytes,
+                 updates,
+                 modified_ms,
+             }| DocSummary {
+                connections: live.remove(&name).unwrap_or(0),
+                name,
+                bytes,
+                updates,
+                modified_ms,
+            },
+        )
+        .collect();
+    // Documents open in an editor but not yet written to are listed too.
+    docs.extend(
+        live.into_iter()
+            .filter(|(_, c)| *c > 0)
+            .map(|(name, connections)| DocSummary {
+                name,
+                bytes: 0,
+                updates: 0,
+                modified_ms: 0,
+                connections,
+            }),
+    );
+    docs.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(docs))
+}
+
+#[derive(Deserialize)]
+pub struct SnapshotQuery {
+    format: Option<String>,
+}
+
+pub async fn export(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Query(query): Query<SnapshotQuery>,
+) -> Result<Response, AppError> {
+    let name = doc_name(&raw)?;
+    let format = match query.format.as_deref().unwrap_or("yjs") {
+        "yjs" => Format::Yjs,
+        "text" => Format::Text,
+        "json" => Format::Json,
+        other => {
+            return Err(AppError::BadRequest(format!(
+                "unknown format {other:?}; use yjs, text or json"
+            )));
+        }
+    };
+    let state_update = match state.rooms.get(&name) {
+        // A live room has the freshest state, pending parts included.
+        Some(room) => room.snapshot().await?,
+        None => {
+            let doc = name.to_string();
+            let stored = blocking(&state.store, move |store| store.load(&doc)).await?;
+            let Some(stored) = stored else {
+                return Err(AppError::NotFound(format!("no document named {name:?}")));
+            };
+            tokio::task::spawn_blocking(move || {
+                Document::from_updates(stored.updates.iter().map(Vec::as_slice))
+                    .map(|d| d.encode_state())
+            })
+            .await
+            .map_err(|e| AppError::Internal(e.to_string()))?
+            .map_err(|e| {
+                AppError::Internal(format!("stored document {name} does not merge: {e}"))
+            })?
+        }
+    };
+    let body = tokio::task::spawn_blocking(move || snapshot::render(state_update, format))
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))?
+        .map_err(|e| AppError::Internal(e.to_string()))?;
+    let disposition = format!(
+        "attachment; filename=\"{}.{}\"",
+        raw.replace(['"', '\\'], "_"),
+        format.extension()
+    );
+    let mut response = (StatusCode::OK, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    if let Ok(value) = HeaderValue::from_str(&disposition) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+#[derive(Serialize)]
+pub struct ImportResult {
+    /// False when the update held nothing the document did not have.
+    pub changed: bool,
+}
+
+pub async fn import(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    body: Bytes,
+) -> Result<Json<ImportResult>, AppError> {
+    let name = doc_name(&raw)?;
+    let changed = state
+        .rooms
+        .with_room(&name, |room| {
+            let body = body.clone();
+            async move { room.import(body).await }
+        })
+        .await?;
+    Ok(Json(ImportResult { changed }))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, AppError> {
+    let name = doc_name(&raw)?;
+    let doc = name.to_string();
+    let stored = blocking(&state.store, move |store| store.info(&doc))
+        .await?
+        .is_some();
+    if !stored && state.rooms.get(&name).is_none() {
+        return Err(AppError::NotFound(format!("no document named {name:?}")));
+    }
+    state
+        .rooms
+        .with_room(&name, |room| async move { room.delete().await })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}

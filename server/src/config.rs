@@ -1,0 +1,43 @@
+//! Server settings. `main.rs` fills them from flags and environment
+//! variables; tests build them directly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything `quire serve` can be told.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub addr: SocketAddr,
+    /// Folder of the embedded sled store.
+    pub data: PathBuf,
+    /// Largest WebSocket message accepted; larger ones close the connection (1009).
+    pub max_message_bytes: usize,
+    /// How long an empty room stays in memory before it is flushed and evicted.
+    pub room_grace: Duration,
+    /// Longest delay between storing an update and flushing it to disk.
+    pub commit_window: Duration,
+    /// Awareness states not renewed for this long are removed (y-protocols uses 30 s).
+    pub awareness_timeout: Duration,
+    /// Frames that may wait for one slow client before it is cut off (4408).
+    pub outbox_capacity: usize,
+    /// A room rewrites its log as one state update once it holds this many updates.
+    pub compact_after: u64,
+}
+
+impl Config {
+    /// Defaults for everything but where to listen and store.
+    pub fn new(addr: SocketAddr, data: PathBuf) -> Self {
+        Self {
+            addr,
+            data,
+            max_message_bytes: 32 * 1024 * 1024,
+            room_grace: Duration::from_secs(5),
+            commit_window: Duration::from_millis(2),
+            awareness_timeout: Duration::from_secs(30),
+            outbox_capacity: 4096,
+            compact_after: 1000,
+        }
+    }
+}

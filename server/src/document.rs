@@ -1,0 +1,182 @@
+//! One yrs document and the only ways Quire changes or reads it.
+//!
+//! yrs can panic on a malformed update. Every call that feeds it foreign bytes
+//! runs under `catch_unwind`; after a panic the document may be half-changed,
+//! so [`DocumentError::Poisoned`] tells the owner to drop it and rebuild it
+//! from storage (which only ever received updates that applied cleanly).
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use thiserror::Error;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
+
+#[derive(Debug, Error)]
+pub enum DocumentError {
+    #[error("invalid update: {0}")]
+    InvalidUpdate(String),
+    #[error("invalid state vector: {0}")]
+    InvalidStateVector(String),
+    /// yrs panicked while applying; the in-memory document can no longer be trusted.
+    #[error("update made the CRDT engine fail; it was not applied")]
+    Poisoned,
+}
+
+/// A yrs document plus the discipline around it.
+pub struct Document {
+    doc: Doc,
+}
+
+impl Default for Document {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Document {
+    pub fn new() -> Self {
+        // The server never edits, so its client id never appears in updates;
+        // `skip_gc` stays off so deleted content is collected as in Yjs.
+        Self { doc: Doc::new() }
+    }
+
+    /// Rebuilds a document from its stored log, in one transaction.
+    pub fn from_updates<'a>(
+        updates: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Self, DocumentError> {
+        let document = Self::new();
+        {
+            let decoded = updates
+                .into_iter()
+                .map(|bytes| {
+                    Update::decode_v1(bytes)
+                        .map_err(|e| DocumentError::InvalidUpdate(e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            guarded(|| {
+                let mut txn = document.doc.transact_mut();
+                for update in decoded {
+                    txn.apply_update(update)
+                        .map_err(|e| DocumentError::InvalidUpdate(e.to_string()))?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(document)
+    }
+
+    /// Applies a remote update. Returns the part that was new to this
+    /// document, encoded as an update (what must be stored and relayed), or
+    /// `None` when the update changed nothing.
+    pub fn apply(&mut self, bytes: &[u8]) -> Result<Option<Vec<u8>>, DocumentError> {
+        let doc = &self.doc;
+        guarded(|| {
+            let update = Update::decode_v1(bytes)
+                .map_err(|e| DocumentError::InvalidUpdate(e.to_string()))?;
+            let mut txn = doc.transact_mut();
+            txn.apply_update(update)
+                .map_err(|e| DocumentError::InvalidUpdate(e.to_string()))?;
+            let changed = !txn.delete_set().is_empty() || txn.before_state() != txn.after_state();
+            Ok(changed.then(|| txn.encode_update_v1()))
+        })
+    }
+
+    /// This document's state vector, encoded (the payload of sync step 1).
+    pub fn state_vector(&self) -> Vec<u8> {
+        self.doc.transact().state_vector().encode_v1()
+    }
+
+    /// What a peer with state vector `sv` lacks (the payload of sync step 2).
+    pub fn diff(&self, sv: &[u8]) -> Result<Vec<u8>, DocumentError> {
+        guarded(|| {
+            let sv = StateVector::decode_v1(sv)
+                .map_err(|e| DocumentError::InvalidStateVector(e.to_string()))?;
+            Ok(self.doc.transact().encode_diff_v1(&sv))
+        })
+    }
+
+    /// The whole document as one update (pending parts included).
+    pub fn encode_state(&self) -> Vec<u8> {
+        self.doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    }
+
+    /// The underlying yrs document, for read-only rendering.
+    pub fn doc(&self) -> &Doc {
+        &self.doc
+    }
+}
+
+/// Runs `f`, turning a panic inside yrs into [`DocumentError::Poisoned`].
+fn guarded<T>(f: impl FnOnce() -> Result<T, DocumentError>) -> Result<T, DocumentError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(Err(DocumentError::Poisoned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{GetString, Text};
+
+    fn edit(text: &str) -> Vec<u8> {
+        let doc = Doc::new();
+        let content = doc.get_or_insert_text("content");
+        let mut txn = doc.transact_mut();
+        content.insert(&mut txn, 0, text);
+        txn.encode_update_v1()
+    }
+
+    fn text_of(document: &Document) -> String {
+        let content = document.doc().get_or_insert_text("content");
+        content.get_string(&document.doc().transact())
+    }
+
+    #[test]
+    fn apply_returns_only_what_was_new() {
+        let mut document = Document::new();
+        let update = edit("hello");
+        assert!(document.apply(&update).unwrap().is_some());
+        assert!(
+            document.apply(&update).unwrap().is_none(),
+            "a duplicate changes nothing"
+        );
+        assert_eq!(text_of(&document), "hello");
+    }
+
+    #[test]
+    fn garbage_is_rejected_and_changes_nothing() {
+        let mut document = Document::new();
+        document.apply(&edit("kept")).unwrap();
+        for garbage in [
+            &[0xff, 0xff, 0xff][..],
+            &[1, 1, 1, 1, 1, 1],
+            b"not an update at all",
+        ] {
+            assert!(document.apply(garbage).is_err());
+        }
+        assert_eq!(text_of(&document), "kept");
+    }
+
+    #[test]
+    fn diff_against_own_state_vector_is_empty_of_content() {
+        let mut document = Document::new();
+        document.apply(&edit("abc")).unwrap();
+        let diff = document.diff(&document.state_vector()).unwrap();
+        let mut other = Document::new();
+        assert!(other.apply(&diff).unwrap().is_none());
+        assert!(document.diff(&[0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn from_updates_equals_applying_one_by_one() {
+        let a = edit("one");
+        let b = edit("two");
+        let rebuilt = Document::from_updates([a.as_slice(), b.as_slice()]).unwrap();
+        let mut stepwise = Document::new();
+        stepwise.apply(&a).unwrap();
+        stepwise.apply(&b).unwrap();
+        assert_eq!(text_of(&rebuilt), text_of(&stepwise));
+        assert_eq!(rebuilt.encode_state(), stepwise.encode_state());
+    }
+}

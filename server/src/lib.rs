@@ -1,0 +1,151 @@
+//! The Quire server: y-websocket rooms over axum, one actor per live
+//! document, sled storage behind the `DocStore` trait.
+//!
+//! # Layout
+//!
+//! - [`config`]: every setting `quire serve` takes.
+//! - [`connection`]: one WebSocket; decodes frames, forwards them to its
+//!   room, writes what the room queues, closes with a clear code.
+//! - [`room`]: the actor that owns one document, its presence table and its
+//!   members; the only writer of that document and its log.
+//! - [`rooms`]: the registry of live rooms; opens, evicts, shuts down.
+//! - [`document`]: a yrs `Doc` with panic containment and the few
+//!   operations Quire needs (apply and return the delta, diff, state).
+//! - [`snapshot`]: exports as a Yjs update, text or JSON.
+//! - [`api`]: the HTTP API and its single error type.
+//! - [`metrics`]: Prometheus metrics.
+//!
+//! [`app`] builds the router from an [`AppState`], so tests can drive it
+//! directly; [`serve`] runs it on a listener until a shutdown signal.
+
+pub mod api;
+pub mod config;
+pub mod connection;
+pub mod document;
+pub mod metrics;
+pub mod room;
+pub mod rooms;
+pub mod snapshot;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::response::Response;
+use axum::routing::get;
+use quire_storage::{DocStore, SledOptions, SledStore, StoreError};
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+use tracing::{info, warn};
+
+pub use config::Config;
+use metrics::Metrics;
+use rooms::Rooms;
+
+/// What every request handler and connection shares. Cloning is cheap.
+#[derive(Clone)]
+pub struct AppState {
+    /// Live rooms, by document name.
+    pub rooms: Rooms,
+    /// The document store (reads for listing and export go straight to it).
+    pub store: Arc<dyn DocStore>,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Settings, read-only after start.
+    pub config: Arc<Config>,
+}
+
+impl AppState {
+    pub fn new(config: Config, store: Arc<dyn DocStore>) -> Self {
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::new());
+        Self {
+            rooms: Rooms::new(store.clone(), config.clone(), metrics.clone()),
+            store,
+            metrics,
+            config,
+        }
+    }
+}
+
+/// Opens the embedded sled store the configuration names.
+pub fn open_store(config: &Config) -> Result<Arc<SledStore>, StoreError> {
+    let options = SledOptions {
+        commit_window: config.commit_window,
+        ..SledOptions::default()
+    };
+    Ok(Arc::new(SledStore::open(&config.data, options)?))
+}
+
+/// The whole HTTP surface.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/ws/{doc}", get(ws_upgrade))
+        .route("/api/docs", get(api::list))
+        .route(
+            "/api/docs/{doc}/snapshot",
+            get(api::export).put(api::import),
+        )
+        .route("/api/docs/{doc}", axum::routing::delete(api::delete))
+        .route("/healthz", get(api::healthz))
+        .route("/metrics", get(api::metrics))
+        .layer(DefaultBodyLimit::max(state.config.max_message_bytes))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn ws_upgrade(
+    ws: WebSocketUpgrade,
+    Path(doc): Path<String>,
+    State(state): State<AppState>,
+) -> Response {
+    let limit = state.config.max_message_bytes;
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| connection::serve(socket, doc, state))
+}
+
+/// Serves on `listener` until `shutdown` completes, then closes every room
+/// (connections get 1001), waits for their connections to end and flushes
+/// storage.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mut durability = state.store.durability();
+    let metrics = state.metrics.clone();
+    let recorder = tokio::spawn(async move {
+        while durability.changed().await.is_ok() {
+            let committed = *durability.borrow_and_update();
+            metrics.record_commit(&committed);
+        }
+    });
+
+    let rooms = state.rooms.clone();
+    let router = app(state.clone());
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            info!("shutting down: closing rooms");
+            rooms.shutdown().await;
+        })
+        .await?;
+
+    // Upgraded WebSockets outlive axum's graceful shutdown; give them a
+    // moment to send their close frames.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while state.metrics.connections.get() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    recorder.abort();
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.flush()).await {
+        Ok(Ok(())) => info!("storage flushed; bye"),
+        Ok(Err(err)) => warn!(%err, "final flush failed"),
+        Err(err) => warn!(%err, "final flush panicked"),
+    }
+    Ok(())
+}

@@ -1,0 +1,706 @@
+//! One live document: a task (actor) that owns the yrs document, the
+//! presence table and the list of connections, and is the only code that
+//! changes the document or appends to its log.
+//!
+//! Connections and the HTTP API talk to it through a [`RoomHandle`] over a
+//! bounded channel, so a room processes one message at a time and needs no
+//! lock. The path of one update:
+//!
+//! 1. a connection decodes a frame into an [`Inbound`] and sends it here;
+//! 2. [`Document::apply`] integrates it and yields the part that was new;
+//! 3. that delta is appended to the store (visible at once, durable after the
+//!    next group commit);
+//! 4. the delta is encoded once and queued to every other member.
+//!
+//! A member whose outbound queue is full is cut off with
+//! [`close::TOO_SLOW`]: it reconnects and resyncs by state vector, so no
+//! update is ever silently dropped.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use quire_protocol::{AwarenessTable, ClientId, DocName, Message, SyncMessage, close};
+use quire_storage::{DocStore, Seq, StoreError, StoredDoc};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
+use tracing::{debug, error, info, warn};
+
+use crate::document::{Document, DocumentError};
+use crate::rooms::Rooms;
+
+/// Identifies one WebSocket connection for the lifetime of the process.
+pub type ConnId = u64;
+
+/// Commands a room accepts. Capacity of the channel bounds how far a busy
+/// room can fall behind before senders wait.
+pub const ROOM_CHANNEL_CAPACITY: usize = 256;
+
+/// A WebSocket close the room asks a connection to perform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Close {
+    pub fn new(code: u16, reason: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The two queues a connection hands to the room when it joins.
+#[derive(Debug, Clone)]
+pub struct MemberChannels {
+    /// Encoded frames to write to the socket, in order.
+    pub frames: mpsc::Sender<Bytes>,
+    /// A close to perform; capacity 1, and one close is all that matters.
+    pub close: mpsc::Sender<Close>,
+}
+
+/// A decoded client message, payloads sharing the frame's buffer.
+#[derive(Debug, Clone)]
+pub enum Inbound {
+    /// Sync step 1: the client's state vector.
+    StateVector(Bytes),
+    /// Sync step 2 or update: changes to merge.
+    Update(Bytes),
+    /// An awareness update.
+    Awareness(Bytes),
+    /// "Send me everyone's awareness."
+    QueryAwareness,
+}
+
+/// Why a room could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RoomError {
+    /// The room was evicted between lookup and use; look it up again.
+    #[error("room closed")]
+    Gone,
+    /// The server is shutting down.
+    #[error("server is shutting down")]
+    ShuttingDown,
+    /// The document could not be loaded or stored.
+    #[error("document unavailable: {0}")]
+    Unavailable(String),
+    /// The update was rejected; nothing changed.
+    #[error("{0}")]
+    InvalidUpdate(String),
+}
+
+impl RoomError {
+    /// How a WebSocket connection is closed for this error.
+    pub fn close(&self) -> Close {
+        match self {
+            RoomError::Gone | RoomError::Unavailable(_) => {
+                Close::new(close::INTERNAL_ERROR, self.to_string())
+            }
+            RoomError::ShuttingDown => Close::new(close::GOING_AWAY, self.to_string()),
+            RoomError::InvalidUpdate(_) => Close::new(close::INVALID_PAYLOAD, self.to_string()),
+        }
+    }
+}
+
+enum Command {
+    Join {
+        conn: ConnId,
+        member: MemberChannels,
+        reply: oneshot::Sender<Result<(), RoomError>>,
+    },
+    Leave {
+        conn: ConnId,
+    },
+    Message {
+        conn: ConnId,
+        message: Inbound,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Result<Vec<u8>, RoomError>>,
+    },
+    Import {
+        update: Bytes,
+        reply: oneshot::Sender<Result<bool, RoomError>>,
+    },
+    Delete {
+        reply: oneshot::Sender<Result<(), RoomError>>,
+    },
+}
+
+/// A cheap, cloneable way to reach a room.
+#[derive(Clone)]
+pub struct RoomHandle {
+    /// The room's mailbox.
+    tx: mpsc::Sender<Command>,
+    /// Connections in the room, kept by the room, read by `GET /api/docs`.
+    members: Arc<AtomicUsize>,
+}
+
+impl RoomHandle {
+    pub fn members(&self) -> usize {
+        self.members.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, RoomError>>) -> Command,
+    ) -> Result<T, RoomError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| RoomError::Gone)?;
+        answer.await.map_err(|_| RoomError::Gone)?
+    }
+
+    /// Adds a connection; the room then sends it sync step 1 and awareness.
+    pub async fn join(&self, conn: ConnId, member: MemberChannels) -> Result<(), RoomError> {
+        self.request(|reply| Command::Join {
+            conn,
+            member,
+            reply,
+        })
+        .await
+    }
+
+    /// Removes a connection (idempotent).
+    pub async fn leave(&self, conn: ConnId) {
+        let _ = self.tx.send(Command::Leave { conn }).await;
+    }
+
+    /// Delivers a client message. Waits while the room is busy: a fast
+    /// writer is slowed down instead of queueing without bound.
+    pub async fn deliver(&self, conn: ConnId, message: Inbound) -> Result<(), RoomError> {
+        self.tx
+            .send(Command::Message { conn, message })
+            .await
+            .map_err(|_| RoomError::Gone)
+    }
+
+    /// The whole document as one Yjs update.
+    pub async fn snapshot(&self) -> Result<Vec<u8>, RoomError> {
+        self.request(|reply| Command::Snapshot { reply }).await
+    }
+
+    /// Merges an update; `Ok(false)` if it held nothing new.
+    pub async fn import(&self, update: Bytes) -> Result<bool, RoomError> {
+        self.request(|reply| Command::Import { update, reply })
+            .await
+    }
+
+    /// Closes every connection with 4404 and deletes the stored document.
+    pub async fn delete(&self) -> Result<(), RoomError> {
+        self.request(|reply| Command::Delete { reply }).await
+    }
+}
+
+/// One member of the room.
+struct Member {
+    channels: MemberChannels,
+    /// Awareness client ids this connection announced, removed when it leaves.
+    clients: HashSet<ClientId>,
+}
+
+/// Where the room's document stands.
+enum State {
+    /// Loaded and in sync with storage.
+    Ready {
+        document: Document,
+        /// Entries in the stored log (compaction leaves one).
+        log_len: u64,
+        /// Key of the newest stored entry; the compaction boundary.
+        last_seq: Seq,
+        /// Ticket of the newest append, for the flush on eviction.
+        last_ticket: u64,
+    },
+    /// Loading or storing failed. The room serves nobody and writes nothing
+    /// until it is evicted; the next join loads again.
+    Failed(String),
+}
+
+/// Who receives a frame.
+#[derive(Clone, Copy)]
+enum Target {
+    One(ConnId),
+    AllBut(Option<ConnId>),
+}
+
+pub(crate) struct Room {
+    name: DocName,
+    rooms: Rooms,
+    store: Arc<dyn DocStore>,
+    rx: mpsc::Receiver<Command>,
+    members: HashMap<ConnId, Member>,
+    /// Mirror of `members.len()` for readers outside the task.
+    member_count: Arc<AtomicUsize>,
+    awareness: AwarenessTable,
+    state: State,
+    /// When the last member left; the room is evicted a grace period later.
+    empty_since: Option<Instant>,
+    /// Origin of the room's millisecond clock for awareness timestamps.
+    epoch: Instant,
+    /// Set once the room has left the registry (document deleted): the task ends.
+    closed: bool,
+}
+
+impl Room {
+    /// Creates the room and its handle; the caller spawns [`Room::run`].
+    pub(crate) fn new(name: DocName, rooms: Rooms) -> (Room, RoomHandle) {
+        let (tx, rx) = mpsc::channel(ROOM_CHANNEL_CAPACITY);
+        let member_count = Arc::new(AtomicUsize::new(0));
+        let handle = RoomHandle {
+            tx,
+            members: member_count.clone(),
+        };
+        let room = Room {
+            name,
+            store: rooms.store().clone(),
+            rooms,
+            rx,
+            members: HashMap::new(),
+            member_count,
+            awareness: AwarenessTable::new(),
+            state: State::Failed("not loaded yet".into()),
+            empty_since: Some(Instant::now()),
+            epoch: Instant::now(),
+            closed: false,
+        };
+        (room, handle)
+    }
+
+    pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        // Load before reading the mailbox: no sync message is answered from
+        // an empty document while the real one is still on disk.
+        self.state = load(&self.store, &self.name).await;
+        let config = self.rooms.config().clone();
+        let mut sweep =
+            interval((config.awareness_timeout / 6).max(std::time::Duration::from_millis(50)));
+        sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let evict_at = self.empty_since.map(|t| t + config.room_grace);
+            tokio::select! {
+                command = self.rx.recv() => match command {
+                    Some(command) => {
+                        self.handle(command).await;
+                        if self.closed {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+                _ = sweep.tick() => self.sweep_awareness(config.awareness_timeout.as_millis() as u64),
+                _ = sleep_until(evict_at.unwrap_or_else(Instant::now)), if evict_at.is_some() => {
+                    self.finish_storage().await;
+                    if self.rooms.evict_if_idle(&self.name, &mut self.rx, self.members.is_empty()) {
+                        break;
+                    }
+                    // A command arrived meanwhile: serve it, try again later.
+                    self.empty_since = self.members.is_empty().then(Instant::now);
+                }
+                Ok(()) = shutdown.changed() => {
+                    self.close_all(Close::new(close::GOING_AWAY, "server is shutting down"));
+                    self.finish_storage().await;
+                    self.rooms.evict(&self.name, &mut self.rx);
+                    break;
+                }
+            }
+        }
+        // Whatever was still queued is answered with `Gone` as it drops.
+        while self.rx.try_recv().is_ok() {}
+        debug!("room closed");
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Join {
+                conn,
+                member,
+                reply,
+            } => {
+                let _ = reply.send(self.join(conn, member));
+            }
+            Command::Leave { conn } => self.leave(conn),
+            Command::Message { conn, message } => {
+                if self.members.contains_key(&conn) {
+                    self.on_message(conn, message).await;
+                }
+            }
+            Command::Snapshot { reply } => {
+                let _ = reply.send(match &self.state {
+                    State::Ready { document, .. } => Ok(document.encode_state()),
+                    State::Failed(reason) => Err(RoomError::Unavailable(reason.clone())),
+                });
+            }
+            Command::Import { update, reply } => {
+                let result = self.apply_update(None, &update).await;
+                let _ = reply.send(result);
+            }
+            Command::Delete { reply } => {
+                let result = self.delete().await;
+                if result.is_ok() {
+                    // A deleted document starts afresh in a new room.
+                    self.rooms.evict(&self.name, &mut self.rx);
+                    self.closed = true;
+                }
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn join(&mut self, conn: ConnId, channels: MemberChannels) -> Result<(), RoomError> {
+        let State::Ready { document, .. } = &self.state else {
+            let State::Failed(reason) = &self.state else {
+                unreachable!()
+            };
+            return Err(RoomError::Unavailable(reason.clone()));
+        };
+        let step1 =
+            Bytes::from(Message::Sync(SyncMessage::Step1(&document.state_vector())).encode());
+        self.members.insert(
+            conn,
+            Member {
+                channels,
+                clients: HashSet::new(),
+            },
+        );
+        self.member_count
+            .store(self.members.len(), Ordering::Relaxed);
+        self.empty_since = None;
+        self.send(Target::One(conn), step1);
+        if !self.awareness.is_empty() {
+            let states = Bytes::from(Message::Awareness(&self.awareness.encode_all()).encode());
+            self.send(Target::One(conn), states);
+        }
+        debug!(conn, members = self.members.len(), "joined");
+        Ok(())
+    }
+
+    fn leave(&mut self, conn: ConnId) {
+        let Some(member) = self.members.remove(&conn) else {
+            return;
+        };
+        self.member_count
+            .store(self.members.len(), Ordering::Relaxed);
+        let removed = self.awareness.remove(member.clients, self.now_ms());
+        self.announce_awareness(None, &removed);
+        if self.members.is_empty() {
+            self.empty_since = Some(Instant::now());
+        }
+        debug!(conn, members = self.members.len(), "left");
+    }
+
+    async fn on_message(&mut self, conn: ConnId, message: Inbound) {
+        match message {
+            Inbound::StateVector(sv) => {
+                let State::Ready { document, .. } = &self.state else {
+                    return;
+                };
+                match document.diff(&sv) {
+                    Ok(diff) => {
+                        let frame = Message::Sync(SyncMessage::Step2(&diff)).encode();
+                        self.send(Target::One(conn), frame.into());
+                    }
+                    Err(err) => self.reject(conn, close::INVALID_PAYLOAD, err.to_string()),
+                }
+            }
+            Inbound::Update(update) => {
+                if let Err(err) = self.apply_update(Some(conn), &update).await
+                    && let RoomError::InvalidUpdate(reason) = err
+                {
+                    self.reject(conn, close::INVALID_PAYLOAD, reason);
+                }
+            }
+            Inbound::Awareness(update) => {
+                let now = self.now_ms();
+                match self.awareness.apply(&update, now) {
+                    Ok(change) => {
+                        if let Some(member) = self.members.get_mut(&conn) {
+                            member.clients.extend(
+                                change
+                                    .added
+                                    .iter()
+                                    .chain(&change.updated)
+                                    .chain(&change.renewed),
+                            );
+                            for id in &change.removed {
+                                member.clients.remove(id);
+                            }
+                        }
+                        let accepted: Vec<ClientId> = change.accepted().collect();
+                        self.announce_awareness(Some(conn), &accepted);
+                    }
+                    Err(err) => self.reject(
+                        conn,
+                        close::INVALID_PAYLOAD,
+                        format!("invalid awareness update: {err}"),
+                    ),
+                }
+            }
+            Inbound::QueryAwareness => {
+                let states = Message::Awareness(&self.awareness.encode_all()).encode();
+                self.send(Target::One(conn), states.into());
+            }
+        }
+    }
+
+    /// Applies, stores and relays one update. `origin` is the connection it
+    /// came from (not echoed back), `None` for an import.
+    async fn apply_update(
+        &mut self,
+        origin: Option<ConnId>,
+        update: &[u8],
+    ) -> Result<bool, RoomError> {
+        let State::Ready { document, .. } = &mut self.state else {
+            let State::Failed(reason) = &self.state else {
+                unreachable!()
+            };
+            return Err(RoomError::Unavailable(reason.clone()));
+        };
+        let delta = match document.apply(update) {
+            Ok(Some(delta)) => delta,
+            Ok(None) => return Ok(false),
+            Err(DocumentError::Poisoned) => {
+                // yrs panicked half-way: the in-memory document is suspect.
+                // Storage only holds clean updates, so rebuild from it.
+                error!("an update made yrs panic; reloading the document from storage");
+                self.state = load(&self.store, &self.name).await;
+                if let State::Failed(reason) = &self.state {
+                    self.fail(reason.clone());
+                }
+                return Err(RoomError::InvalidUpdate(
+                    DocumentError::Poisoned.to_string(),
+                ));
+            }
+            Err(err) => return Err(RoomError::InvalidUpdate(err.to_string())),
+        };
+        match self.store.append(self.name.as_str(), &delta) {
+            Ok(appended) => {
+                let State::Ready {
+                    log_len,
+                    last_seq,
+                    last_ticket,
+                    ..
+                } = &mut self.state
+                else {
+                    unreachable!()
+                };
+                *log_len += 1;
+                *last_seq = appended.seq;
+                *last_ticket = appended.ticket;
+            }
+            Err(err) => {
+                // The document now holds something storage does not. Drop
+                // it; clients keep their copy and resync after reconnecting.
+                let reason = format!("could not store an update: {err}");
+                self.fail(reason.clone());
+                return Err(RoomError::Unavailable(reason));
+            }
+        }
+        self.rooms.metrics().updates_in.inc();
+        let frame = Bytes::from(Message::Sync(SyncMessage::Update(&delta)).encode());
+        self.send(Target::AllBut(origin), frame);
+        self.compact_if_long(self.rooms.config().compact_after);
+        Ok(true)
+    }
+
+    async fn delete(&mut self) -> Result<(), RoomError> {
+        self.close_all(Close::new(
+            close::DOCUMENT_DELETED,
+            "the document was deleted",
+        ));
+        let store = self.store.clone();
+        let name = self.name.to_string();
+        tokio::task::spawn_blocking(move || store.delete(&name))
+            .await
+            .map_err(|e| RoomError::Unavailable(e.to_string()))?
+            .map_err(|e| RoomError::Unavailable(e.to_string()))?;
+        info!("document deleted");
+        Ok(())
+    }
+
+    /// Rewrites the stored log as one state update once it is `threshold` long.
+    fn compact_if_long(&mut self, threshold: u64) {
+        let State::Ready {
+            document,
+            log_len,
+            last_seq,
+            ..
+        } = &mut self.state
+        else {
+            return;
+        };
+        if *log_len < threshold.max(2) {
+            return;
+        }
+        let state = document.encode_state();
+        match self.store.compact(self.name.as_str(), *last_seq, &state) {
+            Ok(()) => {
+                debug!(entries = *log_len, bytes = state.len(), "compacted");
+                *log_len = 1;
+            }
+            // Compaction is an optimisation; the log is still whole.
+            Err(err) => warn!(%err, "compaction failed"),
+        }
+    }
+
+    /// Before the room goes away: compact a log that grew, and wait until
+    /// every update it stored is on disk.
+    async fn finish_storage(&mut self) {
+        self.compact_if_long(2);
+        let State::Ready { last_ticket, .. } = self.state else {
+            return;
+        };
+        let mut durability = self.store.durability();
+        let flushed = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            durability.wait_for(|c| c.ticket >= last_ticket),
+        )
+        .await;
+        if !matches!(flushed, Ok(Ok(_))) {
+            warn!("updates were not confirmed on disk in time");
+        }
+    }
+
+    fn sweep_awareness(&mut self, timeout_ms: u64) {
+        let removed = self.awareness.sweep(self.now_ms(), timeout_ms);
+        if removed.is_empty() {
+            return;
+        }
+        for member in self.members.values_mut() {
+            for id in &removed {
+                member.clients.remove(id);
+            }
+        }
+        debug!(?removed, "awareness timed out");
+        self.announce_awareness(None, &removed);
+    }
+
+    /// Relays the current entries of `clients` to everyone but `origin`.
+    fn announce_awareness(&mut self, origin: Option<ConnId>, clients: &[ClientId]) {
+        if clients.is_empty() {
+            return;
+        }
+        let update = self.awareness.encode(clients.iter().copied());
+        let frame = Bytes::from(Message::Awareness(&update).encode());
+        self.send(Target::AllBut(origin), frame);
+    }
+
+    /// Queues a frame; members whose queue is full are cut off.
+    fn send(&mut self, target: Target, frame: Bytes) {
+        let mut too_slow = Vec::new();
+        let mut deliver =
+            |conn: ConnId, member: &Member| match member.channels.frames.try_send(frame.clone()) {
+                Ok(()) => self.rooms.metrics().record_out(frame.len()),
+                Err(mpsc::error::TrySendError::Full(_)) => too_slow.push(conn),
+                // The connection is ending; its Leave is on the way.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            };
+        match target {
+            Target::One(conn) => {
+                if let Some(member) = self.members.get(&conn) {
+                    deliver(conn, member);
+                }
+            }
+            Target::AllBut(origin) => {
+                for (&conn, member) in &self.members {
+                    if Some(conn) != origin {
+                        deliver(conn, member);
+                    }
+                }
+            }
+        }
+        for conn in too_slow {
+            warn!(conn, "outbound queue full; cutting the connection off");
+            self.rooms.metrics().slow_consumers_cut.inc();
+            self.remove(
+                conn,
+                Close::new(
+                    close::TOO_SLOW,
+                    "connection too slow to keep up; reconnect to resync",
+                ),
+            );
+        }
+    }
+
+    /// Closes one connection for bad input.
+    fn reject(&mut self, conn: ConnId, code: u16, reason: String) {
+        warn!(conn, code, %reason, "rejecting input");
+        self.rooms.metrics().rejected_inputs.inc();
+        self.remove(conn, Close::new(code, reason));
+    }
+
+    /// Removes a member and tells its connection to close.
+    fn remove(&mut self, conn: ConnId, close: Close) {
+        if let Some(member) = self.members.get(&conn) {
+            let _ = member.channels.close.try_send(close);
+        }
+        self.leave(conn);
+    }
+
+    fn close_all(&mut self, close: Close) {
+        for member in self.members.values() {
+            let _ = member.channels.close.try_send(close.clone());
+        }
+        let conns: Vec<ConnId> = self.members.keys().copied().collect();
+        for conn in conns {
+            self.leave(conn);
+        }
+    }
+
+    /// Puts the room out of service after a storage failure.
+    fn fail(&mut self, reason: String) {
+        error!(%reason, "document unavailable");
+        self.close_all(Close::new(
+            close::INTERNAL_ERROR,
+            "document unavailable; reconnect later",
+        ));
+        self.state = State::Failed(reason);
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        self.rooms.metrics().rooms.dec();
+    }
+}
+
+/// Reads the document from storage and merges its log, off the async threads.
+async fn load(store: &Arc<dyn DocStore>, name: &DocName) -> State {
+    let store = store.clone();
+    let name = name.to_string();
+    let loaded = tokio::task::spawn_blocking(move || -> Result<State, String> {
+        let stored = store.load(&name).map_err(|e: StoreError| e.to_string())?;
+        let StoredDoc { updates, last_seq } = stored.unwrap_or_default();
+        let document = Document::from_updates(updates.iter().map(Vec::as_slice))
+            .map_err(|e| format!("stored log does not merge: {e}"))?;
+        Ok(State::Ready {
+            document,
+            log_len: updates.len() as u64,
+            last_seq,
+            last_ticket: 0,
+        })
+    })
+    .await;
+    match loaded {
+        Ok(Ok(state)) => state,
+        Ok(Err(reason)) => {
+            error!(%reason, "could not load document");
+            State::Failed(reason)
+        }
+        Err(join) => {
+            error!(%join, "document load panicked");
+            State::Failed("loading the document failed".into())
+        }
+    }
+}

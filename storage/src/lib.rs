@@ -1,0 +1,128 @@
+//! Persistent storage for Quire documents.
+//!
+//! Storage knows nothing about the CRDT: a document is an append-only log of
+//! opaque update byte strings, which the server merges when it loads the
+//! document. Periodically the server replaces a prefix of the log by one
+//! merged state update ([`DocStore::compact`]).
+//!
+//! # Layout (sled)
+//!
+//! - Tree `doc:<name>` holds one document's log: key = the update's [`Seq`]
+//!   (from `Db::generate_id`, 8 bytes big-endian, so key order is append
+//!   order), value = the update bytes.
+//! - Tree `meta` maps a document name to a fixed 24-byte record
+//!   `{bytes, updates, modified_ms}` (three little-endian `u64`s). The
+//!   figures are advisory statistics for `list`/`info`; the *presence* of the
+//!   record is what makes a document exist (see `sled_store`).
+//!
+//! # Durability
+//!
+//! sled runs without its own periodic flush. A `quire-flusher` thread batches
+//! every append made within a short commit window into one `flush` (group
+//! commit) and publishes the progress as a [`Committed`] ticket on a
+//! `tokio::sync::watch` channel; see [`Appended`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+mod sled_store;
+
+pub use sled_store::{SledOptions, SledStore};
+
+/// Position of an update in a document's log. Increasing in append order,
+/// also across restarts (sled's `generate_id`), so it can serve as the
+/// compaction boundary for [`DocStore::compact`].
+pub type Seq = u64;
+
+/// Everything that can go wrong in storage, phrased for an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process (usually a second Quire server) holds the data folder;
+    /// reported separately so the CLI can explain it instead of dumping I/O noise.
+    #[error("the data folder {path} is in use by another Quire process")]
+    Locked {
+        /// The data folder that could not be locked.
+        path: PathBuf,
+    },
+    /// The storage engine or the file system failed; the text names the operation.
+    #[error("storage I/O error: {0}")]
+    Io(String),
+    /// Bytes on disk do not have the shape this crate writes.
+    #[error("stored data for document {doc:?} is corrupt: {detail}")]
+    Corrupt {
+        /// The affected document (empty if it could not be determined).
+        doc: String,
+        /// What exactly was wrong.
+        detail: String,
+    },
+}
+
+/// Summary of one document, as shown by `list`/`info` (admin API and CLI).
+/// Read from the advisory `meta` records, so it never touches the logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocInfo {
+    /// Document name.
+    pub name: String,
+    /// Total size of the stored updates in bytes.
+    pub bytes: u64,
+    /// Number of stored updates (after compaction, usually small).
+    pub updates: u64,
+    /// Unix time in milliseconds of the last append or compaction.
+    pub modified_ms: u64,
+}
+
+/// A document's stored log, as returned by [`DocStore::load`].
+#[derive(Debug, Clone, Default)]
+pub struct StoredDoc {
+    /// The updates, oldest first; merging all of them gives the document.
+    pub updates: Vec<Vec<u8>>,
+    /// Seq of the newest update, i.e. the `upto` to pass to
+    /// [`DocStore::compact`] with a state built from `updates` (0 if empty).
+    pub last_seq: Seq,
+}
+
+/// Returned by append: the update is visible to `load` at once and durable once
+/// `durability().borrow().ticket >= receipt.ticket`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Where the update landed in the document's log.
+    pub seq: Seq,
+    /// Group-commit ticket to compare with [`Committed::ticket`]; tickets are
+    /// per store instance (they restart at 1 after reopening).
+    pub ticket: u64,
+}
+
+/// Published by the group-commit flusher after every flush.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Committed {
+    /// Every write whose ticket is <= this one is on disk.
+    pub ticket: u64,
+    /// Writes covered by this flush (appends, plus one per compaction or
+    /// deletion); a metric for how well group commit batches.
+    pub batch: u64,
+    /// How long the flush itself took (without the commit window); a metric.
+    pub flush_time: Duration,
+}
+
+/// The storage interface the server is written against, so tests and
+/// alternative engines can stand in for sled.
+pub trait DocStore: Send + Sync + 'static {
+    /// Append one update to a document's log, creating the document if new.
+    fn append(&self, doc: &str, update: &[u8]) -> Result<Appended, StoreError>;
+    /// The document's whole log; `None` means there is no such document.
+    fn load(&self, doc: &str) -> Result<Option<StoredDoc>, StoreError>;
+    /// Replace every update with seq <= upto by `state` (which the caller guarantees contains them all).
+    /// Crash-safe without transactions: write `state` over the entry at key `upto`, then remove the keys < upto;
+    /// at every instant the log still merges to the same content. Updates appended after `upto` stay.
+    fn compact(&self, doc: &str, upto: Seq, state: &[u8]) -> Result<(), StoreError>;
+    /// Summary of one document; `None` if it does not exist.
+    fn info(&self, doc: &str) -> Result<Option<DocInfo>, StoreError>;
+    /// Summaries of all documents, sorted by name.
+    fn list(&self) -> Result<Vec<DocInfo>, StoreError>;
+    /// Delete a document; `false` if it did not exist.
+    fn delete(&self, doc: &str) -> Result<bool, StoreError>;
+    /// Watch the group-commit progress, to acknowledge updates once durable.
+    fn durability(&self) -> tokio::sync::watch::Receiver<Committed>;
+    /// Flush everything appended so far and wait until it is on disk (used at shutdown and by the CLI).
+    fn flush(&self) -> Result<(), StoreError>;
+}

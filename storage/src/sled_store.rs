@@ -1,0 +1,543 @@
+//! [`DocStore`] on sled, with group commit.
+//!
+//! Existence rule: a document exists iff it has a `meta` record. Appends write
+//! the log entry before the record, deletes remove the record before dropping
+//! the tree, so a crash between the two steps leaves at worst a log tree
+//! without a record, which [`SledStore::open`] drops (it was either being
+//! deleted, or is the unacknowledged first append of a new document).
+
+use std::fmt::Display;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use crate::{Appended, Committed, DocInfo, DocStore, Seq, StoreError, StoredDoc};
+
+#[cfg(test)]
+mod tests;
+
+/// Prefix of the per-document log trees; keeps them apart from `meta` and
+/// sled's own default tree.
+const DOC_TREE_PREFIX: &str = "doc:";
+/// Name of the tree with the per-document summary records.
+const META_TREE: &str = "meta";
+/// How long the flusher waits before retrying a failed flush, so a broken
+/// disk produces a log line every so often rather than a busy loop.
+const FLUSH_RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// Tuning knobs for [`SledStore`].
+#[derive(Debug, Clone)]
+pub struct SledOptions {
+    /// How long the flusher gathers appends before one flush: longer windows
+    /// mean fewer fsyncs under load but later acknowledgements. Default 2 ms.
+    pub commit_window: Duration,
+    /// sled's page cache size in bytes. Default 64 MiB.
+    pub cache_bytes: u64,
+}
+
+impl Default for SledOptions {
+    fn default() -> Self {
+        Self {
+            commit_window: Duration::from_millis(2),
+            cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// The production [`DocStore`]: one sled database in a data folder, which it
+/// locks for as long as it is open.
+pub struct SledStore {
+    /// State shared with the flusher thread.
+    shared: Arc<Shared>,
+    /// The flusher thread: unparked by writers, joined on drop. `Option` only
+    /// so `Drop` can take it.
+    flusher: Option<JoinHandle<()>>,
+}
+
+/// What the store and its flusher thread both use.
+struct Shared {
+    /// The database; sled handles its own internal concurrency.
+    db: sled::Db,
+    /// The `meta` tree (name -> summary record), opened once.
+    meta: sled::Tree,
+    /// Number of writes made so far; a write takes its ticket by incrementing
+    /// this *after* its sled operations, so a flush that starts after reading
+    /// value N covers every write with ticket <= N.
+    tickets: AtomicU64,
+    /// Publishes the last completed flush to everyone awaiting durability.
+    committed: watch::Sender<Committed>,
+    /// Serialises flushes (flusher thread vs `flush()` callers) so published
+    /// tickets only ever grow.
+    flush_lock: Mutex<()>,
+    /// Writers (append/compact/load) take it shared, `delete` exclusively:
+    /// sled must not drop a tree while another thread writes to its handle.
+    trees: RwLock<()>,
+    /// Set by `Drop` to make the flusher do a final flush and exit.
+    stopping: AtomicBool,
+    /// Copied from the options for the flusher.
+    commit_window: Duration,
+}
+
+/// Fixed-size `meta` record; advisory statistics, see the module docs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct MetaRecord {
+    /// Total size of the stored updates.
+    bytes: u64,
+    /// Number of stored updates.
+    updates: u64,
+    /// Unix ms of the last append/compaction.
+    modified_ms: u64,
+}
+
+impl MetaRecord {
+    /// Encoded length: three little-endian u64s.
+    const LEN: usize = 24;
+
+    fn encode(self) -> [u8; Self::LEN] {
+        let mut out = [0; Self::LEN];
+        out[0..8].copy_from_slice(&self.bytes.to_le_bytes());
+        out[8..16].copy_from_slice(&self.updates.to_le_bytes());
+        out[16..24].copy_from_slice(&self.modified_ms.to_le_bytes());
+        out
+    }
+
+    fn decode(raw: &[u8]) -> Option<Self> {
+        let raw: &[u8; Self::LEN] = raw.try_into().ok()?;
+        let word = |i: usize| {
+            let mut w = [0; 8];
+            w.copy_from_slice(&raw[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(w)
+        };
+        Some(Self {
+            bytes: word(0),
+            updates: word(1),
+            modified_ms: word(2),
+        })
+    }
+
+    fn info(self, name: String) -> DocInfo {
+        DocInfo {
+            name,
+            bytes: self.bytes,
+            updates: self.updates,
+            modified_ms: self.modified_ms,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn tree_name(doc: &str) -> String {
+    format!("{DOC_TREE_PREFIX}{doc}")
+}
+
+/// Maps a sled error to [`StoreError::Io`] with the operation in the message.
+fn io_err(what: impl Display) -> impl FnOnce(sled::Error) -> StoreError {
+    move |e| StoreError::Io(format!("{what}: {e}"))
+}
+
+fn decode_seq(doc: &str, key: &[u8]) -> Result<Seq, StoreError> {
+    let raw: [u8; 8] = key.try_into().map_err(|_| StoreError::Corrupt {
+        doc: doc.to_owned(),
+        detail: format!("log key has {} bytes instead of 8", key.len()),
+    })?;
+    Ok(Seq::from_be_bytes(raw))
+}
+
+impl SledStore {
+    /// Open (creating if needed) the data folder `path`, lock it, finish any
+    /// interrupted deletions and start the flusher thread.
+    pub fn open(path: &Path, options: SledOptions) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(path).map_err(|e| {
+            StoreError::Io(format!("cannot create data folder {}: {e}", path.display()))
+        })?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(options.cache_bytes)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| open_error(path, e))?;
+        let meta = db
+            .open_tree(META_TREE)
+            .map_err(io_err("opening the meta tree"))?;
+        let shared = Arc::new(Shared {
+            db,
+            meta,
+            tickets: AtomicU64::new(0),
+            committed: watch::Sender::new(Committed::default()),
+            flush_lock: Mutex::new(()),
+            trees: RwLock::new(()),
+            stopping: AtomicBool::new(false),
+            commit_window: options.commit_window,
+        });
+        shared.drop_orphan_trees()?;
+        let flusher = {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name("quire-flusher".into())
+                .spawn(move || shared.run_flusher())
+                .map_err(|e| StoreError::Io(format!("cannot start the flusher thread: {e}")))?
+        };
+        Ok(Self {
+            shared,
+            flusher: Some(flusher),
+        })
+    }
+
+    /// Takes a ticket for a write that is complete in sled and wakes the
+    /// flusher (an unpark is one atomic swap when the thread is awake).
+    fn take_ticket(&self) -> u64 {
+        let ticket = self.shared.tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(flusher) = &self.flusher {
+            flusher.thread().unpark();
+        }
+        ticket
+    }
+
+    /// Opens the log tree of an existing document (`None` if it has no meta
+    /// record); never creates one, so probing unknown names leaves no trace.
+    fn existing_tree(&self, doc: &str) -> Result<Option<sled::Tree>, StoreError> {
+        let exists = self
+            .shared
+            .meta
+            .contains_key(doc)
+            .map_err(io_err(format_args!("reading metadata of {doc:?}")))?;
+        if !exists {
+            return Ok(None);
+        }
+        let tree = self
+            .shared
+            .db
+            .open_tree(tree_name(doc))
+            .map_err(io_err(format_args!("opening document {doc:?}")))?;
+        Ok(Some(tree))
+    }
+
+    /// Adds the given deltas to a document's meta record (creating it),
+    /// atomically with respect to concurrent updates of the same record.
+    fn adjust_meta(&self, doc: &str, bytes: i128, updates: i128) -> Result<(), StoreError> {
+        let modified_ms = now_ms();
+        let mut corrupt = false;
+        self.shared
+            .meta
+            .fetch_and_update(doc, |old| {
+                let old = match old.map(MetaRecord::decode) {
+                    None => MetaRecord::default(),
+                    Some(Some(record)) => record,
+                    Some(None) => {
+                        corrupt = true;
+                        MetaRecord::default()
+                    }
+                };
+                let apply = |v: u64, d: i128| (i128::from(v) + d).clamp(0, u64::MAX.into()) as u64;
+                let new = MetaRecord {
+                    bytes: apply(old.bytes, bytes),
+                    updates: apply(old.updates, updates),
+                    modified_ms,
+                };
+                Some(new.encode().to_vec())
+            })
+            .map_err(io_err(format_args!("updating metadata of {doc:?}")))?;
+        if corrupt {
+            tracing::warn!(doc, "meta record had the wrong size; statistics were reset");
+        }
+        Ok(())
+    }
+
+    /// Compaction step 1: put `state` at key `upto`. Afterwards the log holds
+    /// the old updates *and* a state containing them, which merges to the same
+    /// content. Returns the (bytes, updates) change for the meta record.
+    fn write_state_over(
+        &self,
+        doc: &str,
+        tree: &sled::Tree,
+        upto: Seq,
+        state: &[u8],
+    ) -> Result<(i128, i128), StoreError> {
+        let old = tree
+            .insert(upto.to_be_bytes(), state)
+            .map_err(io_err(format_args!(
+                "writing the compacted state of {doc:?}"
+            )))?;
+        Ok(match old {
+            Some(old) => (state.len() as i128 - old.len() as i128, 0),
+            None => (state.len() as i128, 1),
+        })
+    }
+
+    /// Compaction step 2: remove every update before `upto`, all of which
+    /// the state at `upto` contains. Returns the (bytes, updates) change.
+    fn remove_before(
+        &self,
+        doc: &str,
+        tree: &sled::Tree,
+        upto: Seq,
+    ) -> Result<(i128, i128), StoreError> {
+        let (mut bytes, mut updates) = (0i128, 0i128);
+        for entry in tree.range(..upto.to_be_bytes()) {
+            let (key, _) = entry.map_err(io_err(format_args!("compacting {doc:?}")))?;
+            // Remove by key and count what was really there, in case a
+            // concurrent compaction removed it first.
+            let removed = tree
+                .remove(&key)
+                .map_err(io_err(format_args!("compacting {doc:?}")))?;
+            if let Some(value) = removed {
+                bytes -= value.len() as i128;
+                updates -= 1;
+            }
+        }
+        Ok((bytes, updates))
+    }
+
+    fn read_lock(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.shared
+            .trees
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Turns sled's "could not acquire lock" into [`StoreError::Locked`]. sled
+/// 0.34 reports it only as an `io::ErrorKind::Other` with that message text.
+fn open_error(path: &Path, e: sled::Error) -> StoreError {
+    match &e {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            StoreError::Locked {
+                path: path.to_path_buf(),
+            }
+        }
+        _ => StoreError::Io(format!("cannot open data folder {}: {e}", path.display())),
+    }
+}
+
+impl Shared {
+    /// Drops `doc:` trees without a meta record: leftovers of a deletion or a
+    /// first append that a crash interrupted (see the module docs).
+    fn drop_orphan_trees(&self) -> Result<(), StoreError> {
+        let mut dropped = false;
+        for name in self.db.tree_names() {
+            let Some(doc) = name.strip_prefix(DOC_TREE_PREFIX.as_bytes()) else {
+                continue;
+            };
+            let known = self
+                .meta
+                .contains_key(doc)
+                .map_err(io_err("checking for orphaned documents"))?;
+            if !known {
+                tracing::info!(
+                    doc = %String::from_utf8_lossy(doc),
+                    "dropping the log of a document whose deletion or creation was interrupted"
+                );
+                self.db
+                    .drop_tree(&name)
+                    .map_err(io_err("dropping an orphaned document"))?;
+                dropped = true;
+            }
+        }
+        if dropped {
+            self.db
+                .flush()
+                .map_err(io_err("flushing after orphan cleanup"))?;
+        }
+        Ok(())
+    }
+
+    fn committed_ticket(&self) -> u64 {
+        self.committed.borrow().ticket
+    }
+
+    /// Flushes sled if any write is not yet covered and publishes the result.
+    fn flush_now(&self) -> Result<(), StoreError> {
+        let _serial = self
+            .flush_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Read before flushing: every write with a ticket <= this is in sled.
+        let ticket = self.tickets.load(Ordering::SeqCst);
+        let previous = self.committed_ticket();
+        if ticket <= previous {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.db.flush().map_err(io_err("flushing to disk"))?;
+        self.committed.send_replace(Committed {
+            ticket,
+            batch: ticket - previous,
+            flush_time: started.elapsed(),
+        });
+        Ok(())
+    }
+
+    /// Body of the `quire-flusher` thread: park until a write arrives, wait
+    /// the commit window so more writes join, flush once, repeat.
+    fn run_flusher(&self) {
+        loop {
+            let stopping = self.stopping.load(Ordering::SeqCst);
+            let pending = self.tickets.load(Ordering::SeqCst) > self.committed_ticket();
+            if !pending {
+                if stopping {
+                    return;
+                }
+                // A write that lands after the check above unparks us, and
+                // an unpark before this park makes it return at once.
+                thread::park();
+                continue;
+            }
+            if !stopping && !self.commit_window.is_zero() {
+                thread::sleep(self.commit_window);
+            }
+            if let Err(e) = self.flush_now() {
+                tracing::error!(error = %e, "group commit flush failed; will retry");
+                if stopping {
+                    return;
+                }
+                thread::sleep(FLUSH_RETRY_DELAY);
+            }
+        }
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        if let Some(flusher) = self.flusher.take() {
+            flusher.thread().unpark();
+            // The flusher does the final flush before it exits.
+            if flusher.join().is_err() {
+                tracing::error!("the flusher thread panicked");
+            }
+        }
+    }
+}
+
+impl DocStore for SledStore {
+    fn append(&self, doc: &str, update: &[u8]) -> Result<Appended, StoreError> {
+        let _trees = self.read_lock();
+        let tree = self
+            .shared
+            .db
+            .open_tree(tree_name(doc))
+            .map_err(io_err(format_args!("opening document {doc:?}")))?;
+        let seq = self
+            .shared
+            .db
+            .generate_id()
+            .map_err(io_err("generating an update id"))?;
+        tree.insert(seq.to_be_bytes(), update)
+            .map_err(io_err(format_args!("appending to {doc:?}")))?;
+        // The record goes in after the log entry (see the module docs) and
+        // before the ticket, so a durable ticket implies a durable record.
+        self.adjust_meta(doc, update.len() as i128, 1)?;
+        Ok(Appended {
+            seq,
+            ticket: self.take_ticket(),
+        })
+    }
+
+    fn load(&self, doc: &str) -> Result<Option<StoredDoc>, StoreError> {
+        let _trees = self.read_lock();
+        let Some(tree) = self.existing_tree(doc)? else {
+            return Ok(None);
+        };
+        // A concurrent compaction can make this read see both old updates and
+        // the state that contains them; that still merges to the same content.
+        let mut stored = StoredDoc::default();
+        for entry in tree.iter() {
+            let (key, value) = entry.map_err(io_err(format_args!("loading {doc:?}")))?;
+            stored.last_seq = decode_seq(doc, &key)?;
+            stored.updates.push(value.to_vec());
+        }
+        Ok(Some(stored))
+    }
+
+    fn compact(&self, doc: &str, upto: Seq, state: &[u8]) -> Result<(), StoreError> {
+        let _trees = self.read_lock();
+        // A document deleted meanwhile stays deleted.
+        let Some(tree) = self.existing_tree(doc)? else {
+            return Ok(());
+        };
+        let (bytes_in, updates_in) = self.write_state_over(doc, &tree, upto, state)?;
+        let (bytes_out, updates_out) = self.remove_before(doc, &tree, upto)?;
+        self.adjust_meta(doc, bytes_in + bytes_out, updates_in + updates_out)?;
+        self.take_ticket();
+        Ok(())
+    }
+
+    fn info(&self, doc: &str) -> Result<Option<DocInfo>, StoreError> {
+        let raw = self
+            .shared
+            .meta
+            .get(doc)
+            .map_err(io_err(format_args!("reading metadata of {doc:?}")))?;
+        raw.map(|raw| {
+            MetaRecord::decode(&raw)
+                .map(|record| record.info(doc.to_owned()))
+                .ok_or_else(|| StoreError::Corrupt {
+                    doc: doc.to_owned(),
+                    detail: format!("meta record has {} bytes instead of 24", raw.len()),
+                })
+        })
+        .transpose()
+    }
+
+    fn list(&self) -> Result<Vec<DocInfo>, StoreError> {
+        // sled iterates in byte order, which is `str` order, so the result is
+        // already sorted by name.
+        let mut docs = Vec::new();
+        for entry in self.shared.meta.iter() {
+            let (key, raw) = entry.map_err(io_err("listing documents"))?;
+            let name = String::from_utf8(key.to_vec()).map_err(|_| StoreError::Corrupt {
+                doc: String::from_utf8_lossy(&key).into_owned(),
+                detail: "document name is not UTF-8".into(),
+            })?;
+            let record = MetaRecord::decode(&raw).ok_or_else(|| StoreError::Corrupt {
+                doc: name.clone(),
+                detail: format!("meta record has {} bytes instead of 24", raw.len()),
+            })?;
+            docs.push(record.info(name));
+        }
+        Ok(docs)
+    }
+
+    fn delete(&self, doc: &str) -> Result<bool, StoreError> {
+        let _trees = self
+            .shared
+            .trees
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Record first: from here on the document no longer exists, even if
+        // we crash before the tree is gone (open drops it then).
+        let existed = self
+            .shared
+            .meta
+            .remove(doc)
+            .map_err(io_err(format_args!("deleting metadata of {doc:?}")))?
+            .is_some();
+        let dropped = self
+            .shared
+            .db
+            .drop_tree(tree_name(doc))
+            .map_err(io_err(format_args!("deleting document {doc:?}")))?;
+        if existed || dropped {
+            self.take_ticket();
+        }
+        Ok(existed)
+    }
+
+    fn durability(&self) -> watch::Receiver<Committed> {
+        self.shared.committed.subscribe()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.shared.flush_now()
+    }
+}

@@ -1,0 +1,345 @@
+//! Tests against real sled databases in temporary folders.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn open(dir: &Path) -> SledStore {
+    SledStore::open(dir, SledOptions::default()).expect("open store")
+}
+
+fn with_window(dir: &Path, commit_window: Duration) -> SledStore {
+    let options = SledOptions {
+        commit_window,
+        ..SledOptions::default()
+    };
+    SledStore::open(dir, options).expect("open store")
+}
+
+/// Polls the watch (no async runtime in this crate) until `ticket` is durable.
+fn wait_durable(store: &SledStore, ticket: u64) -> Committed {
+    let rx = store.durability();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let committed = *rx.borrow();
+        if committed.ticket >= ticket {
+            return committed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ticket {ticket} not durable; last {committed:?}"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn updates(store: &SledStore, doc: &str) -> Vec<Vec<u8>> {
+    store.load(doc).unwrap().expect("document exists").updates
+}
+
+#[test]
+fn append_then_load_keeps_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut last = 0;
+    for i in 0..50u8 {
+        let appended = store.append("a", &[i, i]).unwrap();
+        assert!(appended.seq > last || i == 0, "seqs increase");
+        last = appended.seq;
+    }
+    store.append("b", b"other").unwrap();
+    let doc = store.load("a").unwrap().unwrap();
+    let expected: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i, i]).collect();
+    assert_eq!(doc.updates, expected);
+    assert_eq!(doc.last_seq, last);
+    assert_eq!(updates(&store, "b"), vec![b"other".to_vec()]);
+}
+
+#[test]
+fn load_unknown_document_is_none_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert!(store.load("nope").unwrap().is_none());
+    assert!(store.info("nope").unwrap().is_none());
+    assert!(store.list().unwrap().is_empty());
+    assert!(
+        !store
+            .shared
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.starts_with(b"doc:")),
+        "load must not create a tree"
+    );
+}
+
+#[test]
+fn compact_replaces_prefix_and_keeps_later_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..5u8 {
+        store.append("d", &[i]).unwrap();
+    }
+    let upto = store.load("d").unwrap().unwrap().last_seq;
+    let later = store.append("d", b"later").unwrap();
+    store.compact("d", upto, b"STATE").unwrap();
+
+    let doc = store.load("d").unwrap().unwrap();
+    assert_eq!(doc.updates, vec![b"STATE".to_vec(), b"later".to_vec()]);
+    assert_eq!(doc.last_seq, later.seq);
+    let info = store.info("d").unwrap().unwrap();
+    assert_eq!((info.updates, info.bytes), (2, 10));
+
+    // Compacting again up to the newest seq leaves a single entry.
+    store.compact("d", later.seq, b"ALL").unwrap();
+    assert_eq!(updates(&store, "d"), vec![b"ALL".to_vec()]);
+    let info = store.info("d").unwrap().unwrap();
+    assert_eq!((info.updates, info.bytes), (1, 3));
+}
+
+#[test]
+fn compact_of_missing_document_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.compact("ghost", 7, b"state").unwrap();
+    assert!(store.load("ghost").unwrap().is_none());
+}
+
+#[test]
+fn crash_mid_compaction_still_loads_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upto, later) = {
+        let store = open(dir.path());
+        for i in 0..4u8 {
+            store.append("d", &[i]).unwrap();
+        }
+        let upto = store.load("d").unwrap().unwrap().last_seq;
+        let later = store.append("d", b"later").unwrap();
+        // Step 1 of compaction only; the removals never happen.
+        let tree = store.existing_tree("d").unwrap().unwrap();
+        store.write_state_over("d", &tree, upto, b"STATE").unwrap();
+        store.flush().unwrap();
+        (upto, later)
+    };
+    let store = open(dir.path());
+    let doc = store.load("d").unwrap().unwrap();
+    assert_eq!(
+        doc.updates,
+        vec![
+            vec![0],
+            vec![1],
+            vec![2],
+            b"STATE".to_vec(),
+            b"later".to_vec()
+        ],
+        "old updates, the state in place of the last one, and later appends"
+    );
+    assert_eq!(doc.last_seq, later.seq);
+    // Finishing the compaction after the restart works as usual.
+    store.compact("d", upto, b"STATE").unwrap();
+    assert_eq!(
+        updates(&store, "d"),
+        vec![b"STATE".to_vec(), b"later".to_vec()]
+    );
+}
+
+#[test]
+fn reopen_keeps_data_and_seqs_keep_increasing() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = {
+        let store = open(dir.path());
+        store.append("d", b"one").unwrap();
+        store.append("d", b"two").unwrap()
+    };
+    let store = open(dir.path());
+    assert_eq!(updates(&store, "d"), vec![b"one".to_vec(), b"two".to_vec()]);
+    let info = store.info("d").unwrap().unwrap();
+    assert_eq!((info.updates, info.bytes), (2, 6));
+    let next = store.append("d", b"three").unwrap();
+    assert!(next.seq > first.seq, "seq after reopen must be larger");
+    assert_eq!(updates(&store, "d").last().unwrap(), b"three");
+}
+
+#[test]
+fn durability_advances_past_an_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let rx = store.durability();
+    assert_eq!(rx.borrow().ticket, 0);
+    let appended = store.append("d", b"x").unwrap();
+    assert!(appended.ticket >= 1);
+    let committed = wait_durable(&store, appended.ticket);
+    assert!(committed.batch >= 1);
+    assert!(rx.has_changed().unwrap(), "subscribers see the change");
+}
+
+#[test]
+fn group_commit_batches_appends_within_a_window() {
+    let dir = tempfile::tempdir().unwrap();
+    // A long window so 100 appends surely fall into the first one.
+    let window = Duration::from_millis(500);
+    let store = Arc::new(with_window(dir.path(), window));
+    let started = Instant::now();
+    let writer = {
+        let store = Arc::clone(&store);
+        thread::spawn(move || {
+            let mut last = 0;
+            for i in 0..100u32 {
+                last = store.append("d", &i.to_le_bytes()).unwrap().ticket;
+            }
+            last
+        })
+    };
+    let last = writer.join().unwrap();
+    assert_eq!(last, 100);
+    let committed = wait_durable(&store, last);
+    // The flusher waits out the window before flushing (a lower bound, so
+    // this cannot flake), and by then (nearly) all appends have joined.
+    assert!(
+        started.elapsed() >= window,
+        "flushed before the window ended"
+    );
+    assert!(
+        committed.batch > 50,
+        "one flush should cover many appends: {committed:?}"
+    );
+}
+
+#[test]
+fn flush_makes_everything_durable_concurrently_with_the_flusher() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(with_window(dir.path(), Duration::ZERO));
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            thread::spawn(move || {
+                for i in 0..200u32 {
+                    let ticket = store.append(&format!("d{w}"), &i.to_le_bytes()).unwrap();
+                    if i % 50 == 0 {
+                        store.flush().unwrap();
+                        assert!(store.durability().borrow().ticket >= ticket.ticket);
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    store.flush().unwrap();
+    assert_eq!(store.durability().borrow().ticket, 400);
+}
+
+#[test]
+fn list_info_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.append("zeta", b"123").unwrap();
+    store.append("alpha", b"1").unwrap();
+    store.append("alpha", b"22").unwrap();
+    store.append("mid", b"").unwrap();
+
+    let names: Vec<_> = store.list().unwrap().into_iter().map(|d| d.name).collect();
+    assert_eq!(names, ["alpha", "mid", "zeta"]);
+    let alpha = store.info("alpha").unwrap().unwrap();
+    assert_eq!(alpha.name, "alpha");
+    assert_eq!((alpha.bytes, alpha.updates), (3, 2));
+    assert!(alpha.modified_ms > 1_600_000_000_000, "unix ms");
+
+    assert!(store.delete("alpha").unwrap());
+    assert!(!store.delete("alpha").unwrap());
+    assert!(!store.delete("never").unwrap());
+    assert!(store.load("alpha").unwrap().is_none());
+    assert!(store.info("alpha").unwrap().is_none());
+    let names: Vec<_> = store.list().unwrap().into_iter().map(|d| d.name).collect();
+    assert_eq!(names, ["mid", "zeta"]);
+
+    // A re-created document starts empty.
+    store.append("alpha", b"new").unwrap();
+    assert_eq!(updates(&store, "alpha"), vec![b"new".to_vec()]);
+}
+
+#[test]
+fn interrupted_delete_is_finished_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.append("gone", b"x").unwrap();
+        store.append("kept", b"y").unwrap();
+        // Step 1 of delete only: the meta record goes, the tree stays.
+        store.shared.meta.remove("gone").unwrap();
+        store.flush().unwrap();
+        assert!(store.load("gone").unwrap().is_none());
+    }
+    let store = open(dir.path());
+    assert!(store.load("gone").unwrap().is_none());
+    assert!(
+        !store
+            .shared
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == b"doc:gone")
+    );
+    assert_eq!(updates(&store, "kept"), vec![b"y".to_vec()]);
+}
+
+#[test]
+fn second_open_of_a_live_folder_is_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = open(dir.path());
+    match SledStore::open(dir.path(), SledOptions::default()) {
+        Err(StoreError::Locked { path }) => assert_eq!(path, dir.path()),
+        Err(other) => panic!("expected Locked, got {other}"),
+        Ok(_) => panic!("expected Locked, got a second store"),
+    }
+    let message = StoreError::Locked {
+        path: dir.path().to_path_buf(),
+    }
+    .to_string();
+    assert!(message.contains("in use by another Quire process"));
+}
+
+#[test]
+fn open_creates_missing_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("a/b/data");
+    let store = open(&nested);
+    store.append("d", b"x").unwrap();
+    assert!(nested.is_dir());
+}
+
+#[test]
+fn meta_record_round_trips() {
+    let record = MetaRecord {
+        bytes: 1 << 40,
+        updates: 3,
+        modified_ms: u64::MAX,
+    };
+    assert_eq!(MetaRecord::decode(&record.encode()), Some(record));
+    assert_eq!(MetaRecord::decode(&[0; 23]), None);
+}
+
+/// Rough throughput figure; run with `--nocapture` to see it. Never asserts
+/// on time.
+#[test]
+fn measure_ten_thousand_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let update = [7u8; 100];
+    let started = Instant::now();
+    let mut last = 0;
+    for _ in 0..10_000 {
+        last = store.append("bench", &update).unwrap().ticket;
+    }
+    let appended = started.elapsed();
+    let committed = wait_durable(&store, last);
+    eprintln!(
+        "10,000 appends of 100 bytes: {appended:?} to append, {:?} until durable \
+         (last flush: batch {}, {:?})",
+        started.elapsed(),
+        committed.batch,
+        committed.flush_time
+    );
+    assert_eq!(updates(&store, "bench").len(), 10_000);
+}
