@@ -1,1 +1,134 @@
+//! Test support for Quire's integration tests: real servers on loopback
+//! (in-process or as a child process), a native yrs client speaking the
+//! y-websocket protocol over tokio-tungstenite, and a minimal HTTP client.
+//!
+//! Everything here targets 127.0.0.1 only and every wait is bounded.
 
+pub mod client;
+pub mod http;
+pub mod process;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use quire_server::{AppState, Config};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use client::Client;
+pub use process::ServerProcess;
+
+/// How long any test waits for a condition before failing.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A Quire server running inside the test process on 127.0.0.1:0 with its
+/// own sled folder.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    /// Keeps the data folder alive as long as the server (and after, for
+    /// restarts), unless the caller supplied the folder.
+    pub data: std::path::PathBuf,
+    _dir: Option<TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    /// Starts a server with test-friendly settings (short grace periods).
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server after letting `tune` adjust the configuration.
+    pub async fn start_with(tune: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let mut server = Self::start_in(data, tune).await;
+        server._dir = Some(dir);
+        server
+    }
+
+    /// Starts a server on an existing data folder.
+    pub async fn start_in(data: std::path::PathBuf, tune: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::new(SocketAddr::from(([127, 0, 0, 1], 0)), data.clone());
+        config.room_grace = Duration::from_millis(200);
+        tune(&mut config);
+        let store = quire_server::open_store(&config).expect("open store");
+        let listener = tokio::net::TcpListener::bind(config.addr)
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let state = AppState::new(config, store);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(quire_server::serve(state.clone(), listener, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            state,
+            data,
+            _dir: None,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// `ws://addr/ws/` — append a document name.
+    pub fn ws_url(&self, doc: &str) -> String {
+        format!("ws://{}/ws/{doc}", self.addr)
+    }
+
+    /// Shuts down gracefully and waits for it; keeps the data folder.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("server stops in time")
+                .expect("server task")
+                .expect("server result");
+        }
+    }
+
+    /// Stops, then starts again on the same folder (new port). The store's
+    /// folder lock is released once the old state is dropped.
+    pub async fn restart(mut self) -> Self {
+        self.stop().await;
+        let dir = self._dir.take();
+        let data = self.data.clone();
+        drop(self);
+        let mut server = Self::start_in(data, |c| c.room_grace = Duration::from_millis(200)).await;
+        server._dir = dir;
+        server
+    }
+
+    /// Number of rooms in memory.
+    pub fn live_rooms(&self) -> usize {
+        self.state.rooms.live().len()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Polls `condition` until it holds or [`WAIT`] passes; returns whether it held.
+/// For state that has no change notification (e.g. a room's eviction timer).
+pub async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    condition()
+}

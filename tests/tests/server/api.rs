@@ -1,0 +1,345 @@
+//! The HTTP API and the command line on the data folder.
+
+use quire_tests::http::{self, request};
+use quire_tests::process::run_cli;
+use quire_tests::{Client, ServerProcess, TestServer};
+use serde_json::{Value, json};
+use yrs::updates::decoder::Decode;
+use yrs::{Array, Doc, GetString, Map, ReadTxn, Text, Transact, Update, WriteTxn};
+
+/// A client document with a text, a map and an array, like a real app.
+async fn rich_document(server: &TestServer, doc: &str) -> Client {
+    let mut client = Client::connect_synced(server.ws_url(doc)).await;
+    client.push("Hello from the editor");
+    let update = {
+        let mut txn = client.doc.transact_mut();
+        let meta = txn.get_or_insert_map("meta");
+        meta.insert(&mut txn, "title", "Minutes");
+        let items = txn.get_or_insert_array("items");
+        items.push_back(&mut txn, "first");
+        items.push_back(&mut txn, 2);
+        txn.encode_update_v1()
+    };
+    client.send_update(&update);
+    client
+}
+
+#[tokio::test]
+async fn snapshot_equals_what_clients_see_in_every_format() {
+    let server = TestServer::start().await;
+    let _editor = rich_document(&server, "minutes").await;
+    let mut viewer = Client::connect_synced(server.ws_url("minutes")).await;
+    viewer
+        .wait_until("the map arrived", |c| {
+            c.doc.transact().get_map("meta").is_some() && c.text() == "Hello from the editor"
+        })
+        .await;
+
+    let text = http::get(server.addr, "/api/docs/minutes/snapshot?format=text").await;
+    assert_eq!(text.status, 200);
+    assert_eq!(
+        text.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(text.text(), viewer.text());
+
+    let exported = http::get(server.addr, "/api/docs/minutes/snapshot?format=json")
+        .await
+        .json();
+    assert_eq!(
+        exported,
+        json!({"content": "Hello from the editor", "meta": {"title": "Minutes"}, "items": ["first", 2]})
+    );
+
+    let yjs = http::get(server.addr, "/api/docs/minutes/snapshot").await;
+    assert_eq!(yjs.status, 200, "yjs is the default format");
+    assert!(
+        yjs.header("content-disposition")
+            .unwrap()
+            .contains("minutes.yjs")
+    );
+    let copy = Doc::new();
+    copy.transact_mut()
+        .apply_update(Update::decode_v1(&yjs.body).unwrap())
+        .unwrap();
+    let txn = copy.transact();
+    assert_eq!(
+        txn.get_text("content").unwrap().get_string(&txn),
+        viewer.text()
+    );
+    assert_eq!(txn.get_array("items").unwrap().len(&txn), 2);
+
+    // After the room is gone, the export comes from disk and is the same.
+    drop(txn);
+    drop(_editor);
+    drop(viewer);
+    assert!(quire_tests::eventually(|| server.live_rooms() == 0).await);
+    let from_disk = http::get(server.addr, "/api/docs/minutes/snapshot?format=json")
+        .await
+        .json();
+    assert_eq!(from_disk, exported);
+}
+
+#[tokio::test]
+async fn import_merges_and_never_replaces() {
+    let server = TestServer::start().await;
+    let mut editor = Client::connect_synced(server.ws_url("merge")).await;
+    editor.push("kept. ");
+
+    // An update made elsewhere, by a document that never saw "kept. ".
+    let outside = Doc::new();
+    let update = {
+        let text = outside.get_or_insert_text("content");
+        let mut txn = outside.transact_mut();
+        text.insert(&mut txn, 0, "imported. ");
+        txn.encode_update_v1()
+    };
+    let response = request(server.addr, "PUT", "/api/docs/merge/snapshot", &update).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json(), json!({"changed": true}));
+    editor
+        .wait_until("the import reaches the editor", |c| {
+            c.text().len() == "kept. imported. ".len()
+        })
+        .await;
+    let text = editor.text();
+    assert!(
+        text.contains("kept. ") && text.contains("imported. "),
+        "{text}"
+    );
+
+    // Importing the same update again changes nothing.
+    let again = request(server.addr, "PUT", "/api/docs/merge/snapshot", &update).await;
+    assert_eq!(again.json(), json!({"changed": false}));
+
+    // Garbage is refused and nothing changes.
+    let before = http::get(server.addr, "/api/docs/merge/snapshot?format=text")
+        .await
+        .text();
+    let bad = request(
+        server.addr,
+        "PUT",
+        "/api/docs/merge/snapshot",
+        b"\x01\x02garbage",
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["error"]["code"], "bad_request");
+    assert_eq!(
+        http::get(server.addr, "/api/docs/merge/snapshot?format=text")
+            .await
+            .text(),
+        before
+    );
+
+    // Import into a document nobody has open creates it.
+    let fresh = request(server.addr, "PUT", "/api/docs/brand-new/snapshot", &update).await;
+    assert_eq!(fresh.status, 200);
+    let text = http::get(server.addr, "/api/docs/brand-new/snapshot?format=text").await;
+    assert_eq!(text.text(), "imported. ");
+}
+
+#[tokio::test]
+async fn list_shows_documents_with_size_time_and_connections() {
+    let server = TestServer::start().await;
+    let mut a = Client::connect_synced(server.ws_url("alpha")).await;
+    a.push("some text");
+    let _b = Client::connect_synced(server.ws_url("alpha")).await;
+    let mut c = Client::connect_synced(server.ws_url("beta")).await;
+    c.push("x");
+    let mut watcher = Client::connect_synced(server.ws_url("beta")).await;
+    watcher.wait_text("x").await;
+    let _idle = Client::connect_synced(server.ws_url("gamma")).await;
+
+    let list = http::get(server.addr, "/api/docs").await.json();
+    let rows = list.as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["alpha", "beta", "gamma"],
+        "open but unwritten documents are listed too"
+    );
+    let alpha = &rows[0];
+    assert_eq!(alpha["connections"], 2);
+    assert!(alpha["bytes"].as_u64().unwrap() > 0);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let modified = alpha["modified_ms"].as_u64().unwrap();
+    assert!(
+        modified <= now_ms && now_ms - modified < 60_000,
+        "modified {modified}, now {now_ms}"
+    );
+    assert_eq!(rows[1]["connections"], 2);
+    assert_eq!(rows[2]["bytes"], 0);
+}
+
+#[tokio::test]
+async fn delete_closes_connections_with_4404_and_forgets_the_document() {
+    let server = TestServer::start().await;
+    let mut editor = Client::connect_synced(server.ws_url("doomed")).await;
+    editor.push("soon gone");
+    let mut watcher = Client::connect_synced(server.ws_url("doomed")).await;
+    watcher.wait_text("soon gone").await;
+
+    let response = request(server.addr, "DELETE", "/api/docs/doomed", &[]).await;
+    assert_eq!(response.status, 204);
+    assert_eq!(editor.wait_closed().await.0, 4404);
+    assert_eq!(watcher.wait_closed().await.0, 4404);
+    assert_eq!(
+        http::get(server.addr, "/api/docs/doomed/snapshot")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(http::get(server.addr, "/api/docs").await.json(), json!([]));
+
+    // The name can be used again, from scratch.
+    let fresh = Client::connect_synced(server.ws_url("doomed")).await;
+    assert_eq!(fresh.text(), "");
+    assert_eq!(
+        request(server.addr, "DELETE", "/api/docs/never-was", &[])
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn errors_are_json_with_the_right_status() {
+    let server = TestServer::start().await;
+    let missing = http::get(server.addr, "/api/docs/nothing-here/snapshot?format=text").await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.json()["error"]["code"], "not_found");
+    assert!(
+        missing.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing-here")
+    );
+
+    let mut client = Client::connect_synced(server.ws_url("present")).await;
+    client.push("hi");
+    let mut other = Client::connect_synced(server.ws_url("present")).await;
+    other.wait_text("hi").await;
+    let bad_format = http::get(server.addr, "/api/docs/present/snapshot?format=pdf").await;
+    assert_eq!(bad_format.status, 400);
+    assert!(
+        bad_format.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("pdf")
+    );
+
+    let bad_name = http::get(server.addr, "/api/docs/a..b/snapshot").await;
+    assert_eq!(bad_name.status, 400);
+    assert_eq!(bad_name.json()["error"]["code"], "bad_request");
+}
+
+#[tokio::test]
+async fn health_and_metrics_are_served() {
+    let server = TestServer::start().await;
+    let health = http::get(server.addr, "/healthz").await;
+    assert_eq!((health.status, health.text().as_str()), (200, "ok\n"));
+
+    let mut a = Client::connect_synced(server.ws_url("metered")).await;
+    a.push("abc");
+    let mut b = Client::connect_synced(server.ws_url("metered")).await;
+    b.wait_text("abc").await;
+    let metrics = http::get(server.addr, "/metrics").await.text();
+    for line in [
+        "quire_connections 2",
+        "quire_rooms 1",
+        "quire_updates_in_total 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics}"
+        );
+    }
+    for name in [
+        "quire_bytes_in_total",
+        "quire_bytes_out_total",
+        "quire_messages_out_total",
+        "quire_persist_batch_size_bucket",
+        "quire_persist_latency_seconds_bucket",
+    ] {
+        assert!(metrics.contains(name), "missing {name}");
+    }
+}
+
+#[tokio::test]
+async fn the_command_line_lists_exports_and_imports_on_the_data_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), 0, &[]).await;
+    let mut client = Client::connect_synced(server.ws_url("cli-doc")).await;
+    client.push("written online");
+    let mut other = Client::connect_synced(server.ws_url("cli-doc")).await;
+    other.wait_text("written online").await;
+
+    // While the server runs, the folder is locked and the CLI says so.
+    let (status, _, stderr) = run_cli(dir.path(), &["ls"]).await;
+    assert!(!status.success());
+    assert!(
+        stderr.contains("in use by another Quire process"),
+        "{stderr}"
+    );
+
+    assert!(server.terminate().await.success());
+    let (status, stdout, _) = run_cli(dir.path(), &["ls"]).await;
+    assert!(status.success());
+    let listing = String::from_utf8(stdout).unwrap();
+    assert!(listing.starts_with("cli-doc\t"), "{listing}");
+
+    let (status, stdout, stderr) =
+        run_cli(dir.path(), &["export", "cli-doc", "--format", "text"]).await;
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout, b"written online");
+
+    let out = dir.path().join("copy.json");
+    let (status, _, stderr) = run_cli(
+        dir.path(),
+        &[
+            "export",
+            "cli-doc",
+            "--format",
+            "json",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(status.success(), "{stderr}");
+    let json: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(json, json!({"content": "written online"}));
+
+    // Import an update made elsewhere; it merges with what is there.
+    let outside = Doc::new();
+    let update = {
+        let text = outside.get_or_insert_text("content");
+        let mut txn = outside.transact_mut();
+        text.insert(&mut txn, 0, "offline note. ");
+        txn.encode_update_v1()
+    };
+    let file = dir.path().join("note.yjs");
+    std::fs::write(&file, update).unwrap();
+    let (status, _, stderr) =
+        run_cli(dir.path(), &["import", "cli-doc", file.to_str().unwrap()]).await;
+    assert!(status.success(), "{stderr}");
+
+    let (status, _, stderr) = run_cli(dir.path(), &["export", "nope", "--format", "text"]).await;
+    assert!(
+        !status.success() && stderr.contains("no document named"),
+        "{stderr}"
+    );
+
+    let server = ServerProcess::start(dir.path(), 0, &[]).await;
+    let reader = Client::connect_synced(server.ws_url("cli-doc")).await;
+    let text = reader.text();
+    assert_eq!(text.len(), "offline note. written online".len());
+    assert!(
+        text.contains("offline note. ") && text.contains("written online"),
+        "{text}"
+    );
+}

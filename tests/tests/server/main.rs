@@ -1,0 +1,9 @@
+//! Integration tests of the Quire server, written as its specification.
+//! Every test runs a real server on 127.0.0.1 with real sled files in a
+//! temporary folder and talks to it with real WebSocket clients.
+
+mod api;
+mod bad_input;
+mod compat;
+mod persistence;
+mod sync;
