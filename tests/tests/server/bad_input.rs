@@ -146,3 +146,19 @@ async fn unacceptable_document_names_close_with_4400() {
     let list = http::get(server.addr, "/api/docs").await.json();
     assert_eq!(list, serde_json::json!([]));
 }
+
+/// Found by mutating real updates: yrs 0.28 overflows a u32 while decoding
+/// this block list and panics (debug builds). The panic is contained: only
+/// the sender is closed, nothing is applied.
+#[tokio::test]
+async fn regression_yrs_panic_while_decoding_an_update_is_contained() {
+    let scene = Scene::new(|_| {}).await;
+    let panicking: Vec<u8> = vec![
+        1, 2, 14, 132, 207, 231, 144, 158, 211, 231, 13, 145, 9, 68, 132, 207, 231, 144, 158, 211,
+        231, 13, 0, 8, 99, 104, 117, 110, 107, 32, 49, 32, 40, 1, 1, 109, 2, 107, 49, 1, 125, 1,
+    ];
+    let reason = scene
+        .expect_refused(move |c| c.send_update(&panicking), 1007)
+        .await;
+    assert!(reason.contains("does not decode"), "{reason}");
+}
