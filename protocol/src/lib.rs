@@ -12,15 +12,22 @@
 //! - [`awareness`]: the presence table a room keeps (who is here, their
 //!   cursor, name and colour), with the y-protocols merge rules.
 //! - [`close`]: the WebSocket close codes and what each means.
+//! - [`ext`]: Quire's negotiated extensions (heartbeat, save acks, named
+//!   events, typed errors, fragments).
+//! - [`session`]: the sans-IO client: connection state machine, backoff,
+//!   heartbeat, offline edits, save tracking, presence and events.
 //! - [`doc_name`]: which document names are acceptable in a URL and on disk.
 
 pub mod awareness;
 pub mod close;
 pub mod doc_name;
+pub mod ext;
 pub mod lib0;
 pub mod message;
+pub mod session;
 
 pub use awareness::{AwarenessChange, AwarenessTable, ClientId};
 pub use doc_name::{DocName, DocNameError};
 pub use lib0::DecodeError;
 pub use message::{Message, SyncMessage};
+pub use session::{Action, Connection, SessionConfig, SessionEvent, Status, SyncSession};

@@ -26,6 +26,12 @@ pub enum DecodeError {
     TrailingBytes(usize),
     #[error("awareness state of client {0} is not valid JSON")]
     InvalidAwarenessJson(u64),
+    #[error("unknown Quire extension message {0}")]
+    UnknownExtension(u64),
+    #[error("fragmented frame larger than the limit")]
+    FragmentTooLarge,
+    #[error("fragment does not continue the frame being reassembled")]
+    FragmentMismatch,
 }
 
 /// Largest integer JavaScript can represent exactly; lib0 never writes more.

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod http;
 pub mod process;
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::time::Duration;
