@@ -24,6 +24,8 @@ use crate::snapshot::{self, Format};
 pub enum AppError {
     BadRequest(String),
     NotFound(String),
+    /// Over a size limit.
+    TooLarge(String),
     /// Shutting down, or a document that cannot be loaded right now.
     Unavailable(String),
     /// Anything else; the detail is logged, not returned.
@@ -46,6 +48,7 @@ impl IntoResponse for AppError {
         let (status, code, message) = match &self {
             AppError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m.as_str()),
             AppError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.as_str()),
+            AppError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", m.as_str()),
             AppError::Unavailable(m) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m.as_str())
             }
@@ -72,6 +75,7 @@ impl From<RoomError> for AppError {
     fn from(err: RoomError) -> Self {
         match err {
             RoomError::InvalidUpdate(m) => AppError::BadRequest(m),
+            RoomError::TooLarge(m) => AppError::TooLarge(m),
             RoomError::ShuttingDown => AppError::Unavailable(err.to_string()),
             RoomError::Unavailable(m) => AppError::Internal(m),
             RoomError::Gone => AppError::Internal("room kept closing".into()),

@@ -24,6 +24,17 @@ pub struct Config {
     pub outbox_capacity: usize,
     /// A room rewrites its log as one state update once it holds this many updates.
     pub compact_after: u64,
+    /// How often the server checks each connection for life.
+    pub ping_interval: Duration,
+    /// How long a ping may go unanswered before the connection is dropped.
+    pub ping_timeout: Duration,
+    /// Largest document a room serves or grows to (4413 beyond).
+    pub max_document_bytes: u64,
+    /// Frames larger than this go to Quire clients in fragments, so that
+    /// pings keep flowing during a large initial sync.
+    pub fragment_bytes: usize,
+    /// Chat messages sent to a Quire client when it joins.
+    pub chat_history: usize,
 }
 
 impl Config {
@@ -38,6 +49,11 @@ impl Config {
             awareness_timeout: Duration::from_secs(30),
             outbox_capacity: 4096,
             compact_after: 1000,
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+            max_document_bytes: 128 * 1024 * 1024,
+            fragment_bytes: 256 * 1024,
+            chat_history: 50,
         }
     }
 }

@@ -1,39 +1,55 @@
 //! One WebSocket connection: decode what the client sends and hand it to the
-//! room; write what the room queues for it; close with a clear code when
-//! either side says so.
+//! room; write what the room queues for it; keep checking the link is alive;
+//! close with a clear code when either side says so.
 //!
-//! Two halves run concurrently. The reader decodes each binary frame into an
-//! [`Inbound`] (so malformed input is refused here, before it costs the room
-//! anything) and waits for the room's mailbox, which slows down a client that
-//! sends faster than its room can merge. The writer drains the connection's
-//! bounded outbound queue and performs a [`Close`] when one arrives.
+//! Two halves run concurrently. The **reader** decodes each binary frame
+//! into an [`Inbound`] (malformed input is refused here, before it costs the
+//! room anything), waits for the room's mailbox (which slows down a client
+//! that sends faster than its room can merge), answers application pings,
+//! and sends a ping every interval, dropping the connection when one goes
+//! unanswered for the timeout. The **writer** sends, in this priority:
+//! a close (preceded by a typed error for Quire clients), control frames
+//! (welcome, pings, pongs), then the room's frames. For Quire clients a
+//! large frame goes out in fragments with control frames in between, so a
+//! 50 MB initial sync does not starve the heartbeat.
+//!
+//! Stock y-websocket clients get WebSocket ping frames and no extension
+//! message ever; Quire clients (subprotocol `quire.v1`) get the extensions.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use bytes::Bytes;
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
+use quire_protocol::ext::{self, Ext, SUBPROTOCOL, Welcome};
 use quire_protocol::{DocName, Message, SyncMessage, close};
 use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::AppState;
 use crate::room::{Close, ConnId, Inbound, MemberChannels};
+use crate::{AppState, unix_ms};
 
 /// Longest close reason a WebSocket close frame can carry, in bytes.
 const MAX_REASON_BYTES: usize = 123;
+/// Control frames that may wait for the writer (pings are skipped beyond).
+const CONTROL_CAPACITY: usize = 64;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// Serves one upgraded WebSocket for document `raw_name` until it closes.
 pub async fn serve(socket: WebSocket, raw_name: String, state: AppState) {
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    let span = info_span!("conn", doc = %raw_name, conn);
+    let extensions = socket
+        .protocol()
+        .is_some_and(|p| p.as_bytes() == SUBPROTOCOL.as_bytes());
+    let span = info_span!("conn", doc = %raw_name, conn, quire = extensions);
     async move {
         state.metrics.connections.inc();
         state.metrics.connections_opened.inc();
-        run(socket, conn, &raw_name, &state).await;
+        run(socket, conn, extensions, &raw_name, &state).await;
         state.metrics.connections.dec();
         debug!("connection closed");
     }
@@ -41,28 +57,38 @@ pub async fn serve(socket: WebSocket, raw_name: String, state: AppState) {
     .await
 }
 
-async fn run(socket: WebSocket, conn: ConnId, raw_name: &str, state: &AppState) {
+async fn run(socket: WebSocket, conn: ConnId, extensions: bool, raw_name: &str, state: &AppState) {
+    let config = &state.config;
     let (mut sink, mut stream) = socket.split();
     let name = match DocName::parse(raw_name) {
         Ok(name) => name,
         Err(err) => {
             warn!(%err, "refusing document name");
             state.metrics.rejected_inputs.inc();
-            let _ = sink
-                .send(close_message(&Close::new(
-                    close::BAD_DOCUMENT_NAME,
-                    err.to_string(),
-                )))
-                .await;
+            let close = Close::new(close::BAD_DOCUMENT_NAME, err.to_string());
+            send_close(&mut sink, &close, extensions).await;
             return;
         }
     };
 
-    let (frames_tx, mut frames_rx) = mpsc::channel::<Bytes>(state.config.outbox_capacity);
-    let (close_tx, mut close_rx) = mpsc::channel::<Close>(1);
+    let (frames_tx, frames_rx) = mpsc::channel::<Bytes>(config.outbox_capacity);
+    let (close_tx, close_rx) = mpsc::channel::<Close>(1);
+    let (control_tx, control_rx) = mpsc::channel::<WsMessage>(CONTROL_CAPACITY);
+    if extensions {
+        let welcome = Ext::Welcome(Welcome {
+            conn_id: conn,
+            server_time_ms: unix_ms(),
+            ping_interval_ms: config.ping_interval.as_millis() as u64,
+            ping_timeout_ms: config.ping_timeout.as_millis() as u64,
+            max_message_bytes: config.max_message_bytes as u64,
+            max_document_bytes: config.max_document_bytes,
+        });
+        let _ = control_tx.try_send(WsMessage::Binary(welcome.encode().into()));
+    }
     let member = MemberChannels {
         frames: frames_tx,
         close: close_tx.clone(),
+        extensions,
     };
     let room = match state
         .rooms
@@ -75,40 +101,54 @@ async fn run(socket: WebSocket, conn: ConnId, raw_name: &str, state: &AppState) 
         Ok(room) => room,
         Err(err) => {
             warn!(%err, "could not join the room");
-            let _ = sink.send(close_message(&err.close())).await;
+            send_close(&mut sink, &err.close(), extensions).await;
             return;
         }
     };
     drop(member);
 
-    let metrics = state.metrics.clone();
-    let mut writer = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                biased;
-                Some(close) = close_rx.recv() => {
-                    let _ = sink.send(close_message(&close)).await;
-                    break;
-                }
-                frame = frames_rx.recv() => match frame {
-                    Some(frame) => {
-                        if sink.send(WsMessage::Binary(frame)).await.is_err() {
-                            break;
-                        }
-                    }
-                    // The room let go of us: the connection is over.
-                    None => break,
-                },
-            }
-        }
-        let _ = sink.close().await;
-    });
+    let writer = Writer {
+        sink,
+        frames: frames_rx,
+        close: close_rx,
+        control: control_rx,
+        extensions,
+        fragment_bytes: config.fragment_bytes,
+    };
+    let mut writer = tokio::spawn(writer.run());
 
+    // Heartbeat: a ping every interval; the oldest unanswered one must be
+    // answered (by anything at all) within the timeout.
+    let mut nonce = 0u64;
+    let mut next_ping = Instant::now() + config.ping_interval;
+    let mut unanswered_since: Option<Instant> = None;
     loop {
+        let ping_deadline = unanswered_since.map(|t| t + config.ping_timeout);
         let frame = tokio::select! {
             frame = stream.next() => frame,
             _ = &mut writer => break,
+            _ = sleep_until(next_ping) => {
+                nonce += 1;
+                let ping = if extensions {
+                    WsMessage::Binary(Ext::Ping(nonce).encode().into())
+                } else {
+                    WsMessage::Ping(Bytes::from(nonce.to_be_bytes().to_vec()))
+                };
+                // A writer too busy to take a ping is not dead; skip this one.
+                let _ = control_tx.try_send(ping);
+                unanswered_since.get_or_insert_with(Instant::now);
+                next_ping = Instant::now() + config.ping_interval;
+                continue;
+            }
+            _ = sleep_until(ping_deadline.unwrap_or_else(Instant::now)), if ping_deadline.is_some() => {
+                warn!("no answer to ping; dropping the connection");
+                let timeout = config.ping_timeout.as_millis();
+                let _ = close_tx.try_send(Close::new(close::PING_TIMEOUT, format!("no answer to ping within {timeout} ms")));
+                break;
+            }
         };
+        // Anything from the client proves the link is alive.
+        unanswered_since = None;
         let bytes = match frame {
             None | Some(Ok(WsMessage::Close(_))) => break,
             Some(Ok(WsMessage::Binary(bytes))) => bytes,
@@ -125,7 +165,7 @@ async fn run(socket: WebSocket, conn: ConnId, raw_name: &str, state: &AppState) 
             Some(Err(err)) => {
                 let text = err.to_string();
                 if text.contains("too long") || text.contains("Space limit") {
-                    let limit = state.config.max_message_bytes;
+                    let limit = config.max_message_bytes;
                     reject(
                         state,
                         &close_tx,
@@ -138,17 +178,16 @@ async fn run(socket: WebSocket, conn: ConnId, raw_name: &str, state: &AppState) 
                 break;
             }
         };
-        metrics.bytes_in.inc_by(bytes.len() as u64);
-        let inbound = match decode(&bytes) {
-            Ok(Some(inbound)) => inbound,
-            Ok(None) => continue,
-            Err(err) => {
-                reject(
-                    state,
-                    &close_tx,
-                    close::INVALID_PAYLOAD,
-                    format!("malformed message: {err}"),
-                );
+        state.metrics.bytes_in.inc_by(bytes.len() as u64);
+        let inbound = match decode(&bytes, extensions) {
+            Ok(Decoded::Room(inbound)) => inbound,
+            Ok(Decoded::Ping(nonce)) => {
+                let _ = control_tx.try_send(WsMessage::Binary(Ext::Pong(nonce).encode().into()));
+                continue;
+            }
+            Ok(Decoded::Nothing) => continue,
+            Err(reason) => {
+                reject(state, &close_tx, close::INVALID_PAYLOAD, reason);
                 break;
             }
         };
@@ -160,6 +199,7 @@ async fn run(socket: WebSocket, conn: ConnId, raw_name: &str, state: &AppState) 
     room.leave(conn).await;
     // Let the writer send its close frame; the room has dropped our queue.
     drop(close_tx);
+    drop(control_tx);
     if tokio::time::timeout(Duration::from_secs(5), &mut writer)
         .await
         .is_err()
@@ -168,25 +208,128 @@ async fn run(socket: WebSocket, conn: ConnId, raw_name: &str, state: &AppState) 
     }
 }
 
-/// Turns one frame into what the room needs; `None` for messages a server
-/// ignores (an auth message from a client).
-fn decode(frame: &Bytes) -> Result<Option<Inbound>, quire_protocol::DecodeError> {
-    let part = |slice: &[u8]| frame.slice_ref(slice);
-    Ok(Some(match Message::decode(frame)? {
-        Message::Sync(SyncMessage::Step1(sv)) => Inbound::StateVector(part(sv)),
-        Message::Sync(SyncMessage::Step2(update) | SyncMessage::Update(update)) => {
-            Inbound::Update(part(update))
+/// The sending half of the socket and its three queues.
+struct Writer {
+    sink: SplitSink<WebSocket, WsMessage>,
+    frames: mpsc::Receiver<Bytes>,
+    close: mpsc::Receiver<Close>,
+    control: mpsc::Receiver<WsMessage>,
+    extensions: bool,
+    fragment_bytes: usize,
+}
+
+impl Writer {
+    async fn run(mut self) {
+        loop {
+            tokio::select! {
+                biased;
+                Some(close) = self.close.recv() => {
+                    send_close(&mut self.sink, &close, self.extensions).await;
+                    break;
+                }
+                Some(control) = self.control.recv() => {
+                    if self.sink.send(control).await.is_err() {
+                        break;
+                    }
+                }
+                frame = self.frames.recv() => match frame {
+                    Some(frame) => {
+                        if !self.send_frame(frame).await {
+                            break;
+                        }
+                    }
+                    // The room let go of us: the connection is over.
+                    None => break,
+                },
+            }
         }
-        Message::Awareness(update) => Inbound::Awareness(part(update)),
-        Message::QueryAwareness => Inbound::QueryAwareness,
-        Message::PermissionDenied(_) => return Ok(None),
-    }))
+        let _ = self.sink.close().await;
+    }
+
+    /// Sends one room frame, in fragments if large; returns false once the
+    /// socket is gone or a close was sent.
+    async fn send_frame(&mut self, frame: Bytes) -> bool {
+        if !self.extensions || frame.len() <= self.fragment_bytes {
+            return self.sink.send(WsMessage::Binary(frame)).await.is_ok();
+        }
+        for piece in ext::fragment(&frame, self.fragment_bytes) {
+            if self
+                .sink
+                .send(WsMessage::Binary(piece.into()))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            // Between pieces: a close wins, control frames go first.
+            if let Ok(close) = self.close.try_recv() {
+                send_close(&mut self.sink, &close, true).await;
+                return false;
+            }
+            while let Ok(control) = self.control.try_recv() {
+                if self.sink.send(control).await.is_err() {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// What a client frame turned out to be.
+enum Decoded {
+    /// For the room.
+    Room(Inbound),
+    /// An application ping, answered by the connection itself.
+    Ping(u64),
+    /// Nothing a server acts on (a pong, an auth message from a client).
+    Nothing,
+}
+
+/// Turns one frame into what the room needs. Extension frames are only
+/// understood on connections that negotiated them.
+fn decode(frame: &Bytes, extensions: bool) -> Result<Decoded, String> {
+    let part = |slice: &[u8]| frame.slice_ref(slice);
+    if extensions && Ext::is_ext(frame) {
+        return match Ext::decode(frame).map_err(|e| format!("malformed message: {e}"))? {
+            Ext::Ping(nonce) => Ok(Decoded::Ping(nonce)),
+            Ext::Pong(_) => Ok(Decoded::Nothing),
+            Ext::Emit { name, payload, ack } => Ok(Decoded::Room(Inbound::Emit {
+                name: name.to_owned(),
+                payload: payload.to_owned(),
+                ack,
+            })),
+            other => Err(format!("a client may not send {other:?}")),
+        };
+    }
+    let message = Message::decode(frame).map_err(|e| format!("malformed message: {e}"))?;
+    Ok(match message {
+        Message::Sync(SyncMessage::Step1(sv)) => Decoded::Room(Inbound::StateVector(part(sv))),
+        Message::Sync(SyncMessage::Step2(update) | SyncMessage::Update(update)) => {
+            Decoded::Room(Inbound::Update(part(update)))
+        }
+        Message::Awareness(update) => Decoded::Room(Inbound::Awareness(part(update))),
+        Message::QueryAwareness => Decoded::Room(Inbound::QueryAwareness),
+        Message::PermissionDenied(_) => Decoded::Nothing,
+    })
 }
 
 fn reject(state: &AppState, close_tx: &mpsc::Sender<Close>, code: u16, reason: String) {
     warn!(code, %reason, "closing connection for bad input");
     state.metrics.rejected_inputs.inc();
     let _ = close_tx.try_send(Close::new(code, reason));
+}
+
+/// Sends a typed error (Quire clients) and then the close frame.
+async fn send_close(sink: &mut SplitSink<WebSocket, WsMessage>, close: &Close, extensions: bool) {
+    if extensions {
+        let error = Ext::Error {
+            code: u64::from(close.code),
+            message: &close.reason,
+        };
+        let _ = sink.send(WsMessage::Binary(error.encode().into())).await;
+    }
+    let _ = sink.send(close_message(close)).await;
 }
 
 fn close_message(close: &Close) -> WsMessage {

@@ -70,6 +70,13 @@ impl AppState {
     }
 }
 
+/// Wall-clock milliseconds, for timestamps shown to people.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Opens the embedded sled store the configuration names.
 pub fn open_store(config: &Config) -> Result<Arc<SledStore>, StoreError> {
     let options = SledOptions {
@@ -102,7 +109,8 @@ async fn ws_upgrade(
     State(state): State<AppState>,
 ) -> Response {
     let limit = state.config.max_message_bytes;
-    ws.max_message_size(limit)
+    ws.protocols([quire_protocol::ext::SUBPROTOCOL])
+        .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| connection::serve(socket, doc, state))
 }

@@ -75,6 +75,15 @@ struct ServeArgs {
     /// Rewrite a document's log as one update once it holds this many.
     #[arg(long, env = "QUIRE_COMPACT_AFTER", default_value_t = 1000)]
     compact_after: u64,
+    /// How often each connection is checked for life (e.g. 25s, 500ms).
+    #[arg(long, env = "QUIRE_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration)]
+    ping_interval: Duration,
+    /// How long a ping may go unanswered before the connection is dropped.
+    #[arg(long, env = "QUIRE_PING_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    ping_timeout: Duration,
+    /// Largest document served, in bytes; larger ones are refused with 4413.
+    #[arg(long, env = "QUIRE_MAX_DOCUMENT_BYTES", default_value_t = 128 * 1024 * 1024)]
+    max_document_bytes: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -105,6 +114,9 @@ fn serve(data: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
         awareness_timeout: args.awareness_timeout,
         outbox_capacity: args.outbox_capacity.max(1),
         compact_after: args.compact_after,
+        ping_interval: args.ping_interval.max(Duration::from_millis(10)),
+        ping_timeout: args.ping_timeout.max(Duration::from_millis(10)),
+        max_document_bytes: args.max_document_bytes,
         ..Config::new(args.addr, data)
     };
     let runtime = tokio::runtime::Runtime::new()?;

@@ -20,15 +20,19 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
+use quire_protocol::ext::{CHAT_EVENT, CHAT_HISTORY_EVENT, Ext};
 use quire_protocol::{AwarenessTable, ClientId, DocName, Message, SyncMessage, close};
-use quire_storage::{DocStore, Seq, StoreError, StoredDoc};
+use quire_storage::{Committed, DocStore, Seq, StoreError, StoredDoc};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
 use tracing::{debug, error, info, warn};
 
 use crate::document::{Document, DocumentError};
 use crate::rooms::Rooms;
+use crate::unix_ms;
 
 /// Identifies one WebSocket connection for the lifetime of the process.
 pub type ConnId = u64;
@@ -60,6 +64,8 @@ pub struct MemberChannels {
     pub frames: mpsc::Sender<Bytes>,
     /// A close to perform; capacity 1, and one close is all that matters.
     pub close: mpsc::Sender<Close>,
+    /// Whether the client negotiated Quire's extensions (acks, events, ...).
+    pub extensions: bool,
 }
 
 /// A decoded client message, payloads sharing the frame's buffer.
@@ -73,6 +79,12 @@ pub enum Inbound {
     Awareness(Bytes),
     /// "Send me everyone's awareness."
     QueryAwareness,
+    /// A named event for the room (Quire clients only).
+    Emit {
+        name: String,
+        payload: String,
+        ack: u64,
+    },
 }
 
 /// Why a room could not do what was asked.
@@ -90,6 +102,9 @@ pub enum RoomError {
     /// The update was rejected; nothing changed.
     #[error("{0}")]
     InvalidUpdate(String),
+    /// The document is, or would become, larger than allowed.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl RoomError {
@@ -101,6 +116,7 @@ impl RoomError {
             }
             RoomError::ShuttingDown => Close::new(close::GOING_AWAY, self.to_string()),
             RoomError::InvalidUpdate(_) => Close::new(close::INVALID_PAYLOAD, self.to_string()),
+            RoomError::TooLarge(_) => Close::new(close::DOCUMENT_TOO_LARGE, self.to_string()),
         }
     }
 }
@@ -206,6 +222,11 @@ struct Member {
     channels: MemberChannels,
     /// Awareness client ids this connection announced, removed when it leaves.
     clients: HashSet<ClientId>,
+    /// Update messages (step 2 and update) received, numbered from 1: the
+    /// numbers `Saved` acknowledgements refer to.
+    update_messages: u64,
+    /// (message number, storage ticket that makes it durable), oldest first.
+    pending_saves: VecDeque<(u64, u64)>,
 }
 
 /// Where the room's document stands.
@@ -219,6 +240,8 @@ enum State {
         last_seq: Seq,
         /// Ticket of the newest append, for the flush on eviction.
         last_ticket: u64,
+        /// Estimated encoded size (stored log bytes), for the size limit.
+        bytes: u64,
     },
     /// Loading or storing failed. The room serves nobody and writes nothing
     /// until it is evicted; the next join loads again.
@@ -230,6 +253,8 @@ enum State {
 enum Target {
     One(ConnId),
     AllBut(Option<ConnId>),
+    /// Members that negotiated the extensions, but one.
+    ExtensionsBut(Option<ConnId>),
 }
 
 pub(crate) struct Room {
@@ -242,6 +267,10 @@ pub(crate) struct Room {
     member_count: Arc<AtomicUsize>,
     awareness: AwarenessTable,
     state: State,
+    /// Group-commit progress, to acknowledge saves.
+    durability: watch::Receiver<Committed>,
+    /// Recent chat messages (JSON), oldest first, sent to joining clients.
+    chat: VecDeque<String>,
     /// When the last member left; the room is evicted a grace period later.
     empty_since: Option<Instant>,
     /// Origin of the room's millisecond clock for awareness timestamps.
@@ -260,6 +289,8 @@ impl Room {
             members: member_count.clone(),
         };
         let room = Room {
+            durability: rooms.store().durability(),
+            chat: VecDeque::new(),
             name,
             store: rooms.store().clone(),
             rooms,
@@ -279,6 +310,7 @@ impl Room {
         // Load before reading the mailbox: no sync message is answered from
         // an empty document while the real one is still on disk.
         self.state = load(&self.store, &self.name).await;
+        self.chat = load_chat(&self.store, &self.name, self.rooms.config().chat_history).await;
         let config = self.rooms.config().clone();
         let mut sweep =
             interval((config.awareness_timeout / 6).max(std::time::Duration::from_millis(50)));
@@ -296,6 +328,7 @@ impl Room {
                     None => break,
                 },
                 _ = sweep.tick() => self.sweep_awareness(config.awareness_timeout.as_millis() as u64),
+                Ok(()) = self.durability.changed(), if self.saves_pending() => self.send_saves(),
                 _ = sleep_until(evict_at.unwrap_or_else(Instant::now)), if evict_at.is_some() => {
                     self.finish_storage().await;
                     if self.rooms.evict_if_idle(&self.name, &mut self.rx, self.members.is_empty()) {
@@ -355,12 +388,22 @@ impl Room {
     }
 
     fn join(&mut self, conn: ConnId, channels: MemberChannels) -> Result<(), RoomError> {
-        let State::Ready { document, .. } = &self.state else {
+        let State::Ready {
+            document, bytes, ..
+        } = &self.state
+        else {
             let State::Failed(reason) = &self.state else {
                 unreachable!()
             };
             return Err(RoomError::Unavailable(reason.clone()));
         };
+        let limit = self.rooms.config().max_document_bytes;
+        if *bytes > limit {
+            return Err(RoomError::TooLarge(format!(
+                "the document is {bytes} bytes, over this server's limit of {limit}"
+            )));
+        }
+        let extensions = channels.extensions;
         let step1 =
             Bytes::from(Message::Sync(SyncMessage::Step1(&document.state_vector())).encode());
         self.members.insert(
@@ -368,6 +411,8 @@ impl Room {
             Member {
                 channels,
                 clients: HashSet::new(),
+                update_messages: 0,
+                pending_saves: VecDeque::new(),
             },
         );
         self.member_count
@@ -377,6 +422,25 @@ impl Room {
         if !self.awareness.is_empty() {
             let states = Bytes::from(Message::Awareness(&self.awareness.encode_all()).encode());
             self.send(Target::One(conn), states);
+        }
+        if extensions && !self.chat.is_empty() {
+            let history = format!(
+                "[{}]",
+                self.chat
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let frame = Ext::Event {
+                name: CHAT_HISTORY_EVENT,
+                payload: &history,
+                sender: 0,
+                sender_name: "",
+                at_ms: unix_ms(),
+            }
+            .encode();
+            self.send(Target::One(conn), frame.into());
         }
         debug!(conn, members = self.members.len(), "joined");
         Ok(())
@@ -410,13 +474,16 @@ impl Room {
                     Err(err) => self.reject(conn, close::INVALID_PAYLOAD, err.to_string()),
                 }
             }
-            Inbound::Update(update) => {
-                if let Err(err) = self.apply_update(Some(conn), &update).await
-                    && let RoomError::InvalidUpdate(reason) = err
-                {
-                    self.reject(conn, close::INVALID_PAYLOAD, reason);
+            Inbound::Update(update) => match self.apply_update(Some(conn), &update).await {
+                Ok(_) => self.acknowledge(conn),
+                Err(err @ (RoomError::InvalidUpdate(_) | RoomError::TooLarge(_))) => {
+                    let Close { code, reason } = err.close();
+                    self.reject(conn, code, reason);
                 }
-            }
+                // A storage failure already closed everyone.
+                Err(_) => {}
+            },
+            Inbound::Emit { name, payload, ack } => self.on_emit(conn, &name, &payload, ack),
             Inbound::Awareness(update) => {
                 let now = self.now_ms();
                 match self.awareness.apply(&update, now) {
@@ -457,12 +524,21 @@ impl Room {
         origin: Option<ConnId>,
         update: &[u8],
     ) -> Result<bool, RoomError> {
-        let State::Ready { document, .. } = &mut self.state else {
+        let limit = self.rooms.config().max_document_bytes;
+        let State::Ready {
+            document, bytes, ..
+        } = &mut self.state
+        else {
             let State::Failed(reason) = &self.state else {
                 unreachable!()
             };
             return Err(RoomError::Unavailable(reason.clone()));
         };
+        if *bytes + update.len() as u64 > limit {
+            return Err(RoomError::TooLarge(format!(
+                "this update would take the document past this server's limit of {limit} bytes"
+            )));
+        }
         let delta = match document.apply(update) {
             Ok(Some(delta)) => delta,
             Ok(None) => return Ok(false),
@@ -486,11 +562,13 @@ impl Room {
                     log_len,
                     last_seq,
                     last_ticket,
+                    bytes,
                     ..
                 } = &mut self.state
                 else {
                     unreachable!()
                 };
+                *bytes += delta.len() as u64;
                 *log_len += 1;
                 *last_seq = appended.seq;
                 *last_ticket = appended.ticket;
@@ -531,6 +609,7 @@ impl Room {
             document,
             log_len,
             last_seq,
+            bytes,
             ..
         } = &mut self.state
         else {
@@ -544,6 +623,7 @@ impl Room {
             Ok(()) => {
                 debug!(entries = *log_len, bytes = state.len(), "compacted");
                 *log_len = 1;
+                *bytes = state.len() as u64;
             }
             // Compaction is an optimisation; the log is still whole.
             Err(err) => warn!(%err, "compaction failed"),
@@ -592,28 +672,26 @@ impl Room {
         self.send(Target::AllBut(origin), frame);
     }
 
-    /// Queues a frame; members whose queue is full are cut off.
-    fn send(&mut self, target: Target, frame: Bytes) {
+    /// Queues a frame; members whose queue is full are cut off. Returns
+    /// how many members it was queued for.
+    fn send(&mut self, target: Target, frame: Bytes) -> u64 {
         let mut too_slow = Vec::new();
-        let mut deliver =
-            |conn: ConnId, member: &Member| match member.channels.frames.try_send(frame.clone()) {
-                Ok(()) => self.rooms.metrics().record_out(frame.len()),
+        let mut delivered = 0;
+        let metrics = self.rooms.metrics().clone();
+        let recipients = self.members.iter().filter(|&(&conn, member)| match target {
+            Target::One(one) => conn == one,
+            Target::AllBut(origin) => Some(conn) != origin,
+            Target::ExtensionsBut(origin) => Some(conn) != origin && member.channels.extensions,
+        });
+        for (&conn, member) in recipients {
+            match member.channels.frames.try_send(frame.clone()) {
+                Ok(()) => {
+                    metrics.record_out(frame.len());
+                    delivered += 1;
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => too_slow.push(conn),
                 // The connection is ending; its Leave is on the way.
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
-            };
-        match target {
-            Target::One(conn) => {
-                if let Some(member) = self.members.get(&conn) {
-                    deliver(conn, member);
-                }
-            }
-            Target::AllBut(origin) => {
-                for (&conn, member) in &self.members {
-                    if Some(conn) != origin {
-                        deliver(conn, member);
-                    }
-                }
             }
         }
         for conn in too_slow {
@@ -627,6 +705,7 @@ impl Room {
                 ),
             );
         }
+        delivered
     }
 
     /// Closes one connection for bad input.
@@ -667,6 +746,167 @@ impl Room {
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
+
+    /// After an update message from `conn` was merged (or found to hold
+    /// nothing new): acknowledge it once everything the room stored so far
+    /// is on disk, which covers whatever the message carried.
+    fn acknowledge(&mut self, conn: ConnId) {
+        let required = match self.state {
+            State::Ready { last_ticket, .. } => last_ticket,
+            State::Failed(_) => return,
+        };
+        let durable = self.durability.borrow().ticket;
+        let Some(member) = self.members.get_mut(&conn) else {
+            return;
+        };
+        member.update_messages += 1;
+        if !member.channels.extensions {
+            return;
+        }
+        let number = member.update_messages;
+        if required <= durable && member.pending_saves.is_empty() {
+            let frame = Ext::Saved { through: number }.encode();
+            self.send(Target::One(conn), frame.into());
+        } else {
+            member.pending_saves.push_back((number, required));
+        }
+    }
+
+    fn saves_pending(&self) -> bool {
+        self.members.values().any(|m| !m.pending_saves.is_empty())
+    }
+
+    /// Sends `Saved` for every message the last flush made durable.
+    fn send_saves(&mut self) {
+        let durable = self.durability.borrow_and_update().ticket;
+        let mut acks = Vec::new();
+        for (&conn, member) in &mut self.members {
+            let mut through = None;
+            while let Some(&(number, ticket)) = member.pending_saves.front() {
+                if ticket > durable {
+                    break;
+                }
+                through = Some(number);
+                member.pending_saves.pop_front();
+            }
+            if let Some(through) = through {
+                acks.push((conn, through));
+            }
+        }
+        for (conn, through) in acks {
+            self.send(Target::One(conn), Ext::Saved { through }.encode().into());
+        }
+    }
+
+    /// A named event: relayed to the other Quire clients; `chat` is also
+    /// stamped with the sender's name and the server time, stored, and sent
+    /// back to the sender so everyone shows the same message.
+    fn on_emit(&mut self, conn: ConnId, name: &str, payload: &str, ack: u64) {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(payload) else {
+            self.reject(
+                conn,
+                close::INVALID_PAYLOAD,
+                format!("payload of event {name:?} is not JSON"),
+            );
+            return;
+        };
+        if name == CHAT_HISTORY_EVENT {
+            self.reject(
+                conn,
+                close::INVALID_PAYLOAD,
+                format!("{CHAT_HISTORY_EVENT:?} is reserved for the server"),
+            );
+            return;
+        }
+        let sender_name = self.display_name(conn);
+        let at_ms = unix_ms();
+        let (frame, target) = if name == CHAT_EVENT {
+            let Some(text) = value
+                .get("text")
+                .and_then(|t| t.as_str())
+                .filter(|t| !t.trim().is_empty())
+            else {
+                self.reject(
+                    conn,
+                    close::INVALID_PAYLOAD,
+                    "a chat message needs a non-empty \"text\"".into(),
+                );
+                return;
+            };
+            let record = serde_json::json!({ "user": sender_name, "text": text, "at_ms": at_ms, "sender": conn }).to_string();
+            if let Err(err) = self
+                .store
+                .append_chat(self.name.as_str(), record.as_bytes())
+            {
+                warn!(%err, "could not store a chat message");
+            }
+            self.chat.push_back(record.clone());
+            while self.chat.len() > self.rooms.config().chat_history {
+                self.chat.pop_front();
+            }
+            let frame = Ext::Event {
+                name,
+                payload: &record,
+                sender: conn,
+                sender_name: &sender_name,
+                at_ms,
+            }
+            .encode();
+            (frame, Target::ExtensionsBut(None))
+        } else {
+            let frame = Ext::Event {
+                name,
+                payload,
+                sender: conn,
+                sender_name: &sender_name,
+                at_ms,
+            }
+            .encode();
+            (frame, Target::ExtensionsBut(Some(conn)))
+        };
+        let delivered = self.send(target, frame.into());
+        if ack != 0 {
+            self.send(
+                Target::One(conn),
+                Ext::EmitAck { ack, delivered }.encode().into(),
+            );
+        }
+    }
+
+    /// A connection's user name, from its presence (`user.name`, the
+    /// y-protocols convention), or "anonymous".
+    fn display_name(&self, conn: ConnId) -> String {
+        self.members
+            .get(&conn)
+            .into_iter()
+            .flat_map(|m| m.clients.iter())
+            .filter_map(|&client| self.awareness.state(client))
+            .filter_map(|json| serde_json::from_str::<serde_json::Value>(json).ok())
+            .find_map(|v| {
+                v.pointer("/user/name")
+                    .and_then(|n| n.as_str())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| "anonymous".to_owned())
+    }
+}
+
+/// Recent chat messages of a document, oldest first.
+async fn load_chat(store: &Arc<dyn DocStore>, name: &DocName, limit: usize) -> VecDeque<String> {
+    let store = store.clone();
+    let name = name.to_string();
+    let records = tokio::task::spawn_blocking(move || store.recent_chat(&name, limit)).await;
+    match records {
+        Ok(Ok(records)) => records
+            .into_iter()
+            .filter_map(|r| String::from_utf8(r).ok())
+            .collect(),
+        Ok(Err(err)) => {
+            warn!(%err, "could not load the chat history");
+            VecDeque::new()
+        }
+        Err(_) => VecDeque::new(),
+    }
 }
 
 impl Drop for Room {
@@ -689,6 +929,7 @@ async fn load(store: &Arc<dyn DocStore>, name: &DocName) -> State {
             log_len: updates.len() as u64,
             last_seq,
             last_ticket: 0,
+            bytes: updates.iter().map(|u| u.len() as u64).sum(),
         })
     })
     .await;

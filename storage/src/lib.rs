@@ -10,6 +10,8 @@
 //! - Tree `doc:<name>` holds one document's log: key = the update's [`Seq`]
 //!   (from `Db::generate_id`, 8 bytes big-endian, so key order is append
 //!   order), value = the update bytes.
+//! - Tree `chat:<name>` holds the document's chat messages, keyed like the
+//!   log; deleting the document deletes them too.
 //! - Tree `meta` maps a document name to a fixed 24-byte record
 //!   `{bytes, updates, modified_ms}` (three little-endian `u64`s). The
 //!   figures are advisory statistics for `list`/`info`; the *presence* of the
@@ -119,7 +121,12 @@ pub trait DocStore: Send + Sync + 'static {
     fn info(&self, doc: &str) -> Result<Option<DocInfo>, StoreError>;
     /// Summaries of all documents, sorted by name.
     fn list(&self) -> Result<Vec<DocInfo>, StoreError>;
-    /// Delete a document; `false` if it did not exist.
+    /// Append one chat message (opaque bytes) to a document's chat log,
+    /// creating the document if new. Durable like an update, by its ticket.
+    fn append_chat(&self, doc: &str, record: &[u8]) -> Result<Appended, StoreError>;
+    /// The newest `limit` chat messages of a document, oldest first.
+    fn recent_chat(&self, doc: &str, limit: usize) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Delete a document (its log and its chat); `false` if it did not exist.
     fn delete(&self, doc: &str) -> Result<bool, StoreError>;
     /// Watch the group-commit progress, to acknowledge updates once durable.
     fn durability(&self) -> tokio::sync::watch::Receiver<Committed>;

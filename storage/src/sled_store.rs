@@ -136,6 +136,13 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Prefix of the per-document chat trees.
+const CHAT_TREE_PREFIX: &str = "chat:";
+
+fn chat_tree_name(doc: &str) -> String {
+    format!("{CHAT_TREE_PREFIX}{doc}")
+}
+
 fn tree_name(doc: &str) -> String {
     format!("{DOC_TREE_PREFIX}{doc}")
 }
@@ -325,7 +332,10 @@ impl Shared {
     fn drop_orphan_trees(&self) -> Result<(), StoreError> {
         let mut dropped = false;
         for name in self.db.tree_names() {
-            let Some(doc) = name.strip_prefix(DOC_TREE_PREFIX.as_bytes()) else {
+            let Some(doc) = name
+                .strip_prefix(DOC_TREE_PREFIX.as_bytes())
+                .or_else(|| name.strip_prefix(CHAT_TREE_PREFIX.as_bytes()))
+            else {
                 continue;
             };
             let known = self
@@ -472,6 +482,57 @@ impl DocStore for SledStore {
         Ok(())
     }
 
+    fn append_chat(&self, doc: &str, record: &[u8]) -> Result<Appended, StoreError> {
+        let _trees = self.read_lock();
+        let tree = self
+            .shared
+            .db
+            .open_tree(chat_tree_name(doc))
+            .map_err(io_err(format_args!("opening the chat of {doc:?}")))?;
+        let seq = self
+            .shared
+            .db
+            .generate_id()
+            .map_err(io_err("generating a chat id"))?;
+        tree.insert(seq.to_be_bytes(), record)
+            .map_err(io_err(format_args!("appending to the chat of {doc:?}")))?;
+        // A document with only a chat exists too (and its chat is not an orphan).
+        self.adjust_meta(doc, 0, 0)?;
+        Ok(Appended {
+            seq,
+            ticket: self.take_ticket(),
+        })
+    }
+
+    fn recent_chat(&self, doc: &str, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let _trees = self.read_lock();
+        let exists = self
+            .shared
+            .meta
+            .contains_key(doc)
+            .map_err(io_err(format_args!("reading metadata of {doc:?}")))?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let tree = self
+            .shared
+            .db
+            .open_tree(chat_tree_name(doc))
+            .map_err(io_err(format_args!("opening the chat of {doc:?}")))?;
+        let mut records = tree
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|entry| {
+                entry
+                    .map(|(_, value)| value.to_vec())
+                    .map_err(io_err(format_args!("reading the chat of {doc:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        records.reverse();
+        Ok(records)
+    }
+
     fn info(&self, doc: &str) -> Result<Option<DocInfo>, StoreError> {
         let raw = self
             .shared
@@ -527,7 +588,12 @@ impl DocStore for SledStore {
             .db
             .drop_tree(tree_name(doc))
             .map_err(io_err(format_args!("deleting document {doc:?}")))?;
-        if existed || dropped {
+        let dropped_chat = self
+            .shared
+            .db
+            .drop_tree(chat_tree_name(doc))
+            .map_err(io_err(format_args!("deleting the chat of {doc:?}")))?;
+        if existed || dropped || dropped_chat {
             self.take_ticket();
         }
         Ok(existed)

@@ -343,3 +343,31 @@ fn measure_ten_thousand_appends() {
     );
     assert_eq!(updates(&store, "bench").len(), 10_000);
 }
+
+#[test]
+fn chat_keeps_the_newest_messages_across_reopen_and_goes_with_the_document() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        assert!(store.recent_chat("talk", 10).unwrap().is_empty());
+        let mut last = 0;
+        for i in 0..30 {
+            last = store
+                .append_chat("talk", format!("m{i}").as_bytes())
+                .unwrap()
+                .ticket;
+        }
+        wait_durable(&store, last);
+        assert!(
+            store.info("talk").unwrap().is_some(),
+            "a chat alone makes the document exist"
+        );
+    }
+    let store = open(dir.path());
+    let recent = store.recent_chat("talk", 3).unwrap();
+    assert_eq!(recent, [b"m27".to_vec(), b"m28".to_vec(), b"m29".to_vec()]);
+    assert!(store.delete("talk").unwrap());
+    assert!(store.recent_chat("talk", 3).unwrap().is_empty());
+    store.append_chat("talk", b"fresh").unwrap();
+    assert_eq!(store.recent_chat("talk", 3).unwrap(), [b"fresh".to_vec()]);
+}
