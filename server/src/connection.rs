@@ -67,6 +67,7 @@ async fn run(socket: WebSocket, conn: ConnId, extensions: bool, raw_name: &str, 
             state.metrics.rejected_inputs.inc();
             let close = Close::new(close::BAD_DOCUMENT_NAME, err.to_string());
             send_close(&mut sink, &close, extensions).await;
+            drain(&mut stream).await;
             return;
         }
     };
@@ -102,6 +103,7 @@ async fn run(socket: WebSocket, conn: ConnId, extensions: bool, raw_name: &str, 
         Err(err) => {
             warn!(%err, "could not join the room");
             send_close(&mut sink, &err.close(), extensions).await;
+            drain(&mut stream).await;
             return;
         }
     };
@@ -126,7 +128,11 @@ async fn run(socket: WebSocket, conn: ConnId, extensions: bool, raw_name: &str, 
         let ping_deadline = unanswered_since.map(|t| t + config.ping_timeout);
         let frame = tokio::select! {
             frame = stream.next() => frame,
-            _ = &mut writer => break,
+            _ = &mut writer => {
+                // The writer sent a close: wait for the client's reply.
+                drain(&mut stream).await;
+                break;
+            }
             _ = sleep_until(next_ping) => {
                 nonce += 1;
                 let ping = if extensions {
@@ -318,6 +324,21 @@ fn reject(state: &AppState, close_tx: &mpsc::Sender<Close>, code: u16, reason: S
     warn!(code, %reason, "closing connection for bad input");
     state.metrics.rejected_inputs.inc();
     let _ = close_tx.try_send(Close::new(code, reason));
+}
+
+/// After sending a close frame, reads (and ignores) what the client still
+/// sends until it answers the close, for at most a second. Closing a socket
+/// with unread input makes the kernel reset it, and a reset can destroy the
+/// close frame (and typed error) before the client reads them.
+async fn drain(stream: &mut futures_util::stream::SplitStream<WebSocket>) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, WsMessage::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Sends a typed error (Quire clients) and then the close frame.

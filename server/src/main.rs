@@ -50,6 +50,18 @@ enum Command {
     Import { doc: String, file: PathBuf },
     /// List stored documents.
     Ls,
+    /// Print a document from a running server once (e.g. `quire cat http://127.0.0.1:8080 notes`).
+    Cat {
+        /// The server, as http://host:port or ws://host:port.
+        url: String,
+        doc: String,
+    },
+    /// Print a document from a running server, then its changes live, until Ctrl-C.
+    Watch {
+        /// The server, as http://host:port or ws://host:port.
+        url: String,
+        doc: String,
+    },
 }
 
 #[derive(Parser, Clone)]
@@ -103,6 +115,160 @@ fn main() -> anyhow::Result<()> {
         Command::Export { doc, format, out } => export(cli.data, &doc, format, out),
         Command::Import { doc, file } => import(cli.data, &doc, &file),
         Command::Ls => list(cli.data),
+        Command::Cat { url, doc } => {
+            tokio::runtime::Runtime::new()?.block_on(remote::cat(&url, &doc))
+        }
+        Command::Watch { url, doc } => {
+            tokio::runtime::Runtime::new()?.block_on(remote::watch(&url, &doc))
+        }
+    }
+}
+
+/// `quire cat` and `quire watch`: a native Quire client on a running server.
+mod remote {
+    use std::io::Write;
+    use std::time::Duration;
+
+    use anyhow::{Context, bail};
+    use quire_client::NativeClient;
+    use quire_protocol::session::Presence;
+    use quire_protocol::{Connection, DocName, SessionConfig, SessionEvent};
+    use yrs::types::Delta;
+    use yrs::{Observable, Out};
+
+    /// How long `cat` waits for the first sync.
+    const SYNC_TIMEOUT: Duration = Duration::from_secs(15);
+
+    /// `ws://host:port/ws/<doc>` from `http://host:port` (or ws://, https://).
+    pub fn room_url(server: &str, doc: &str) -> anyhow::Result<String> {
+        let doc = DocName::parse(doc)?;
+        let base = server.trim_end_matches('/');
+        let base = if let Some(rest) = base.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else if let Some(rest) = base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if base.starts_with("ws://") || base.starts_with("wss://") {
+            base.to_owned()
+        } else {
+            format!("ws://{base}")
+        };
+        Ok(format!("{base}/ws/{}", encode_path_segment(doc.as_str())))
+    }
+
+    /// Percent-encodes everything but RFC 3986's unreserved characters.
+    fn encode_path_segment(segment: &str) -> String {
+        segment
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+
+    fn start(server: &str, doc: &str) -> anyhow::Result<NativeClient> {
+        let url = room_url(server, doc)?;
+        Ok(NativeClient::start(url, SessionConfig::default()))
+    }
+
+    async fn synced(client: &NativeClient) -> anyhow::Result<()> {
+        let status = client
+            .wait_status("synced", SYNC_TIMEOUT, |s| {
+                matches!(
+                    s.connection,
+                    Connection::Synced | Connection::Stopped { .. }
+                )
+            })
+            .await
+            .context("could not reach the server")?;
+        if let Connection::Stopped { code, reason } = status.connection {
+            bail!("the server refused: {reason} (close code {code})");
+        }
+        Ok(())
+    }
+
+    pub async fn cat(server: &str, doc: &str) -> anyhow::Result<()> {
+        let client = start(server, doc)?;
+        synced(&client).await?;
+        std::io::stdout().write_all(client.text().as_bytes())?;
+        client.stop().await;
+        Ok(())
+    }
+
+    pub async fn watch(server: &str, doc: &str) -> anyhow::Result<()> {
+        let client = start(server, doc)?;
+        let mut events = client.take_all_events().context("event stream")?;
+        synced(&client).await?;
+        let mut out = std::io::stdout();
+        writeln!(out, "{}", client.text())?;
+        writeln!(
+            out,
+            "--- live changes (@byte offset +inserted / -bytes deleted) ---"
+        )?;
+        out.flush()?;
+        let text = client.doc().get_or_insert_text("content");
+        text.observe("quire-watch", |txn, event| {
+            let mut position = 0u32;
+            let mut lines = Vec::new();
+            for delta in event.delta(txn) {
+                match delta {
+                    Delta::Retain(n, _) => position += n,
+                    Delta::Inserted(Out::Any(yrs::Any::String(s)), _) => {
+                        lines.push(format!("@{position} +{s:?}"));
+                        position += s.len() as u32;
+                    }
+                    Delta::Inserted(other, _) => lines.push(format!("@{position} +{other:?}")),
+                    Delta::Deleted(n) => lines.push(format!("@{position} -{n}")),
+                }
+            }
+            let mut out = std::io::stdout().lock();
+            for line in lines {
+                let _ = writeln!(out, "{line}");
+            }
+            let _ = out.flush();
+        });
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                event = events.recv() => match event {
+                    Ok(SessionEvent::Status(status)) => eprintln!("[status] {:?}, {} unsaved", status.connection, status.unsaved),
+                    Ok(SessionEvent::Presence(Presence::Joined { client, state })) => eprintln!("[joined] {client} {state}"),
+                    Ok(SessionEvent::Presence(Presence::Left { client })) => eprintln!("[left] {client}"),
+                    Ok(SessionEvent::Event { name, payload, sender_name, .. }) => eprintln!("[{name}] {sender_name}: {payload}"),
+                    Ok(SessionEvent::ServerError { code, message }) => eprintln!("[error {code}] {message}"),
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+            }
+        }
+        client.stop().await;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::room_url;
+
+        #[test]
+        fn room_urls_from_server_addresses() {
+            assert_eq!(
+                room_url("http://127.0.0.1:8080", "notes").unwrap(),
+                "ws://127.0.0.1:8080/ws/notes"
+            );
+            assert_eq!(room_url("ws://h:1/", "a b").unwrap(), "ws://h:1/ws/a%20b");
+            assert_eq!(
+                room_url("https://x.org", "é").unwrap(),
+                "wss://x.org/ws/%C3%A9"
+            );
+            assert_eq!(
+                room_url("127.0.0.1:9", "d").unwrap(),
+                "ws://127.0.0.1:9/ws/d"
+            );
+            assert!(room_url("http://h", "..").is_err());
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use quire_protocol::{AwarenessTable, Message, SyncMessage};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
@@ -38,6 +39,8 @@ struct Seen {
 
 pub struct Client {
     url: String,
+    /// Offer the `quire.v1` subprotocol (see [`Client::new_quire`]).
+    quire: bool,
     pub doc: Doc,
     text: TextRef,
     /// This client's awareness id and clock.
@@ -60,6 +63,7 @@ impl Client {
         let (changes_tx, changes) = watch::channel(0);
         Self {
             url: url.into(),
+            quire: false,
             doc,
             text,
             client_id,
@@ -70,6 +74,14 @@ impl Client {
             outgoing: None,
             tasks: Vec::new(),
         }
+    }
+
+    /// A raw client that offers the `quire.v1` subprotocol, to see the
+    /// extension frames on the wire (it answers nothing but sync).
+    pub fn new_quire(url: impl Into<String>) -> Self {
+        let mut client = Self::new(url);
+        client.quire = true;
+        client
     }
 
     /// Connects and waits until the initial sync completed.
@@ -83,11 +95,19 @@ impl Client {
     /// Opens the WebSocket and starts the sync handshake (sends step 1).
     pub async fn connect(&mut self) {
         self.disconnect();
-        let (socket, _) =
-            tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(self.url.as_str()))
-                .await
-                .expect("connect in time")
-                .expect("connect");
+        let mut request = self.url.as_str().into_client_request().expect("valid URL");
+        if self.quire {
+            request.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                quire_protocol::ext::SUBPROTOCOL
+                    .parse()
+                    .expect("header value"),
+            );
+        }
+        let (socket, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("connect in time")
+            .expect("connect");
         let (mut sink, mut stream) = socket.split();
         {
             let mut seen = self.seen.lock().unwrap();
@@ -307,6 +327,10 @@ fn handle_frame(
 ) {
     let mut seen = seen.lock().unwrap();
     seen.frames.push(frame.to_vec());
+    if quire_protocol::ext::Ext::is_ext(frame) {
+        // Extension frames are kept in `frames` for the test to inspect.
+        return;
+    }
     let message = Message::decode(frame).expect("the server sends well-formed frames");
     match message {
         Message::Sync(SyncMessage::Step1(sv)) => {

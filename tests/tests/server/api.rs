@@ -343,3 +343,51 @@ async fn the_command_line_lists_exports_and_imports_on_the_data_folder() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn quire_cat_prints_a_live_document_and_watch_follows_its_changes() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let server = TestServer::start().await;
+    let mut editor = Client::connect_synced(server.ws_url("live%20notes")).await;
+    editor.push("first line\n");
+    let mut watcher = Client::connect_synced(server.ws_url("live%20notes")).await;
+    watcher.wait_text("first line\n").await;
+    let base = format!("http://{}", server.addr);
+    let dir = tempfile::tempdir().unwrap();
+
+    let (status, stdout, stderr) = run_cli(dir.path(), &["cat", &base, "live notes"]).await;
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout, b"first line\n");
+
+    let mut watch = tokio::process::Command::new(quire_tests::process::quire_binary())
+        .args(["watch", &base, "live notes"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    tokio::time::timeout(quire_tests::WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("--- live changes") {
+                // The watcher is synced and observing: now edit.
+                editor.push("second line");
+            }
+            let done = line.contains("second line");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("watch did not show the edit; it printed {seen:?}"));
+    assert_eq!(seen[0], "first line");
+    assert_eq!(seen.last().unwrap(), "@11 +\"second line\"");
+    watch.kill().await.unwrap();
+
+    let (status, _, stderr) = run_cli(dir.path(), &["cat", &base, "a..b"]).await;
+    assert!(!status.success() && stderr.contains(".."), "{stderr}");
+}

@@ -5,5 +5,7 @@
 mod api;
 mod bad_input;
 mod compat;
+mod extensions;
+mod faults;
 mod persistence;
 mod sync;
