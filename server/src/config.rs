@@ -35,6 +35,8 @@ pub struct Config {
     pub fragment_bytes: usize,
     /// Chat messages sent to a Quire client when it joins.
     pub chat_history: usize,
+    /// The built web app (`cargo xtask web`), served at `/` when set.
+    pub static_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -54,6 +56,7 @@ impl Config {
             max_document_bytes: 128 * 1024 * 1024,
             fragment_bytes: 256 * 1024,
             chat_history: 50,
+            static_dir: None,
         }
     }
 }

@@ -14,6 +14,7 @@
 //! - [`snapshot`]: exports as a Yjs update, text or JSON.
 //! - [`api`]: the HTTP API and its single error type.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`web`]: the web app's files (index, hashed assets, service worker).
 //!
 //! [`app`] builds the router from an [`AppState`], so tests can drive it
 //! directly; [`serve`] runs it on a listener until a shutdown signal.
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod room;
 pub mod rooms;
 pub mod snapshot;
+pub mod web;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,6 +39,7 @@ use axum::response::Response;
 use axum::routing::get;
 use quire_storage::{DocStore, SledOptions, SledStore, StoreError};
 use tokio::net::TcpListener;
+use tower_http::compression::CompressionLayer;
 use tower_http::trace::TraceLayer;
 use tracing::{info, warn};
 
@@ -98,7 +101,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/docs/{doc}", axum::routing::delete(api::delete))
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(api::metrics))
+        .merge(web::routes(state.config.static_dir.as_deref()))
         .layer(DefaultBodyLimit::max(state.config.max_message_bytes))
+        .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

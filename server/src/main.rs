@@ -96,6 +96,9 @@ struct ServeArgs {
     /// Largest document served, in bytes; larger ones are refused with 4413.
     #[arg(long, env = "QUIRE_MAX_DOCUMENT_BYTES", default_value_t = 128 * 1024 * 1024)]
     max_document_bytes: u64,
+    /// The built web app to serve at / (`cargo xtask serve` passes it).
+    #[arg(long, env = "QUIRE_STATIC_DIR")]
+    static_dir: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -283,6 +286,7 @@ fn serve(data: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
         ping_interval: args.ping_interval.max(Duration::from_millis(10)),
         ping_timeout: args.ping_timeout.max(Duration::from_millis(10)),
         max_document_bytes: args.max_document_bytes,
+        static_dir: args.static_dir,
         ..Config::new(args.addr, data)
     };
     let runtime = tokio::runtime::Runtime::new()?;

@@ -391,3 +391,77 @@ async fn quire_cat_prints_a_live_document_and_watch_follows_its_changes() {
     let (status, _, stderr) = run_cli(dir.path(), &["cat", &base, "a..b"]).await;
     assert!(!status.success() && stderr.contains(".."), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_web_app_is_served_with_the_right_caching() {
+    let site = tempfile::tempdir().unwrap();
+    std::fs::create_dir(site.path().join("assets")).unwrap();
+    std::fs::write(
+        site.path().join("index.html"),
+        "<!doctype html><title>Quire app</title>",
+    )
+    .unwrap();
+    std::fs::write(site.path().join("sw.js"), "// worker").unwrap();
+    std::fs::write(site.path().join("assets/quire-0123abcd.js"), "export {}").unwrap();
+    let dir = site.path().to_owned();
+    let server = TestServer::start_with(move |c| c.static_dir = Some(dir)).await;
+
+    for path in ["/", "/d/some%20doc", "/d/other"] {
+        let page = http::get(server.addr, path).await;
+        assert_eq!(page.status, 200, "{path}");
+        assert!(page.text().contains("Quire app"), "{path}");
+        assert_eq!(page.header("cache-control"), Some("no-cache"), "{path}");
+    }
+    let worker = http::get(server.addr, "/sw.js").await;
+    assert_eq!(
+        (worker.status, worker.header("cache-control")),
+        (200, Some("no-cache"))
+    );
+    let asset = http::get(server.addr, "/assets/quire-0123abcd.js").await;
+    assert_eq!(asset.status, 200);
+    assert_eq!(
+        asset.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+    assert_eq!(
+        http::get(server.addr, "/assets/missing.js").await.status,
+        404
+    );
+    // The API and rooms still work next to the app.
+    assert_eq!(http::get(server.addr, "/api/docs").await.status, 200);
+    let _room = Client::connect_synced(server.ws_url("beside-the-app")).await;
+
+    // Without a built app, / says how to get one.
+    let bare = TestServer::start().await;
+    let page = http::get(bare.addr, "/").await;
+    assert!(page.text().contains("cargo xtask serve"));
+}
+
+#[tokio::test]
+async fn responses_are_compressed_for_clients_that_ask() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let mut editor = Client::connect_synced(server.ws_url("squeeze")).await;
+    editor.push(&"compressible text ".repeat(2000));
+    let mut other = Client::connect_synced(server.ws_url("squeeze")).await;
+    other
+        .wait_until("synced", |c| c.text().len() > 30_000)
+        .await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET /api/docs/squeeze/snapshot?format=text HTTP/1.1\r\nHost: {}\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n",
+        server.addr
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let head =
+        String::from_utf8_lossy(&raw[..raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap()])
+            .to_lowercase();
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    assert!(
+        raw.len() < 10_000,
+        "36 KB of text compressed to {} bytes",
+        raw.len()
+    );
+}
