@@ -200,6 +200,38 @@ impl SledStore {
         })
     }
 
+    /// Appends `value` under a fresh id to the tree `tree` of document
+    /// `doc`, then adjusts the document's meta record, then takes a ticket:
+    /// the record goes in after the entry (see the module docs) and before
+    /// the ticket, so a durable ticket implies a durable record.
+    fn append_entry(
+        &self,
+        tree: String,
+        doc: &str,
+        value: &[u8],
+        bytes: i128,
+        updates: i128,
+    ) -> Result<Appended, StoreError> {
+        let _trees = self.read_lock();
+        let tree = self
+            .shared
+            .db
+            .open_tree(&tree)
+            .map_err(io_err(format_args!("opening {tree} of {doc:?}")))?;
+        let seq = self
+            .shared
+            .db
+            .generate_id()
+            .map_err(io_err("generating an entry id"))?;
+        tree.insert(seq.to_be_bytes(), value)
+            .map_err(io_err(format_args!("appending to {doc:?}")))?;
+        self.adjust_meta(doc, bytes, updates)?;
+        Ok(Appended {
+            seq,
+            ticket: self.take_ticket(),
+        })
+    }
+
     /// Takes a ticket for a write that is complete in sled and wakes the
     /// flusher (an unpark is one atomic swap when the thread is awake).
     fn take_ticket(&self) -> u64 {
@@ -431,26 +463,7 @@ impl Drop for SledStore {
 
 impl DocStore for SledStore {
     fn append(&self, doc: &str, update: &[u8]) -> Result<Appended, StoreError> {
-        let _trees = self.read_lock();
-        let tree = self
-            .shared
-            .db
-            .open_tree(tree_name(doc))
-            .map_err(io_err(format_args!("opening document {doc:?}")))?;
-        let seq = self
-            .shared
-            .db
-            .generate_id()
-            .map_err(io_err("generating an update id"))?;
-        tree.insert(seq.to_be_bytes(), update)
-            .map_err(io_err(format_args!("appending to {doc:?}")))?;
-        // The record goes in after the log entry (see the module docs) and
-        // before the ticket, so a durable ticket implies a durable record.
-        self.adjust_meta(doc, update.len() as i128, 1)?;
-        Ok(Appended {
-            seq,
-            ticket: self.take_ticket(),
-        })
+        self.append_entry(tree_name(doc), doc, update, update.len() as i128, 1)
     }
 
     fn load(&self, doc: &str) -> Result<Option<StoredDoc>, StoreError> {
@@ -483,25 +496,9 @@ impl DocStore for SledStore {
     }
 
     fn append_chat(&self, doc: &str, record: &[u8]) -> Result<Appended, StoreError> {
-        let _trees = self.read_lock();
-        let tree = self
-            .shared
-            .db
-            .open_tree(chat_tree_name(doc))
-            .map_err(io_err(format_args!("opening the chat of {doc:?}")))?;
-        let seq = self
-            .shared
-            .db
-            .generate_id()
-            .map_err(io_err("generating a chat id"))?;
-        tree.insert(seq.to_be_bytes(), record)
-            .map_err(io_err(format_args!("appending to the chat of {doc:?}")))?;
-        // A document with only a chat exists too (and its chat is not an orphan).
-        self.adjust_meta(doc, 0, 0)?;
-        Ok(Appended {
-            seq,
-            ticket: self.take_ticket(),
-        })
+        // A document with only a chat exists too (and its chat is not an
+        // orphan), so the meta record is touched without changing its counts.
+        self.append_entry(chat_tree_name(doc), doc, record, 0, 0)
     }
 
     fn recent_chat(&self, doc: &str, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {

@@ -276,14 +276,17 @@ async fn a_fifty_megabyte_document_syncs_in_fragments_under_a_two_second_ping_ti
     );
 }
 
+/// A server limited to 1 MiB documents, holding "huge" of 2 MiB.
+async fn server_with_an_oversized_document() -> TestServer {
+    let server = TestServer::start_with(|c| c.max_document_bytes = 1024 * 1024).await;
+    let update = big_text_update(2 * 1024 * 1024);
+    server.state.store.append("huge", &update).unwrap();
+    server
+}
+
 #[tokio::test]
 async fn a_document_over_the_size_limit_is_a_clear_error_not_a_retry_loop() {
-    let server = TestServer::start_with(|c| c.max_document_bytes = 1024 * 1024).await;
-    server
-        .state
-        .store
-        .append("huge", &big_text_update(2 * 1024 * 1024))
-        .unwrap();
+    let server = server_with_an_oversized_document().await;
     let client = quire(&server, "huge");
     let mut events = client.take_all_events().unwrap();
     let stopped = client
@@ -336,12 +339,7 @@ async fn a_document_over_the_size_limit_is_a_clear_error_not_a_retry_loop() {
 /// connection and the client saw 1006 instead of the close code.
 #[tokio::test]
 async fn regression_close_code_survives_unread_client_input() {
-    let server = TestServer::start_with(|c| c.max_document_bytes = 1024 * 1024).await;
-    server
-        .state
-        .store
-        .append("huge", &big_text_update(2 * 1024 * 1024))
-        .unwrap();
+    let server = server_with_an_oversized_document().await;
     for _ in 0..5 {
         let mut raw = Client::new_quire(server.ws_url("huge"));
         // connect() sends sync step 1 at once; the server never reads it.
