@@ -47,6 +47,7 @@ pub enum ClientError {
 
 enum Command {
     Flush,
+    SetToken(String),
     SetAwareness(Option<String>),
     Emit {
         name: String,
@@ -203,6 +204,12 @@ impl NativeClient {
         self.events.subscribe()
     }
 
+    /// Replaces the access token; an open connection presents it at once
+    /// (refreshing an expiring one without reconnecting).
+    pub fn set_token(&self, token: String) {
+        self.command(Command::SetToken(token));
+    }
+
     pub fn set_awareness(&self, json: Option<String>) {
         self.command(Command::SetAwareness(json));
     }
@@ -356,6 +363,7 @@ impl Driver {
                     self.commands_done += 1;
                     match command {
                         Some(Command::Flush) => self.session.flush(now),
+                        Some(Command::SetToken(token)) => self.session.set_token(token),
                         Some(Command::SetAwareness(json)) => self.session.set_awareness(json, now),
                         Some(Command::Emit { name, payload, ack_timeout, reply }) => {
                             let timeout = ack_timeout.map(|d| d.as_millis() as u64);

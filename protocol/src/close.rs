@@ -14,6 +14,8 @@ pub const INVALID_PAYLOAD: u16 = 1007;
 pub const MESSAGE_TOO_BIG: u16 = 1009;
 /// The server could not load or store the document; nothing was written.
 pub const INTERNAL_ERROR: u16 = 1011;
+/// The server is at a capacity limit (documents in memory); retry later.
+pub const TRY_AGAIN_LATER: u16 = 1013;
 /// No sign of life within the ping interval plus the ping timeout.
 pub const PING_TIMEOUT: u16 = 4000;
 /// The document name in the URL is not acceptable.

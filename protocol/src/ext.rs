@@ -21,6 +21,8 @@
 //! 6     EmitAck   s → c      ack, delivered (how many connections received it)
 //! 7     Error     s → c      code (a close code, see `close`), message
 //! 8     Fragment  s → c      total (bytes of the whole frame), data
+//! 9     Auth      c → s      token (first message when the URL carries none;
+//!                            again later to refresh an expiring token)
 //! ```
 //!
 //! `Fragment` carries a large frame in pieces so that pings keep flowing
@@ -53,6 +55,7 @@ const EVENT: u64 = 5;
 const EMIT_ACK: u64 = 6;
 const ERROR: u64 = 7;
 const FRAGMENT: u64 = 8;
+const AUTH: u64 = 9;
 
 /// What the server tells a client right after the connection opens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +100,9 @@ pub enum Ext<'a> {
     Fragment {
         total: u64,
         data: &'a [u8],
+    },
+    Auth {
+        token: &'a str,
     },
 }
 
@@ -150,6 +156,9 @@ impl<'a> Ext<'a> {
             FRAGMENT => Ext::Fragment {
                 total: c.read_var_uint("fragment total")?,
                 data: c.read_var_bytes("fragment data")?,
+            },
+            AUTH => Ext::Auth {
+                token: c.read_var_string("token")?,
             },
             other => return Err(DecodeError::UnknownExtension(other)),
         };
@@ -220,6 +229,10 @@ impl<'a> Ext<'a> {
                 write_var_uint(&mut b, FRAGMENT);
                 write_var_uint(&mut b, *total);
                 write_var_bytes(&mut b, data);
+            }
+            Ext::Auth { token } => {
+                write_var_uint(&mut b, AUTH);
+                write_var_string(&mut b, token);
             }
         }
         b
@@ -326,6 +339,7 @@ mod tests {
                 total: 3,
                 data: &[1, 2, 3],
             },
+            Ext::Auth { token: "abc.def" },
         ];
         for ext in cases {
             let frame = ext.encode();

@@ -66,6 +66,9 @@ pub struct SessionConfig {
     pub max_frame_bytes: usize,
     /// Seed of the jitter; give each client its own entropy.
     pub seed: u64,
+    /// Access token, sent in-band as the first message of every connection
+    /// (servers without `--auth-key` ignore it).
+    pub token: Option<String>,
 }
 
 impl Default for SessionConfig {
@@ -79,6 +82,7 @@ impl Default for SessionConfig {
             ping_timeout_ms: 20_000,
             max_frame_bytes: 256 << 20,
             seed: 0x9e37_79b9_7f4a_7c15,
+            token: None,
         }
     }
 }
@@ -353,6 +357,10 @@ impl SyncSession {
         self.last_received_ms = now_ms;
         self.messages_on_connection = 0;
         self.unacked.clear();
+        if let Some(token) = &self.config.token {
+            let auth = Ext::Auth { token }.encode();
+            self.send(auth);
+        }
         let sv = self.doc.transact().state_vector().encode_v1();
         self.send(Message::Sync(SyncMessage::Step1(&sv)).encode());
         if self.local_state.is_some() {
@@ -444,6 +452,15 @@ impl SyncSession {
     pub fn flush(&mut self, _now_ms: u64) {
         self.flush_captured();
         self.publish_status();
+    }
+
+    /// Replaces the access token (e.g. before it expires); an open
+    /// connection sends it at once, later connections use it.
+    pub fn set_token(&mut self, token: String) {
+        if self.is_open() {
+            self.send(Ext::Auth { token: &token }.encode());
+        }
+        self.config.token = Some(token);
     }
 
     /// Sets (or clears, with `None`) this client's presence, as JSON.
@@ -776,7 +793,7 @@ impl SyncSession {
                     }
                 }
             }
-            Ext::Emit { .. } => {}
+            Ext::Emit { .. } | Ext::Auth { .. } => {}
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use quire_protocol::DocName;
 use quire_storage::{DocInfo, DocStore};
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tracing::error;
 
 use crate::AppState;
+use crate::auth::{self, AuthError, Claims, Permission};
 use crate::document::Document;
 use crate::room::RoomError;
 use crate::snapshot::{self, Format};
@@ -23,6 +24,10 @@ use crate::snapshot::{self, Format};
 #[derive(Debug)]
 pub enum AppError {
     BadRequest(String),
+    /// No token, or a bad or expired one.
+    Unauthorized(String),
+    /// A valid token that does not allow this.
+    Forbidden(String),
     NotFound(String),
     /// Over a size limit.
     TooLarge(String),
@@ -47,6 +52,8 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, code, message) = match &self {
             AppError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m.as_str()),
+            AppError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m.as_str()),
+            AppError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.as_str()),
             AppError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.as_str()),
             AppError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", m.as_str()),
             AppError::Unavailable(m) => {
@@ -76,11 +83,53 @@ impl From<RoomError> for AppError {
         match err {
             RoomError::InvalidUpdate(m) => AppError::BadRequest(m),
             RoomError::TooLarge(m) => AppError::TooLarge(m),
-            RoomError::ShuttingDown => AppError::Unavailable(err.to_string()),
+            RoomError::ShuttingDown | RoomError::Busy => AppError::Unavailable(err.to_string()),
             RoomError::Unavailable(m) => AppError::Internal(m),
             RoomError::Gone => AppError::Internal("room kept closing".into()),
         }
     }
+}
+
+impl From<AuthError> for AppError {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::WrongDocument | AuthError::Insufficient => {
+                AppError::Forbidden(err.to_string())
+            }
+            _ => AppError::Unauthorized(err.to_string()),
+        }
+    }
+}
+
+/// Checks the request's `Authorization: Bearer` token for `doc` (or, for
+/// the list, any document) with at least `needed`. Without `--auth-key`
+/// everything is allowed (`None`).
+fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    doc: Option<&DocName>,
+    needed: Permission,
+) -> Result<Option<Claims>, AppError> {
+    let Some(key) = &state.config.auth_key else {
+        return Ok(None);
+    };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let now = auth::now_secs();
+    let claims = match doc {
+        Some(doc) => key.authorize(token, doc.as_str(), needed, now)?,
+        None => {
+            let claims = key.verify(token.ok_or(AuthError::Missing)?, now)?;
+            if claims.perm < needed {
+                return Err(AuthError::Insufficient.into());
+            }
+            claims
+        }
+    };
+    Ok(Some(claims))
 }
 
 fn doc_name(raw: &str) -> Result<DocName, AppError> {
@@ -113,7 +162,11 @@ pub struct DocSummary {
     pub connections: usize,
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<DocSummary>>, AppError> {
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<DocSummary>>, AppError> {
+    let claims = authorize(&state, &headers, None, Permission::Read)?;
     let stored = blocking(&state.store, |store| store.list()).await?;
     let mut live: std::collections::HashMap<String, usize> = state
         .rooms
@@ -150,6 +203,8 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<DocSummary>>
                 connections,
             }),
     );
+    // A token shows only the documents it may read.
+    docs.retain(|doc| claims.as_ref().is_none_or(|c| c.covers(&doc.name)));
     docs.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Json(docs))
 }
@@ -163,8 +218,10 @@ pub async fn export(
     State(state): State<AppState>,
     Path(raw): Path<String>,
     Query(query): Query<SnapshotQuery>,
+    headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let name = doc_name(&raw)?;
+    authorize(&state, &headers, Some(&name), Permission::Read)?;
     let format = match query.format.as_deref().unwrap_or("yjs") {
         "yjs" => Format::Yjs,
         "text" => Format::Text,
@@ -225,9 +282,11 @@ pub struct ImportResult {
 pub async fn import(
     State(state): State<AppState>,
     Path(raw): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<ImportResult>, AppError> {
     let name = doc_name(&raw)?;
+    authorize(&state, &headers, Some(&name), Permission::Write)?;
     let changed = state
         .rooms
         .with_room(&name, |room| {
@@ -241,8 +300,10 @@ pub async fn import(
 pub async fn delete(
     State(state): State<AppState>,
     Path(raw): Path<String>,
+    headers: HeaderMap,
 ) -> Result<StatusCode, AppError> {
     let name = doc_name(&raw)?;
+    authorize(&state, &headers, Some(&name), Permission::Admin)?;
     let doc = name.to_string();
     let stored = blocking(&state.store, move |store| store.info(&doc))
         .await?

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::auth::TokenKey;
+
 /// Everything `quire serve` can be told.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -37,6 +39,23 @@ pub struct Config {
     pub chat_history: usize,
     /// The built web app (`cargo xtask web`), served at `/` when set.
     pub static_dir: Option<PathBuf>,
+    /// With a key, every WebSocket and API request needs a signed token.
+    pub auth_key: Option<TokenKey>,
+    /// Origins (e.g. `https://docs.example.com`) allowed to open WebSockets
+    /// besides the server's own; requests without an Origin (native clients)
+    /// are allowed.
+    pub allowed_origins: Vec<String>,
+    /// Open connections, in total (beyond: HTTP 503).
+    pub max_connections: usize,
+    /// Open connections from one IP address (beyond: HTTP 429).
+    pub max_connections_per_ip: usize,
+    /// Documents held in memory at once (beyond: 1013, try again later).
+    pub max_rooms: usize,
+    /// Sustained messages per second one connection may send (it is slowed
+    /// down beyond, never cut off); bursts up to one second's worth.
+    pub max_messages_per_sec: u32,
+    /// Sustained bytes per second one connection may send, likewise.
+    pub max_bytes_per_sec: u64,
 }
 
 impl Config {
@@ -57,6 +76,13 @@ impl Config {
             fragment_bytes: 256 * 1024,
             chat_history: 50,
             static_dir: None,
+            auth_key: None,
+            allowed_origins: Vec::new(),
+            max_connections: 20_000,
+            max_connections_per_ip: 1_000,
+            max_rooms: 10_000,
+            max_messages_per_sec: 500,
+            max_bytes_per_sec: 8 * 1024 * 1024,
         }
     }
 }

@@ -29,6 +29,8 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::auth::{self, AuthError, Permission};
+use crate::limits::{Admitted, RateLimit};
 use crate::room::{Close, ConnId, Inbound, MemberChannels};
 use crate::{AppState, unix_ms};
 
@@ -36,11 +38,21 @@ use crate::{AppState, unix_ms};
 const MAX_REASON_BYTES: usize = 123;
 /// Control frames that may wait for the writer (pings are skipped beyond).
 const CONTROL_CAPACITY: usize = 64;
+/// How long a Quire client has to present its token in-band.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// Serves one upgraded WebSocket for document `raw_name` until it closes.
-pub async fn serve(socket: WebSocket, raw_name: String, state: AppState) {
+/// `token` is the `?token=` of the URL; `admitted` holds the connection's
+/// place under the connection limits until it ends.
+pub async fn serve(
+    socket: WebSocket,
+    raw_name: String,
+    token: Option<String>,
+    admitted: Admitted,
+    state: AppState,
+) {
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let extensions = socket
         .protocol()
@@ -49,7 +61,8 @@ pub async fn serve(socket: WebSocket, raw_name: String, state: AppState) {
     async move {
         state.metrics.connections.inc();
         state.metrics.connections_opened.inc();
-        run(socket, conn, extensions, &raw_name, &state).await;
+        run(socket, conn, extensions, &raw_name, token, &state).await;
+        drop(admitted);
         state.metrics.connections.dec();
         debug!("connection closed");
     }
@@ -57,7 +70,14 @@ pub async fn serve(socket: WebSocket, raw_name: String, state: AppState) {
     .await
 }
 
-async fn run(socket: WebSocket, conn: ConnId, extensions: bool, raw_name: &str, state: &AppState) {
+async fn run(
+    socket: WebSocket,
+    conn: ConnId,
+    extensions: bool,
+    raw_name: &str,
+    token: Option<String>,
+    state: &AppState,
+) {
     let config = &state.config;
     let (mut sink, mut stream) = socket.split();
     let name = match DocName::parse(raw_name) {
@@ -67,6 +87,27 @@ async fn run(socket: WebSocket, conn: ConnId, extensions: bool, raw_name: &str, 
             state.metrics.rejected_inputs.inc();
             let close = Close::new(close::BAD_DOCUMENT_NAME, err.to_string());
             send_close(&mut sink, &close, extensions).await;
+            drain(&mut stream).await;
+            return;
+        }
+    };
+
+    let mut access = match authenticate(&mut stream, token, &name, extensions, state).await {
+        Ok(access) => access,
+        Err(err) => {
+            warn!(%err, "refusing access");
+            state.metrics.rejected_inputs.inc();
+            if !extensions {
+                // Stock y-websocket clients understand the auth message.
+                let denied = Message::PermissionDenied(&err.to_string()).encode();
+                let _ = sink.send(WsMessage::Binary(denied.into())).await;
+            }
+            send_close(
+                &mut sink,
+                &Close::new(err.close_code(), err.to_string()),
+                extensions,
+            )
+            .await;
             drain(&mut stream).await;
             return;
         }
@@ -90,6 +131,7 @@ async fn run(socket: WebSocket, conn: ConnId, extensions: bool, raw_name: &str, 
         frames: frames_tx,
         close: close_tx.clone(),
         extensions,
+        can_write: access.can_write,
     };
     let room = match state
         .rooms
@@ -118,18 +160,25 @@ async fn run(socket: WebSocket, conn: ConnId, extensions: bool, raw_name: &str, 
         fragment_bytes: config.fragment_bytes,
     };
     let mut writer = tokio::spawn(writer.run());
+    // Set once the writer has ended (it sent a close or the socket failed),
+    // so it is not awaited twice.
+    let mut writer_done = false;
 
     // Heartbeat: a ping every interval; the oldest unanswered one must be
     // answered (by anything at all) within the timeout.
     let mut nonce = 0u64;
     let mut next_ping = Instant::now() + config.ping_interval;
     let mut unanswered_since: Option<Instant> = None;
+    let mut messages = RateLimit::per_second(f64::from(config.max_messages_per_sec));
+    let mut bytes_rate = RateLimit::per_second(config.max_bytes_per_sec as f64);
     loop {
         let ping_deadline = unanswered_since.map(|t| t + config.ping_timeout);
+        let expiry = access.expires_at;
         let frame = tokio::select! {
             frame = stream.next() => frame,
             _ = &mut writer => {
                 // The writer sent a close: wait for the client's reply.
+                writer_done = true;
                 drain(&mut stream).await;
                 break;
             }
@@ -145,6 +194,10 @@ async fn run(socket: WebSocket, conn: ConnId, extensions: bool, raw_name: &str, 
                 unanswered_since.get_or_insert_with(Instant::now);
                 next_ping = Instant::now() + config.ping_interval;
                 continue;
+            }
+            _ = sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() => {
+                let _ = close_tx.try_send(Close::new(close::UNAUTHORIZED, AuthError::Expired.to_string()));
+                break;
             }
             _ = sleep_until(ping_deadline.unwrap_or_else(Instant::now)), if ping_deadline.is_some() => {
                 warn!("no answer to ping; dropping the connection");
@@ -192,11 +245,41 @@ async fn run(socket: WebSocket, conn: ConnId, extensions: bool, raw_name: &str, 
                 continue;
             }
             Ok(Decoded::Nothing) => continue,
+            Ok(Decoded::Auth(token)) => {
+                // A refreshed token: same document, new expiry (and maybe permission).
+                match check_token(state, Some(&token), &name) {
+                    Ok(refreshed) => {
+                        if refreshed.can_write != access.can_write
+                            && room
+                                .deliver(conn, Inbound::SetWritable(refreshed.can_write))
+                                .await
+                                .is_err()
+                        {
+                            break;
+                        }
+                        access = refreshed;
+                        continue;
+                    }
+                    Err(err) => {
+                        let _ = close_tx.try_send(Close::new(err.close_code(), err.to_string()));
+                        break;
+                    }
+                }
+            }
             Err(reason) => {
                 reject(state, &close_tx, close::INVALID_PAYLOAD, reason);
                 break;
             }
         };
+        // A connection over its rate is slowed down (not read from), never cut.
+        let now = Instant::now();
+        let wait = messages
+            .take(1.0, now)
+            .max(bytes_rate.take(bytes.len() as f64, now));
+        if !wait.is_zero() {
+            state.metrics.throttled.inc();
+            tokio::time::sleep(wait).await;
+        }
         if room.deliver(conn, inbound).await.is_err() {
             break;
         }
@@ -206,9 +289,10 @@ async fn run(socket: WebSocket, conn: ConnId, extensions: bool, raw_name: &str, 
     // Let the writer send its close frame; the room has dropped our queue.
     drop(close_tx);
     drop(control_tx);
-    if tokio::time::timeout(Duration::from_secs(5), &mut writer)
-        .await
-        .is_err()
+    if !writer_done
+        && tokio::time::timeout(Duration::from_secs(5), &mut writer)
+            .await
+            .is_err()
     {
         writer.abort();
     }
@@ -290,6 +374,8 @@ enum Decoded {
     Ping(u64),
     /// Nothing a server acts on (a pong, an auth message from a client).
     Nothing,
+    /// A token presented in-band (Quire clients).
+    Auth(String),
 }
 
 /// Turns one frame into what the room needs. Extension frames are only
@@ -300,6 +386,7 @@ fn decode(frame: &Bytes, extensions: bool) -> Result<Decoded, String> {
         return match Ext::decode(frame).map_err(|e| format!("malformed message: {e}"))? {
             Ext::Ping(nonce) => Ok(Decoded::Ping(nonce)),
             Ext::Pong(_) => Ok(Decoded::Nothing),
+            Ext::Auth { token } => Ok(Decoded::Auth(token.to_owned())),
             Ext::Emit { name, payload, ack } => Ok(Decoded::Room(Inbound::Emit {
                 name: name.to_owned(),
                 payload: payload.to_owned(),
@@ -324,6 +411,54 @@ fn reject(state: &AppState, close_tx: &mpsc::Sender<Close>, code: u16, reason: S
     warn!(code, %reason, "closing connection for bad input");
     state.metrics.rejected_inputs.inc();
     let _ = close_tx.try_send(Close::new(code, reason));
+}
+
+/// What a connection may do, and until when.
+#[derive(Debug, Clone, Copy)]
+struct Access {
+    can_write: bool,
+    /// When the token expires (never without `--auth-key`).
+    expires_at: Option<Instant>,
+}
+
+/// Checks a token for `doc` (anyone may do anything without `--auth-key`).
+fn check_token(state: &AppState, token: Option<&str>, doc: &DocName) -> Result<Access, AuthError> {
+    let Some(key) = &state.config.auth_key else {
+        return Ok(Access {
+            can_write: true,
+            expires_at: None,
+        });
+    };
+    let now = auth::now_secs();
+    let claims = key.authorize(token, doc.as_str(), Permission::Read, now)?;
+    let left = Duration::from_secs(claims.exp.saturating_sub(now));
+    Ok(Access {
+        can_write: claims.perm >= Permission::Write,
+        expires_at: Some(Instant::now() + left),
+    })
+}
+
+/// Finds the connection's token: in the URL, or else (Quire clients, which
+/// send it in-band so it stays out of URLs and logs) as the first message.
+async fn authenticate(
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    token: Option<String>,
+    doc: &DocName,
+    extensions: bool,
+    state: &AppState,
+) -> Result<Access, AuthError> {
+    if state.config.auth_key.is_none() || token.is_some() || !extensions {
+        return check_token(state, token.as_deref(), doc);
+    }
+    let first = tokio::time::timeout(AUTH_TIMEOUT, stream.next()).await;
+    let token = match first {
+        Ok(Some(Ok(WsMessage::Binary(frame)))) => match Ext::decode(&frame) {
+            Ok(Ext::Auth { token }) => Some(token.to_owned()),
+            _ => None,
+        },
+        _ => None,
+    };
+    check_token(state, token.as_deref(), doc)
 }
 
 /// After sending a close frame, reads (and ignores) what the client still

@@ -90,6 +90,31 @@ impl Document {
         })
     }
 
+    /// Whether `bytes` is a valid update holding nothing this document does
+    /// not have (no new blocks, no new deletions). Applies nothing.
+    pub fn is_known(&self, bytes: &[u8]) -> bool {
+        let doc = &self.doc;
+        guarded(|| {
+            let update = Update::decode_v1(bytes)
+                .map_err(|e| DocumentError::InvalidUpdate(e.to_string()))?;
+            let txn = doc.transact();
+            if update.extends(&txn.state_vector()) {
+                return Ok(false);
+            }
+            let deleted = txn.snapshot().delete_set;
+            Ok(update.delete_set().iter().all(|(client, ranges)| {
+                let mut have: Vec<std::ops::Range<u32>> = deleted
+                    .iter()
+                    .filter(|(c, _)| *c == client)
+                    .flat_map(|(_, r)| r.iter().cloned().collect::<Vec<_>>())
+                    .collect();
+                have.sort_by_key(|r| r.start);
+                ranges.iter().all(|wanted| covered(&have, wanted.clone()))
+            }))
+        })
+        .unwrap_or(false)
+    }
+
     /// This document's state vector, encoded (the payload of sync step 1).
     pub fn state_vector(&self) -> Vec<u8> {
         self.doc.transact().state_vector().encode_v1()
@@ -115,6 +140,21 @@ impl Document {
     pub fn doc(&self) -> &Doc {
         &self.doc
     }
+}
+
+/// Whether the sorted ranges `have` cover all of `wanted`.
+fn covered(have: &[std::ops::Range<u32>], wanted: std::ops::Range<u32>) -> bool {
+    let mut next = wanted.start;
+    for range in have {
+        if next >= wanted.end {
+            break;
+        }
+        if range.start > next {
+            return false;
+        }
+        next = next.max(range.end);
+    }
+    next >= wanted.end
 }
 
 /// Runs `f`, turning a panic inside yrs into [`DocumentError::Poisoned`].
@@ -226,6 +266,31 @@ mod tests {
             rejected > 1000,
             "the sample exercises rejection ({rejected})"
         );
+    }
+
+    #[test]
+    fn is_known_tells_new_content_and_new_deletions_from_old() {
+        let source = Doc::new();
+        let text = source.get_or_insert_text("content");
+        let insert = {
+            let mut txn = source.transact_mut();
+            text.insert(&mut txn, 0, "hello world");
+            txn.encode_update_v1()
+        };
+        let delete = {
+            let mut txn = source.transact_mut();
+            text.remove_range(&mut txn, 0, 6);
+            txn.encode_update_v1()
+        };
+        let mut document = Document::new();
+        assert!(!document.is_known(&insert));
+        document.apply(&insert).unwrap();
+        assert!(document.is_known(&insert));
+        assert!(!document.is_known(&delete), "a new deletion is news");
+        document.apply(&delete).unwrap();
+        assert!(document.is_known(&delete));
+        assert!(document.is_known(&document.diff(&document.state_vector()).unwrap()));
+        assert!(!document.is_known(b"garbage"));
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!   operations Quire needs (apply and return the delta, diff, state).
 //! - [`snapshot`]: exports as a Yjs update, text or JSON.
 //! - [`api`]: the HTTP API and its single error type.
+//! - [`auth`]: signed access tokens (HMAC-SHA256) and permissions.
+//! - [`limits`]: connection admission and per-connection rate limits.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`web`]: the web app's files (index, hashed assets, service worker).
 //!
@@ -20,9 +22,11 @@
 //! directly; [`serve`] runs it on a listener until a shutdown signal.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod document;
+pub mod limits;
 pub mod metrics;
 pub mod room;
 pub mod rooms;
@@ -34,8 +38,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::response::Response;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use quire_storage::{DocStore, SledOptions, SledStore, StoreError};
 use tokio::net::TcpListener;
@@ -58,6 +65,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Settings, read-only after start.
     pub config: Arc<Config>,
+    /// Connection counts, for the total and per-address limits.
+    pub admission: Arc<limits::Admission>,
 }
 
 impl AppState {
@@ -66,6 +75,10 @@ impl AppState {
         let metrics = Arc::new(Metrics::new());
         Self {
             rooms: Rooms::new(store.clone(), config.clone(), metrics.clone()),
+            admission: limits::Admission::new(
+                config.max_connections,
+                config.max_connections_per_ip,
+            ),
             store,
             metrics,
             config,
@@ -108,16 +121,69 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Query parameters of `/ws/{doc}`; anything else after `?` is ignored.
+#[derive(serde::Deserialize)]
+struct RoomQuery {
+    token: Option<String>,
+}
+
 async fn ws_upgrade(
     ws: WebSocketUpgrade,
     Path(doc): Path<String>,
+    Query(query): Query<RoomQuery>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     State(state): State<AppState>,
 ) -> Response {
+    if let Err(refused) = check_origin(&headers, &state.config.allowed_origins) {
+        warn!(%refused, "refusing a cross-site WebSocket");
+        return (StatusCode::FORBIDDEN, refused).into_response();
+    }
+    let admitted = match state.admission.admit(peer.ip()) {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            warn!(?refusal, %peer, "refusing a connection");
+            let (status, text) = match refusal {
+                limits::Refusal::Full(n) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the server holds its maximum of {n} connections"),
+                ),
+                limits::Refusal::TooManyFromAddress(n) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("at most {n} connections per address"),
+                ),
+            };
+            return (status, text).into_response();
+        }
+    };
     let limit = state.config.max_message_bytes;
     ws.protocols([quire_protocol::ext::SUBPROTOCOL])
         .max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| connection::serve(socket, doc, state))
+        .on_upgrade(move |socket| connection::serve(socket, doc, query.token, admitted, state))
+}
+
+/// Cross-site WebSocket hijacking guard: a browser always sends `Origin`;
+/// it must be this server itself or one of `allowed`. Requests without an
+/// Origin (native clients, which carry no ambient credentials) pass.
+fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), String> {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return Ok(());
+    };
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if origin_host.eq_ignore_ascii_case(host)
+        || allowed
+            .iter()
+            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        Ok(())
+    } else {
+        Err(format!("origin {origin} is not allowed to open rooms here"))
+    }
 }
 
 /// Serves on `listener` until `shutdown` completes, then closes every room
@@ -139,13 +205,16 @@ pub async fn serve(
 
     let rooms = state.rooms.clone();
     let router = app(state.clone());
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            info!("shutting down: closing rooms");
-            rooms.shutdown().await;
-        })
-        .await?;
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        info!("shutting down: closing rooms");
+        rooms.shutdown().await;
+    })
+    .await?;
 
     // Upgraded WebSockets outlive axum's graceful shutdown; give them a
     // moment to send their close frames.

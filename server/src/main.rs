@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use quire_protocol::DocName;
+use quire_server::auth::{Claims, Permission, TokenKey};
 use quire_server::document::Document;
 use quire_server::snapshot::{self, Format};
 use quire_server::{AppState, Config, open_store};
@@ -50,6 +51,19 @@ enum Command {
     Import { doc: String, file: PathBuf },
     /// List stored documents.
     Ls,
+    /// Print a signed access token (needs --auth-key or QUIRE_AUTH_KEY).
+    Token {
+        /// A document name, or a prefix followed by `*` (`*` for all).
+        #[arg(long)]
+        doc: String,
+        #[arg(long, value_enum)]
+        perm: Permission,
+        /// How long it is valid (e.g. 1h, 30m, 7d).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        #[arg(long, env = "QUIRE_AUTH_KEY", hide_env_values = true)]
+        auth_key: String,
+    },
     /// Print a document from a running server once (e.g. `quire cat http://127.0.0.1:8080 notes`).
     Cat {
         /// The server, as http://host:port or ws://host:port.
@@ -99,6 +113,31 @@ struct ServeArgs {
     /// The built web app to serve at / (`cargo xtask serve` passes it).
     #[arg(long, env = "QUIRE_STATIC_DIR")]
     static_dir: Option<PathBuf>,
+    /// Secret that signs access tokens; with it, every request needs one.
+    #[arg(long, env = "QUIRE_AUTH_KEY", hide_env_values = true)]
+    auth_key: Option<String>,
+    /// An origin allowed to open WebSockets besides this server's own (repeatable).
+    #[arg(
+        long = "allowed-origin",
+        env = "QUIRE_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    allowed_origins: Vec<String>,
+    /// Open connections in total.
+    #[arg(long, env = "QUIRE_MAX_CONNECTIONS", default_value_t = 20_000)]
+    max_connections: usize,
+    /// Open connections from one IP address.
+    #[arg(long, env = "QUIRE_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
+    max_connections_per_ip: usize,
+    /// Documents held in memory at once.
+    #[arg(long, env = "QUIRE_MAX_ROOMS", default_value_t = 10_000)]
+    max_rooms: usize,
+    /// Messages per second one connection may send (slowed down beyond).
+    #[arg(long, env = "QUIRE_MAX_MESSAGES_PER_SEC", default_value_t = 500)]
+    max_messages_per_sec: u32,
+    /// Bytes per second one connection may send (slowed down beyond).
+    #[arg(long, env = "QUIRE_MAX_BYTES_PER_SEC", default_value_t = 8 * 1024 * 1024)]
+    max_bytes_per_sec: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -118,6 +157,19 @@ fn main() -> anyhow::Result<()> {
         Command::Export { doc, format, out } => export(cli.data, &doc, format, out),
         Command::Import { doc, file } => import(cli.data, &doc, &file),
         Command::Ls => list(cli.data),
+        Command::Token {
+            doc,
+            perm,
+            ttl,
+            auth_key,
+        } => {
+            let exp = quire_server::auth::now_secs() + ttl.as_secs();
+            println!(
+                "{}",
+                TokenKey::new(auth_key).sign(&Claims { doc, perm, exp })
+            );
+            Ok(())
+        }
         Command::Cat { url, doc } => {
             tokio::runtime::Runtime::new()?.block_on(remote::cat(&url, &doc))
         }
@@ -287,6 +339,13 @@ fn serve(data: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
         ping_timeout: args.ping_timeout.max(Duration::from_millis(10)),
         max_document_bytes: args.max_document_bytes,
         static_dir: args.static_dir,
+        auth_key: args.auth_key.as_deref().map(TokenKey::new),
+        allowed_origins: args.allowed_origins,
+        max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
+        max_rooms: args.max_rooms,
+        max_messages_per_sec: args.max_messages_per_sec,
+        max_bytes_per_sec: args.max_bytes_per_sec,
         ..Config::new(args.addr, data)
     };
     let runtime = tokio::runtime::Runtime::new()?;
@@ -297,7 +356,11 @@ fn serve(data: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", config.addr))?;
         let addr = listener.local_addr()?;
         info!(data = %config.data.display(), "storage ready");
-        warn!("no --auth-key: every document is open to anyone who can reach this address");
+        if config.auth_key.is_none() {
+            warn!("NO --auth-key: Quire runs OPEN; anyone who can reach {addr} can read, change and delete every document");
+        } else {
+            info!("access tokens required (--auth-key set)");
+        }
         info!("Quire listening on http://{addr} (WebSocket rooms at ws://{addr}/ws/<doc>)");
         let state = AppState::new(config, store);
         quire_server::serve(state, listener, shutdown_signal()).await?;

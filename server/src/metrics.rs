@@ -30,6 +30,8 @@ pub struct Metrics {
     pub rejected_inputs: Counter,
     /// Connections cut because they did not read fast enough.
     pub slow_consumers_cut: Counter,
+    /// Times a connection was slowed down for exceeding its rate limit.
+    pub throttled: Counter,
     /// Storage writes covered by one group-commit flush.
     pub persist_batch: Histogram,
     /// Duration of one group-commit flush, in seconds.
@@ -56,6 +58,7 @@ impl Metrics {
             bytes_out: Counter::default(),
             rejected_inputs: Counter::default(),
             slow_consumers_cut: Counter::default(),
+            throttled: Counter::default(),
             persist_batch: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             persist_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             registry: Registry::default(),
@@ -71,6 +74,11 @@ impl Metrics {
             metrics.connections_opened.clone(),
         );
         registry.register("rooms", "Documents held in memory", metrics.rooms.clone());
+        registry.register(
+            "throttled",
+            "Times a connection was slowed down by its rate limit",
+            metrics.throttled.clone(),
+        );
         registry.register(
             "updates_in",
             "Document updates received that changed a document",

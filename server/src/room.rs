@@ -66,6 +66,8 @@ pub struct MemberChannels {
     pub close: mpsc::Sender<Close>,
     /// Whether the client negotiated Quire's extensions (acks, events, ...).
     pub extensions: bool,
+    /// Whether its token allows changing the document (read-only otherwise).
+    pub can_write: bool,
 }
 
 /// A decoded client message, payloads sharing the frame's buffer.
@@ -79,6 +81,8 @@ pub enum Inbound {
     Awareness(Bytes),
     /// "Send me everyone's awareness."
     QueryAwareness,
+    /// The connection's token was refreshed with another permission.
+    SetWritable(bool),
     /// A named event for the room (Quire clients only).
     Emit {
         name: String,
@@ -105,6 +109,9 @@ pub enum RoomError {
     /// The document is, or would become, larger than allowed.
     #[error("{0}")]
     TooLarge(String),
+    /// The server holds its maximum of documents in memory.
+    #[error("the server has too many documents open; try again later")]
+    Busy,
 }
 
 impl RoomError {
@@ -117,6 +124,7 @@ impl RoomError {
             RoomError::ShuttingDown => Close::new(close::GOING_AWAY, self.to_string()),
             RoomError::InvalidUpdate(_) => Close::new(close::INVALID_PAYLOAD, self.to_string()),
             RoomError::TooLarge(_) => Close::new(close::DOCUMENT_TOO_LARGE, self.to_string()),
+            RoomError::Busy => Close::new(close::TRY_AGAIN_LATER, self.to_string()),
         }
     }
 }
@@ -227,6 +235,8 @@ struct Member {
     update_messages: u64,
     /// (message number, storage ticket that makes it durable), oldest first.
     pending_saves: VecDeque<(u64, u64)>,
+    /// Whether a read-only connection was already told its changes are refused.
+    told_read_only: bool,
 }
 
 /// Where the room's document stands.
@@ -413,6 +423,7 @@ impl Room {
                 clients: HashSet::new(),
                 update_messages: 0,
                 pending_saves: VecDeque::new(),
+                told_read_only: false,
             },
         );
         self.member_count
@@ -472,6 +483,14 @@ impl Room {
                         self.send(Target::One(conn), frame.into());
                     }
                     Err(err) => self.reject(conn, close::INVALID_PAYLOAD, err.to_string()),
+                }
+            }
+            Inbound::Update(update) if !self.can_write(conn) => {
+                self.refuse_read_only(conn, &update)
+            }
+            Inbound::SetWritable(can_write) => {
+                if let Some(member) = self.members.get_mut(&conn) {
+                    member.channels.can_write = can_write;
                 }
             }
             Inbound::Update(update) => match self.apply_update(Some(conn), &update).await {
@@ -810,6 +829,14 @@ impl Room {
             );
             return;
         };
+        if name == CHAT_EVENT && !self.can_write(conn) {
+            let error = Ext::Error {
+                code: u64::from(close::FORBIDDEN),
+                message: "read-only access: chat messages are not sent",
+            };
+            self.send(Target::One(conn), error.encode().into());
+            return;
+        }
         if name == CHAT_HISTORY_EVENT {
             self.reject(
                 conn,
@@ -871,6 +898,45 @@ impl Room {
                 Ext::EmitAck { ack, delivered }.encode().into(),
             );
         }
+    }
+
+    fn can_write(&self, conn: ConnId) -> bool {
+        self.members
+            .get(&conn)
+            .is_some_and(|m| m.channels.can_write)
+    }
+
+    /// An update from a read-only connection: never applied, relayed or
+    /// stored. The connection stays open (it may watch and set its own
+    /// presence); it is told once, as a typed error or, for stock clients,
+    /// y-protocols' permission-denied message. An update that holds nothing
+    /// new (the sync step 2 every client sends on connect) is not an attempt.
+    fn refuse_read_only(&mut self, conn: ConnId, update: &[u8]) {
+        let State::Ready { document, .. } = &self.state else {
+            return;
+        };
+        if document.is_known(update) {
+            return;
+        }
+        let Some(member) = self.members.get_mut(&conn) else {
+            return;
+        };
+        self.rooms.metrics().rejected_inputs.inc();
+        if std::mem::replace(&mut member.told_read_only, true) {
+            return;
+        }
+        let reason = "read-only access: your changes are not saved";
+        warn!(conn, "refusing an update from a read-only connection");
+        let frame = if member.channels.extensions {
+            Ext::Error {
+                code: u64::from(close::FORBIDDEN),
+                message: reason,
+            }
+            .encode()
+        } else {
+            Message::PermissionDenied(reason).encode()
+        };
+        self.send(Target::One(conn), frame.into());
     }
 
     /// A connection's user name, from its presence (`user.name`, the

@@ -88,6 +88,9 @@ impl Rooms {
         if let Some(handle) = map.get(name).filter(|h| !h.is_closed()) {
             return Ok(handle.clone());
         }
+        if map.len() >= self.shared.config.max_rooms {
+            return Err(RoomError::Busy);
+        }
         let (room, handle) = Room::new(name.clone(), self.clone());
         map.insert(name.clone(), handle.clone());
         drop(map);

@@ -5,10 +5,11 @@
 //   node compat.mjs <serverUrl> <scenario> <room> [text]
 //
 //   serverUrl  e.g. ws://127.0.0.1:PORT/ws  (the client appends "/<room>")
-//   scenario   converge | awareness | reconnect | catchup | write
+//   scenario   converge | awareness | reconnect | catchup | write | readonly
 //   room       document name; use a fresh one per scenario run
 //   text       `write`: text to append (required)
 //              `catchup`: optional substring the synced text must contain
+//              `readonly`: a read-only access token (sent as ?token=)
 //
 // Exit 0 and a final stdout line {"ok":true,"scenario":...,"room":...,"text":...}
 // on success. On failure: message on stderr, a final stdout line
@@ -27,7 +28,7 @@ const OVERALL_MS = 60_000 // hard bound for the whole run
 const POLL_MS = 20
 
 const USAGE = 'usage: node compat.mjs <serverUrl> <scenario> <room> [text]\n' +
-  '  scenarios: converge | awareness | reconnect | catchup [expectedSubstring] | write <text>'
+  '  scenarios: converge | awareness | reconnect | catchup [expectedSubstring] | write <text> | readonly <token>'
 
 const [serverUrl, scenario, room, extra] = process.argv.slice(2)
 
@@ -73,12 +74,13 @@ async function assertStaysFalse (what, cond, seen, ms) {
   }
 }
 
-function makeClient (name) {
+function makeClient (name, params = {}) {
   const doc = new Y.Doc()
   const provider = new WebsocketProvider(serverUrl, room, doc, {
     WebSocketPolyfill: WebSocket,
     disableBc: true,
-    maxBackoffTime: 500
+    maxBackoffTime: 500,
+    params
   })
   providers.push(provider)
   const log = []
@@ -240,7 +242,22 @@ async function write () {
   return r.str()
 }
 
-const scenarios = { converge, awareness, reconnect, catchup, write }
+// A client with a read-only token (passed as ?token= through `params`, as
+// y-websocket apps do) syncs, then tries to write. The Rust side checks that
+// the server neither applied nor relayed nor stored the change; here we
+// check the client stays connected (no reconnect loop) and can see the text.
+async function readonly () {
+  if (extra === undefined) throw new CompatError('scenario `readonly` needs a 4th argument: the token')
+  const r = makeClient('R', { token: extra })
+  await waitSynced(r)
+  const seen = r.str()
+  r.text.insert(r.text.length, ' [intruder]')
+  await assertStaysFalse('the read-only client to be disconnected',
+    () => !r.provider.wsconnected, () => ({ events: r.log }), 1500)
+  return seen
+}
+
+const scenarios = { converge, awareness, reconnect, catchup, write, readonly }
 
 // ---------------------------------------------------------------- main
 

@@ -199,7 +199,12 @@ impl Client {
                 .is_err()
                 && !condition(self)
             {
-                panic!("timed out waiting until {what}; text is {:?}", self.text());
+                let text = self.text();
+                let shown: String = text.chars().take(200).collect();
+                panic!(
+                    "timed out waiting until {what}; text ({} bytes) starts {shown:?}",
+                    text.len()
+                );
             }
         }
     }
@@ -348,9 +353,9 @@ fn handle_frame(
         Message::Awareness(update) => {
             seen.awareness.apply(update, 0).expect("valid awareness");
         }
-        Message::PermissionDenied(reason) => {
-            seen.closed = Some((0, format!("permission denied: {reason}")));
-        }
+        // Like y-websocket, a permission-denied message is only reported
+        // (kept in `frames`); the server decides whether to close.
+        Message::PermissionDenied(_) => {}
         Message::QueryAwareness => {}
     }
 }

@@ -5,6 +5,7 @@ use quire_protocol::lib0::{write_var_bytes, write_var_string, write_var_uint};
 use quire_protocol::{Message, SyncMessage};
 use quire_tests::http;
 use quire_tests::{Client, TestServer};
+
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// A room with two well-behaved clients and some content.

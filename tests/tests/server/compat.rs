@@ -15,7 +15,12 @@ fn compat_dir() -> PathBuf {
 }
 
 /// Runs one scenario; panics with its output unless it reports success.
-async fn run_scenario(server_url: &str, scenario: &str, room: &str, extra: &[&str]) -> Value {
+pub(crate) async fn run_scenario(
+    server_url: &str,
+    scenario: &str,
+    room: &str,
+    extra: &[&str],
+) -> Value {
     let dir = compat_dir();
     assert!(
         dir.join("node_modules/yjs").exists() && dir.join("node_modules/y-websocket").exists(),
