@@ -553,7 +553,9 @@ impl Room {
             };
             return Err(RoomError::Unavailable(reason.clone()));
         };
-        if *bytes + update.len() as u64 > limit {
+        // The raw size bounds what is new (sync sends differences, so the
+        // two are close); an update holding nothing new never counts.
+        if *bytes + update.len() as u64 > limit && !document.is_known(update) {
             return Err(RoomError::TooLarge(format!(
                 "this update would take the document past this server's limit of {limit} bytes"
             )));

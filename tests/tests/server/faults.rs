@@ -219,3 +219,26 @@ async fn twenty_kill_9_cycles_lose_nothing_acknowledged() {
     }
     drop(server);
 }
+
+/// Stock clients cannot see application pings; the server checks them with
+/// WebSocket ping frames, which every WebSocket stack answers by itself.
+#[tokio::test]
+async fn a_silent_stock_client_is_dropped_by_websocket_pings() {
+    let server = TestServer::start_with(|c| {
+        c.ping_interval = Duration::from_millis(200);
+        c.ping_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let proxy = FaultProxy::start(server.addr).await;
+    let mut stock = Client::connect_synced(format!("ws://{}/ws/pinged", proxy.addr())).await;
+    // Several ping rounds pass while the link is healthy: it stays.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(stock.is_connected());
+    assert_eq!(server.state.metrics.connections.get(), 1);
+    proxy.blackhole();
+    assert!(
+        eventually(|| server.state.metrics.connections.get() == 0).await,
+        "the server noticed the dead link"
+    );
+    stock.disconnect();
+}
