@@ -38,6 +38,16 @@ use crate::{AppState, unix_ms};
 const MAX_REASON_BYTES: usize = 123;
 /// Control frames that may wait for the writer (pings are skipped beyond).
 const CONTROL_CAPACITY: usize = 64;
+/// Room frames written with one flush, at most.
+const BATCH_FRAMES: usize = 64;
+/// Read buffer of each socket. tungstenite's default (128 KiB) would make
+/// every idle connection cost that much memory; larger messages still
+/// arrive whole, read in more steps.
+pub(crate) const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Bytes a socket's writer gathers before writing (it also writes on flush,
+/// after every batch).
+pub(crate) const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
 /// How long a Quire client has to present its token in-band.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -324,7 +334,7 @@ impl Writer {
                 }
                 frame = self.frames.recv() => match frame {
                     Some(frame) => {
-                        if !self.send_frame(frame).await {
+                        if !self.send_batch(frame).await {
                             break;
                         }
                     }
@@ -336,12 +346,32 @@ impl Writer {
         let _ = self.sink.close().await;
     }
 
-    /// Sends one room frame, in fragments if large; returns false once the
-    /// socket is gone or a close was sent.
-    async fn send_frame(&mut self, frame: Bytes) -> bool {
-        if !self.extensions || frame.len() <= self.fragment_bytes {
-            return self.sink.send(WsMessage::Binary(frame)).await.is_ok();
+    /// Sends `first` and whatever else the room has queued by now (up to
+    /// [`BATCH_FRAMES`]) with one flush: under load a busy room's frames leave
+    /// in few writes instead of one system call each.
+    async fn send_batch(&mut self, first: Bytes) -> bool {
+        let mut next = Some(first);
+        let mut batched = 0;
+        while let Some(frame) = next.take() {
+            if self.extensions && frame.len() > self.fragment_bytes {
+                if !self.send_fragments(frame).await {
+                    return false;
+                }
+            } else if self.sink.feed(WsMessage::Binary(frame)).await.is_err() {
+                return false;
+            }
+            batched += 1;
+            if batched < BATCH_FRAMES && self.control.is_empty() && self.close.is_empty() {
+                next = self.frames.try_recv().ok();
+            }
         }
+        self.sink.flush().await.is_ok()
+    }
+
+    /// Sends one large frame in fragments, letting a close or control frames
+    /// through between pieces; returns false once the socket is gone or a
+    /// close was sent.
+    async fn send_fragments(&mut self, frame: Bytes) -> bool {
         for piece in ext::fragment(&frame, self.fragment_bytes) {
             if self
                 .sink

@@ -158,6 +158,8 @@ async fn ws_upgrade(
     };
     let limit = state.config.max_message_bytes;
     ws.protocols([quire_protocol::ext::SUBPROTOCOL])
+        .read_buffer_size(connection::READ_BUFFER_BYTES)
+        .write_buffer_size(connection::WRITE_BUFFER_BYTES)
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| connection::serve(socket, doc, query.token, admitted, state))
