@@ -4,6 +4,7 @@
 //!
 //! Everything here targets 127.0.0.1 only and every wait is bounded.
 
+pub mod browser;
 pub mod client;
 pub mod http;
 pub mod process;

@@ -1,4 +1,5 @@
-//! `cargo xtask`: the project's developer commands (std only, so it builds in seconds).
+//! `cargo xtask`: the project's developer commands. Its only dependency is
+//! `wasm-bindgen-cli-support`, for building the web app (see [`web`]).
 //!
 //! Run `cargo xtask help` for the list. Every cargo invocation goes through the
 //! `CARGO` binary that launched us and inherits the environment, so
@@ -11,21 +12,34 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus};
 use std::time::{Duration, Instant, SystemTime};
 
+mod web;
+
 const USAGE: &str = "\
 Usage: cargo xtask <COMMAND> [ARGS...]
 
 Commands:
-  serve [ARGS...]   Build and run the server in release mode on its default store
+  web               Build the web app (frontend/) into $CARGO_TARGET_DIR/quire-web/:
+                    the wasm32 release build, wasm-bindgen (as a library), wasm-opt
+                    when binaryen is installed, content-hashed assets, index.html
+                    and sw.js. Prints the dist path and the asset sizes. Installs
+                    the wasm32-unknown-unknown target with rustup if missing.
+  serve [ARGS...]   Build the web app (quickly skipped when up to date), then build
+                    and run the server in release mode on its default store
                     (./quire-data in the workspace root, gitignored); runs
-                    `cargo run --release -p quire-server --bin quire -- serve ARGS...`
-                    from the workspace root, e.g. `cargo xtask serve --addr 127.0.0.1:9000`.
+                    `cargo run --release -p quire-server --bin quire -- serve
+                    --static-dir <dist> ARGS...` from the workspace root, e.g.
+                    `cargo xtask serve --addr 127.0.0.1:9000`, then open
+                    http://127.0.0.1:9000/.
   test [ARGS...]    Run every test: check node (>= 20) and npm, `npm ci` in
-                    tests/compat if its lockfile changed, build the debug `quire`
-                    binary, then `cargo test --workspace --exclude xtask ARGS...`.
+                    tests/compat if its lockfile changed, build the web app and
+                    the debug `quire` binary, then
+                    `cargo test --workspace --exclude xtask ARGS...` with
+                    QUIRE_WEB_DIST=<dist> (for browser tests).
                     ARGS go to `cargo test` verbatim, e.g.
                     `cargo xtask test -- --nocapture` or `cargo xtask test some_name`.
-  lint              `cargo fmt --all -- --check` and
-                    `cargo clippy --workspace --all-targets -- -D warnings`.
+  lint              `cargo fmt --all -- --check`,
+                    `cargo clippy --workspace --all-targets -- -D warnings` and
+                    `cargo clippy -p quire-frontend --target wasm32-unknown-unknown -- -D warnings`.
   help              Show this text.
 ";
 
@@ -42,6 +56,8 @@ fn main() -> ExitCode {
             print!("{USAGE}");
             Ok(())
         }
+        Some("web") if rest.is_empty() => web_command(),
+        Some("web") => Err(Failure::usage("`cargo xtask web` takes no arguments")),
         Some("serve") => serve(&rest),
         Some("test") => test(&rest),
         Some("lint") if rest.is_empty() => lint(),
@@ -60,33 +76,50 @@ fn main() -> ExitCode {
     }
 }
 
-/// A named step run by [`run_step`].
-type Step = (&'static str, fn() -> Result<(), Failure>);
+/// `cargo xtask web`: build the web app and say where it is.
+fn web_command() -> Result<(), Failure> {
+    let mut dist = None;
+    run_step("build the web app", || {
+        dist = Some(web::build()?);
+        Ok(())
+    })?;
+    if let Some(dist) = dist {
+        println!("{}", dist.dir.display());
+    }
+    Ok(())
+}
 
 /// `cargo xtask serve`: the README's "start Quire" command.
 fn serve(args: &[OsString]) -> Result<(), Failure> {
-    // The steps before the server starts, in order. The frontend build goes
-    // here (before the server) once the frontend exists.
-    let steps: &[Step] = &[];
-    for (name, step) in steps {
-        run_step(name, step)?;
-    }
+    let mut dist = None;
+    run_step("build the web app", || {
+        dist = Some(web::build()?);
+        Ok(())
+    })?;
+    let dist = dist.expect("the step ran").dir;
 
     // Not a timed step: the server runs until interrupted, and its exit code
     // becomes ours.
-    header("cargo run --release -p quire-server --bin quire -- serve");
-    run(cargo()
-        .args([
-            "run",
-            "--release",
-            "-p",
-            "quire-server",
-            "--bin",
-            "quire",
-            "--",
-            "serve",
-        ])
-        .args(args))
+    header("cargo run --release -p quire-server --bin quire -- serve --static-dir <dist>");
+    let mut command = cargo();
+    command.args([
+        "run",
+        "--release",
+        "-p",
+        "quire-server",
+        "--bin",
+        "quire",
+        "--",
+        "serve",
+    ]);
+    let given = args.iter().any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == "--static-dir" || a.starts_with("--static-dir="))
+    });
+    if !given {
+        command.arg("--static-dir").arg(&dist);
+    }
+    run(command.args(args))
 }
 
 /// `cargo xtask test`: the README's "run every test" command.
@@ -97,13 +130,20 @@ fn test(cargo_test_args: &[OsString]) -> Result<(), Failure> {
         check_node_prerequisites,
     )?;
     run_step("npm ci in tests/compat", npm_ci_if_stale)?;
+    let mut dist = None;
+    run_step("build the web app", || {
+        dist = Some(web::build()?);
+        Ok(())
+    })?;
+    let dist = dist.expect("the step ran").dir;
     run_step("cargo build -p quire-server --bin quire", || {
         run(cargo().args(["build", "-p", "quire-server", "--bin", "quire"]))
     })?;
     run_step("cargo test --workspace --exclude xtask", || {
         run(cargo()
             .args(["test", "--workspace", "--exclude", "xtask"])
-            .args(cargo_test_args))
+            .args(cargo_test_args)
+            .env("QUIRE_WEB_DIST", &dist))
     })?;
     println!("==> all test steps passed in {}", Elapsed(start.elapsed()));
     Ok(())
@@ -126,6 +166,22 @@ fn lint() -> Result<(), Failure> {
                 "clippy",
                 "--workspace",
                 "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        },
+    )?;
+    run_step(
+        "cargo clippy -p quire-frontend --target wasm32-unknown-unknown -- -D warnings",
+        || {
+            web::ensure_wasm_target()?;
+            run(cargo().args([
+                "clippy",
+                "-p",
+                "quire-frontend",
+                "--target",
+                "wasm32-unknown-unknown",
                 "--",
                 "-D",
                 "warnings",

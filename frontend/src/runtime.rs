@@ -1,0 +1,650 @@
+//! One open document: the yrs `Doc`, its `SyncSession` driver, the textarea
+//! binding, remote carets, the IndexedDB copy and the tab channel, wired
+//! together and reporting to the page through signals.
+//!
+//! Start-up order matters for offline work: the IndexedDB copy is loaded into
+//! the document *before* the session connects, so edits made offline survive
+//! reloads and browser restarts and reach the server in the first handshake.
+
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
+
+use leptos::prelude::*;
+use quire_protocol::close;
+use quire_protocol::ext::{CHAT_EVENT, CHAT_HISTORY_EVENT};
+use quire_protocol::session::{EmitError, Presence};
+use quire_protocol::{Connection, SessionConfig, SessionEvent, Status, SyncSession};
+use serde::Deserialize;
+use web_sys::{HtmlElement, HtmlTextAreaElement};
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, GetString, OffsetKind, Options, ReadTxn, StateVector, Transact, Update as YUpdate};
+
+use crate::editor::{Editor, Hooks, STORE_ORIGIN, TEXT_NAME};
+use crate::idb;
+use crate::net::Conn;
+use crate::overlay::Overlay;
+use crate::presence::{Peer, User};
+use crate::tabs::Tabs;
+use crate::util::{Listener, Timer, now_ms, random_u64, window, ws_url};
+
+/// Local saves wait this long after the last change...
+const SAVE_DEBOUNCE_MS: u32 = 400;
+/// ...but never longer than this after the first unsaved one.
+const SAVE_MAX_WAIT_MS: f64 = 2_000.0;
+/// How long start-up waits for the IndexedDB copy before going on without it.
+const LOCAL_COPY_WAIT_MS: f64 = 1_500.0;
+/// Presence (cursor) updates are sent at most this often.
+const PRESENCE_THROTTLE_MS: u32 = 80;
+/// Joins reported within this long of connecting are people who were
+/// already there, not arrivals.
+const JOIN_QUIET_MS: u64 = 2_500;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    pub id: u64,
+    pub user: String,
+    pub text: String,
+    pub at_ms: u64,
+    pub mine: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub id: u64,
+    pub text: String,
+}
+
+/// Why the session gave up for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stopped {
+    pub code: u16,
+    pub message: String,
+}
+
+/// What the page shows; all plain signals.
+#[derive(Clone, Copy)]
+pub struct Ui {
+    pub status: RwSignal<Option<Status>>,
+    pub peers: RwSignal<Vec<Peer>>,
+    pub chat: RwSignal<Vec<ChatMessage>>,
+    pub chat_open: RwSignal<bool>,
+    pub unread: RwSignal<u32>,
+    pub notices: RwSignal<Vec<Notice>>,
+    pub stopped: RwSignal<Option<Stopped>>,
+    pub user: RwSignal<User>,
+}
+
+impl Ui {
+    pub fn new(user: RwSignal<User>) -> Self {
+        Self {
+            status: RwSignal::new(None),
+            peers: RwSignal::new(Vec::new()),
+            chat: RwSignal::new(Vec::new()),
+            chat_open: RwSignal::new(false),
+            unread: RwSignal::new(0),
+            notices: RwSignal::new(Vec::new()),
+            stopped: RwSignal::new(None),
+            user,
+        }
+    }
+
+    pub fn notify(&self, text: impl Into<String>) {
+        thread_local!(static NEXT: Cell<u64> = const { Cell::new(1) });
+        let id = NEXT.with(|n| n.replace(n.get() + 1));
+        let notices = self.notices;
+        notices.update(|n| {
+            n.push(Notice {
+                id,
+                text: text.into(),
+            });
+            if n.len() > 4 {
+                n.remove(0);
+            }
+        });
+        set_timeout(
+            move || {
+                let _ = notices.try_update(|n| n.retain(|x| x.id != id));
+            },
+            std::time::Duration::from_millis(5_000),
+        );
+    }
+}
+
+/// The debounced IndexedDB writer.
+struct Saver {
+    name: String,
+    doc: Doc,
+    timer: RefCell<Option<Timer>>,
+    first_dirty: Cell<Option<f64>>,
+    /// Whether the last write held edits the server had not confirmed.
+    last_pending: Cell<bool>,
+    unsaved: Cell<u64>,
+    enabled: Cell<bool>,
+    this: RefCell<Weak<Saver>>,
+}
+
+impl Saver {
+    fn mark_dirty(&self) {
+        if !self.enabled.get() {
+            return;
+        }
+        let now = js_sys::Date::now();
+        let first = *self.first_dirty.get().get_or_insert(now);
+        self.first_dirty.set(Some(first));
+        if now - first >= SAVE_MAX_WAIT_MS {
+            self.save_now();
+            return;
+        }
+        let weak = self.this.borrow().clone();
+        *self.timer.borrow_mut() = Some(Timer::once(SAVE_DEBOUNCE_MS, move || {
+            if let Some(saver) = weak.upgrade() {
+                saver.save_now();
+            }
+        }));
+    }
+
+    fn save_now(&self) {
+        if !self.enabled.get() {
+            return;
+        }
+        let Ok(txn) = self.doc.try_transact() else {
+            // Inside a transaction: come back a moment later.
+            let weak = self.this.borrow().clone();
+            *self.timer.borrow_mut() = Some(Timer::once(50, move || {
+                if let Some(saver) = weak.upgrade() {
+                    saver.save_now();
+                }
+            }));
+            return;
+        };
+        let state = txn.encode_state_as_update_v1(&StateVector::default());
+        drop(txn);
+        self.first_dirty.set(None);
+        if let Ok(mut timer) = self.timer.try_borrow_mut() {
+            *timer = None;
+        }
+        let pending = self.unsaved.get() > 0;
+        self.last_pending.set(pending);
+        let name = self.name.clone();
+        leptos::task::spawn_local(async move {
+            if let Err(err) = idb::save(&name, &state, pending).await {
+                web_sys::console::warn_2(&"quire: could not keep a local copy:".into(), &err);
+            }
+        });
+    }
+}
+
+pub struct Runtime {
+    pub name: String,
+    doc: Doc,
+    conn: Conn,
+    editor: Rc<Editor>,
+    overlay: Rc<Overlay>,
+    saver: Rc<Saver>,
+    tabs: RefCell<Option<Rc<Tabs>>>,
+    presence_timer: RefCell<Option<Timer>>,
+    user: RefCell<User>,
+    ui: Ui,
+    listeners: RefCell<Vec<Listener>>,
+    connected_at: Cell<u64>,
+    next_chat_id: Cell<u64>,
+    closed: Cell<bool>,
+    this: Weak<Runtime>,
+}
+
+#[derive(Deserialize)]
+struct ChatRecord {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    text: String,
+    #[serde(default)]
+    at_ms: u64,
+}
+
+/// Resolves after `ms` milliseconds.
+async fn sleep(ms: i32) {
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        let _ = window().set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+}
+
+/// A new document that counts text in UTF-16 units, like the browser.
+pub fn new_doc() -> Doc {
+    Doc::with_options(Options {
+        offset_kind: OffsetKind::Utf16,
+        ..Options::default()
+    })
+}
+
+fn apply(doc: &Doc, state: &[u8]) {
+    match YUpdate::decode_v1(state) {
+        Ok(update) => {
+            if let Err(err) = doc.transact_mut_with(STORE_ORIGIN).apply_update(update) {
+                web_sys::console::warn_1(&format!("quire: local copy not applied: {err}").into());
+            }
+        }
+        Err(err) => {
+            web_sys::console::warn_1(&format!("quire: local copy unreadable: {err}").into());
+        }
+    }
+}
+
+impl Runtime {
+    /// Loads the local copy, binds the textarea and connects.
+    pub async fn open(
+        name: String,
+        ta: HtmlTextAreaElement,
+        mirror: HtmlElement,
+        layer: HtmlElement,
+        ui: Ui,
+    ) -> Rc<Self> {
+        let doc = new_doc();
+        // The local copy normally arrives in milliseconds; if IndexedDB hangs
+        // (it can, e.g. while another tab upgrades it), start without it and
+        // merge it when it comes: merging a CRDT state later is always safe.
+        let slot: Rc<RefCell<Option<Option<idb::Record>>>> = Rc::default();
+        let late: Rc<RefCell<Weak<Runtime>>> = Rc::default();
+        {
+            let (slot, late, name) = (slot.clone(), late.clone(), name.clone());
+            leptos::task::spawn_local(async move {
+                let record = match idb::load(&name).await {
+                    Ok(record) => record,
+                    Err(err) => {
+                        web_sys::console::warn_2(&"quire: no local copy available:".into(), &err);
+                        None
+                    }
+                };
+                match late.borrow().upgrade() {
+                    Some(rt) => {
+                        if let Some(record) = record {
+                            rt.merge_late(&record.state);
+                        }
+                    }
+                    None => *slot.borrow_mut() = Some(record),
+                }
+            });
+        }
+        let started = js_sys::Date::now();
+        while slot.borrow().is_none() && js_sys::Date::now() - started < LOCAL_COPY_WAIT_MS {
+            sleep(10).await;
+        }
+        let record = slot.borrow_mut().take().flatten();
+        // A copy the server had fully confirmed is the starting state; one
+        // with unconfirmed edits is applied through the session, so it
+        // counts as unsaved until the server acknowledges it.
+        let mut pending_state = None;
+        if let Some(record) = record {
+            if record.pending {
+                pending_state = Some(record.state);
+            } else {
+                apply(&doc, &record.state);
+            }
+        }
+        let session = SyncSession::with_doc(
+            doc.clone(),
+            SessionConfig {
+                seed: random_u64(),
+                ..SessionConfig::default()
+            },
+        );
+        if let Some(state) = &pending_state {
+            apply(&doc, state);
+        }
+        let user = ui.user.get_untracked();
+
+        let runtime = Rc::new_cyclic(|weak: &Weak<Runtime>| {
+            let w = weak.clone();
+            let conn = Conn::new(session, ws_url(&name), move |event| {
+                if let Some(rt) = w.upgrade() {
+                    rt.on_event(event);
+                }
+            });
+            let overlay = Overlay::new(doc.clone(), ta.clone(), mirror, layer);
+            let (w1, w2, w3, w4) = (weak.clone(), weak.clone(), weak.clone(), weak.clone());
+            let editor = Editor::attach(
+                doc.clone(),
+                ta.clone(),
+                Hooks {
+                    local_change: Box::new(move || {
+                        if let Some(rt) = w1.upgrade() {
+                            rt.conn.flush();
+                        }
+                    }),
+                    text_changed: Box::new(move |change| {
+                        if let Some(rt) = w2.upgrade() {
+                            rt.overlay.text_changed(change);
+                        }
+                    }),
+                    selection_changed: Box::new(move || {
+                        if let Some(rt) = w3.upgrade() {
+                            rt.schedule_presence();
+                        }
+                    }),
+                    scrolled: Box::new(move || {
+                        if let Some(rt) = w4.upgrade() {
+                            rt.overlay.layout_changed();
+                        }
+                    }),
+                },
+            );
+            let saver = Rc::new(Saver {
+                name: name.clone(),
+                doc: doc.clone(),
+                timer: RefCell::new(None),
+                first_dirty: Cell::new(None),
+                last_pending: Cell::new(pending_state.is_some()),
+                unsaved: Cell::new(0),
+                enabled: Cell::new(true),
+                this: RefCell::new(Weak::new()),
+            });
+            *saver.this.borrow_mut() = Rc::downgrade(&saver);
+            Runtime {
+                name: name.clone(),
+                doc: doc.clone(),
+                conn,
+                editor,
+                overlay,
+                saver,
+                tabs: RefCell::new(None),
+                presence_timer: RefCell::new(None),
+                user: RefCell::new(user),
+                ui,
+                listeners: RefCell::new(Vec::new()),
+                connected_at: Cell::new(0),
+                next_chat_id: Cell::new(1),
+                closed: Cell::new(false),
+                this: weak.clone(),
+            }
+        });
+
+        *late.borrow_mut() = Rc::downgrade(&runtime);
+        // Every change, whatever its origin, goes to the local copy.
+        let weak = Rc::downgrade(&runtime);
+        let _ = doc.observe_update_v1("quire-saver", move |_, _| {
+            if let Some(rt) = weak.upgrade() {
+                rt.saver.mark_dirty();
+            }
+        });
+        let weak = Rc::downgrade(&runtime);
+        *runtime.tabs.borrow_mut() = Tabs::join(&name, doc.clone(), move || {
+            if let Some(rt) = weak.upgrade() {
+                rt.conn.flush();
+            }
+        });
+
+        let target: web_sys::EventTarget = window().into();
+        let weak = Rc::downgrade(&runtime);
+        let before_unload = Listener::new(&target, "beforeunload", move |event| {
+            if let Some(rt) = weak.upgrade() {
+                rt.saver.save_now();
+                if rt.conn.status().unsaved > 0 && rt.ui.stopped.get_untracked().is_none() {
+                    event.prevent_default();
+                    if let Some(e) =
+                        wasm_bindgen::JsCast::dyn_ref::<web_sys::BeforeUnloadEvent>(&event)
+                    {
+                        e.set_return_value("There are changes the server has not saved yet.");
+                    }
+                }
+            }
+        });
+        let weak = Rc::downgrade(&runtime);
+        let page_hide = Listener::new(&target, "pagehide", move |_| {
+            if let Some(rt) = weak.upgrade() {
+                rt.saver.save_now();
+            }
+        });
+        let weak = Rc::downgrade(&runtime);
+        let resize = Listener::new(&target, "resize", move |_| {
+            if let Some(rt) = weak.upgrade() {
+                rt.overlay.layout_changed();
+            }
+        });
+        *runtime.listeners.borrow_mut() = vec![before_unload, page_hide, resize];
+
+        runtime.conn.flush();
+        runtime.publish_presence();
+        runtime.conn.start();
+        runtime
+    }
+
+    /// Merges a local copy that arrived after start-up.
+    fn merge_late(&self, state: &[u8]) {
+        if self.closed.get() {
+            return;
+        }
+        apply(&self.doc, state);
+        self.conn.flush();
+    }
+
+    pub fn editor(&self) -> &Rc<Editor> {
+        &self.editor
+    }
+
+    /// Stops everything (the page is going away); the local copy is written.
+    pub fn close(&self) {
+        if self.closed.replace(true) {
+            return;
+        }
+        self.saver.save_now();
+        self.conn.stop();
+        self.tabs.borrow_mut().take();
+        self.listeners.borrow_mut().clear();
+        self.presence_timer.borrow_mut().take();
+        let _ = self.doc.unobserve_update_v1("quire-saver");
+    }
+
+    pub fn retry_now(&self) {
+        self.conn.retry_now();
+    }
+
+    pub fn set_user(&self, user: User) {
+        if *self.user.borrow() != user {
+            *self.user.borrow_mut() = user;
+            self.publish_presence();
+        }
+    }
+
+    /// The document's text as this tab has it.
+    pub fn local_text(&self) -> String {
+        self.doc
+            .get_or_insert_text(TEXT_NAME)
+            .get_string(&self.doc.transact())
+    }
+
+    /// The whole local state as one Yjs update.
+    pub fn local_state(&self) -> Vec<u8> {
+        self.doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    }
+
+    pub fn send_chat(&self, text: &str) -> Result<(), String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("Type a message first.".into());
+        }
+        let payload = serde_json::json!({ "text": text }).to_string();
+        match self.conn.emit(CHAT_EVENT, &payload, Some(10_000)) {
+            Ok(_) => Ok(()),
+            Err(EmitError::NotConnected) => {
+                Err("You are offline; the message was not sent.".into())
+            }
+        }
+    }
+
+    fn schedule_presence(&self) {
+        if self
+            .presence_timer
+            .borrow()
+            .as_ref()
+            .is_some_and(Timer::is_pending)
+        {
+            return;
+        }
+        let weak = self.this.clone();
+        let timer = Timer::once(PRESENCE_THROTTLE_MS, move || {
+            if let Some(rt) = weak.upgrade() {
+                rt.publish_presence();
+            }
+        });
+        *self.presence_timer.borrow_mut() = Some(timer);
+    }
+
+    fn publish_presence(&self) {
+        let state = self.user.borrow().awareness(self.editor.cursor());
+        self.conn.set_awareness(Some(state));
+    }
+
+    fn on_event(&self, event: SessionEvent) {
+        match event {
+            SessionEvent::Status(status) => self.on_status(status),
+            SessionEvent::RemoteChange => {}
+            SessionEvent::Presence(presence) => self.on_presence(presence),
+            SessionEvent::Event { name, payload, .. } => self.on_room_event(&name, &payload),
+            SessionEvent::EmitAcked { .. } => {}
+            SessionEvent::EmitTimedOut { .. } => {
+                self.ui
+                    .notify("A chat message may not have been delivered.");
+            }
+            SessionEvent::ServerError { code, message } => {
+                web_sys::console::warn_1(&format!("quire: server error {code}: {message}").into());
+            }
+        }
+    }
+
+    fn on_status(&self, status: Status) {
+        self.saver.unsaved.set(status.unsaved);
+        if status.unsaved == 0 && self.saver.last_pending.get() {
+            // The copy on disk still says "pending": rewrite it.
+            self.saver.mark_dirty();
+        }
+        if status.connection == Connection::Syncing {
+            self.connected_at.set(now_ms());
+        }
+        if let Connection::Stopped { code, reason } = &status.connection
+            && *code != 1000
+        {
+            self.on_stopped(*code, reason);
+        }
+        self.ui.status.set(Some(status));
+    }
+
+    fn on_stopped(&self, code: u16, reason: &str) {
+        let message = match code {
+            close::DOCUMENT_DELETED => {
+                "This document was deleted (or renamed) by someone.".to_owned()
+            }
+            close::DOCUMENT_TOO_LARGE => {
+                "This document is larger than the server allows; new changes cannot be saved."
+                    .to_owned()
+            }
+            close::BAD_DOCUMENT_NAME => "The server does not accept this document name.".to_owned(),
+            close::UNAUTHORIZED | close::FORBIDDEN => {
+                "You are not allowed to open this document.".to_owned()
+            }
+            _ if reason.is_empty() => format!("The server closed the connection (code {code})."),
+            _ => format!("The server closed the connection: {reason} (code {code})."),
+        };
+        if code == close::DOCUMENT_DELETED {
+            // Keep no local copy that would bring the document back on the
+            // next visit; the page offers to restore it from memory instead.
+            self.saver.enabled.set(false);
+            let name = self.name.clone();
+            leptos::task::spawn_local(async move {
+                let _ = idb::remove(&name).await;
+            });
+        }
+        self.ui.stopped.set(Some(Stopped { code, message }));
+    }
+
+    fn on_presence(&self, presence: Presence) {
+        let connected = matches!(
+            self.conn.status().connection,
+            Connection::Syncing | Connection::Synced
+        );
+        let quiet = now_ms().saturating_sub(self.connected_at.get()) < JOIN_QUIET_MS;
+        match presence {
+            Presence::Joined { client, state } => {
+                let peer = Peer::from_state(client, &state);
+                if connected && !quiet {
+                    self.ui.notify(format!("{} joined", peer.name));
+                }
+                self.ui.peers.update(|peers| {
+                    peers.retain(|p| p.client != client);
+                    peers.push(peer);
+                });
+            }
+            Presence::Updated { client, state } => {
+                let peer = Peer::from_state(client, &state);
+                self.ui.peers.update(
+                    |peers| match peers.iter_mut().find(|p| p.client == client) {
+                        Some(p) => *p = peer,
+                        None => peers.push(peer),
+                    },
+                );
+            }
+            Presence::Left { client } => {
+                let mut gone = None;
+                self.ui.peers.update(|peers| {
+                    if let Some(i) = peers.iter().position(|p| p.client == client) {
+                        gone = Some(peers.remove(i));
+                    }
+                });
+                if let Some(peer) = gone
+                    && connected
+                {
+                    self.ui.notify(format!("{} left", peer.name));
+                }
+            }
+        }
+        self.overlay.set_peers(self.ui.peers.get_untracked());
+    }
+
+    fn chat_message(&self, record: ChatRecord) -> ChatMessage {
+        let id = self.next_chat_id.get();
+        self.next_chat_id.set(id + 1);
+        let mine = record.user == self.user.borrow().name;
+        ChatMessage {
+            id,
+            user: if record.user.is_empty() {
+                "anonymous".into()
+            } else {
+                record.user
+            },
+            text: record.text,
+            at_ms: record.at_ms,
+            mine,
+        }
+    }
+
+    fn on_room_event(&self, name: &str, payload: &str) {
+        if name == CHAT_HISTORY_EVENT {
+            let records: Vec<ChatRecord> = serde_json::from_str(payload).unwrap_or_default();
+            let messages: Vec<ChatMessage> =
+                records.into_iter().map(|r| self.chat_message(r)).collect();
+            self.ui.chat.set(messages);
+        } else if name == CHAT_EVENT {
+            let Ok(record) = serde_json::from_str::<ChatRecord>(payload) else {
+                return;
+            };
+            let message = self.chat_message(record);
+            if !message.mine && !self.ui.chat_open.get_untracked() {
+                self.ui.unread.update(|n| *n += 1);
+            }
+            self.ui.chat.update(|c| {
+                c.push(message);
+                if c.len() > 500 {
+                    c.remove(0);
+                }
+            });
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
