@@ -129,6 +129,10 @@ fn test(cargo_test_args: &[OsString]) -> Result<(), Failure> {
         "check prerequisites (node >= 20, npm)",
         check_node_prerequisites,
     )?;
+    run_step(
+        "check prerequisites (chromium, chromium-driver)",
+        ensure_chromium,
+    )?;
     run_step("npm ci in tests/compat", npm_ci_if_stale)?;
     let mut dist = None;
     run_step("build the web app", || {
@@ -227,6 +231,50 @@ fn check_node_prerequisites() -> Result<(), Failure> {
         Err(Failure::new(format!(
             "missing prerequisites:\n  - {}\n{install}",
             missing.join("\n  - ")
+        )))
+    }
+}
+
+/// The browser scenes drive Debian's Chromium through its WebDriver.
+/// Installs both with apt-get when running as root; otherwise says how.
+fn ensure_chromium() -> Result<(), Failure> {
+    const PACKAGES: [(&str, &str); 2] = [
+        ("/usr/bin/chromium", "chromium"),
+        ("/usr/bin/chromedriver", "chromium-driver"),
+    ];
+    let missing = || -> Vec<&str> {
+        PACKAGES
+            .iter()
+            .filter(|(path, _)| !std::path::Path::new(path).exists())
+            .map(|(_, package)| *package)
+            .collect()
+    };
+    let wanted = missing();
+    if wanted.is_empty() {
+        println!("    chromium and chromedriver present");
+        return Ok(());
+    }
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let has_apt = tool_version(Command::new("apt-get").arg("--version")).is_some();
+    if is_root && has_apt {
+        println!("    installing {} with apt-get", wanted.join(" "));
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(&wanted)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let still = missing();
+    if still.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::new(format!(
+            "missing for the browser tests: {}; install with `sudo apt-get install {}` (Debian's packages)",
+            still.join(", "),
+            still.join(" ")
         )))
     }
 }
