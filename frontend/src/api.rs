@@ -6,7 +6,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{RequestCache, RequestInit, Response};
 
-use crate::util::{encode_component, window};
+use crate::util::{TOKEN_REFUSED, encode_component, token, window};
 
 /// One row of `GET /api/docs`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -68,6 +68,13 @@ async fn send(method: &str, url: &str, body: Option<&[u8]>) -> Result<Response, 
     let init = RequestInit::new();
     init.set_method(method);
     init.set_cache(RequestCache::NoStore);
+    if let Some(token) = token() {
+        let headers = web_sys::Headers::new().map_err(ApiError::network)?;
+        headers
+            .set("Authorization", &format!("Bearer {token}"))
+            .map_err(ApiError::network)?;
+        init.set_headers(&headers);
+    }
     if let Some(body) = body {
         let array = js_sys::Uint8Array::from(body);
         init.set_body(&array);
@@ -88,9 +95,13 @@ async fn send(method: &str, url: &str, body: Option<&[u8]>) -> Result<Response, 
             .unwrap_or_default(),
         Err(_) => String::new(),
     };
-    let message = serde_json::from_str::<ErrorBody>(&text)
-        .map(|b| b.error.message)
-        .unwrap_or_else(|_| format!("the server answered {status}"));
+    let message = if status == 401 || status == 403 {
+        TOKEN_REFUSED.to_owned()
+    } else {
+        serde_json::from_str::<ErrorBody>(&text)
+            .map(|b| b.error.message)
+            .unwrap_or_else(|_| format!("the server answered {status}"))
+    };
     Err(ApiError { status, message })
 }
 

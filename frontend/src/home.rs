@@ -197,9 +197,16 @@ pub fn Home() -> impl IntoView {
                 </div>
                 <Show when=move || state.error.get().is_some()>
                     <p class="banner warning" role="alert" id="list-error">
-                        "Can’t reach the server ("
-                        {move || state.error.get().unwrap_or_default()}
-                        "). The list will update when it is back; documents you open keep working offline."
+                        {move || {
+                            let err = state.error.get().unwrap_or_default();
+                            if err == crate::util::TOKEN_REFUSED {
+                                format!("{err}.")
+                            } else {
+                                format!(
+                                    "Can’t reach the server ({err}). The list will update when it is back; documents you open keep working offline."
+                                )
+                            }
+                        }}
                     </p>
                 </Show>
                 <Show when=move || state.action_error.get().is_some()>

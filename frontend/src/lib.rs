@@ -38,6 +38,7 @@ use wasm_bindgen::prelude::*;
 #[wasm_bindgen(start)]
 pub fn start() {
     console_error_panic_hook::set_once();
+    util::capture_token();
     app::register_service_worker();
     leptos::mount::mount_to_body(app::App);
 }

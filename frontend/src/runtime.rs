@@ -286,6 +286,7 @@ impl Runtime {
             doc.clone(),
             SessionConfig {
                 seed: random_u64(),
+                token: crate::util::token(),
                 ..SessionConfig::default()
             },
         );
@@ -541,9 +542,7 @@ impl Runtime {
                     .to_owned()
             }
             close::BAD_DOCUMENT_NAME => "The server does not accept this document name.".to_owned(),
-            close::UNAUTHORIZED | close::FORBIDDEN => {
-                "You are not allowed to open this document.".to_owned()
-            }
+            close::UNAUTHORIZED | close::FORBIDDEN => format!("{}.", crate::util::TOKEN_REFUSED),
             _ if reason.is_empty() => format!("The server closed the connection (code {code})."),
             _ => format!("The server closed the connection: {reason} (code {code})."),
         };

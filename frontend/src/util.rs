@@ -40,6 +40,49 @@ pub fn local_set(key: &str, value: &str) {
     }
 }
 
+/// `sessionStorage` key of the access token taken from a `?token=` link.
+const TOKEN_KEY: &str = "quire.token";
+
+/// Takes `?token=...` out of the page URL (if present): remembers it in
+/// `sessionStorage` and removes it from the address bar, so it does not
+/// linger there (or in the history) while links between pages keep working.
+pub fn capture_token() {
+    let location = window().location();
+    let Ok(href) = location.href() else { return };
+    let Ok(url) = web_sys::Url::new(&href) else {
+        return;
+    };
+    let params = url.search_params();
+    let Some(token) = params.get("token") else {
+        return;
+    };
+    if !token.is_empty()
+        && let Some(storage) = window().session_storage().ok().flatten()
+    {
+        let _ = storage.set_item(TOKEN_KEY, &token);
+    }
+    params.delete("token");
+    url.set_search(&String::from(params.to_string()));
+    if let Ok(history) = window().history() {
+        let state = history.state().unwrap_or(JsValue::NULL);
+        let _ = history.replace_state_with_url(&state, "", Some(&url.href()));
+    }
+}
+
+/// The access token remembered by [`capture_token`], if any.
+pub fn token() -> Option<String> {
+    window()
+        .session_storage()
+        .ok()
+        .flatten()
+        .and_then(|s| s.get_item(TOKEN_KEY).ok().flatten())
+        .filter(|t| !t.is_empty())
+}
+
+/// What the user is told when the server refuses the access token.
+pub const TOKEN_REFUSED: &str =
+    "This link's access token is missing, expired or does not allow this";
+
 /// `encodeURIComponent`, for a document name in a path segment.
 pub fn encode_component(s: &str) -> String {
     js_sys::encode_uri_component(s).into()

@@ -211,6 +211,8 @@ pub struct SyncSession {
     messages_on_connection: u64,
     /// (message number, local edits it covers), oldest first.
     unacked: VecDeque<(u64, u64)>,
+    /// On this connection, every local edit up to this one has been sent.
+    sent_through: u64,
     reassembly: Reassembly,
     // Presence.
     remote: AwarenessTable,
@@ -264,6 +266,7 @@ impl SyncSession {
             saved_edits: 0,
             messages_on_connection: 0,
             unacked: VecDeque::new(),
+            sent_through: 0,
             reassembly: Reassembly::default(),
             remote: AwarenessTable::new(),
             local_state: None,
@@ -357,6 +360,8 @@ impl SyncSession {
         self.last_received_ms = now_ms;
         self.messages_on_connection = 0;
         self.unacked.clear();
+        // A new connection starts from what the server confirmed.
+        self.sent_through = self.saved_edits;
         if let Some(token) = &self.config.token {
             let auth = Ext::Auth { token }.encode();
             self.send(auth);
@@ -605,7 +610,7 @@ impl SyncSession {
             // the next handshake carries it.
             if self.is_open() {
                 let frame = Message::Sync(SyncMessage::Update(&update)).encode();
-                self.send_update_message(frame);
+                self.send_update_message(frame, false);
             }
         }
     }
@@ -615,12 +620,19 @@ impl SyncSession {
         self.transmit.push_back(frame);
     }
 
-    /// Sends a step 2 or update, remembering which edits it carries.
-    fn send_update_message(&mut self, frame: Vec<u8>) {
+    /// Sends a step 2 (`whole`: it carries every local edit so far) or one
+    /// edit's update, remembering up to which edit the server then has all
+    /// of them. An update sent while earlier edits have not crossed yet
+    /// (typed during the handshake, before the step 2) advances nothing:
+    /// acknowledging it must not mark those earlier edits saved.
+    fn send_update_message(&mut self, frame: Vec<u8>, whole: bool) {
         self.messages_on_connection += 1;
         self.stats.update_messages_sent += 1;
+        if whole || self.sent_through + 1 == self.local_edits {
+            self.sent_through = self.local_edits;
+        }
         self.unacked
-            .push_back((self.messages_on_connection, self.local_edits));
+            .push_back((self.messages_on_connection, self.sent_through));
         self.send(frame);
     }
 
@@ -664,7 +676,7 @@ impl SyncSession {
                 };
                 let diff = self.doc.transact().encode_diff_v1(&sv);
                 let frame = Message::Sync(SyncMessage::Step2(&diff)).encode();
-                self.send_update_message(frame);
+                self.send_update_message(frame, true);
             }
             Message::Sync(SyncMessage::Step2(update)) => {
                 self.apply_remote(update);

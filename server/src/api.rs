@@ -243,7 +243,7 @@ pub async fn export(
             };
             tokio::task::spawn_blocking(move || {
                 Document::from_updates(stored.updates.iter().map(Vec::as_slice))
-                    .map(|d| d.encode_state())
+                    .and_then(|d| d.encode_state())
             })
             .await
             .map_err(|e| AppError::Internal(e.to_string()))?

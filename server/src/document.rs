@@ -83,11 +83,29 @@ impl Document {
         let doc = &self.doc;
         guarded(|| {
             let mut txn = doc.transact_mut();
-            txn.apply_update(update)
-                .map_err(|e| DocumentError::InvalidUpdate(e.to_string()))?;
-            let changed = !txn.delete_set().is_empty() || txn.before_state() != txn.after_state();
-            Ok(changed.then(|| txn.encode_update_v1()))
+            let result = txn.apply_update(update);
+            let changed = changed(&txn);
+            match result {
+                // yrs does not roll back: an error after part of the update
+                // was integrated leaves a document storage never saw.
+                Err(_) if changed => Err(DocumentError::Poisoned),
+                Err(e) => Err(DocumentError::InvalidUpdate(e.to_string())),
+                Ok(()) if !changed => Ok(None),
+                Ok(()) => {
+                    let delta = txn.encode_update_v1();
+                    // A struct ahead of its client's clock moves the state
+                    // vector to clock 0 without integrating anything.
+                    Ok((delta != EMPTY_UPDATE).then_some(delta))
+                }
+            }
         })
+    }
+
+    /// Whether part of `update` is held back by yrs, waiting for updates it
+    /// depends on (so it is in no delta yet). The room stores such an
+    /// update as it came, so that what it acknowledges is on disk.
+    pub fn holds_pending_part_of(&self, update: &[u8]) -> bool {
+        self.has_pending() && !self.is_known(update)
     }
 
     /// Whether `bytes` is a valid update holding nothing this document does
@@ -98,7 +116,14 @@ impl Document {
             let update = Update::decode_v1(bytes)
                 .map_err(|e| DocumentError::InvalidUpdate(e.to_string()))?;
             let txn = doc.transact();
-            if update.extends(&txn.state_vector()) {
+            let have = txn.state_vector();
+            // Any block reaching past what the document has is news
+            // (including blocks ahead of a gap, which yrs would hold back).
+            let beyond = update.insertions(true).iter().any(|(client, ranges)| {
+                let clock = have.get(client);
+                ranges.iter().any(|r| r.end > clock)
+            });
+            if beyond {
                 return Ok(false);
             }
             let deleted = txn.snapshot().delete_set;
@@ -129,17 +154,44 @@ impl Document {
         })
     }
 
-    /// The whole document as one update (pending parts included).
-    pub fn encode_state(&self) -> Vec<u8> {
-        self.doc
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default())
+    /// The whole document as one update, pending parts included. yrs can
+    /// panic merging pending parts it accepted; then the integrated content
+    /// alone (what editors show) is returned.
+    pub fn encode_state(&self) -> Result<Vec<u8>, DocumentError> {
+        guarded(|| {
+            Ok(self
+                .doc
+                .transact()
+                .encode_state_as_update_v1(&StateVector::default()))
+        })
+        .or_else(|_| guarded(|| Ok(self.doc.transact().encode_diff_v1(&StateVector::default()))))
+    }
+
+    /// Whether yrs holds parts of updates back, waiting for others. The
+    /// log is then not rewritten (compaction could lose those parts).
+    pub fn has_pending(&self) -> bool {
+        guarded(|| Ok(self.doc.transact().has_missing_updates())).unwrap_or(true)
     }
 
     /// The underlying yrs document, for read-only rendering.
     pub fn doc(&self) -> &Doc {
         &self.doc
     }
+}
+
+/// An update holding nothing: no client blocks, empty delete set.
+const EMPTY_UPDATE: [u8; 2] = [0, 0];
+
+/// Whether a transaction changed the document: new blocks (ignoring clients
+/// that only appeared at clock 0) or new deletions.
+fn changed(txn: &yrs::TransactionMut) -> bool {
+    if !txn.delete_set().is_empty() {
+        return true;
+    }
+    let before = txn.before_state();
+    txn.after_state()
+        .iter()
+        .any(|(client, &clock)| clock > before.get(client))
 }
 
 /// Whether the sorted ranges `have` cover all of `wanted`.
@@ -252,13 +304,13 @@ mod tests {
             }
             let mut document =
                 Document::from_updates(updates[..3].iter().map(Vec::as_slice)).unwrap();
-            let before = document.encode_state();
+            let before = document.encode_state().unwrap();
             match document.apply(&bytes) {
                 Ok(_) => {}
                 Err(DocumentError::Poisoned) => panic!("yrs failed mid-transaction on {bytes:?}"),
                 Err(_) => {
                     rejected += 1;
-                    assert_eq!(document.encode_state(), before);
+                    assert_eq!(document.encode_state().unwrap(), before);
                 }
             }
         }
@@ -302,6 +354,9 @@ mod tests {
         stepwise.apply(&a).unwrap();
         stepwise.apply(&b).unwrap();
         assert_eq!(text_of(&rebuilt), text_of(&stepwise));
-        assert_eq!(rebuilt.encode_state(), stepwise.encode_state());
+        assert_eq!(
+            rebuilt.encode_state().unwrap(),
+            stepwise.encode_state().unwrap()
+        );
     }
 }

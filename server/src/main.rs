@@ -412,7 +412,7 @@ fn export(data: PathBuf, doc: &str, format: Format, out: Option<PathBuf>) -> any
     let Some(document) = load(store.as_ref(), &doc)? else {
         bail!("no document named {doc:?}");
     };
-    let bytes = snapshot::render(document.encode_state(), format)?;
+    let bytes = snapshot::render(document.encode_state()?, format)?;
     match out {
         Some(path) => std::fs::write(&path, &bytes)
             .with_context(|| format!("cannot write {}", path.display()))?,

@@ -376,10 +376,18 @@ impl Room {
                 }
             }
             Command::Snapshot { reply } => {
-                let _ = reply.send(match &self.state {
-                    State::Ready { document, .. } => Ok(document.encode_state()),
-                    State::Failed(reason) => Err(RoomError::Unavailable(reason.clone())),
-                });
+                let state = match &self.state {
+                    State::Ready { document, .. } => document.encode_state(),
+                    State::Failed(reason) => {
+                        let _ = reply.send(Err(RoomError::Unavailable(reason.clone())));
+                        return;
+                    }
+                };
+                if state.is_err() {
+                    error!("encoding the document failed; reloading it from storage");
+                    self.reload().await;
+                }
+                let _ = reply.send(state.map_err(|e| RoomError::Unavailable(e.to_string())));
             }
             Command::Import { update, reply } => {
                 let result = self.apply_update(None, &update).await;
@@ -561,23 +569,47 @@ impl Room {
             )));
         }
         let delta = match document.apply(update) {
-            Ok(Some(delta)) => delta,
-            Ok(None) => return Ok(false),
+            Ok(delta) => delta,
             Err(DocumentError::Poisoned) => {
-                // yrs panicked half-way: the in-memory document is suspect.
-                // Storage only holds clean updates, so rebuild from it.
-                error!("an update made yrs panic; reloading the document from storage");
-                self.state = load(&self.store, &self.name).await;
-                if let State::Failed(reason) = &self.state {
-                    self.fail(reason.clone());
-                }
+                // yrs failed half-way: the in-memory document is suspect.
+                // Storage only holds what applied cleanly, so rebuild from it.
+                error!("an update left the document half-changed; reloading it from storage");
+                self.reload().await;
                 return Err(RoomError::InvalidUpdate(
                     DocumentError::Poisoned.to_string(),
                 ));
             }
             Err(err) => return Err(RoomError::InvalidUpdate(err.to_string())),
         };
-        match self.store.append(self.name.as_str(), &delta) {
+        // What yrs holds back (waiting for updates it depends on) is in no
+        // delta yet; store the update as it came so that an acknowledged
+        // update is on disk whole.
+        let pending = document.holds_pending_part_of(update);
+        if delta.is_none() && !pending {
+            return Ok(false);
+        }
+        for entry in delta
+            .iter()
+            .map(Vec::as_slice)
+            .chain(pending.then_some(update))
+        {
+            self.store_entry(entry)?;
+        }
+        let Some(delta) = delta else {
+            return Ok(true);
+        };
+        self.rooms.metrics().updates_in.inc();
+        let frame = Bytes::from(Message::Sync(SyncMessage::Update(&delta)).encode());
+        self.send(Target::AllBut(origin), frame);
+        self.compact_if_long(self.rooms.config().compact_after);
+        Ok(true)
+    }
+
+    /// Appends one entry to the document's log and accounts for it. A
+    /// storage failure puts the room out of service (the document would
+    /// otherwise run ahead of disk).
+    fn store_entry(&mut self, entry: &[u8]) -> Result<(), RoomError> {
+        match self.store.append(self.name.as_str(), entry) {
             Ok(appended) => {
                 let State::Ready {
                     log_len,
@@ -587,26 +619,29 @@ impl Room {
                     ..
                 } = &mut self.state
                 else {
-                    unreachable!()
+                    unreachable!("only a ready room stores")
                 };
-                *bytes += delta.len() as u64;
+                *bytes += entry.len() as u64;
                 *log_len += 1;
                 *last_seq = appended.seq;
                 *last_ticket = appended.ticket;
+                Ok(())
             }
             Err(err) => {
-                // The document now holds something storage does not. Drop
-                // it; clients keep their copy and resync after reconnecting.
+                // Clients keep their copy and resync after reconnecting.
                 let reason = format!("could not store an update: {err}");
                 self.fail(reason.clone());
-                return Err(RoomError::Unavailable(reason));
+                Err(RoomError::Unavailable(reason))
             }
         }
-        self.rooms.metrics().updates_in.inc();
-        let frame = Bytes::from(Message::Sync(SyncMessage::Update(&delta)).encode());
-        self.send(Target::AllBut(origin), frame);
-        self.compact_if_long(self.rooms.config().compact_after);
-        Ok(true)
+    }
+
+    /// Rebuilds the document from storage after yrs failed on it.
+    async fn reload(&mut self) {
+        self.state = load(&self.store, &self.name).await;
+        if let State::Failed(reason) = &self.state {
+            self.fail(reason.clone());
+        }
     }
 
     async fn delete(&mut self) -> Result<(), RoomError> {
@@ -636,10 +671,15 @@ impl Room {
         else {
             return;
         };
-        if *log_len < threshold.max(2) {
+        if *log_len < threshold.max(2) || document.has_pending() {
             return;
         }
-        let state = document.encode_state();
+        let Ok(state) = document.encode_state() else {
+            // Leave the log as it is; a snapshot request or the next load
+            // rebuilds the document from it.
+            warn!("could not encode the document for compaction");
+            return;
+        };
         match self.store.compact(self.name.as_str(), *last_seq, &state) {
             Ok(()) => {
                 debug!(entries = *log_len, bytes = state.len(), "compacted");

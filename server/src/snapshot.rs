@@ -172,16 +172,17 @@ mod tests {
         let exported = render(state.clone(), Format::Yjs).unwrap();
         let rebuilt = Document::from_updates([exported.as_slice()]).unwrap();
         assert_eq!(
-            rebuilt.encode_state(),
+            rebuilt.encode_state().unwrap(),
             Document::from_updates([state.as_slice()])
                 .unwrap()
                 .encode_state()
+                .unwrap()
         );
     }
 
     #[test]
     fn empty_document_renders_empty() {
-        let empty = Document::new().encode_state();
+        let empty = Document::new().encode_state().unwrap();
         assert!(render(empty.clone(), Format::Text).unwrap().is_empty());
         assert_eq!(render(empty, Format::Json).unwrap(), b"{}\n");
     }

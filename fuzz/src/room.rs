@@ -1,0 +1,859 @@
+//! Target `room_sequence`: the real room actor (`quire_server::room`) on an
+//! in-memory store, driven by a sequence of client messages.
+//!
+//! # Input
+//!
+//! ```text
+//! header  one byte: compaction threshold, outbound queue size, size limit
+//! op*     one byte: bits 0-1 = connection (0..4), bits 2.. = kind (mod 14),
+//!         then the kind's argument bytes (see `Kind`)
+//! ```
+//!
+//! Connections 0 and 1 start as Quire clients (extensions), 2 and 3 as stock
+//! y-websocket clients. Each connection owns a yrs replica: its edits become
+//! valid updates (sent at once, or held back and sent later, out of order);
+//! what the room sends it is applied to it, and a sync step 1 is answered
+//! with the step 2 the replica computes, as a real client would.
+//!
+//! # Invariants
+//!
+//! - no panic escapes, and the room keeps answering (every barrier and the
+//!   final snapshot succeed; the room never fails on a store that cannot fail);
+//! - every frame the room queues decodes; stock clients never get extension
+//!   frames; a client can apply every update the room relays;
+//! - `Saved { through }` never exceeds the update messages sent, never goes
+//!   back, and everything those messages carried is in the stored log;
+//! - the stored log always merges (`Document::from_updates`) and holds the
+//!   same document as the room's snapshot: mid-way (op `Check`), at the end,
+//!   after the shutdown compaction, and in a fresh room loading it again.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quire_protocol::ext::Ext;
+use quire_protocol::lib0::{write_var_string, write_var_uint};
+use quire_protocol::{AwarenessTable, DocName, Message, SyncMessage, close};
+use quire_server::document::Document;
+use quire_server::room::{Close, ConnId, Inbound, MemberChannels, RoomError, RoomHandle};
+use quire_server::{AppState, Config};
+use tokio::sync::mpsc;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, GetString, Map, ReadTxn, StateVector, Text, Transact, Update};
+
+use crate::mem_store::MemStore;
+
+pub const DOC: &str = "fuzz";
+const CONNS: usize = 4;
+
+/// Op kinds (the byte's bits 2.., modulo `KINDS`).
+pub mod kind {
+    /// `len, bytes`: a raw frame, decoded as the connection task would.
+    pub const RAW: u8 = 0;
+    /// `e, a, b`: an edit on the replica; `e & 0x80` holds it back.
+    pub const EDIT: u8 = 1;
+    /// `i`: send update number `i` (of all made so far) again.
+    pub const RESEND: u8 = 2;
+    /// `i, pos, value, mode`: send a corrupted copy of update `i`.
+    pub const MUTATE: u8 = 3;
+    /// `m` (then `len, bytes` if `m % 3 == 2`): sync step 1.
+    pub const STEP1: u8 = 4;
+    /// `n`, then per entry `who, clock, state`: an awareness update.
+    pub const AWARENESS: u8 = 5;
+    pub const QUERY: u8 = 6;
+    /// `name, payload, ack`: an Emit (a stock client's connection refuses it).
+    pub const EMIT: u8 = 7;
+    pub const LEAVE: u8 = 8;
+    /// Wait for the room, then read what it sent this connection.
+    pub const PUMP: u8 = 9;
+    /// `i`: import update `i` through the HTTP path.
+    pub const IMPORT: u8 = 10;
+    /// Check the stored log against the snapshot now.
+    pub const CHECK: u8 = 11;
+    /// `m`: reconnect as another kind of client: `m & 1` Quire (else
+    /// stock), `m & 2` read-only.
+    pub const TOGGLE: u8 = 12;
+    /// Let the room run a little.
+    pub const YIELD: u8 = 13;
+    /// `w`: the connection's token was refreshed: writable iff `w & 1`.
+    pub const SET_WRITABLE: u8 = 14;
+    pub const KINDS: u8 = 15;
+}
+
+const AWARENESS_STATES: [&str; 7] = [
+    "null",
+    "{}",
+    r#"{"user":{"name":"ann"}}"#,
+    r##"{"user":{"name":"bo","color":"#f00"}}"##,
+    "{broken",
+    " null ",
+    "[1,2,3]",
+];
+const EMIT_NAMES: [&str; 4] = ["chat", "chat.history", "cursor", ""];
+const EMIT_PAYLOADS: [&str; 5] = [
+    r#"{"text":"hi"}"#,
+    "{}",
+    "not json",
+    r#"{"text":"  "}"#,
+    "[]",
+];
+const ALPHABET: [&str; 6] = ["a", "b", "c", " ", "é", "😀"];
+
+thread_local! {
+    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("tokio runtime");
+    /// Panics inside yrs seen by the hook (contained ones included).
+    pub static YRS_PANICS: Cell<u64> = const { Cell::new(0) };
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Replaces libFuzzer's abort-on-any-panic hook: yrs panics on malformed
+/// updates and Quire contains them with `catch_unwind` (that is the
+/// behaviour under test), so they must not abort. Other panics are printed;
+/// one that escapes the target still aborts (libfuzzer-sys catches the
+/// unwind and aborts), and one inside the room task makes the room stop
+/// answering, which the target reports.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        if location.contains("/yrs-") && !debug() {
+            YRS_PANICS.with(|c| c.set(c.get() + 1));
+        } else {
+            eprintln!("panic at {location}: {message}");
+        }
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some(format!("{location}: {message}")));
+    }));
+}
+
+/// Known bugs to look past, from `QUIRE_FUZZ_TOLERATE` (comma-separated),
+/// so that a long run finds the others instead of the same one again:
+/// - `pending`: the room acknowledges (and keeps only in memory) updates
+///   yrs holds as pending (missing dependencies); compare integrated
+///   content only.
+/// - `read-only`: the room does not count update messages it refused from
+///   a read-only connection, so `Saved` numbers shift; count like the room.
+/// - `content`: skip every comparison of content (stored log vs snapshot,
+///   `Saved` coverage); still check that the room answers, its frames
+///   decode and its log merges. For hunting panics and hangs only.
+pub fn tolerate(bug: &str) -> bool {
+    static TOLERATED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOLERATED
+        .get_or_init(|| std::env::var("QUIRE_FUZZ_TOLERATE").unwrap_or_default())
+        .split(',')
+        .any(|b| b.trim() == bug)
+}
+
+fn debug() -> bool {
+    static DEBUG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DEBUG.get_or_init(|| std::env::var_os("QUIRE_FUZZ_DEBUG").is_some())
+}
+
+fn last_panic() -> String {
+    LAST_PANIC
+        .with(|p| p.borrow().clone())
+        .unwrap_or_else(|| "none recorded".into())
+}
+
+/// Runs one input.
+pub fn room_sequence(data: &[u8]) {
+    RUNTIME.with(|rt| rt.block_on(run(data)));
+}
+
+struct Live {
+    id: ConnId,
+    frames: mpsc::Receiver<Bytes>,
+    close: mpsc::Receiver<Close>,
+}
+
+struct Conn {
+    extensions: bool,
+    can_write: bool,
+    live: Option<Live>,
+    replica: Doc,
+    /// Update messages (step 2 and update) sent on the current connection.
+    sent: Vec<Bytes>,
+    /// Highest `Saved` received on the current connection.
+    saved: u64,
+}
+
+struct Harness {
+    config: Config,
+    state: AppState,
+    store: Arc<MemStore>,
+    room: RoomHandle,
+    conns: Vec<Conn>,
+    next_id: ConnId,
+    /// Every update a replica made, for resending, corrupting and importing.
+    history: Vec<Vec<u8>>,
+    outbox: usize,
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (&b, rest) = self.data.split_first()?;
+        self.data = rest;
+        Some(b)
+    }
+    fn arg(&mut self) -> u8 {
+        self.byte().unwrap_or(0)
+    }
+    fn bytes(&mut self) -> &[u8] {
+        let len = usize::from(self.arg()).min(self.data.len());
+        let (head, rest) = self.data.split_at(len);
+        self.data = rest;
+        head
+    }
+}
+
+pub fn config_for(header: u8) -> (Config, usize) {
+    let mut config = Config::new(SocketAddr::from(([127, 0, 0, 1], 0)), "unused".into());
+    config.room_grace = Duration::from_secs(3600);
+    config.compact_after = [2, 3, 5, 1000][usize::from(header & 3)];
+    config.max_document_bytes = if header & 0x10 != 0 { 700 } else { 1 << 20 };
+    config.chat_history = 2;
+    let outbox = [1, 3, 16, 256][usize::from((header >> 2) & 3)];
+    (config, outbox)
+}
+
+fn open_room(state: &AppState) -> RoomHandle {
+    let name = DocName::parse(DOC).expect("valid name");
+    state.rooms.open(&name).expect("room opens")
+}
+
+async fn run(data: &[u8]) {
+    let mut reader = Reader { data };
+    let Some(header) = reader.byte() else { return };
+    let (config, outbox) = config_for(header);
+    let store = Arc::new(MemStore::default());
+    let state = AppState::new(config.clone(), store.clone());
+    let room = open_room(&state);
+    let mut h = Harness {
+        config,
+        state,
+        store,
+        room,
+        conns: (0..CONNS)
+            .map(|i| Conn {
+                extensions: i < 2,
+                can_write: true,
+                live: None,
+                replica: Doc::with_client_id(100 + i as u64),
+                sent: Vec::new(),
+                saved: 0,
+            })
+            .collect(),
+        next_id: 1,
+        history: Vec::new(),
+        outbox,
+    };
+    while let Some(op) = reader.byte() {
+        let conn = usize::from(op & 3);
+        h.op(conn, (op >> 2) % kind::KINDS, &mut reader).await;
+    }
+    h.finish().await;
+}
+
+impl Harness {
+    async fn op(&mut self, i: usize, kind: u8, r: &mut Reader<'_>) {
+        match kind {
+            kind::RAW => {
+                let frame = Bytes::copy_from_slice(r.bytes());
+                self.send_frame(i, frame).await;
+            }
+            kind::EDIT => {
+                let (e, a, b) = (r.arg(), r.arg(), r.arg());
+                let Some(update) = edit(&self.conns[i].replica, e, a, b) else {
+                    return;
+                };
+                self.history.push(update.clone());
+                if e & 0x80 == 0 {
+                    self.send_update(i, update, e & 0x40 != 0).await;
+                }
+            }
+            kind::RESEND => {
+                let idx = usize::from(r.arg());
+                if let Some(update) = pick(&self.history, idx) {
+                    self.send_update(i, update, idx & 1 == 1).await;
+                }
+            }
+            kind::MUTATE => {
+                let (idx, pos, value, mode) = (r.arg(), r.arg(), r.arg(), r.arg());
+                if let Some(mut update) = pick(&self.history, usize::from(idx)) {
+                    mutate(&mut update, pos, value, mode);
+                    self.send_update(i, update, false).await;
+                }
+            }
+            kind::STEP1 => {
+                let sv = match r.arg() % 3 {
+                    0 => self.conns[i].replica.transact().state_vector().encode_v1(),
+                    1 => StateVector::default().encode_v1(),
+                    _ => r.bytes().to_vec(),
+                };
+                self.send_frame(i, Message::Sync(SyncMessage::Step1(&sv)).encode().into())
+                    .await;
+            }
+            kind::AWARENESS => {
+                let n = r.arg() % 3;
+                let own = self.conns[i].replica.client_id().get();
+                let mut update = Vec::new();
+                write_var_uint(&mut update, u64::from(n));
+                for _ in 0..n {
+                    let (who, clock, state) = (r.arg(), r.arg(), r.arg());
+                    let client = [own, 1, 2, own + 1][usize::from(who % 4)];
+                    write_var_uint(&mut update, client);
+                    write_var_uint(&mut update, u64::from(clock % 8));
+                    write_var_string(
+                        &mut update,
+                        AWARENESS_STATES[usize::from(state) % AWARENESS_STATES.len()],
+                    );
+                }
+                self.send_frame(i, Message::Awareness(&update).encode().into())
+                    .await;
+            }
+            kind::QUERY => {
+                self.send_frame(i, Message::QueryAwareness.encode().into())
+                    .await
+            }
+            kind::EMIT => {
+                let (name, payload, ack) = (r.arg(), r.arg(), r.arg());
+                let frame = Ext::Emit {
+                    name: EMIT_NAMES[usize::from(name) % EMIT_NAMES.len()],
+                    payload: EMIT_PAYLOADS[usize::from(payload) % EMIT_PAYLOADS.len()],
+                    ack: u64::from(ack % 4),
+                }
+                .encode();
+                self.send_frame(i, frame.into()).await;
+            }
+            kind::LEAVE => self.disconnect(i).await,
+            kind::PUMP => {
+                self.barrier().await;
+                self.pump(i).await;
+            }
+            kind::IMPORT => {
+                let idx = usize::from(r.arg());
+                if let Some(update) = pick(&self.history, idx) {
+                    match self.room.import(update.into()).await {
+                        Ok(_) | Err(RoomError::InvalidUpdate(_) | RoomError::TooLarge(_)) => {}
+                        Err(err) => panic!("import failed: {err} (last panic: {})", last_panic()),
+                    }
+                }
+            }
+            kind::CHECK => {
+                let snapshot = self.barrier().await;
+                self.check_store(&snapshot, "mid-way");
+            }
+            kind::TOGGLE => {
+                let m = r.arg();
+                self.disconnect(i).await;
+                self.conns[i].extensions = m & 1 != 0;
+                self.conns[i].can_write = m & 2 == 0;
+            }
+            kind::SET_WRITABLE => {
+                let writable = r.arg() & 1 != 0;
+                if self.ensure_joined(i).await {
+                    self.conns[i].can_write = writable;
+                    self.deliver(i, Inbound::SetWritable(writable)).await;
+                }
+            }
+            _ => tokio::task::yield_now().await,
+        }
+    }
+
+    /// A request/response round trip: every earlier command has been handled.
+    async fn barrier(&self) -> Vec<u8> {
+        match self.room.snapshot().await {
+            Ok(snapshot) => snapshot,
+            Err(err) => panic!(
+                "the room stopped answering: {err} (last panic: {})",
+                last_panic()
+            ),
+        }
+    }
+
+    /// Joins connection `i` if it is not in the room; false if refused.
+    async fn ensure_joined(&mut self, i: usize) -> bool {
+        self.notice_close(i).await;
+        if self.conns[i].live.is_some() {
+            return true;
+        }
+        let (frames_tx, frames) = mpsc::channel(self.outbox);
+        let (close_tx, close) = mpsc::channel(1);
+        let id = self.next_id;
+        self.next_id += 1;
+        let member = MemberChannels {
+            frames: frames_tx,
+            close: close_tx,
+            extensions: self.conns[i].extensions,
+            can_write: self.conns[i].can_write,
+        };
+        match self.room.join(id, member).await {
+            Ok(()) => {
+                let conn = &mut self.conns[i];
+                conn.live = Some(Live { id, frames, close });
+                conn.sent.clear();
+                conn.saved = 0;
+                true
+            }
+            // The document outgrew the (tiny) limit: refusing is right.
+            Err(RoomError::TooLarge(_)) => false,
+            Err(err) => panic!(
+                "the room refused a join: {err} (last panic: {})",
+                last_panic()
+            ),
+        }
+    }
+
+    /// If the room told connection `i` to close, close it as the connection
+    /// task would (after reading what was queued before the close).
+    async fn notice_close(&mut self, i: usize) {
+        let Some(live) = &mut self.conns[i].live else {
+            return;
+        };
+        if let Ok(close) = live.close.try_recv() {
+            assert!(
+                matches!(
+                    close.code,
+                    close::INVALID_PAYLOAD | close::TOO_SLOW | close::DOCUMENT_TOO_LARGE
+                ),
+                "unexpected close {close:?} (last panic: {})",
+                last_panic()
+            );
+            self.read_frames(i);
+            self.disconnect(i).await;
+        }
+    }
+
+    async fn disconnect(&mut self, i: usize) {
+        if let Some(live) = self.conns[i].live.take() {
+            self.room.leave(live.id).await;
+        }
+    }
+
+    /// Sends a frame as the connection task would: decode, then deliver or
+    /// close for bad input.
+    async fn send_frame(&mut self, i: usize, frame: Bytes) {
+        if !self.ensure_joined(i).await {
+            return;
+        }
+        match decode(&frame, self.conns[i].extensions) {
+            Ok(Some(inbound)) => self.deliver(i, inbound).await,
+            Ok(None) => {}
+            Err(_) => self.disconnect(i).await,
+        }
+    }
+
+    async fn send_update(&mut self, i: usize, update: Vec<u8>, step2: bool) {
+        let frame = if step2 {
+            Message::Sync(SyncMessage::Step2(&update)).encode()
+        } else {
+            Message::Sync(SyncMessage::Update(&update)).encode()
+        };
+        self.send_frame(i, frame.into()).await;
+    }
+
+    async fn deliver(&mut self, i: usize, inbound: Inbound) {
+        let Some(live) = &self.conns[i].live else {
+            return;
+        };
+        let id = live.id;
+        if debug() {
+            eprintln!("conn {i} (id {id}) delivers {inbound:?}");
+        }
+        if let Inbound::Update(update) = &inbound
+            && (self.conns[i].can_write || !tolerate("read-only"))
+        {
+            self.conns[i].sent.push(update.clone());
+        }
+        if let Err(err) = self.room.deliver(id, inbound).await {
+            panic!("the room is gone: {err} (last panic: {})", last_panic());
+        }
+    }
+
+    /// Applies what the room queued for connection `i` to its replica;
+    /// returns the step 2 replies to send.
+    fn read_frames(&mut self, i: usize) -> Vec<Vec<u8>> {
+        let mut replies = Vec::new();
+        let mut log_doc: Option<Document> = None;
+        let conn = &mut self.conns[i];
+        let Some(live) = &mut conn.live else {
+            return replies;
+        };
+        while let Ok(frame) = live.frames.try_recv() {
+            if Ext::is_ext(&frame) {
+                assert!(
+                    conn.extensions,
+                    "a stock client was sent an extension frame"
+                );
+                match Ext::decode(&frame).expect("the room's extension frames decode") {
+                    Ext::Saved { through } => {
+                        assert!(
+                            through <= conn.sent.len() as u64,
+                            "Saved {{ through: {through} }} after {} update messages",
+                            conn.sent.len()
+                        );
+                        assert!(through >= conn.saved, "Saved went back");
+                        let doc = log_doc.get_or_insert_with(|| {
+                            merged(&self.store.log(DOC)).unwrap_or_else(|e| panic!("{e}"))
+                        });
+                        for (n, update) in conn.sent[conn.saved as usize..through as usize]
+                            .iter()
+                            .enumerate()
+                        {
+                            let number = conn.saved as usize + n + 1;
+                            if tolerate("content") {
+                                break;
+                            }
+                            if let Err(why) = covered(doc, update) {
+                                panic!(
+                                    "Saved {{ through: {through} }} covers update message \
+                                     {number}, which is not in the stored log: {why}"
+                                );
+                            }
+                        }
+                        conn.saved = through;
+                    }
+                    Ext::Event { .. } | Ext::EmitAck { .. } => {}
+                    // Read-only refusals (updates, chat).
+                    Ext::Error { code, .. } if code == u64::from(close::FORBIDDEN) => {}
+                    other => panic!("the room queued {other:?}"),
+                }
+                continue;
+            }
+            match Message::decode(&frame).expect("the room's frames decode") {
+                Message::Sync(SyncMessage::Step1(sv)) => {
+                    let sv = StateVector::decode_v1(sv).expect("the room's state vector decodes");
+                    replies.push(conn.replica.transact().encode_diff_v1(&sv));
+                }
+                Message::Sync(SyncMessage::Step2(update) | SyncMessage::Update(update)) => {
+                    let replica = &conn.replica;
+                    let applied = catch_unwind(AssertUnwindSafe(|| {
+                        let update = Update::decode_v1(update).map_err(|e| e.to_string())?;
+                        replica
+                            .transact_mut()
+                            .apply_update(update)
+                            .map_err(|e| e.to_string())
+                    }));
+                    match applied {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => panic!("a client cannot apply what the room sent: {err}"),
+                        Err(_) => panic!(
+                            "what the room sent makes a client's yrs panic: {}",
+                            last_panic()
+                        ),
+                    }
+                }
+                Message::Awareness(update) => {
+                    AwarenessTable::new()
+                        .apply(update, 0)
+                        .expect("the room's awareness frames are valid");
+                }
+                // A read-only stock client is told with y-protocols' message.
+                Message::PermissionDenied(_) => assert!(!conn.extensions),
+                other => panic!("the room queued {other:?}"),
+            }
+        }
+        replies
+    }
+
+    async fn pump(&mut self, i: usize) {
+        let replies = self.read_frames(i);
+        self.notice_close(i).await;
+        for reply in replies {
+            if self.conns[i].live.is_none() {
+                break;
+            }
+            self.send_update(i, reply, true).await;
+        }
+    }
+
+    fn check_store(&self, snapshot: &[u8], when: &str) {
+        let log = self.store.log(DOC);
+        if let Err(why) = same_document(&log, snapshot) {
+            panic!("{when}: the stored log and the room's snapshot differ: {why}");
+        }
+    }
+
+    async fn finish(mut self) {
+        for i in 0..CONNS {
+            self.barrier().await;
+            self.pump(i).await;
+        }
+        let snapshot = self.barrier().await;
+        self.check_store(&snapshot, "at the end");
+        for i in 0..CONNS {
+            self.disconnect(i).await;
+        }
+        // Shutdown compacts the log (it grew) and waits for durability.
+        self.state.rooms.shutdown().await;
+        self.check_store(&snapshot, "after the shutdown compaction");
+        // A fresh room loads what the old one left.
+        let state = AppState::new(self.config.clone(), self.store.clone());
+        let again = open_room(&state);
+        match again.snapshot().await {
+            Ok(reloaded) => {
+                if let Err(why) = same_document(&[reloaded], &snapshot) {
+                    panic!("a reloaded room differs from the old one: {why}");
+                }
+            }
+            Err(err) => panic!("a fresh room could not load the log: {err}"),
+        }
+        state.rooms.shutdown().await;
+    }
+}
+
+fn pick(history: &[Vec<u8>], idx: usize) -> Option<Vec<u8>> {
+    (!history.is_empty()).then(|| history[idx % history.len()].clone())
+}
+
+/// One local transaction on a replica; its update, or `None` if it changed nothing.
+fn edit(replica: &Doc, e: u8, a: u8, b: u8) -> Option<Vec<u8>> {
+    let text = replica.get_or_insert_text("content");
+    let meta = replica.get_or_insert_map("meta");
+    let mut txn = replica.transact_mut();
+    let current = text.get_string(&txn);
+    let boundaries: Vec<usize> = current
+        .char_indices()
+        .map(|(i, _)| i)
+        .chain([current.len()])
+        .collect();
+    let at = |x: u8| boundaries[usize::from(x) % boundaries.len()];
+    match e % 4 {
+        0 | 1 => {
+            let s: String = (0..=(b % 5))
+                .map(|k| ALPHABET[usize::from(a.wrapping_add(k)) % ALPHABET.len()])
+                .collect();
+            text.insert(&mut txn, at(a) as u32, &s);
+        }
+        2 => {
+            let start = at(a);
+            let end = at(a.wrapping_add(b % 6).max(a)).max(start);
+            if end == start {
+                return None;
+            }
+            text.remove_range(&mut txn, start as u32, (end - start) as u32);
+        }
+        _ => {
+            meta.insert(&mut txn, format!("k{}", a % 4), i64::from(b));
+        }
+    }
+    Some(txn.encode_update_v1())
+}
+
+/// Corrupts an update: flip, insert, remove a byte, or truncate.
+fn mutate(update: &mut Vec<u8>, pos: u8, value: u8, mode: u8) {
+    if update.is_empty() {
+        update.push(value);
+        return;
+    }
+    let i = usize::from(pos) % update.len();
+    match mode % 4 {
+        0 => update[i] ^= value | 1,
+        1 => update.insert(i, value),
+        2 => {
+            update.remove(i);
+        }
+        _ => update.truncate(i),
+    }
+}
+
+/// Decodes a client frame exactly as `quire_server::connection` does (its
+/// `decode` is private): `Ok(None)` for frames the connection handles
+/// itself, `Err` for frames that close the connection (1007).
+pub fn decode(frame: &Bytes, extensions: bool) -> Result<Option<Inbound>, String> {
+    let part = |slice: &[u8]| frame.slice_ref(slice);
+    if extensions && Ext::is_ext(frame) {
+        return match Ext::decode(frame).map_err(|e| e.to_string())? {
+            Ext::Ping(_) | Ext::Pong(_) | Ext::Auth { .. } => Ok(None),
+            Ext::Emit { name, payload, ack } => Ok(Some(Inbound::Emit {
+                name: name.to_owned(),
+                payload: payload.to_owned(),
+                ack,
+            })),
+            other => Err(format!("a client may not send {other:?}")),
+        };
+    }
+    Ok(match Message::decode(frame).map_err(|e| e.to_string())? {
+        Message::Sync(SyncMessage::Step1(sv)) => Some(Inbound::StateVector(part(sv))),
+        Message::Sync(SyncMessage::Step2(u) | SyncMessage::Update(u)) => {
+            Some(Inbound::Update(part(u)))
+        }
+        Message::Awareness(u) => Some(Inbound::Awareness(part(u))),
+        Message::QueryAwareness => Some(Inbound::QueryAwareness),
+        Message::PermissionDenied(_) => None,
+    })
+}
+
+/// Merges a stored log as the room does when it loads.
+pub fn merged(log: &[Vec<u8>]) -> Result<Document, String> {
+    Document::from_updates(log.iter().map(Vec::as_slice))
+        .map_err(|e| format!("the stored log does not merge: {e}"))
+}
+
+/// What a document holds, independent of how its blocks happen to be
+/// split or encoded: clocks (a client at 0 counts as absent), deletions
+/// (merged ranges) and the pending parts (clocks and what they wait for).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Fingerprint {
+    clocks: Vec<(u64, u32)>,
+    deleted: Vec<(u64, Vec<(u32, u32)>)>,
+    pending_clocks: Vec<(u64, u32)>,
+    pending_missing: Vec<(u64, u32)>,
+    pending_deleted: Vec<(u64, Vec<(u32, u32)>)>,
+}
+
+fn clocks(sv: &StateVector) -> Vec<(u64, u32)> {
+    let mut v: Vec<(u64, u32)> = sv
+        .iter()
+        .filter(|(_, c)| **c > 0)
+        .map(|(id, c)| (id.get(), *c))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+fn ranges(set: &yrs::IdSet) -> Vec<(u64, Vec<(u32, u32)>)> {
+    let mut out: Vec<(u64, Vec<(u32, u32)>)> = Vec::new();
+    for (client, range) in set.iter() {
+        let mut rs: Vec<(u32, u32)> = range
+            .iter()
+            .filter(|r| r.start < r.end)
+            .map(|r| (r.start, r.end))
+            .collect();
+        rs.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::new();
+        for (start, end) in rs {
+            match merged.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        if !merged.is_empty() {
+            out.push((client.get(), merged));
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+impl Fingerprint {
+    /// Without the pending parts, when tolerating the `pending` bug.
+    fn compared(mut self) -> Self {
+        if tolerate("pending") {
+            self.pending_clocks.clear();
+            self.pending_missing.clear();
+            self.pending_deleted.clear();
+        }
+        self
+    }
+}
+
+pub fn fingerprint(document: &Document) -> Fingerprint {
+    let txn = document.doc().transact();
+    let store = txn.store();
+    let (pending_clocks, pending_missing) = match store.pending_update() {
+        Some(p) => (clocks(&p.update.state_vector()), clocks(&p.missing)),
+        None => (Vec::new(), Vec::new()),
+    };
+    let clocks = clocks(&txn.state_vector());
+    // Deletions at or past a client's clock name items this document does
+    // not have yet: they are pending, wherever yrs happens to keep them.
+    let clock_of = |client: u64| {
+        clocks
+            .iter()
+            .find(|(c, _)| *c == client)
+            .map_or(0, |(_, k)| *k)
+    };
+    let mut deleted = Vec::new();
+    let mut pending_deleted = store.pending_ds().map(ranges).unwrap_or_default();
+    for (client, rs) in ranges(&txn.snapshot().delete_set) {
+        let clock = clock_of(client);
+        let below: Vec<(u32, u32)> = rs
+            .iter()
+            .filter(|r| r.0 < clock)
+            .map(|&(s, e)| (s, e.min(clock)))
+            .collect();
+        let above: Vec<(u32, u32)> = rs
+            .iter()
+            .filter(|r| r.1 > clock)
+            .map(|&(s, e)| (s.max(clock), e))
+            .collect();
+        if !below.is_empty() {
+            deleted.push((client, below));
+        }
+        if !above.is_empty() {
+            pending_deleted.push((client, above));
+        }
+    }
+    pending_deleted.sort_unstable();
+    Fingerprint {
+        clocks,
+        deleted,
+        pending_clocks,
+        pending_missing,
+        pending_deleted,
+    }
+}
+
+/// Whether `update` is already wholly inside `doc` (integrated, or pending
+/// in it): applying it changes nothing, not even the pending parts.
+pub fn covered(doc: &mut Document, update: &[u8]) -> Result<(), String> {
+    let before = fingerprint(doc).compared();
+    doc.apply(update)
+        .map_err(|e| format!("it does not apply: {e}"))?;
+    let after = fingerprint(doc).compared();
+    if after == before {
+        Ok(())
+    } else {
+        Err(format!("applying it changes {before:?} into {after:?}"))
+    }
+}
+
+/// Whether a stored log and a snapshot (one update) hold the same document:
+/// same fingerprint, and neither adds anything to the other.
+///
+/// When tolerating `pending`, only "the room has everything stored" is
+/// checked: the room's snapshot includes pending parts storage never got,
+/// and yrs may integrate them when the snapshot is loaded afresh, so the
+/// two are not comparable the other way.
+pub fn same_document(log: &[Vec<u8>], snapshot: &[u8]) -> Result<(), String> {
+    let mut stored = merged(log)?;
+    let mut live = Document::from_updates([snapshot])
+        .map_err(|e| format!("the snapshot does not load: {e}"))?;
+    if tolerate("content") {
+        return Ok(());
+    }
+    let (a, b) = (
+        fingerprint(&stored).compared(),
+        fingerprint(&live).compared(),
+    );
+    if debug() {
+        eprintln!("log {log:?}\nsnapshot {snapshot:?}\nstored {a:?}\nroom   {b:?}");
+    }
+    let stored_state = stored.encode_state();
+    if tolerate("pending") {
+        return covered(&mut live, &stored_state).map_err(|e| format!("stored → room: {e}"));
+    }
+    if a != b {
+        return Err(format!("stored {a:?}, room {b:?}"));
+    }
+    let live_state = live.encode_state();
+    covered(&mut stored, &live_state).map_err(|e| format!("room → stored: {e}"))?;
+    covered(&mut live, &stored_state).map_err(|e| format!("stored → room: {e}"))?;
+    Ok(())
+}
