@@ -237,6 +237,10 @@ struct Member {
     pending_saves: VecDeque<(u64, u64)>,
     /// Whether a read-only connection was already told its changes are refused.
     told_read_only: bool,
+    /// The first update message refused as read-only: no `Saved` reaches it
+    /// or any later message on this connection (the client resends all on
+    /// its next connection, where its token's permission applies afresh).
+    refused_from: Option<u64>,
 }
 
 /// Where the room's document stands.
@@ -432,6 +436,7 @@ impl Room {
                 update_messages: 0,
                 pending_saves: VecDeque::new(),
                 told_read_only: false,
+                refused_from: None,
             },
         );
         self.member_count
@@ -821,7 +826,7 @@ impl Room {
             return;
         };
         member.update_messages += 1;
-        if !member.channels.extensions {
+        if !member.channels.extensions || member.refused_from.is_some() {
             return;
         }
         let number = member.update_messages;
@@ -958,11 +963,18 @@ impl Room {
             return;
         };
         if document.is_known(update) {
+            // Nothing new: an ordinary message, acknowledged like any other.
+            self.acknowledge(conn);
             return;
         }
         let Some(member) = self.members.get_mut(&conn) else {
             return;
         };
+        // Counted like every update message (the client numbers them all),
+        // and nothing from it on is ever acknowledged on this connection:
+        // a later `Saved` would claim the refused edits too.
+        member.update_messages += 1;
+        member.refused_from.get_or_insert(member.update_messages);
         self.rooms.metrics().rejected_inputs.inc();
         if std::mem::replace(&mut member.told_read_only, true) {
             return;
