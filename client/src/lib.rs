@@ -430,7 +430,8 @@ impl Driver {
                     HeaderValue::from_static(SUBPROTOCOL),
                 );
             }
-            tokio_tungstenite::connect_async(request).await
+            // No Nagle: every frame is a keystroke or an acknowledgement.
+            tokio_tungstenite::connect_async_with_config(request, None, true).await
         };
         let result = tokio::time::timeout(CONNECT_TIMEOUT, attempt).await;
         let now = self.now();

@@ -38,6 +38,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::serve::ListenerExt;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
@@ -207,6 +208,11 @@ pub async fn serve(
 
     let rooms = state.rooms.clone();
     let router = app(state.clone());
+    // Every frame is latency-sensitive (a keystroke); Nagle's algorithm
+    // would hold small frames back waiting for an ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),

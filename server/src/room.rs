@@ -285,6 +285,8 @@ pub(crate) struct Room {
     durability: watch::Receiver<Committed>,
     /// Recent chat messages (JSON), oldest first, sent to joining clients.
     chat: VecDeque<String>,
+    /// The log rewrite in progress, if any (one at a time).
+    compaction: Option<tokio::task::JoinHandle<()>>,
     /// When the last member left; the room is evicted a grace period later.
     empty_since: Option<Instant>,
     /// Origin of the room's millisecond clock for awareness timestamps.
@@ -305,6 +307,7 @@ impl Room {
         let room = Room {
             durability: rooms.store().durability(),
             chat: VecDeque::new(),
+            compaction: None,
             name,
             store: rooms.store().clone(),
             rooms,
@@ -685,21 +688,37 @@ impl Room {
             warn!("could not encode the document for compaction");
             return;
         };
-        match self.store.compact(self.name.as_str(), *last_seq, &state) {
-            Ok(()) => {
-                debug!(entries = *log_len, bytes = state.len(), "compacted");
-                *log_len = 1;
-                *bytes = state.len() as u64;
-            }
-            // Compaction is an optimisation; the log is still whole.
-            Err(err) => warn!(%err, "compaction failed"),
+        if self.compaction.as_ref().is_some_and(|c| !c.is_finished()) {
+            return;
         }
+        // The rewrite runs off the room's task, so members do not wait for
+        // it: it only touches entries up to `last_seq`, while new appends
+        // land after it, and every step of it leaves a log that merges to the
+        // same document.
+        debug!(entries = *log_len, bytes = state.len(), "compacting");
+        *log_len = 1;
+        *bytes = state.len() as u64;
+        let store = self.store.clone();
+        let name = self.name.to_string();
+        let upto = *last_seq;
+        self.compaction = Some(tokio::task::spawn_blocking(move || {
+            if let Err(err) = store.compact(&name, upto, &state) {
+                // An optimisation only: the log is still whole.
+                warn!(%err, "compaction failed");
+            }
+        }));
     }
 
     /// Before the room goes away: compact a log that grew, and wait until
     /// every update it stored is on disk.
     async fn finish_storage(&mut self) {
+        if let Some(running) = self.compaction.take() {
+            let _ = running.await;
+        }
         self.compact_if_long(2);
+        if let Some(running) = self.compaction.take() {
+            let _ = running.await;
+        }
         let State::Ready { last_ticket, .. } = self.state else {
             return;
         };

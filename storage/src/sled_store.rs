@@ -322,18 +322,18 @@ impl SledStore {
         upto: Seq,
     ) -> Result<(i128, i128), StoreError> {
         let (mut bytes, mut updates) = (0i128, 0i128);
+        // One batch instead of a write per entry. The single writer of a
+        // document (its room) is the only compactor, so what was read is
+        // what the batch removes.
+        let mut batch = sled::Batch::default();
         for entry in tree.range(..upto.to_be_bytes()) {
-            let (key, _) = entry.map_err(io_err(format_args!("compacting {doc:?}")))?;
-            // Remove by key and count what was really there, in case a
-            // concurrent compaction removed it first.
-            let removed = tree
-                .remove(&key)
-                .map_err(io_err(format_args!("compacting {doc:?}")))?;
-            if let Some(value) = removed {
-                bytes -= value.len() as i128;
-                updates -= 1;
-            }
+            let (key, value) = entry.map_err(io_err(format_args!("compacting {doc:?}")))?;
+            bytes -= value.len() as i128;
+            updates -= 1;
+            batch.remove(key);
         }
+        tree.apply_batch(batch)
+            .map_err(io_err(format_args!("compacting {doc:?}")))?;
         Ok((bytes, updates))
     }
 
