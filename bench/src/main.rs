@@ -1,0 +1,363 @@
+//! `quire-bench [SCENARIO...] [--quick]`: Quire's benchmark suite.
+//!
+//! Runs each scenario against Quire, the Yjs reference server
+//! (`@y/websocket-server` 0.1.1 with leveldb persistence) and a bare
+//! broadcast server, interleaved in one run; writes
+//! `bench/results/<scenario>.json` and regenerates `bench/RESULTS.md`.
+//!
+//! Scenarios: fanout, idle, traces, coldload, durability (default: all).
+//! Options:
+//!   --quick            small sizes and short windows (each scenario < 30 s)
+//!   --quire-bin PATH   use this `quire` binary instead of building one
+//!   --no-reference     skip the node reference server
+//!   --servers LIST     only these of quire,reference,bare (for investigating)
+//!   --report-only      only regenerate RESULTS.md from the JSON files
+//!   --serve-broadcast ADDR   (internal) run the bare broadcast server
+//!
+//! Environment (for investigations): `QUIRE_TRACES` (the editing-traces
+//! folder, default /work/shared/traces/editing-traces),
+//! `QUIRE_BENCH_EXTRA_ARGS` (more `quire serve` flags, recorded in the
+//! results), `QUIRE_BENCH_PERF=DIR` (attach `perf record` to every Quire),
+//! `QUIRE_BENCH_WRAPPER` (run Quire under e.g. `valgrind --tool=massif`).
+
+mod broadcast;
+mod report;
+mod scenarios;
+mod servers;
+mod stats;
+mod sys;
+mod trace;
+mod ws;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use servers::{Env, Kind};
+
+pub const SCENARIOS: [&str; 5] = ["fanout", "idle", "traces", "coldload", "durability"];
+
+/// The workspace root (this crate's parent folder).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// `bench/`
+pub fn bench_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// What every scenario gets.
+pub struct Ctx {
+    pub env: Env,
+    pub quick: bool,
+}
+
+impl Ctx {
+    /// `full` in a full run, `quick` with `--quick`.
+    pub fn pick<T>(&self, full: T, quick: T) -> T {
+        if self.quick { quick } else { full }
+    }
+}
+
+struct Args {
+    scenarios: Vec<String>,
+    quick: bool,
+    quire_bin: Option<PathBuf>,
+    reference: bool,
+    report_only: bool,
+    servers: Option<Vec<Kind>>,
+}
+
+fn usage() -> String {
+    format!(
+        "usage: quire-bench [SCENARIO...] [--quick] [--quire-bin PATH] [--no-reference] [--servers quire,reference,bare] [--report-only]\n\
+         scenarios: {}",
+        SCENARIOS.join(", ")
+    )
+}
+
+fn parse_args(raw: &[String]) -> Result<Args, String> {
+    let mut args = Args {
+        scenarios: Vec::new(),
+        quick: false,
+        quire_bin: None,
+        reference: true,
+        report_only: false,
+        servers: None,
+    };
+    let mut it = raw.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => args.quick = true,
+            "--no-reference" => args.reference = false,
+            "--report-only" => args.report_only = true,
+            "--quire-bin" => {
+                args.quire_bin = Some(it.next().ok_or("--quire-bin needs a path")?.into());
+            }
+            "--servers" => {
+                let list = it.next().ok_or("--servers needs a list")?;
+                let mut kinds = Vec::new();
+                for name in list.split(',') {
+                    kinds.push(match name {
+                        "quire" => Kind::Quire,
+                        "reference" => Kind::Reference,
+                        "bare" => Kind::Bare,
+                        other => return Err(format!("unknown server {other:?}")),
+                    });
+                }
+                args.servers = Some(kinds);
+            }
+            "-h" | "--help" => return Err(usage()),
+            "all" => args
+                .scenarios
+                .extend(SCENARIOS.iter().map(|s| s.to_string())),
+            name if SCENARIOS.contains(&name) => args.scenarios.push(name.to_owned()),
+            other => return Err(format!("unknown argument {other:?}\n{}", usage())),
+        }
+    }
+    if args.scenarios.is_empty() {
+        args.scenarios = SCENARIOS.iter().map(|s| s.to_string()).collect();
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(String::as_str) == Some("--serve-broadcast") {
+        let addr = raw.get(1).map_or("127.0.0.1:0", String::as_str);
+        return match broadcast::run(addr) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("broadcast server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let args = match parse_args(&raw) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.report_only {
+        return match report::regenerate() {
+            Ok(path) => {
+                println!("wrote {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let fds = sys::raise_fd_limit(65_535);
+    let nice = sys::renice(-10);
+    println!("open-file limit: {fds}, nice {nice} (children inherit both)");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let tmp = std::env::temp_dir().join(format!("quire-bench-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(tmp.clone());
+    let code = runtime.block_on(async {
+        let env = match prepare(&args, tmp).await {
+            Ok(env) => env,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let ctx = Ctx {
+            env,
+            quick: args.quick,
+        };
+        let mut failed = false;
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+        for name in &args.scenarios {
+            println!(
+                "\n=== {name}{} ===",
+                if ctx.quick { " (quick)" } else { "" }
+            );
+            let started = std::time::Instant::now();
+            // Ctrl-C or SIGTERM: stop here; dropping the scenario kills its
+            // servers, and the temporary folder is removed on the way out.
+            let outcome = tokio::select! {
+                outcome = scenarios::run(name, &ctx) => outcome,
+                _ = tokio::signal::ctrl_c() => Err("interrupted".to_owned()),
+                _ = terminate.recv() => Err("terminated".to_owned()),
+            };
+            if matches!(&outcome, Err(e) if e == "interrupted" || e == "terminated") {
+                eprintln!("{name}: {}", outcome.unwrap_err());
+                return ExitCode::FAILURE;
+            }
+            match outcome {
+                Ok(results) => {
+                    let path = report::write_scenario(name, &ctx, &raw, results);
+                    println!(
+                        "{name}: done in {:.0} s, wrote {}",
+                        started.elapsed().as_secs_f64(),
+                        path.display()
+                    );
+                }
+                Err(e) => {
+                    eprintln!("{name} failed: {e}");
+                    failed = true;
+                }
+            }
+        }
+        match report::regenerate() {
+            Ok(path) => println!("\nwrote {}", path.display()),
+            Err(e) => eprintln!("could not write RESULTS.md: {e}"),
+        }
+        if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    code
+}
+
+/// Removes this run's temporary folder on every exit path.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Finds or builds `quire`, installs the reference server if needed.
+async fn prepare(args: &Args, tmp: PathBuf) -> Result<Env, String> {
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    let bench_bin = std::env::current_exe().map_err(|e| e.to_string())?;
+    let quire_bin = match &args.quire_bin {
+        Some(path) => path.clone(),
+        None => build_quire(&bench_bin).await?,
+    };
+    if !quire_bin.exists() {
+        return Err(format!("{} does not exist", quire_bin.display()));
+    }
+    let peers = if args.reference {
+        match install_peers().await {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                eprintln!("reference server unavailable, its columns will be empty: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut kinds = vec![Kind::Quire];
+    if peers.is_some() {
+        kinds.push(Kind::Reference);
+    }
+    kinds.push(Kind::Bare);
+    if let Some(only) = &args.servers {
+        kinds.retain(|k| only.contains(k));
+    }
+    let quire_limit_args = servers::lift_limits(&quire_bin);
+    println!(
+        "quire limits lifted for the bench: {}",
+        quire_limit_args.join(" ")
+    );
+    Ok(Env {
+        quire_limit_args,
+        quire_bin,
+        bench_bin,
+        peers,
+        tmp,
+        kinds,
+    })
+}
+
+/// `cargo build --release -p quire-server --bin quire` into this binary's
+/// target folder; a no-op when it is up to date.
+async fn build_quire(bench_bin: &Path) -> Result<PathBuf, String> {
+    let profile_dir = bench_bin.parent().ok_or("no folder for the bench binary")?;
+    let target_dir = profile_dir.parent().ok_or("no target folder")?;
+    let quire = profile_dir.join("quire");
+    println!("building quire: cargo build --release -p quire-server --bin quire");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = tokio::process::Command::new(cargo)
+        .args(["build", "--release", "-p", "quire-server", "--bin", "quire"])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(workspace_root())
+        .kill_on_drop(true)
+        .status()
+        .await;
+    match status {
+        Ok(s) if s.success() => Ok(quire),
+        Ok(s) if quire.exists() => {
+            eprintln!(
+                "cargo build failed ({s}); using the existing {}",
+                quire.display()
+            );
+            Ok(quire)
+        }
+        Ok(s) => Err(format!(
+            "cargo build failed ({s}) and {} is missing",
+            quire.display()
+        )),
+        Err(e) if quire.exists() => {
+            eprintln!(
+                "cannot run cargo ({e}); using the existing {}",
+                quire.display()
+            );
+            Ok(quire)
+        }
+        Err(e) => Err(format!("cannot run cargo: {e}")),
+    }
+}
+
+/// `npm ci` in bench/peers when node_modules is missing or older than the lock.
+async fn install_peers() -> Result<PathBuf, String> {
+    let dir = bench_dir().join("peers");
+    let modules = dir.join("node_modules");
+    let stamp = modules.join(".package-lock.json");
+    let lock = dir.join("package-lock.json");
+    let stale = match (std::fs::metadata(&stamp), std::fs::metadata(&lock)) {
+        (Ok(s), Ok(l)) => match (s.modified(), l.modified()) {
+            (Ok(s), Ok(l)) => s < l,
+            _ => true,
+        },
+        _ => true,
+    };
+    if stale {
+        println!(
+            "installing the reference server: npm ci in {}",
+            dir.display()
+        );
+        let run = tokio::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .kill_on_drop(true)
+            .status();
+        match tokio::time::timeout(Duration::from_secs(600), run).await {
+            Ok(Ok(s)) if s.success() => {}
+            Ok(Ok(s)) => return Err(format!("npm ci failed: {s}")),
+            Ok(Err(e)) => return Err(format!("cannot run npm: {e}")),
+            Err(_) => return Err("npm ci took over 10 minutes".into()),
+        }
+    }
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("cannot run node: {e}"))?;
+    if !node.status.success() {
+        return Err("node --version failed".into());
+    }
+    Ok(dir)
+}

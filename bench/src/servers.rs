@@ -1,0 +1,444 @@
+//! The servers under test, each a child process measured through `/proc`:
+//! Quire (`quire serve`, release build), the Yjs reference server
+//! (`@y/websocket-server` on node, leveldb persistence on), and the bare
+//! broadcast server of this crate (`quire-bench --serve-broadcast`).
+//!
+//! Children die with the bench: `kill_on_drop`, and `PR_SET_PDEATHSIG` so
+//! that even a `kill -9` of the bench takes them along.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+use crate::sys::{self, ProcSample};
+
+/// Which server a figure belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Quire,
+    Reference,
+    Bare,
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Quire => "Quire",
+            Kind::Reference => "y-websocket-server",
+            Kind::Bare => "bare broadcast",
+        }
+    }
+}
+
+/// Where the bench finds its programs.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub quire_bin: PathBuf,
+    pub bench_bin: PathBuf,
+    /// `bench/peers` with `node_modules` installed, if node is usable.
+    pub peers: Option<PathBuf>,
+    /// Root of this run's temporary data folders.
+    pub tmp: PathBuf,
+    /// Fixed kinds in the order they run, interleaved per measurement.
+    pub kinds: Vec<Kind>,
+    /// Flags lifting Quire's abuse limits (see [`lift_limits`]).
+    pub quire_limit_args: Vec<String>,
+}
+
+/// Quire refuses more than 1,000 connections per IP address and slows any
+/// connection past 500 messages/s or 8 MiB/s. Every bench client comes from
+/// 127.0.0.1 and the trace replay is a deliberate flood, so the bench lifts
+/// these limits (where this `quire` has them) to measure the server's
+/// capacity; the reference server has no such limits.
+pub fn lift_limits(quire: &Path) -> Vec<String> {
+    let help = std::process::Command::new(quire)
+        .args(["serve", "--help"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    [
+        ("--max-connections", "1000000"),
+        ("--max-connections-per-ip", "1000000"),
+        ("--max-rooms", "1000000"),
+        ("--max-messages-per-sec", "1000000000"),
+        ("--max-bytes-per-sec", "1000000000000"),
+    ]
+    .into_iter()
+    .filter(|(flag, _)| help.contains(&format!("{flag} ")))
+    .flat_map(|(flag, value)| [flag.to_owned(), value.to_owned()])
+    .collect()
+}
+
+impl Env {
+    /// A fresh, empty folder for one server's data.
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        let dir = self.tmp.join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create data folder");
+        dir
+    }
+}
+
+/// How to start one server.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Data folder (Quire's sled folder, the reference's leveldb folder).
+    pub data: Option<PathBuf>,
+    /// Extra `quire serve` flags.
+    pub quire_args: Vec<String>,
+    /// Extra node flags (before the script).
+    pub node_args: Vec<String>,
+}
+
+/// A running server.
+pub struct Server {
+    pub kind: Kind,
+    pub addr: String,
+    pub pid: u32,
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    /// `perf record` attached to Quire when `QUIRE_BENCH_PERF` names a folder.
+    perf: Option<Child>,
+}
+
+/// Attaches `perf record` (software cpu-clock sampling, so it works in VMs
+/// without hardware counters) to `pid`, writing `<dir>/<n>.perf.data`.
+fn attach_perf(pid: u32) -> Option<Child> {
+    let dir = std::env::var_os("QUIRE_BENCH_PERF")?;
+    static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = PathBuf::from(dir).join(format!("quire-{n:03}.perf.data"));
+    let mut command = Command::new("perf");
+    command
+        .args([
+            "record",
+            "-e",
+            "cpu-clock",
+            "-F",
+            "499",
+            "--call-graph",
+            "dwarf,8192",
+            "-o",
+        ])
+        .arg(&out)
+        .args(["-p", &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    // SAFETY: prctl only.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let child = command.spawn().ok()?;
+    println!("  (perf recording Quire into {})", out.display());
+    Some(child)
+}
+
+/// Lines of a child's output kept for error messages.
+const LOG_LINES: usize = 200;
+/// Longest wait for a server to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn collect_lines(
+    stream: impl AsyncRead + Unpin + Send + 'static,
+    log: Arc<Mutex<Vec<String>>>,
+    marker: &'static str,
+    found: Arc<Mutex<Option<oneshot::Sender<String>>>>,
+) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.split(marker).nth(1) {
+                let value = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                if let Some(tx) = found.lock().unwrap().take() {
+                    let _ = tx.send(value);
+                }
+            }
+            let mut log = log.lock().unwrap();
+            if log.len() >= LOG_LINES {
+                log.remove(0);
+            }
+            log.push(line);
+        }
+    });
+}
+
+impl Server {
+    /// Starts a server of `kind` on 127.0.0.1 and waits until it listens.
+    pub async fn start(env: &Env, kind: Kind, options: &Options) -> Result<Server, String> {
+        let (mut command, marker) = match kind {
+            Kind::Quire => {
+                // For investigations: run Quire under a wrapper (valgrind ...).
+                let mut c = match std::env::var("QUIRE_BENCH_WRAPPER") {
+                    Ok(wrapper) if !wrapper.trim().is_empty() => {
+                        let mut words = wrapper.split_whitespace();
+                        let mut c = Command::new(words.next().unwrap_or_default());
+                        c.args(words).arg(&env.quire_bin);
+                        c
+                    }
+                    _ => Command::new(&env.quire_bin),
+                };
+                c.arg("serve").arg("--addr").arg("127.0.0.1:0");
+                c.args(&env.quire_limit_args);
+                c.args(&options.quire_args);
+                // For investigations: extra flags for every `quire serve`.
+                if let Ok(extra) = std::env::var("QUIRE_BENCH_EXTRA_ARGS") {
+                    c.args(extra.split_whitespace());
+                }
+                let data = options.data.clone().ok_or("Quire needs a data folder")?;
+                c.env("QUIRE_DATA", data)
+                    .env("QUIRE_LOG", "info,tower_http=warn")
+                    .env("NO_COLOR", "1");
+                (c, "listening on http://")
+            }
+            Kind::Reference => {
+                let peers = env
+                    .peers
+                    .as_ref()
+                    .ok_or("the reference server is not installed (node/npm missing)")?;
+                let mut c = Command::new("node");
+                c.args(&options.node_args);
+                c.arg(peers.join("node_modules/@y/websocket-server/src/server.js"));
+                c.env("HOST", "127.0.0.1")
+                    .env("PORT", free_port().to_string());
+                if let Some(data) = &options.data {
+                    c.env("YPERSISTENCE", data);
+                }
+                (c, "running at ")
+            }
+            Kind::Bare => {
+                let mut c = Command::new(&env.bench_bin);
+                c.arg("--serve-broadcast").arg("127.0.0.1:0");
+                (c, "listening on ")
+            }
+        };
+        let port_env = command
+            .as_std()
+            .get_envs()
+            .find(|(k, _)| *k == "PORT")
+            .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()));
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", kind.label()))?;
+        let pid = child.id().ok_or("child has no pid")?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = oneshot::channel();
+        let found = Arc::new(Mutex::new(Some(tx)));
+        collect_lines(
+            child.stdout.take().expect("stdout"),
+            log.clone(),
+            marker,
+            found.clone(),
+        );
+        collect_lines(
+            child.stderr.take().expect("stderr"),
+            log.clone(),
+            marker,
+            found,
+        );
+        let announced = tokio::time::timeout(START_TIMEOUT, rx).await;
+        let addr = match (announced, kind) {
+            (Ok(Ok(_)), Kind::Reference) => format!("127.0.0.1:{}", port_env.unwrap_or_default()),
+            (Ok(Ok(addr)), _) => addr,
+            _ => {
+                let _ = child.start_kill();
+                return Err(format!(
+                    "{} did not start; output: {:?}",
+                    kind.label(),
+                    log.lock().unwrap()
+                ));
+            }
+        };
+        let perf = if kind == Kind::Quire {
+            attach_perf(pid)
+        } else {
+            None
+        };
+        Ok(Server {
+            kind,
+            addr,
+            pid,
+            child,
+            log,
+            perf,
+        })
+    }
+
+    /// The WebSocket address of a room.
+    pub fn url(&self, room: &str) -> String {
+        match self.kind {
+            Kind::Quire => format!("ws://{}/ws/{room}", self.addr),
+            Kind::Reference | Kind::Bare => format!("ws://{}/{room}", self.addr),
+        }
+    }
+
+    pub fn sample(&self) -> ProcSample {
+        sys::sample(self.pid).unwrap_or_default()
+    }
+
+    /// Whether the process still runs.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log_tail(&self, n: usize) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log[log.len().saturating_sub(n)..].to_vec()
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`. Returns
+    /// the last sample taken before the signal and whether it exited by itself.
+    pub async fn stop(mut self, grace: Duration) -> (ProcSample, bool) {
+        let last = self.sample();
+        if let Some(mut perf) = self.perf.take() {
+            if let Some(pid) = perf.id() {
+                sys::signal(pid, libc::SIGINT);
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(30), perf.wait()).await;
+        }
+        sys::signal(self.pid, libc::SIGTERM);
+        let clean = matches!(
+            tokio::time::timeout(grace, self.child.wait()).await,
+            Ok(Ok(_))
+        );
+        if !clean {
+            let _ = self.child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        }
+        (last, clean)
+    }
+}
+
+/// `quire --version`, `node --version` and the peers' package versions.
+pub fn versions(env: &Env) -> serde_json::Value {
+    let run = |program: &Path, arg: &str| {
+        std::process::Command::new(program)
+            .arg(arg)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let package = |name: &str| -> Option<String> {
+        let path = env
+            .peers
+            .as_ref()?
+            .join("node_modules")
+            .join(name)
+            .join("package.json");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+        json.get("version")?.as_str().map(str::to_owned)
+    };
+    let lock =
+        std::fs::read_to_string(crate::workspace_root().join("Cargo.lock")).unwrap_or_default();
+    let crate_version = |name: &str| -> Option<String> {
+        let mut lines = lock.lines();
+        while let Some(line) = lines.next() {
+            if line == format!("name = \"{name}\"") {
+                return lines
+                    .next()
+                    .and_then(|l| l.strip_prefix("version = \""))
+                    .map(|v| v.trim_end_matches('"').to_owned());
+            }
+        }
+        None
+    };
+    let git = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(crate::workspace_root())
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let dirty = std::process::Command::new("git")
+        .args([
+            "status",
+            "--porcelain",
+            "--",
+            "server",
+            "storage",
+            "protocol",
+        ])
+        .current_dir(crate::workspace_root())
+        .output()
+        .ok()
+        .map(|o| !o.stdout.is_empty());
+    // The binary may predate the newest server commit (with --quire-bin).
+    let built = std::fs::metadata(&env.quire_bin)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    let last_server_commit = std::process::Command::new("git")
+        .args([
+            "log",
+            "-1",
+            "--format=%ct %h",
+            "--",
+            "server",
+            "storage",
+            "protocol",
+        ])
+        .current_dir(crate::workspace_root())
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let stale = match (
+        built,
+        last_server_commit
+            .as_deref()
+            .and_then(|c| c.split(' ').next()),
+    ) {
+        (Some(built), Some(commit)) => commit.parse::<u64>().ok().map(|c| c > built),
+        _ => None,
+    };
+    serde_json::json!({
+        "quire_binary_built_unix": built,
+        "last_server_commit": last_server_commit,
+        "quire_binary_older_than_last_server_commit": stale,
+        "quire": run(&env.quire_bin, "--version"),
+        "git_commit": git,
+        "server_sources_modified_since_commit": dirty,
+        "yrs": crate_version("yrs"),
+        "tokio_tungstenite": crate_version("tokio-tungstenite"),
+        "node": env.peers.as_ref().and_then(|_| run(Path::new("node"), "--version")),
+        "y_websocket_server": package("@y/websocket-server"),
+        "yjs": package("yjs"),
+        "y_leveldb": package("y-leveldb"),
+        "leveldown": package("leveldown"),
+        "ws_node": package("ws"),
+    })
+}
