@@ -40,6 +40,9 @@ Commands:
   lint              `cargo fmt --all -- --check`,
                     `cargo clippy --workspace --all-targets -- -D warnings` and
                     `cargo clippy -p quire-frontend --target wasm32-unknown-unknown -- -D warnings`.
+  bench [ARGS...]   The benchmarks: `cargo run --release -p quire-bench -- ARGS...`
+                    (scenarios fanout idle traces coldload durability, --quick);
+                    results in bench/results/ and bench/RESULTS.md.
   help              Show this text.
 ";
 
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Some("serve") => serve(&rest),
         Some("test") => test(&rest),
         Some("lint") if rest.is_empty() => lint(),
+        Some("bench") => bench(&rest),
         Some("lint") => Err(Failure::usage("`cargo xtask lint` takes no arguments")),
         Some(other) => Err(Failure::usage(format!("unknown command `{other}`"))),
     };
@@ -151,6 +155,14 @@ fn test(cargo_test_args: &[OsString]) -> Result<(), Failure> {
     })?;
     println!("==> all test steps passed in {}", Elapsed(start.elapsed()));
     Ok(())
+}
+
+/// `cargo xtask bench [SCENARIO...] [--quick]`: the benchmarks
+/// (`bench/`), which write `bench/results/` and `bench/RESULTS.md`.
+fn bench(args: &[OsString]) -> Result<(), Failure> {
+    run(cargo()
+        .args(["run", "--release", "-p", "quire-bench", "--"])
+        .args(args))
 }
 
 /// `cargo xtask lint`: formatting and clippy over the whole workspace.
