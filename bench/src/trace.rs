@@ -321,7 +321,7 @@ mod tests {
 
     /// Needs the shared traces; run with `--ignored`.
     #[test]
-    #[ignore]
+    #[ignore = "replays three whole traces from ../shared/traces (slow in debug); run with --ignored"]
     fn traces_replay_to_their_end_content() {
         for name in ["automerge-paper", "seph-blog1", "rustcode"] {
             let replay = sequential(name, usize::MAX).unwrap();
