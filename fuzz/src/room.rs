@@ -845,14 +845,18 @@ pub fn same_document(log: &[Vec<u8>], snapshot: &[u8]) -> Result<(), String> {
     if debug() {
         eprintln!("log {log:?}\nsnapshot {snapshot:?}\nstored {a:?}\nroom   {b:?}");
     }
-    let stored_state = stored.encode_state();
+    let stored_state = stored
+        .encode_state()
+        .map_err(|e| format!("encoding the stored log: {e}"))?;
     if tolerate("pending") {
         return covered(&mut live, &stored_state).map_err(|e| format!("stored → room: {e}"));
     }
     if a != b {
         return Err(format!("stored {a:?}, room {b:?}"));
     }
-    let live_state = live.encode_state();
+    let live_state = live
+        .encode_state()
+        .map_err(|e| format!("encoding the room's snapshot: {e}"))?;
     covered(&mut stored, &live_state).map_err(|e| format!("room → stored: {e}"))?;
     covered(&mut live, &stored_state).map_err(|e| format!("stored → room: {e}"))?;
     Ok(())
