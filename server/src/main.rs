@@ -256,13 +256,6 @@ mod remote {
         let client = start(server, doc)?;
         let mut events = client.take_all_events().context("event stream")?;
         synced(&client).await?;
-        let mut out = std::io::stdout();
-        writeln!(out, "{}", client.text())?;
-        writeln!(
-            out,
-            "--- live changes (@byte offset +inserted / -bytes deleted) ---"
-        )?;
-        out.flush()?;
         let text = client.doc().get_or_insert_text("content");
         text.observe("quire-watch", |txn, event| {
             let mut position = 0u32;
@@ -284,6 +277,15 @@ mod remote {
             }
             let _ = out.flush();
         });
+        // Printed once the observer is in place, so that no change made
+        // after the marker can be missed.
+        let mut out = std::io::stdout();
+        writeln!(out, "{}", client.text())?;
+        writeln!(
+            out,
+            "--- live changes (@byte offset +inserted / -bytes deleted) ---"
+        )?;
+        out.flush()?;
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,

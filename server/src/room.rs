@@ -609,7 +609,8 @@ impl Room {
         self.rooms.metrics().updates_in.inc();
         let frame = Bytes::from(Message::Sync(SyncMessage::Update(&delta)).encode());
         self.send(Target::AllBut(origin), frame);
-        self.compact_if_long(self.rooms.config().compact_after);
+        self.compact_if_long(self.rooms.config().compact_after)
+            .await;
         Ok(true)
     }
 
@@ -668,7 +669,7 @@ impl Room {
     }
 
     /// Rewrites the stored log as one state update once it is `threshold` long.
-    fn compact_if_long(&mut self, threshold: u64) {
+    async fn compact_if_long(&mut self, threshold: u64) {
         let State::Ready {
             document,
             log_len,
@@ -688,8 +689,10 @@ impl Room {
             warn!("could not encode the document for compaction");
             return;
         };
-        if self.compaction.as_ref().is_some_and(|c| !c.is_finished()) {
-            return;
+        // One rewrite at a time: the previous one almost always finished
+        // long ago; if not, wait for it rather than let the log grow.
+        if let Some(running) = self.compaction.take() {
+            let _ = running.await;
         }
         // The rewrite runs off the room's task, so members do not wait for
         // it: it only touches entries up to `last_seq`, while new appends
@@ -715,7 +718,7 @@ impl Room {
         if let Some(running) = self.compaction.take() {
             let _ = running.await;
         }
-        self.compact_if_long(2);
+        self.compact_if_long(2).await;
         if let Some(running) = self.compaction.take() {
             let _ = running.await;
         }

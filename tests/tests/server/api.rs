@@ -144,7 +144,9 @@ async fn list_shows_documents_with_size_time_and_connections() {
     let server = TestServer::start().await;
     let mut a = Client::connect_synced(server.ws_url("alpha")).await;
     a.push("some text");
-    let _b = Client::connect_synced(server.ws_url("alpha")).await;
+    let mut b = Client::connect_synced(server.ws_url("alpha")).await;
+    // Once relayed, the edit is stored (the room stores before it relays).
+    b.wait_text("some text").await;
     let mut c = Client::connect_synced(server.ws_url("beta")).await;
     c.push("x");
     let mut watcher = Client::connect_synced(server.ws_url("beta")).await;
