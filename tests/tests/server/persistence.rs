@@ -82,7 +82,7 @@ async fn compaction_keeps_the_document_byte_identical() {
 
     // The live room compacts every 25 updates (off its task, so the last
     // rewrite may still be finishing): the log stays short.
-    let short = eventually(|| {
+    let log_len = || {
         server
             .state
             .store
@@ -91,20 +91,11 @@ async fn compaction_keeps_the_document_byte_identical() {
             .unwrap()
             .updates
             .len()
-            < 25
-    })
-    .await;
+    };
     assert!(
-        short,
+        eventually(|| log_len() < 25).await,
         "log has {} entries",
-        server
-            .state
-            .store
-            .load("churn")
-            .unwrap()
-            .unwrap()
-            .updates
-            .len()
+        log_len()
     );
 
     writer.close().await;
