@@ -102,16 +102,25 @@ impl<'a> Cursor<'a> {
     pub fn read_var_bytes(&mut self, what: &'static str) -> Result<&'a [u8], DecodeError> {
         let len = self.read_var_uint(what)?;
         let len = usize::try_from(len).map_err(|_| DecodeError::UnexpectedEnd(what))?;
+        self.read_bytes(len, what)
+    }
+
+    pub fn read_var_string(&mut self, what: &'static str) -> Result<&'a str, DecodeError> {
+        std::str::from_utf8(self.read_var_bytes(what)?).map_err(|_| DecodeError::InvalidUtf8)
+    }
+
+    pub fn read_u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+        Ok(self.read_bytes(1, what)?[0])
+    }
+
+    /// The next `len` bytes as they are.
+    pub fn read_bytes(&mut self, len: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
         if len > self.remaining() {
             return Err(DecodeError::UnexpectedEnd(what));
         }
         let slice = &self.bytes[self.pos..self.pos + len];
         self.pos += len;
         Ok(slice)
-    }
-
-    pub fn read_var_string(&mut self, what: &'static str) -> Result<&'a str, DecodeError> {
-        std::str::from_utf8(self.read_var_bytes(what)?).map_err(|_| DecodeError::InvalidUtf8)
     }
 
     /// Fails unless every byte was consumed.

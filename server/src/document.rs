@@ -10,7 +10,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use thiserror::Error;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
+use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
 
 #[derive(Debug, Error)]
 pub enum DocumentError {
@@ -18,9 +18,39 @@ pub enum DocumentError {
     InvalidUpdate(String),
     #[error("invalid state vector: {0}")]
     InvalidStateVector(String),
+    /// The update continues some client past a gap: blocks of that client
+    /// the document does not have, and the update does not carry, come
+    /// before it. yrs would integrate parts of it out of order (behind the
+    /// gap), and where it puts them then depends on the order updates
+    /// arrived in, so the live document and the same document reloaded
+    /// from storage could differ. Not applied; `needs` says, per client,
+    /// the clock the document must reach for the update to be redundant.
+    #[error(
+        "the update continues client {client} at clock {clock}, but this document has that client only up to clock {have}"
+    )]
+    Ahead {
+        client: u64,
+        clock: u32,
+        have: u32,
+        needs: Vec<(u64, u32)>,
+    },
     /// yrs panicked while applying; the in-memory document can no longer be trusted.
     #[error("update made the CRDT engine fail; it was not applied")]
     Poisoned,
+}
+
+/// What applying one update did to a [`Document`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The part that was new and integrated, encoded as an update: what the
+    /// room relays and stores. `None` when nothing was integrated.
+    pub delta: Option<Vec<u8>>,
+    /// Whether yrs kept part of the update out of the delta: blocks waiting
+    /// for ones they depend on, blocks integrated behind a gap in their
+    /// client's clock, deletions of items not here yet. The room then
+    /// stores the update as it came, so that what it acknowledges is on
+    /// disk whole.
+    pub held_back: bool,
 }
 
 /// A yrs document plus the discipline around it.
@@ -41,7 +71,11 @@ impl Document {
         Self { doc: Doc::new() }
     }
 
-    /// Rebuilds a document from its stored log, in one transaction.
+    /// Rebuilds a document from its stored log, one transaction per entry
+    /// as the room applied them: yrs integrates a forged item (one whose
+    /// origins contradict each other) differently depending on how the
+    /// blocks around it happen to be split, so the log is replayed the way
+    /// the live document was built.
     pub fn from_updates<'a>(
         updates: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<Self, DocumentError> {
@@ -55,9 +89,11 @@ impl Document {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             guarded(|| {
-                let mut txn = document.doc.transact_mut();
                 for update in decoded {
-                    txn.apply_update(update)
+                    document
+                        .doc
+                        .transact_mut()
+                        .apply_update(update)
                         .map_err(|e| DocumentError::InvalidUpdate(e.to_string()))?;
                 }
                 Ok(())
@@ -66,10 +102,9 @@ impl Document {
         Ok(document)
     }
 
-    /// Applies a remote update. Returns the part that was new to this
-    /// document, encoded as an update (what must be stored and relayed), or
-    /// `None` when the update changed nothing.
-    pub fn apply(&mut self, bytes: &[u8]) -> Result<Option<Vec<u8>>, DocumentError> {
+    /// Applies a remote update: what was new to this document, and whether
+    /// yrs kept part of it back (see [`Applied`]).
+    pub fn apply(&mut self, bytes: &[u8]) -> Result<Applied, DocumentError> {
         // Each client section takes at least three bytes (struct count,
         // client, clock); refuse counts the payload cannot hold before yrs
         // reserves memory for them.
@@ -84,8 +119,18 @@ impl Document {
             }
             other => other,
         })?;
+        crate::origins::check(bytes).map_err(DocumentError::InvalidUpdate)?;
         let doc = &self.doc;
         guarded(|| {
+            let insertions = update.insertions(true);
+            check_contiguous(&insertions, &doc.transact().state_vector())?;
+            // Where each client's blocks in the update end, and whether it
+            // deletes anything, read before yrs consumes it.
+            let reach: Vec<(ClientID, u32)> = insertions
+                .iter()
+                .filter_map(|(client, ranges)| Some((*client, ranges.iter().map(|r| r.end).max()?)))
+                .collect();
+            let deletes = !update.delete_set().is_empty();
             let mut txn = doc.transact_mut();
             let result = txn.apply_update(update);
             let changed = changed(&txn);
@@ -94,22 +139,23 @@ impl Document {
                 // was integrated leaves a document storage never saw.
                 Err(_) if changed => Err(DocumentError::Poisoned),
                 Err(e) => Err(DocumentError::InvalidUpdate(e.to_string())),
-                Ok(()) if !changed => Ok(None),
                 Ok(()) => {
-                    let delta = txn.encode_update_v1();
-                    // A struct ahead of its client's clock moves the state
-                    // vector to clock 0 without integrating anything.
-                    Ok((delta != EMPTY_UPDATE).then_some(delta))
+                    // Blocks past the state vector are pending, or integrated
+                    // behind a gap (yrs "skips": the clock stays at the gap);
+                    // deletions of items not here yet wait in the pending
+                    // delete set. Neither is in the transaction's delta.
+                    let have = txn.state_vector();
+                    let held_back = reach.iter().any(|(client, end)| *end > have.get(client))
+                        || (deletes && txn.has_missing_updates());
+                    let delta = changed
+                        .then(|| txn.encode_update_v1())
+                        // A struct ahead of its client's clock can move the
+                        // state vector to clock 0 without integrating anything.
+                        .filter(|delta| delta.as_slice() != EMPTY_UPDATE);
+                    Ok(Applied { delta, held_back })
                 }
             }
         })
-    }
-
-    /// Whether part of `update` is held back by yrs, waiting for updates it
-    /// depends on (so it is in no delta yet). The room stores such an
-    /// update as it came, so that what it acknowledges is on disk.
-    pub fn holds_pending_part_of(&self, update: &[u8]) -> bool {
-        self.has_pending() && !self.is_known(update)
     }
 
     /// Whether `bytes` is a valid update holding nothing this document does
@@ -149,6 +195,15 @@ impl Document {
         self.doc.transact().state_vector().encode_v1()
     }
 
+    /// Whether this document has every client up to the clock `needs`
+    /// names (see [`DocumentError::Ahead`]).
+    pub fn has_reached(&self, needs: &[(u64, u32)]) -> bool {
+        let have = self.doc.transact().state_vector();
+        needs
+            .iter()
+            .all(|&(client, clock)| have.get(&ClientID::new(client)) >= clock)
+    }
+
     /// What a peer with state vector `sv` lacks (the payload of sync step 2).
     pub fn diff(&self, sv: &[u8]) -> Result<Vec<u8>, DocumentError> {
         // Each entry takes at least two bytes (client, clock); yrs would
@@ -161,29 +216,64 @@ impl Document {
         })
     }
 
-    /// The whole document as one update, pending parts included. yrs can
-    /// panic merging pending parts it accepted; then the integrated content
-    /// alone (what editors show) is returned.
-    pub fn encode_state(&self) -> Result<Vec<u8>, DocumentError> {
+    /// The whole document as one update, pending parts included, or
+    /// `None` when yrs cannot merge its pending parts into it (it panics
+    /// doing so on some inputs). What compaction writes: loading it gives
+    /// back this document, pending parts and all.
+    pub fn encode_whole(&self) -> Option<Vec<u8>> {
         guarded(|| {
             Ok(self
                 .doc
                 .transact()
                 .encode_state_as_update_v1(&StateVector::default()))
         })
-        .or_else(|_| guarded(|| Ok(self.doc.transact().encode_diff_v1(&StateVector::default()))))
+        .ok()
     }
 
-    /// Whether yrs holds parts of updates back, waiting for others. The
-    /// log is then not rewritten (compaction could lose those parts).
-    pub fn has_pending(&self) -> bool {
-        guarded(|| Ok(self.doc.transact().has_missing_updates())).unwrap_or(true)
+    /// The whole document as one update for readers (snapshots): as
+    /// [`Self::encode_whole`], or the integrated content alone (what
+    /// editors show) when the pending parts do not merge.
+    pub fn encode_state(&self) -> Result<Vec<u8>, DocumentError> {
+        match self.encode_whole() {
+            Some(state) => Ok(state),
+            None => guarded(|| Ok(self.doc.transact().encode_diff_v1(&StateVector::default()))),
+        }
     }
 
     /// The underlying yrs document, for read-only rendering.
     pub fn doc(&self) -> &Doc {
         &self.doc
     }
+}
+
+/// Refuses an update whose blocks of some client do not connect to what
+/// `have` holds of that client (see [`DocumentError::Ahead`]).
+fn check_contiguous(insertions: &yrs::IdSet, have: &StateVector) -> Result<(), DocumentError> {
+    let mut gap = None;
+    for (client, ranges) in insertions.iter() {
+        let mut ranges: Vec<std::ops::Range<u32>> = ranges.iter().cloned().collect();
+        ranges.sort_by_key(|r| r.start);
+        let mut reached = have.get(client);
+        for range in &ranges {
+            if range.start > reached {
+                gap.get_or_insert((client.get(), range.start, reached));
+            }
+            reached = reached.max(range.end);
+        }
+    }
+    let Some((client, clock, have_clock)) = gap else {
+        return Ok(());
+    };
+    let needs = insertions
+        .iter()
+        .filter_map(|(c, ranges)| Some((c.get(), ranges.iter().map(|r| r.end).max()?)))
+        .collect();
+    Err(DocumentError::Ahead {
+        client,
+        clock,
+        have: have_clock,
+        needs,
+    })
 }
 
 /// Refuses a payload whose leading varint declares more entries than its
@@ -257,9 +347,9 @@ mod tests {
     fn apply_returns_only_what_was_new() {
         let mut document = Document::new();
         let update = edit("hello");
-        assert!(document.apply(&update).unwrap().is_some());
+        assert!(document.apply(&update).unwrap().delta.is_some());
         assert!(
-            document.apply(&update).unwrap().is_none(),
+            document.apply(&update).unwrap().delta.is_none(),
             "a duplicate changes nothing"
         );
         assert_eq!(text_of(&document), "hello");
@@ -285,7 +375,7 @@ mod tests {
         document.apply(&edit("abc")).unwrap();
         let diff = document.diff(&document.state_vector()).unwrap();
         let mut other = Document::new();
-        assert!(other.apply(&diff).unwrap().is_none());
+        assert!(other.apply(&diff).unwrap().delta.is_none());
         assert!(document.diff(&[0xff, 0xff]).is_err());
     }
 

@@ -11,6 +11,8 @@
 //! - [`rooms`]: the registry of live rooms; opens, evicts, shuts down.
 //! - [`document`]: a yrs `Doc` with panic containment and the few
 //!   operations Quire needs (apply and return the delta, diff, state).
+//! - [`origins`]: refuses items whose neighbours no honest client could
+//!   have named (yrs would place them inconsistently).
 //! - [`snapshot`]: exports as a Yjs update, text or JSON.
 //! - [`api`]: the HTTP API and its single error type.
 //! - [`auth`]: signed access tokens (HMAC-SHA256) and permissions.
@@ -28,6 +30,7 @@ pub mod connection;
 pub mod document;
 pub mod limits;
 pub mod metrics;
+pub mod origins;
 pub mod room;
 pub mod rooms;
 pub mod snapshot;

@@ -428,17 +428,25 @@ fn import(data: PathBuf, doc: &str, file: &std::path::Path) -> anyhow::Result<()
     let update = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let store = open(data)?;
     let mut document = load(store.as_ref(), &doc)?.unwrap_or_default();
-    match document
+    let applied = document
         .apply(&update)
-        .context("the file is not a valid Yjs update")?
-    {
-        Some(delta) => {
-            store.append(doc.as_str(), &delta)?;
-            store.flush()?;
-            println!("imported into {doc}");
-        }
-        None => println!("{doc} already had everything in {}", file.display()),
+        .context("the file is not a valid Yjs update")?;
+    if applied.delta.is_none() && !applied.held_back {
+        println!("{doc} already had everything in {}", file.display());
+        return Ok(());
     }
+    // Parts yrs holds back (waiting for updates the document lacks) are
+    // kept as they came, as the room does.
+    for entry in applied
+        .delta
+        .iter()
+        .map(Vec::as_slice)
+        .chain(applied.held_back.then_some(update.as_slice()))
+    {
+        store.append(doc.as_str(), entry)?;
+    }
+    store.flush()?;
+    println!("imported into {doc}");
     Ok(())
 }
 

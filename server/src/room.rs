@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
 use tracing::{debug, error, info, warn};
 
-use crate::document::{Document, DocumentError};
+use crate::document::{Applied, Document, DocumentError};
 use crate::rooms::Rooms;
 use crate::unix_ms;
 
@@ -109,6 +109,13 @@ pub enum RoomError {
     /// The document is, or would become, larger than allowed.
     #[error("{0}")]
     TooLarge(String),
+    /// The update continues a client past what the document has; nothing
+    /// changed. `needs`: per client, the clock that makes it redundant.
+    #[error("{reason}")]
+    Ahead {
+        needs: Vec<(u64, u32)>,
+        reason: String,
+    },
     /// The server holds its maximum of documents in memory.
     #[error("the server has too many documents open; try again later")]
     Busy,
@@ -122,7 +129,9 @@ impl RoomError {
                 Close::new(close::INTERNAL_ERROR, self.to_string())
             }
             RoomError::ShuttingDown => Close::new(close::GOING_AWAY, self.to_string()),
-            RoomError::InvalidUpdate(_) => Close::new(close::INVALID_PAYLOAD, self.to_string()),
+            RoomError::InvalidUpdate(_) | RoomError::Ahead { .. } => {
+                Close::new(close::INVALID_PAYLOAD, self.to_string())
+            }
             RoomError::TooLarge(_) => Close::new(close::DOCUMENT_TOO_LARGE, self.to_string()),
             RoomError::Busy => Close::new(close::TRY_AGAIN_LATER, self.to_string()),
         }
@@ -241,6 +250,13 @@ struct Member {
     /// or any later message on this connection (the client resends all on
     /// its next connection, where its token's permission applies afresh).
     refused_from: Option<u64>,
+    /// Set when an update message continued some client past what the
+    /// document has (`RoomError::Ahead`): that message's number and, per
+    /// client, the clock the document must reach. The message was dropped
+    /// and the client asked for what the room lacks (sync step 1); until
+    /// the gap is filled no `Saved` is sent, as it would claim the dropped
+    /// message too.
+    ahead: Option<(u64, Vec<(u64, u32)>)>,
 }
 
 /// Where the room's document stands.
@@ -440,6 +456,7 @@ impl Room {
                 pending_saves: VecDeque::new(),
                 told_read_only: false,
                 refused_from: None,
+                ahead: None,
             },
         );
         self.member_count
@@ -511,6 +528,9 @@ impl Room {
             }
             Inbound::Update(update) => match self.apply_update(Some(conn), &update).await {
                 Ok(_) => self.acknowledge(conn),
+                Err(RoomError::Ahead { needs, reason }) => {
+                    self.ask_for_missing(conn, needs, &reason)
+                }
                 Err(err @ (RoomError::InvalidUpdate(_) | RoomError::TooLarge(_))) => {
                     let Close { code, reason } = err.close();
                     self.reject(conn, code, reason);
@@ -576,8 +596,18 @@ impl Room {
                 "this update would take the document past this server's limit of {limit} bytes"
             )));
         }
-        let delta = match document.apply(update) {
-            Ok(delta) => delta,
+        let applied = match document.apply(update) {
+            // Whatever yrs holds back must still merge into the whole
+            // document, or the log could never be compacted again (yrs
+            // panics merging some pending parts): such an update is refused
+            // like one that failed half-way.
+            Ok(applied) if applied.held_back && document.encode_whole().is_none() => {
+                Err(DocumentError::Poisoned)
+            }
+            other => other,
+        };
+        let Applied { delta, held_back } = match applied {
+            Ok(applied) => applied,
             Err(DocumentError::Poisoned) => {
                 // yrs failed half-way: the in-memory document is suspect.
                 // Storage only holds what applied cleanly, so rebuild from it.
@@ -587,19 +617,24 @@ impl Room {
                     DocumentError::Poisoned.to_string(),
                 ));
             }
+            Err(err @ DocumentError::Ahead { .. }) => {
+                let reason = err.to_string();
+                let DocumentError::Ahead { needs, .. } = err else {
+                    unreachable!()
+                };
+                return Err(RoomError::Ahead { needs, reason });
+            }
             Err(err) => return Err(RoomError::InvalidUpdate(err.to_string())),
         };
-        // What yrs holds back (waiting for updates it depends on) is in no
-        // delta yet; store the update as it came so that an acknowledged
-        // update is on disk whole.
-        let pending = document.holds_pending_part_of(update);
-        if delta.is_none() && !pending {
+        // What yrs holds back is in no delta; store the update as it came
+        // so that an acknowledged update is on disk whole.
+        if delta.is_none() && !held_back {
             return Ok(false);
         }
         for entry in delta
             .iter()
             .map(Vec::as_slice)
-            .chain(pending.then_some(update))
+            .chain(held_back.then_some(update))
         {
             self.store_entry(entry)?;
         }
@@ -680,10 +715,12 @@ impl Room {
         else {
             return;
         };
-        if *log_len < threshold.max(2) || document.has_pending() {
+        if *log_len < threshold.max(2) {
             return;
         }
-        let Ok(state) = document.encode_state() else {
+        // Pending parts included: the rewritten log loads back into this
+        // very document.
+        let Some(state) = document.encode_whole() else {
             // Leave the log as it is; a snapshot request or the next load
             // rebuilds the document from it.
             warn!("could not encode the document for compaction");
@@ -839,8 +876,12 @@ impl Room {
     /// nothing new): acknowledge it once everything the room stored so far
     /// is on disk, which covers whatever the message carried.
     fn acknowledge(&mut self, conn: ConnId) {
-        let required = match self.state {
-            State::Ready { last_ticket, .. } => last_ticket,
+        let (required, document) = match &self.state {
+            State::Ready {
+                last_ticket,
+                document,
+                ..
+            } => (*last_ticket, document),
             State::Failed(_) => return,
         };
         let durable = self.durability.borrow().ticket;
@@ -851,6 +892,12 @@ impl Room {
         if !member.channels.extensions || member.refused_from.is_some() {
             return;
         }
+        if let Some((_, needs)) = &member.ahead {
+            if !document.has_reached(needs) {
+                return;
+            }
+            member.ahead = None;
+        }
         let number = member.update_messages;
         if required <= durable && member.pending_saves.is_empty() {
             let frame = Ext::Saved { through: number }.encode();
@@ -858,6 +905,37 @@ impl Room {
         } else {
             member.pending_saves.push_back((number, required));
         }
+    }
+
+    /// An update message from `conn` continued some client past what the
+    /// document has: count it, hold back `Saved` until the gap is filled,
+    /// and ask the client for everything the room lacks. Its answer (sync
+    /// step 2) carries the dropped message's content along with the gap.
+    fn ask_for_missing(&mut self, conn: ConnId, needs: Vec<(u64, u32)>, reason: &str) {
+        let State::Ready { document, .. } = &self.state else {
+            return;
+        };
+        let step1 = Message::Sync(SyncMessage::Step1(&document.state_vector())).encode();
+        let Some(member) = self.members.get_mut(&conn) else {
+            return;
+        };
+        member.update_messages += 1;
+        debug!(
+            conn,
+            reason, "update ahead of the document; asking for what is missing"
+        );
+        match &mut member.ahead {
+            None => member.ahead = Some((member.update_messages, needs)),
+            Some((_, wanted)) => {
+                for (client, clock) in needs {
+                    match wanted.iter_mut().find(|(c, _)| *c == client) {
+                        Some((_, have)) => *have = (*have).max(clock),
+                        None => wanted.push((client, clock)),
+                    }
+                }
+            }
+        }
+        self.send(Target::One(conn), step1.into());
     }
 
     fn saves_pending(&self) -> bool {

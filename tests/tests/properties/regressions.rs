@@ -14,14 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use quire_protocol::DocName;
 use quire_protocol::ext::Ext;
-use quire_server::document::Document;
+use quire_protocol::{DocName, Message, SyncMessage};
+use quire_server::document::{Applied, Document, DocumentError};
 use quire_server::room::{Close, ConnId, Inbound, MemberChannels, RoomHandle};
 use quire_server::{AppState, Config};
 use quire_storage::{DocStore, SledStore};
 use tokio::sync::mpsc;
-use yrs::{Doc, Text, Transact};
+use yrs::{Doc, Map, ReadTxn, Text, Transact};
 
 use crate::sim::{Dir, Sim};
 
@@ -97,14 +97,24 @@ impl Scene {
 impl Member {
     /// The highest `Saved` received within `wait`, if any.
     async fn saved_within(&mut self, wait: Duration) -> Option<u64> {
-        let mut through = None;
+        self.read_within(wait).await.0
+    }
+
+    /// The highest `Saved` received within `wait`, and whether the room
+    /// sent a sync step 1 (asked for what it lacks).
+    async fn read_within(&mut self, wait: Duration) -> (Option<u64>, bool) {
+        let (mut through, mut asked) = (None, false);
         let deadline = tokio::time::Instant::now() + wait;
         while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, self.frames.recv()).await {
             if let Ok(Ext::Saved { through: n }) = Ext::decode(&frame) {
                 through = Some(n);
             }
+            asked |= matches!(
+                Message::decode(&frame),
+                Ok(Message::Sync(SyncMessage::Step1(_)))
+            );
         }
-        through
+        (through, asked)
     }
 }
 
@@ -112,7 +122,8 @@ impl Member {
 /// pending): applying it changes nothing.
 fn holds(document: &mut Document, update: &[u8]) -> bool {
     let before = document.encode_state().ok();
-    matches!(document.apply(update), Ok(None)) && document.encode_state().ok() == before
+    matches!(document.apply(update), Ok(Applied { delta: None, .. }))
+        && document.encode_state().ok() == before
 }
 
 /// Two edits by one client; the second depends on the first.
@@ -132,32 +143,33 @@ fn dependent_edits() -> (Vec<u8>, Vec<u8>) {
     (first, second)
 }
 
-/// Fuzz artifact `fuzz/artifacts/room_sequence/saved-ack-for-pending-update`.
+/// Fuzz artifact `fuzz/artifacts/room_sequence/fixed-saved-ack-for-pending-update`.
 ///
-/// An update whose dependencies the server lacks is kept by yrs as
-/// *pending*; `Document::apply` returns `Ok(None)` ("nothing new"), so the
-/// room stores nothing, yet `acknowledge` sends `Saved` for the message.
-/// The client then shows "All changes saved" for an edit that exists only
-/// in the room's memory (and is lost if the server restarts).
+/// An update whose predecessors the server lacks was kept by yrs as
+/// *pending*; `Document::apply` returned `Ok(None)` ("nothing new"), so the
+/// room stored nothing, yet sent `Saved` for the message: the client showed
+/// "All changes saved" for an edit that existed only in the room's memory.
+/// Now such an update is dropped, the room asks for what it lacks (sync
+/// step 1), and no `Saved` is sent until the client's answer filled the
+/// gap and is stored.
 #[tokio::test]
-
 async fn saved_ack_for_pending_update() {
     let scene = Scene::new().await;
     let mut member = scene.join(1, true).await;
     let (first, second) = dependent_edits();
-    scene.send(1, &second).await;
-    if let Some(through) = member.saved_within(Duration::from_millis(300)).await {
-        assert_eq!(through, 1);
-        assert!(
-            holds(&mut scene.stored(), &second),
-            "Saved {{ through: 1 }} acknowledged an update the stored log does not hold"
-        );
-    }
-    // Once the dependency arrives, both are integrated, stored and acknowledged.
-    scene.send(1, &first).await;
+    scene.send(1, &second).await; // update message 1: past a gap
+    let (saved, asked) = member.read_within(Duration::from_millis(300)).await;
+    assert_eq!(saved, None, "acknowledged an update it could not apply");
+    assert!(asked, "the room did not ask for what it lacks");
+    // The first alone does not fill the gap the dropped message left.
+    scene.send(1, &first).await; // update message 2
+    assert_eq!(member.saved_within(Duration::from_millis(300)).await, None);
+    // The client's answer to the step 1 carries both.
+    let answer = yrs::merge_updates_v1([first.as_slice(), second.as_slice()]).expect("merges");
+    scene.send(1, &answer).await; // update message 3
     assert_eq!(
         member.saved_within(Duration::from_millis(300)).await,
-        Some(2)
+        Some(3)
     );
     let mut stored = scene.stored();
     assert!(holds(&mut stored, &first) && holds(&mut stored, &second));
@@ -174,7 +186,6 @@ async fn saved_ack_for_pending_update() {
 /// client's second: the client marks its refused message 1 (its offline
 /// edits, sent as the handshake's step 2) saved although it was dropped.
 #[tokio::test]
-
 async fn read_only_refusals_shift_saved_numbers() {
     let scene = Scene::new().await;
     let mut member = scene.join(1, false).await;
@@ -210,8 +221,10 @@ async fn read_only_refusals_shift_saved_numbers() {
 }
 
 /// Updates found by `room_sequence` (minimized): three edits of client 100
-/// (the third pending: clocks 2..8 are missing) and a corrupted update that
-/// yrs also keeps pending. Merging the two pending parts fails, and yrs
+/// (the third at clock 8: clocks 2..8 are missing) and a corrupted update
+/// that yrs keeps pending. yrs 0.28 integrates the third behind a gap (a
+/// "skip": the state vector stays at 2 and nothing is pending), and then
+/// fails to merge the corrupted pending part into the document: it
 /// `unwrap`s that failure inside `encode_state_as_update_v1`.
 const UNMERGEABLE_PENDING: [&[u8]; 4] = [
     b"\x01\x01d\0\x04\x01\x07content\x01a\0",
@@ -220,12 +233,10 @@ const UNMERGEABLE_PENDING: [&[u8]; 4] = [
     b"\x01\x01.d\x02\xc4d\x01d\0\t\xc3\xa9\xf0\x9f\x98\x80abc\0",
 ];
 
-/// `Document::encode_state` (snapshot export, compaction, eviction) runs
-/// yrs outside `catch_unwind`; with pending parts that do not merge, yrs
-/// panics there. Every update was accepted by `apply`, so the panic is
-/// not contained: see the room-level test below.
+/// `Document::encode_state` (snapshot export) runs yrs under
+/// `catch_unwind`; with pending parts that do not merge it falls back to
+/// the integrated content instead of panicking.
 #[test]
-
 fn encode_state_survives_unmergeable_pending_updates() {
     let mut document = Document::new();
     for update in UNMERGEABLE_PENDING {
@@ -235,25 +246,109 @@ fn encode_state_survives_unmergeable_pending_updates() {
     assert!(encoded.is_ok(), "encode_state panicked");
 }
 
-/// The same through the room: any writer can kill a room (all members are
-/// dropped; acks in flight are lost) by sending such updates and then
-/// asking for a snapshot (`GET /api/docs/{doc}/snapshot`), or just waiting
-/// for compaction or eviction, which call `encode_state` too.
+/// The same through the room: any writer could kill the room (all members
+/// dropped, acks in flight lost) by sending these and asking for a
+/// snapshot. Now the third and fourth updates, each continuing a client
+/// past what the document has, are dropped (the room asks for what it
+/// lacks), nothing unmergeable ever reaches the document, and the room
+/// goes on answering.
 #[tokio::test]
-
 async fn unmergeable_pending_update_kills_the_room() {
     let scene = Scene::new().await;
-    let _member = scene.join(1, true).await;
+    let mut member = scene.join(1, true).await;
     for update in UNMERGEABLE_PENDING {
         scene.send(1, update).await;
     }
-    let first = scene.room.snapshot().await;
-    let second = scene.room.snapshot().await;
-    assert!(
-        first.is_ok() || second.is_ok(),
-        "the room stopped answering: {first:?} / {second:?}"
+    let (saved, asked) = member.read_within(Duration::from_millis(300)).await;
+    assert_eq!(
+        saved,
+        Some(2),
+        "only the two updates that applied are saved"
     );
+    assert!(asked);
+    let snapshot = scene.room.snapshot().await.expect("the room answers");
+    let live = Document::from_updates([snapshot.as_slice()]).expect("snapshot loads");
+    assert!(live.encode_whole().is_some());
+    let mut stored = scene.stored();
+    assert!(stored.encode_whole().is_some());
+    for update in &UNMERGEABLE_PENDING[..2] {
+        assert!(
+            holds(&mut stored, update),
+            "an accepted update is not stored"
+        );
+    }
     scene.shutdown().await;
+}
+
+/// Fuzz (`room_sequence`, after the pending-update fixes): an edit like the
+/// third above, ahead of its client's clock in the room. yrs integrated
+/// it behind the gap (a "skip") and reported nothing pending, and the
+/// transaction's update left it out: the room stored nothing, yet
+/// acknowledged the message, so the edit lived only in memory. Now an
+/// update past a gap is never applied, and never acknowledged before what
+/// it carries is stored.
+#[tokio::test]
+async fn block_integrated_behind_a_gap_is_stored_before_it_is_acknowledged() {
+    // Client 100 types, then sets a map key (an item with no neighbours,
+    // which yrs integrates behind a gap).
+    let doc = Doc::with_client_id(100);
+    let text = doc.get_or_insert_text("content");
+    let meta = doc.get_or_insert_map("meta");
+    let first = {
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, 0, "a");
+        txn.encode_update_v1()
+    };
+    let typed = doc.transact().state_vector();
+    {
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, 1, "bcdefg");
+    }
+    let map_set = {
+        let mut txn = doc.transact_mut();
+        meta.insert(&mut txn, "k0", 7);
+        txn.encode_update_v1()
+    };
+    let scene = Scene::new().await;
+    let mut member = scene.join(1, true).await;
+    scene.send(1, &first).await;
+    scene.send(1, &map_set).await; // past the typing the room has not seen
+    let (saved, asked) = member.read_within(Duration::from_millis(300)).await;
+    assert_eq!(saved, Some(1), "Saved covers the update past the gap");
+    assert!(asked, "the room did not ask for what it lacks");
+    // The client's answer to the step 1: everything after what the room has.
+    let answer = doc.transact().encode_diff_v1(&typed);
+    scene.send(1, &answer).await;
+    assert_eq!(
+        member.saved_within(Duration::from_millis(300)).await,
+        Some(3)
+    );
+    assert!(holds(&mut scene.stored(), &map_set));
+    // The shutdown compaction keeps it too.
+    scene.state.rooms.shutdown().await;
+    assert!(holds(&mut scene.stored(), &map_set));
+}
+
+/// An update continuing a client past a gap is refused with what it needs,
+/// changes nothing, and applies once the gap is filled. (yrs would
+/// integrate some of it behind the gap, and the fuzz target found the live
+/// document, its snapshot and its reloaded log disagreeing afterwards.)
+#[test]
+fn update_past_a_gap_waits_for_the_gap() {
+    let (first, second) = dependent_edits();
+    let mut document = Document::new();
+    let needs = match document.apply(&second) {
+        Err(DocumentError::Ahead { needs, .. }) => needs,
+        other => panic!("expected Ahead, got {other:?}"),
+    };
+    assert_eq!(needs, [(7, 11)]);
+    assert!(document.encode_state().unwrap() == Document::new().encode_state().unwrap());
+    document.apply(&first).expect("applies");
+    assert!(!document.has_reached(&needs));
+    document
+        .apply(&second)
+        .expect("applies once the gap is filled");
+    assert!(document.has_reached(&needs));
 }
 
 /// Found by the property `saved_never_claims_more_even_for_edits_during_the_handshake`.
@@ -267,7 +362,6 @@ async fn unmergeable_pending_update_kills_the_room() {
 /// depends on the offline edits), and the session counts the offline edits
 /// saved: "All changes saved" while the server has none of them.
 #[test]
-
 fn update_sent_before_handshake_step2_is_claimed_saved() {
     let mut sim = Sim::new(1, 7);
     sim.flush();
@@ -308,7 +402,6 @@ const GARBAGE_THEN_VALID: [&[u8]; 2] = [
 /// leaves the document changed must be `Poisoned` (the room then rebuilds
 /// from storage).
 #[test]
-
 fn rejected_update_leaves_the_document_unchanged() {
     let mut document = Document::new();
     let _ = document.apply(GARBAGE_THEN_VALID[0]);
@@ -333,11 +426,13 @@ fn rejected_update_leaves_the_document_unchanged() {
 /// is stored nowhere. (`changed` should ignore clients at clock 0; what yrs
 /// keeps aside belongs with the pending-parts bug above.)
 #[test]
-
 fn apply_never_returns_an_empty_update() {
     let ahead: &[u8] = b"\x01\x01d\x0b(\x01\x04meta\x02k0\x01}\x01\0";
     let mut document = Document::new();
-    if let Ok(Some(delta)) = document.apply(ahead) {
+    if let Ok(Applied {
+        delta: Some(delta), ..
+    }) = document.apply(ahead)
+    {
         assert_ne!(delta, [0, 0], "apply reported a change that holds nothing");
     }
 }

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, VecDeque};
 use quire_protocol::ext::{Ext, Welcome};
 use quire_protocol::session::{Action, Connection, SessionConfig, SyncSession};
 use quire_protocol::{Message, SyncMessage};
-use quire_server::document::Document;
+use quire_server::document::{Document, DocumentError};
 use yrs::{GetString, ReadTxn, StateVector, Text, Transact};
 
 /// The root text every client edits.
@@ -49,6 +49,9 @@ pub struct Peer {
 struct ServerConn {
     /// Update messages (step 2 and update) received on this connection.
     updates: u64,
+    /// What an update dropped for continuing a client past the document
+    /// needs; no `Saved` until the document reaches it (as the room does).
+    ahead: Option<Vec<(u64, u32)>>,
 }
 
 pub struct Sim {
@@ -263,11 +266,23 @@ impl Sim {
                     .push_back(Message::Sync(SyncMessage::Step2(&diff)).encode());
             }
             Message::Sync(SyncMessage::Step2(update) | SyncMessage::Update(update)) => {
-                let delta = self
-                    .server
-                    .apply(update)
-                    .expect("sessions send valid updates");
-                if let Some(delta) = delta {
+                let applied = match self.server.apply(update) {
+                    Ok(applied) => Some(applied),
+                    // Reordered delivery: the room drops it and asks for
+                    // what it lacks.
+                    Err(DocumentError::Ahead { needs, .. }) => {
+                        let state = &mut self.conns.get_mut(&conn).expect("open connection").1;
+                        let wanted = state.ahead.get_or_insert_with(Vec::new);
+                        wanted.extend(needs);
+                        let step1 = self.server.state_vector();
+                        self.peers[i]
+                            .down
+                            .push_back(Message::Sync(SyncMessage::Step1(&step1)).encode());
+                        None
+                    }
+                    Err(err) => panic!("sessions send valid updates: {err}"),
+                };
+                if let Some(delta) = applied.and_then(|a| a.delta) {
                     let frame = Message::Sync(SyncMessage::Update(&delta)).encode();
                     for (&other, (j, _)) in &self.conns {
                         if other != conn {
@@ -277,6 +292,12 @@ impl Sim {
                 }
                 let state = &mut self.conns.get_mut(&conn).expect("open connection").1;
                 state.updates += 1;
+                if let Some(needs) = &state.ahead {
+                    if !self.server.has_reached(needs) {
+                        return;
+                    }
+                    state.ahead = None;
+                }
                 let saved = Ext::Saved {
                     through: state.updates,
                 }
