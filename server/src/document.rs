@@ -105,10 +105,9 @@ impl Document {
     /// Applies a remote update: what was new to this document, and whether
     /// yrs kept part of it back (see [`Applied`]).
     pub fn apply(&mut self, bytes: &[u8]) -> Result<Applied, DocumentError> {
-        // Each client section takes at least three bytes (struct count,
-        // client, clock); refuse counts the payload cannot hold before yrs
-        // reserves memory for them.
-        check_declared_count(bytes, 3).map_err(DocumentError::InvalidUpdate)?;
+        // Counts that do not fit the bytes (yrs reserves memory for them),
+        // nesting that would overflow yrs' recursion, impossible origins.
+        crate::items::check(bytes).map_err(DocumentError::InvalidUpdate)?;
         // A panic while decoding leaves the document untouched: plain rejection.
         let update = guarded(|| {
             Update::decode_v1(bytes).map_err(|e| DocumentError::InvalidUpdate(e.to_string()))
@@ -119,7 +118,6 @@ impl Document {
             }
             other => other,
         })?;
-        crate::origins::check(bytes).map_err(DocumentError::InvalidUpdate)?;
         let doc = &self.doc;
         guarded(|| {
             let insertions = update.insertions(true);
@@ -161,6 +159,11 @@ impl Document {
     /// Whether `bytes` is a valid update holding nothing this document does
     /// not have (no new blocks, no new deletions). Applies nothing.
     pub fn is_known(&self, bytes: &[u8]) -> bool {
+        // yrs must not decode what the walk refuses (its decoder can
+        // overflow the stack on deep nesting).
+        if crate::items::check(bytes).is_err() {
+            return false;
+        }
         let doc = &self.doc;
         guarded(|| {
             let update = Update::decode_v1(bytes)
@@ -454,6 +457,12 @@ mod tests {
         assert!(document.is_known(&delete));
         assert!(document.is_known(&document.diff(&document.state_vector()).unwrap()));
         assert!(!document.is_known(b"garbage"));
+        // What the walk refuses never reaches yrs' decoder (which overflows
+        // the stack on deep nesting).
+        let mut nested = vec![1, 1, 1, 0, 0x08, 1, 1, b'a', 1];
+        nested.extend(std::iter::repeat_n([117, 1], 200_000).flatten());
+        nested.extend_from_slice(&[126, 0]);
+        assert!(!document.is_known(&nested));
     }
 
     #[test]

@@ -150,7 +150,9 @@ async fn unacceptable_document_names_close_with_4400() {
 
 /// Found by mutating real updates: yrs 0.28 overflows a u32 while decoding
 /// this block list and panics (debug builds). The panic is contained: only
-/// the sender is closed, nothing is applied.
+/// the sender is closed, nothing is applied. (Since updates are walked
+/// before yrs decodes them, this one is refused by the walk; yrs panics are
+/// still caught for whatever the walk lets through.)
 #[tokio::test]
 async fn regression_yrs_panic_while_decoding_an_update_is_contained() {
     let scene = Scene::new(|_| {}).await;
@@ -162,4 +164,24 @@ async fn regression_yrs_panic_while_decoding_an_update_is_contained() {
         .expect_refused(move |c| c.send_update(&panicking), 1007)
         .await;
     assert!(reason.contains("does not decode"), "{reason}");
+}
+
+/// yrs decodes nested values recursively with no depth limit: an update
+/// holding one value nested 200,000 arrays deep (400 KB) overflowed the
+/// stack and aborted the whole server, for every document. Found while
+/// walking yrs' decoder for the fuzz findings; updates are now walked
+/// (nesting at most 64 deep) before yrs sees them.
+#[tokio::test]
+async fn regression_deeply_nested_value_crashed_the_server() {
+    let scene = Scene::new(|_| {}).await;
+    // An item in root "a" holding one value: [[[...null...]]].
+    let mut nested = vec![1, 1, 1, 0, 0x08, 1, 1, b'a', 1];
+    for _ in 0..200_000 {
+        nested.extend_from_slice(&[117, 1]);
+    }
+    nested.extend_from_slice(&[126, 0]);
+    let reason = scene
+        .expect_refused(move |c| c.send_update(&nested), 1007)
+        .await;
+    assert!(reason.contains("nested too deeply"), "{reason}");
 }

@@ -1,38 +1,46 @@
-//! A check on the items an update carries that yrs does not make.
+//! A walk over an update's structs before yrs sees it.
 //!
-//! Every item records its left and right neighbours at the moment it was
-//! inserted (its *origins*). A client that follows the protocol can only
-//! name items that existed then: never the same item on both sides, and
-//! never an item of its own client that is not older than the new one.
-//! yrs integrates an item that breaks this anyway, but where it puts it
-//! depends on how the blocks around it happen to be split, so the live
-//! document, its snapshot and the same document reloaded from storage can
-//! order their text differently (found by the `room_sequence` fuzz target).
-//! Such an update is refused before yrs sees it.
+//! yrs trusts an update more than a server can afford to:
 //!
-//! The walk follows Yjs' update format v1 (`readClientsStructRefs` in
-//! yjs/src/utils/encoding.js): per client a struct count, the client and
-//! its first clock; per struct an info byte, then GC/skip lengths or an
-//! item's origins, parent and content. Only what is needed to find each
-//! item's clock and origins is interpreted; the rest is skipped.
+//! - it reserves memory for whatever count a few bytes declare (clients,
+//!   structs, values), so a 40-byte update can ask for gigabytes;
+//! - it decodes nested values recursively without a depth limit, so deep
+//!   enough nesting overflows the stack and aborts the process (no panic to
+//!   catch);
+//! - it integrates items whose *origins* (the left and right neighbours
+//!   recorded when an item was inserted) no honest client could have
+//!   written: the same item on both sides, or an item of its own client
+//!   that is not older. Where it puts such an item depends on how the
+//!   blocks around it happen to be split, so the live document, its
+//!   snapshot and the same document reloaded from storage can order their
+//!   text differently (found by the `room_sequence` fuzz target).
+//!
+//! So every update is walked first, following Yjs' update format v1
+//! (`readClientsStructRefs` and `readDeleteSet` in yjs/src/utils/): per
+//! client a struct count, the client and its first clock; per struct an
+//! info byte, then a GC/skip length or an item's origins, parent and
+//! content; then the delete set. Every count must fit in the bytes that
+//! follow, values nest at most [`MAX_ANY_DEPTH`] deep, and origins must be
+//! possible. Two content kinds where yrs and Yjs disagree on the encoding
+//! (legacy JSON content, XML hooks) are refused rather than guessed.
 
 use quire_protocol::lib0::{Cursor, DecodeError};
 
 /// One block ID: (client, clock).
 type Id = (u64, u64);
 
-/// Refuses an update holding an item whose origins no honest client could
-/// have written. `update` has already been decoded by yrs; a walk that
-/// fails here is refused too (the update is not what Yjs writes).
+/// Refuses an update that declares more than its bytes hold, nests values
+/// too deeply, uses a content kind yrs misreads, or holds an item whose
+/// origins no honest client could have written.
 pub fn check(update: &[u8]) -> Result<(), String> {
     walk(update).map_err(|err| match err {
-        Walk::Forged(why) => why,
-        Walk::Malformed(err) => format!("the update's items do not parse: {err}"),
+        Walk::Refused(why) => why,
+        Walk::Malformed(err) => format!("the update does not decode: {err}"),
     })
 }
 
 enum Walk {
-    Forged(String),
+    Refused(String),
     Malformed(DecodeError),
 }
 
@@ -51,9 +59,11 @@ const HAS_PARENT_SUB: u8 = 0x20;
 
 fn walk(update: &[u8]) -> Result<(), Walk> {
     let mut cursor = Cursor::new(update);
-    let clients = cursor.read_var_uint("client count")?;
+    // Struct count, client and clock take a byte each at least.
+    let clients = read_count(&mut cursor, "client count", 3)?;
     for _ in 0..clients {
-        let structs = cursor.read_var_uint("struct count")?;
+        // An info byte and a length or content byte at least.
+        let structs = read_count(&mut cursor, "struct count", 2)?;
         let client = cursor.read_var_uint("client")?;
         let mut clock = cursor.read_var_uint("clock")?;
         for _ in 0..structs {
@@ -85,7 +95,28 @@ fn walk(update: &[u8]) -> Result<(), Walk> {
             clock = clock.saturating_add(len);
         }
     }
+    // The delete set: per client, its ranges (clock and length).
+    for _ in 0..read_count(&mut cursor, "deleted client count", 2)? {
+        cursor.read_var_uint("deleted client")?;
+        for _ in 0..read_count(&mut cursor, "deleted range count", 2)? {
+            cursor.read_var_uint("deleted clock")?;
+            cursor.read_var_uint("deleted length")?;
+        }
+    }
     Ok(())
+}
+
+/// A count of entries that take at least `min_bytes` each: refused if the
+/// bytes left cannot hold that many.
+fn read_count(cursor: &mut Cursor, what: &'static str, min_bytes: u64) -> Result<u64, Walk> {
+    let count = cursor.read_var_uint(what)?;
+    if count > cursor.remaining() as u64 / min_bytes {
+        return Err(Walk::Refused(format!(
+            "the update declares {count} entries ({what}) in {} bytes",
+            cursor.remaining()
+        )));
+    }
+    Ok(count)
 }
 
 fn read_id(cursor: &mut Cursor) -> Result<Id, DecodeError> {
@@ -100,13 +131,13 @@ fn check_item(id: Id, origin: Option<Id>, right: Option<Id>) -> Result<(), Walk>
     if let Some((c, k)) = origin
         && origin == right
     {
-        return Err(Walk::Forged(format!(
+        return Err(Walk::Refused(format!(
             "item {client}#{clock} names {c}#{k} as both its left and right neighbour"
         )));
     }
     for (c, k) in origin.into_iter().chain(right) {
         if c == client && k >= clock {
-            return Err(Walk::Forged(format!(
+            return Err(Walk::Refused(format!(
                 "item {client}#{clock} names {c}#{k}, which its client wrote later, as a neighbour"
             )));
         }
@@ -119,13 +150,12 @@ fn content_len(cursor: &mut Cursor, content: u8) -> Result<u64, Walk> {
     Ok(match content {
         // Deleted: only a length.
         1 => cursor.read_var_uint("deleted length")?,
-        // JSON: strings.
+        // Legacy JSON content: yrs 0.28 reads one string more than the
+        // count says (Yjs has written `Any` content instead since v13).
         2 => {
-            let n = cursor.read_var_uint("JSON count")?;
-            for _ in 0..n {
-                cursor.read_var_string("JSON value")?;
-            }
-            n
+            return Err(Walk::Refused(
+                "legacy JSON item content is not accepted".into(),
+            ));
         }
         // Binary, embed: one value.
         3 | 5 => {
@@ -140,17 +170,26 @@ fn content_len(cursor: &mut Cursor, content: u8) -> Result<u64, Walk> {
             cursor.read_var_string("format value")?;
             1
         }
-        // Type: its kind, and a tag name for XML elements and hooks.
+        // Type: its kind (one byte in yrs), and a tag name for XML
+        // elements. XML hooks carry a name in Yjs but not in yrs.
         7 => {
-            let kind = cursor.read_var_uint("type kind")?;
-            if kind == 3 || kind == 5 {
-                cursor.read_var_string("tag name")?;
+            match cursor.read_u8("type kind")? {
+                0..=2 | 4 | 6 | 9 | 15 => {}
+                3 => {
+                    cursor.read_var_string("tag name")?;
+                }
+                5 => return Err(Walk::Refused("XML hooks are not accepted".into())),
+                other => {
+                    return Err(Walk::Refused(format!(
+                        "the update does not decode: unknown type kind {other}"
+                    )));
+                }
             }
             1
         }
         // Any: values in lib0's self-describing encoding.
         8 => {
-            let n = cursor.read_var_uint("value count")?;
+            let n = read_count(cursor, "value count", 1)?;
             for _ in 0..n {
                 skip_any(cursor, 0)?;
             }
@@ -163,18 +202,21 @@ fn content_len(cursor: &mut Cursor, content: u8) -> Result<u64, Walk> {
             1
         }
         other => {
-            return Err(Walk::Forged(format!("unknown item content kind {other}")));
+            return Err(Walk::Refused(format!(
+                "the update does not decode: unknown item content kind {other}"
+            )));
         }
     })
 }
 
-/// Deeper nesting than any document needs; bounds the recursion.
+/// Deeper nesting than any document needs; bounds the recursion here and
+/// keeps yrs' unbounded recursion from overflowing the stack.
 const MAX_ANY_DEPTH: u32 = 64;
 
 /// Skips one lib0 `Any` value (`readAny` in lib0/decoding.js).
 fn skip_any(cursor: &mut Cursor, depth: u32) -> Result<(), Walk> {
     if depth > MAX_ANY_DEPTH {
-        return Err(Walk::Forged("values nested too deeply".into()));
+        return Err(Walk::Refused("values nested too deeply".into()));
     }
     match cursor.read_u8("value tag")? {
         // undefined, null, false, true
@@ -191,17 +233,21 @@ fn skip_any(cursor: &mut Cursor, depth: u32) -> Result<(), Walk> {
             cursor.read_var_bytes("string")?;
         }
         118 => {
-            for _ in 0..cursor.read_var_uint("object size")? {
+            for _ in 0..read_count(cursor, "object size", 2)? {
                 cursor.read_var_string("object key")?;
                 skip_any(cursor, depth + 1)?;
             }
         }
         117 => {
-            for _ in 0..cursor.read_var_uint("array size")? {
+            for _ in 0..read_count(cursor, "array size", 1)? {
                 skip_any(cursor, depth + 1)?;
             }
         }
-        other => return Err(Walk::Forged(format!("unknown value tag {other}"))),
+        other => {
+            return Err(Walk::Refused(format!(
+                "the update does not decode: unknown value tag {other}"
+            )));
+        }
     }
     Ok(())
 }
@@ -270,6 +316,46 @@ mod tests {
         assert!(err.contains("wrote later"), "{err}");
         // The same item after 100#5 is fine.
         check(b"\x01\x01d\x06\x84d\x05\x01x\0").unwrap();
+    }
+
+    /// An array item in root "a" holding one `Any` value: `value` bytes.
+    fn any_item(value: &[u8]) -> Vec<u8> {
+        let mut update = vec![1, 1, 1, 0, 0x08, 1, 1, b'a', 1];
+        update.extend_from_slice(value);
+        update.push(0); // empty delete set
+        update
+    }
+
+    /// yrs decodes nested values recursively; deep enough nesting
+    /// overflowed the stack and aborted the whole server.
+    #[test]
+    fn values_nested_deeper_than_the_limit_are_refused_before_yrs() {
+        let mut nested = Vec::new();
+        for _ in 0..200_000 {
+            nested.extend_from_slice(&[117, 1]); // an array of one element
+        }
+        nested.push(126); // null
+        let update = any_item(&nested);
+        let err = check(&update).unwrap_err();
+        assert!(err.contains("nested too deeply"), "{err}");
+        let mut document = crate::document::Document::new();
+        assert!(document.apply(&update).is_err());
+        // Shallow nesting is fine.
+        check(&any_item(&[117, 1, 117, 1, 126])).unwrap();
+    }
+
+    /// yrs reserves memory for declared counts before reading them.
+    #[test]
+    fn counts_larger_than_the_bytes_are_refused() {
+        // 2^30 values declared in a handful of bytes.
+        let bomb = [
+            1, 1, 1, 0, 0x08, 1, 1, b'a', 0x80, 0x80, 0x80, 0x80, 0x04, 126, 0,
+        ];
+        let err = check(&bomb).unwrap_err();
+        assert!(err.contains("declares 1073741824 entries"), "{err}");
+        // The same in the delete set.
+        let bomb = [0, 0x80, 0x80, 0x80, 0x80, 0x04, 1, 1];
+        assert!(check(&bomb).unwrap_err().contains("declares"));
     }
 
     #[test]
