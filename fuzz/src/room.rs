@@ -365,7 +365,7 @@ impl Harness {
                         | Err(
                             RoomError::InvalidUpdate(_)
                             | RoomError::TooLarge(_)
-                            | RoomError::Ahead { .. },
+                            | RoomError::Incomplete { .. },
                         ) => {}
                         Err(err) => panic!("import failed: {err} (last panic: {})", last_panic()),
                     }

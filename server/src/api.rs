@@ -82,7 +82,7 @@ impl From<RoomError> for AppError {
     fn from(err: RoomError) -> Self {
         match err {
             RoomError::InvalidUpdate(m) => AppError::BadRequest(m),
-            RoomError::Ahead { reason, .. } => AppError::BadRequest(reason),
+            RoomError::Incomplete { reason, .. } => AppError::BadRequest(reason),
             RoomError::TooLarge(m) => AppError::TooLarge(m),
             RoomError::ShuttingDown | RoomError::Busy => AppError::Unavailable(err.to_string()),
             RoomError::Unavailable(m) => AppError::Internal(m),

@@ -12,28 +12,22 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
 
+use crate::items::{self, Footprint, Levels, Refusal};
+
 #[derive(Debug, Error)]
 pub enum DocumentError {
     #[error("invalid update: {0}")]
     InvalidUpdate(String),
     #[error("invalid state vector: {0}")]
     InvalidStateVector(String),
-    /// The update continues some client past a gap: blocks of that client
-    /// the document does not have, and the update does not carry, come
-    /// before it. yrs would integrate parts of it out of order (behind the
-    /// gap), and where it puts them then depends on the order updates
-    /// arrived in, so the live document and the same document reloaded
-    /// from storage could differ. Not applied; `needs` says, per client,
-    /// the clock the document must reach for the update to be redundant.
-    #[error(
-        "the update continues client {client} at clock {clock}, but this document has that client only up to clock {have}"
-    )]
-    Ahead {
-        client: u64,
-        clock: u32,
-        have: u32,
-        needs: Vec<(u64, u32)>,
-    },
+    /// The update refers to blocks the document does not have and it does
+    /// not carry: it continues a client past a gap, names a neighbour or
+    /// parent not here yet, or deletes items not here yet. yrs would keep
+    /// such parts pending, or integrate some of them out of order, and both
+    /// broke things (see ARCHITECTURE.md, "Rules from fuzzing"). Not
+    /// applied; `carries` is what the update holds, for [`Document::holds`].
+    #[error("{reason}")]
+    Incomplete { carries: Footprint, reason: String },
     /// yrs panicked while applying; the in-memory document can no longer be trusted.
     #[error("update made the CRDT engine fail; it was not applied")]
     Poisoned,
@@ -56,6 +50,9 @@ pub struct Applied {
 /// A yrs document plus the discipline around it.
 pub struct Document {
     doc: Doc,
+    /// The nesting level of every block, for refusing updates that would
+    /// nest shared types past `items::MAX_NESTING`.
+    levels: Levels,
 }
 
 impl Default for Document {
@@ -68,7 +65,10 @@ impl Document {
     pub fn new() -> Self {
         // The server never edits, so its client id never appears in updates;
         // `skip_gc` stays off so deleted content is collected as in Yjs.
-        Self { doc: Doc::new() }
+        Self {
+            doc: Doc::new(),
+            levels: Levels::default(),
+        }
     }
 
     /// Rebuilds a document from its stored log, one transaction per entry
@@ -79,7 +79,7 @@ impl Document {
     pub fn from_updates<'a>(
         updates: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<Self, DocumentError> {
-        let document = Self::new();
+        let mut document = Self::new();
         {
             let decoded = updates
                 .into_iter()
@@ -99,6 +99,12 @@ impl Document {
                 Ok(())
             })?;
         }
+        document.levels = Levels::of_state(
+            &document
+                .doc
+                .transact()
+                .encode_diff_v1(&StateVector::default()),
+        );
         Ok(document)
     }
 
@@ -106,8 +112,16 @@ impl Document {
     /// yrs kept part of it back (see [`Applied`]).
     pub fn apply(&mut self, bytes: &[u8]) -> Result<Applied, DocumentError> {
         // Counts that do not fit the bytes (yrs reserves memory for them),
-        // nesting that would overflow yrs' recursion, impossible origins.
-        crate::items::check(bytes).map_err(DocumentError::InvalidUpdate)?;
+        // nesting that would overflow yrs' recursion, impossible origins,
+        // references to what the document lacks.
+        let have = self.doc.transact().state_vector();
+        let runs =
+            items::check_against(bytes, &have, &self.levels).map_err(|refusal| match refusal {
+                Refusal::Invalid(why) => DocumentError::InvalidUpdate(why),
+                Refusal::Incomplete { carries, reason } => {
+                    DocumentError::Incomplete { carries, reason }
+                }
+            })?;
         // A panic while decoding leaves the document untouched: plain rejection.
         let update = guarded(|| {
             Update::decode_v1(bytes).map_err(|e| DocumentError::InvalidUpdate(e.to_string()))
@@ -119,9 +133,9 @@ impl Document {
             other => other,
         })?;
         let doc = &self.doc;
+        let levels = &mut self.levels;
         guarded(|| {
             let insertions = update.insertions(true);
-            check_contiguous(&insertions, &doc.transact().state_vector())?;
             // Where each client's blocks in the update end, and whether it
             // deletes anything, read before yrs consumes it.
             let reach: Vec<(ClientID, u32)> = insertions
@@ -150,6 +164,7 @@ impl Document {
                         // A struct ahead of its client's clock can move the
                         // state vector to clock 0 without integrating anything.
                         .filter(|delta| delta.as_slice() != EMPTY_UPDATE);
+                    levels.record(&runs);
                     Ok(Applied { delta, held_back })
                 }
             }
@@ -198,13 +213,32 @@ impl Document {
         self.doc.transact().state_vector().encode_v1()
     }
 
-    /// Whether this document has every client up to the clock `needs`
-    /// names (see [`DocumentError::Ahead`]).
-    pub fn has_reached(&self, needs: &[(u64, u32)]) -> bool {
-        let have = self.doc.transact().state_vector();
-        needs
+    /// Whether this document holds everything `footprint` describes: every
+    /// client up to the clock it reaches, and every range it deletes
+    /// deleted.
+    pub fn holds(&self, footprint: &Footprint) -> bool {
+        let txn = self.doc.transact();
+        let have = txn.state_vector();
+        let reached = footprint
+            .reach
             .iter()
-            .all(|&(client, clock)| have.get(&ClientID::new(client)) >= clock)
+            .all(|&(client, clock)| u64::from(have.get(&ClientID::new(client))) >= clock);
+        if !reached || footprint.deleted.is_empty() {
+            return reached;
+        }
+        let deleted = txn.snapshot().delete_set;
+        footprint.deleted.iter().all(|&(client, start, end)| {
+            let (Ok(start), Ok(end)) = (u32::try_from(start), u32::try_from(end)) else {
+                return false;
+            };
+            let mut have: Vec<std::ops::Range<u32>> = deleted
+                .iter()
+                .filter(|(c, _)| c.get() == client)
+                .flat_map(|(_, r)| r.iter().cloned().collect::<Vec<_>>())
+                .collect();
+            have.sort_by_key(|r| r.start);
+            covered(&have, start..end)
+        })
     }
 
     /// What a peer with state vector `sv` lacks (the payload of sync step 2).
@@ -247,36 +281,6 @@ impl Document {
     pub fn doc(&self) -> &Doc {
         &self.doc
     }
-}
-
-/// Refuses an update whose blocks of some client do not connect to what
-/// `have` holds of that client (see [`DocumentError::Ahead`]).
-fn check_contiguous(insertions: &yrs::IdSet, have: &StateVector) -> Result<(), DocumentError> {
-    let mut gap = None;
-    for (client, ranges) in insertions.iter() {
-        let mut ranges: Vec<std::ops::Range<u32>> = ranges.iter().cloned().collect();
-        ranges.sort_by_key(|r| r.start);
-        let mut reached = have.get(client);
-        for range in &ranges {
-            if range.start > reached {
-                gap.get_or_insert((client.get(), range.start, reached));
-            }
-            reached = reached.max(range.end);
-        }
-    }
-    let Some((client, clock, have_clock)) = gap else {
-        return Ok(());
-    };
-    let needs = insertions
-        .iter()
-        .filter_map(|(c, ranges)| Some((c.get(), ranges.iter().map(|r| r.end).max()?)))
-        .collect();
-    Err(DocumentError::Ahead {
-        client,
-        clock,
-        have: have_clock,
-        needs,
-    })
 }
 
 /// Refuses a payload whose leading varint declares more entries than its

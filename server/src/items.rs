@@ -24,19 +24,190 @@
 //! possible. Two content kinds where yrs and Yjs disagree on the encoding
 //! (legacy JSON content, XML hooks) are refused rather than guessed.
 
+use std::collections::HashMap;
+
 use quire_protocol::lib0::{Cursor, DecodeError};
+use yrs::{ClientID, StateVector};
 
 /// One block ID: (client, clock).
 type Id = (u64, u64);
 
-/// Refuses an update that declares more than its bytes hold, nests values
-/// too deeply, uses a content kind yrs misreads, or holds an item whose
-/// origins no honest client could have written.
+/// How deep shared types may nest (a type inside a type inside …). yrs
+/// renders, deletes and drops nested types recursively: about 5,000 levels
+/// (a 70 KB update) overflow a 2 MiB stack when rendered as JSON, which
+/// aborts the process. Rich-text editors nest a few dozen levels at most.
+pub const MAX_NESTING: u32 = 100;
+
+/// Why an update is not applied.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Malformed, or something no honest client writes.
+    Invalid(String),
+    /// It refers to blocks the document does not have and it does not
+    /// carry (it continues a client past a gap, names a neighbour or parent
+    /// not here yet, deletes items not here yet). `carries`: what it holds,
+    /// so that whoever dropped it can tell when the document has it all.
+    Incomplete { carries: Footprint, reason: String },
+}
+
+/// What an update holds: per client the clock its blocks reach, and the
+/// ranges it deletes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// (client, end clock)
+    pub reach: Vec<(u64, u64)>,
+    /// (client, start clock, end clock)
+    pub deleted: Vec<(u64, u64, u64)>,
+}
+
+impl Footprint {
+    fn of(parsed: &Parsed) -> Self {
+        let mut footprint = Footprint::default();
+        for block in parsed
+            .blocks
+            .iter()
+            .filter(|b| !matches!(b.kind, Kind::Skip))
+        {
+            footprint.reach_to(block.client, block.clock.saturating_add(block.len));
+        }
+        footprint.deleted = parsed
+            .deleted
+            .iter()
+            .map(|&(client, clock, len)| (client, clock, clock.saturating_add(len)))
+            .collect();
+        footprint
+    }
+
+    fn reach_to(&mut self, client: u64, clock: u64) {
+        match self.reach.iter_mut().find(|(c, _)| *c == client) {
+            Some((_, end)) => *end = (*end).max(clock),
+            None => self.reach.push((client, clock)),
+        }
+    }
+
+    /// Both footprints together.
+    pub fn merge(&mut self, other: Footprint) {
+        for (client, clock) in other.reach {
+            self.reach_to(client, clock);
+        }
+        self.deleted.extend(other.deleted);
+    }
+}
+
+/// Walks `update` alone: refuses what is malformed or impossible whatever
+/// the document (declared counts, nesting of values, content kinds,
+/// origins). Applies nothing.
 pub fn check(update: &[u8]) -> Result<(), String> {
-    walk(update).map_err(|err| match err {
-        Walk::Refused(why) => why,
-        Walk::Malformed(err) => format!("the update does not decode: {err}"),
-    })
+    parse(update).map(drop).map_err(String::from)
+}
+
+/// Walks `update` against a document that has every client up to `have`
+/// and whose blocks sit at `levels`: besides [`check`], every block it
+/// refers to must be in the document or in the update, and no shared type
+/// may end up nested deeper than [`MAX_NESTING`]. Returns the levels of the
+/// blocks it adds, to record once it is applied.
+pub fn check_against(
+    update: &[u8],
+    have: &StateVector,
+    levels: &Levels,
+) -> Result<Vec<Run>, Refusal> {
+    let parsed = parse(update).map_err(|err| Refusal::Invalid(err.into()))?;
+    let index = Index::new(&parsed, have);
+    index.check_complete(&parsed)?;
+    index.levels(&parsed, levels, true)
+}
+
+/// The nesting level of every block a document holds (1 for the blocks of
+/// a root type, 2 inside a type held by a root, …; 0 for garbage-collected
+/// blocks, which hold nothing), as runs per client: what [`check_against`]
+/// needs to place a new block that names an old one as neighbour or parent.
+#[derive(Debug, Default)]
+pub struct Levels {
+    /// Per client, runs `(start, end, level)` in clock order.
+    clients: HashMap<u64, Vec<(u64, u64, u32)>>,
+}
+
+/// Blocks `start..end` of `client` sit at `level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub client: u64,
+    pub start: u64,
+    pub end: u64,
+    pub level: u32,
+}
+
+impl Levels {
+    /// The levels of a whole-document update (a document's state), without
+    /// refusing anything: what a document loaded from storage starts with.
+    /// Blocks it cannot place count as level 0.
+    pub fn of_state(state: &[u8]) -> Self {
+        let mut levels = Levels::default();
+        if let Ok(parsed) = parse(state) {
+            let nothing = StateVector::default();
+            let index = Index::new(&parsed, &nothing);
+            if let Ok(runs) = index.levels(&parsed, &Levels::default(), false) {
+                levels.record(&runs);
+            }
+        }
+        levels
+    }
+
+    pub fn level_of(&self, (client, clock): Id) -> Option<u32> {
+        let runs = self.clients.get(&client)?;
+        let i = runs.partition_point(|&(_, end, _)| end <= clock);
+        runs.get(i)
+            .filter(|&&(start, _, _)| start <= clock)
+            .map(|&(_, _, level)| level)
+    }
+
+    /// Adds the runs of newly applied blocks (each starting where its
+    /// client's known blocks end, as applied updates are complete).
+    pub fn record(&mut self, runs: &[Run]) {
+        for run in runs {
+            let list = self.clients.entry(run.client).or_default();
+            let start = list
+                .last()
+                .map_or(run.start, |&(_, end, _)| run.start.max(end));
+            if start >= run.end {
+                continue;
+            }
+            match list.last_mut() {
+                Some(last) if last.1 == start && last.2 == run.level => last.1 = run.end,
+                _ => list.push((start, run.end, run.level)),
+            }
+        }
+    }
+}
+
+/// One struct of an update, as far as the walk needs it.
+struct Block {
+    client: u64,
+    clock: u64,
+    len: u64,
+    kind: Kind,
+}
+
+enum Kind {
+    Gc,
+    Skip,
+    Item {
+        origin: Option<Id>,
+        right: Option<Id>,
+        parent: Parent,
+    },
+}
+
+enum Parent {
+    /// Given by the origins (the neighbours' container).
+    Implied,
+    Root,
+    Nested(Id),
+}
+
+struct Parsed {
+    blocks: Vec<Block>,
+    /// (client, clock, length)
+    deleted: Vec<(u64, u64, u64)>,
 }
 
 enum Walk {
@@ -50,6 +221,15 @@ impl From<DecodeError> for Walk {
     }
 }
 
+impl From<Walk> for String {
+    fn from(err: Walk) -> Self {
+        match err {
+            Walk::Refused(why) => why,
+            Walk::Malformed(err) => format!("the update does not decode: {err}"),
+        }
+    }
+}
+
 /// The info byte's low five bits name the struct kind or item content.
 const GC: u8 = 0;
 const SKIP: u8 = 10;
@@ -57,8 +237,9 @@ const HAS_ORIGIN: u8 = 0x80;
 const HAS_RIGHT_ORIGIN: u8 = 0x40;
 const HAS_PARENT_SUB: u8 = 0x20;
 
-fn walk(update: &[u8]) -> Result<(), Walk> {
+fn parse(update: &[u8]) -> Result<Parsed, Walk> {
     let mut cursor = Cursor::new(update);
+    let mut blocks = Vec::new();
     // Struct count, client and clock take a byte each at least.
     let clients = read_count(&mut cursor, "client count", 3)?;
     for _ in 0..clients {
@@ -68,8 +249,9 @@ fn walk(update: &[u8]) -> Result<(), Walk> {
         let mut clock = cursor.read_var_uint("clock")?;
         for _ in 0..structs {
             let info = cursor.read_u8("struct info")?;
-            let len = match info & 0x1f {
-                GC | SKIP => cursor.read_var_uint("length")?,
+            let (len, kind) = match info & 0x1f {
+                GC => (cursor.read_var_uint("length")?, Kind::Gc),
+                SKIP => (cursor.read_var_uint("length")?, Kind::Skip),
                 content => {
                     let origin = (info & HAS_ORIGIN != 0)
                         .then(|| read_id(&mut cursor))
@@ -78,32 +260,306 @@ fn walk(update: &[u8]) -> Result<(), Walk> {
                         .then(|| read_id(&mut cursor))
                         .transpose()?;
                     check_item((client, clock), origin, right)?;
+                    let mut parent = Parent::Implied;
                     if origin.is_none() && right.is_none() {
                         // The parent: a root's name or a nested type's ID.
-                        if cursor.read_var_uint("parent kind")? == 1 {
+                        parent = if cursor.read_var_uint("parent kind")? == 1 {
                             cursor.read_var_string("parent name")?;
+                            Parent::Root
                         } else {
-                            read_id(&mut cursor)?;
-                        }
+                            Parent::Nested(read_id(&mut cursor)?)
+                        };
                         if info & HAS_PARENT_SUB != 0 {
                             cursor.read_var_string("map key")?;
                         }
                     }
-                    content_len(&mut cursor, content)?
+                    let len = content_len(&mut cursor, content)?;
+                    let kind = Kind::Item {
+                        origin,
+                        right,
+                        parent,
+                    };
+                    (len, kind)
                 }
             };
+            blocks.push(Block {
+                client,
+                clock,
+                len,
+                kind,
+            });
             clock = clock.saturating_add(len);
         }
     }
     // The delete set: per client, its ranges (clock and length).
+    let mut deleted = Vec::new();
     for _ in 0..read_count(&mut cursor, "deleted client count", 2)? {
-        cursor.read_var_uint("deleted client")?;
+        let client = cursor.read_var_uint("deleted client")?;
         for _ in 0..read_count(&mut cursor, "deleted range count", 2)? {
-            cursor.read_var_uint("deleted clock")?;
-            cursor.read_var_uint("deleted length")?;
+            let clock = cursor.read_var_uint("deleted clock")?;
+            let len = cursor.read_var_uint("deleted length")?;
+            deleted.push((client, clock, len));
         }
     }
-    Ok(())
+    Ok(Parsed { blocks, deleted })
+}
+
+/// Where a referenced block is.
+enum Found {
+    Document,
+    Update(usize),
+    Missing,
+}
+
+/// The update's blocks per client in clock order, against what the
+/// document has.
+struct Index<'a> {
+    have: &'a StateVector,
+    /// Per client, indices into `Parsed::blocks` of its non-skip blocks,
+    /// by clock.
+    by_client: HashMap<u64, Vec<usize>>,
+    /// Per client, the clocks its blocks in the update start at, skips
+    /// included, in order (for continuity).
+    starts: HashMap<u64, Vec<(u64, u64, bool)>>,
+}
+
+impl<'a> Index<'a> {
+    fn new(parsed: &Parsed, have: &'a StateVector) -> Self {
+        let mut by_client: HashMap<u64, Vec<usize>> = HashMap::new();
+        let mut starts: HashMap<u64, Vec<(u64, u64, bool)>> = HashMap::new();
+        for (i, block) in parsed.blocks.iter().enumerate() {
+            let skip = matches!(block.kind, Kind::Skip);
+            starts
+                .entry(block.client)
+                .or_default()
+                .push((block.clock, block.len, skip));
+            if !skip && block.len > 0 {
+                by_client.entry(block.client).or_default().push(i);
+            }
+        }
+        for list in by_client.values_mut() {
+            list.sort_by_key(|&i| parsed.blocks[i].clock);
+        }
+        for list in starts.values_mut() {
+            list.sort_unstable();
+        }
+        Self {
+            have,
+            by_client,
+            starts,
+        }
+    }
+
+    fn have(&self, client: u64) -> u64 {
+        u64::from(self.have.get(&ClientID::new(client)))
+    }
+
+    fn find(&self, parsed: &Parsed, (client, clock): Id) -> Found {
+        if clock < self.have(client) {
+            return Found::Document;
+        }
+        let Some(list) = self.by_client.get(&client) else {
+            return Found::Missing;
+        };
+        let i = list.partition_point(|&b| {
+            let block = &parsed.blocks[b];
+            block.clock + block.len <= clock
+        });
+        match list.get(i) {
+            Some(&b) if parsed.blocks[b].clock <= clock => Found::Update(b),
+            _ => Found::Missing,
+        }
+    }
+
+    /// Refuses an update that refers to what neither it nor the document
+    /// has, saying what first.
+    fn check_complete(&self, parsed: &Parsed) -> Result<(), Refusal> {
+        let mut first = None;
+        let mut need = |why: String| {
+            first.get_or_insert(why);
+        };
+        for (&client, list) in &self.starts {
+            let mut reached = self.have(client);
+            for &(clock, len, skip) in list {
+                if clock > reached {
+                    need(format!(
+                        "the update continues client {client} at clock {clock}, \
+                             but this document has that client only up to clock {reached}"
+                    ));
+                }
+                if !skip {
+                    reached = reached.max(clock + len);
+                }
+            }
+        }
+        for block in &parsed.blocks {
+            let Kind::Item {
+                origin,
+                right,
+                parent,
+            } = &block.kind
+            else {
+                continue;
+            };
+            let nested = match parent {
+                Parent::Nested(id) => Some(*id),
+                _ => None,
+            };
+            for id in origin.iter().chain(right).chain(&nested) {
+                if let Found::Missing = self.find(parsed, *id) {
+                    need(format!(
+                        "item {}#{} refers to {}#{}, which this document does not have",
+                        block.client, block.clock, id.0, id.1
+                    ));
+                }
+            }
+        }
+        for &(client, clock, len) in &parsed.deleted {
+            let end = clock.saturating_add(len);
+            if end <= self.have(client) {
+                continue;
+            }
+            // The part past the document must be blocks of the update.
+            let mut at = clock.max(self.have(client));
+            while at < end {
+                match self.find(parsed, (client, at)) {
+                    Found::Update(b) => at = parsed.blocks[b].clock + parsed.blocks[b].len,
+                    _ => break,
+                }
+            }
+            if at < end {
+                need(format!(
+                    "the update deletes {client}#{at}, which this document does not have"
+                ));
+            }
+        }
+        match first {
+            None => Ok(()),
+            Some(reason) => Err(Refusal::Incomplete {
+                carries: Footprint::of(parsed),
+                reason,
+            }),
+        }
+    }
+
+    /// The level of every block of the update, resolved through its
+    /// neighbours and parents (in the update, or at `known` in the
+    /// document). With `strict`, a dependency cycle or nesting past
+    /// [`MAX_NESTING`] refuses the update; otherwise what cannot be
+    /// placed is level 0.
+    fn levels(&self, parsed: &Parsed, known: &Levels, strict: bool) -> Result<Vec<Run>, Refusal> {
+        const UNSEEN: u32 = u32::MAX;
+        const RESOLVING: u32 = u32::MAX - 1;
+        let blocks = &parsed.blocks;
+        let mut level = vec![UNSEEN; blocks.len()];
+        // The update's blocks each block depends on, and the level of one
+        // found in the document.
+        let refs = |b: &Block| -> Vec<Id> {
+            match &b.kind {
+                Kind::Item {
+                    origin,
+                    right,
+                    parent,
+                } => {
+                    let nested = match parent {
+                        Parent::Nested(id) => Some(*id),
+                        _ => None,
+                    };
+                    origin.iter().chain(right).chain(&nested).copied().collect()
+                }
+                _ => Vec::new(),
+            }
+        };
+        let mut stack = Vec::new();
+        for root in 0..blocks.len() {
+            if level[root] != UNSEEN {
+                continue;
+            }
+            level[root] = RESOLVING;
+            stack.push(root);
+            while let Some(&b) = stack.last() {
+                let mut pending = None;
+                for id in refs(&blocks[b]) {
+                    if let Found::Update(d) = self.find(parsed, id) {
+                        match level[d] {
+                            UNSEEN => {
+                                pending = Some(d);
+                                break;
+                            }
+                            RESOLVING if d != b && strict => {
+                                return Err(Refusal::Invalid(format!(
+                                    "items {}#{} and {}#{} depend on each other",
+                                    blocks[b].client,
+                                    blocks[b].clock,
+                                    blocks[d].client,
+                                    blocks[d].clock
+                                )));
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                if let Some(d) = pending {
+                    level[d] = RESOLVING;
+                    stack.push(d);
+                    continue;
+                }
+                let of = |id: Id| -> u32 {
+                    match self.find(parsed, id) {
+                        Found::Update(d) if level[d] < RESOLVING => level[d],
+                        Found::Document => known.level_of(id).unwrap_or(0),
+                        _ => 0,
+                    }
+                };
+                let resolved = match &blocks[b].kind {
+                    Kind::Gc | Kind::Skip => 0,
+                    Kind::Item {
+                        origin,
+                        right,
+                        parent,
+                    } => match (origin, right, parent) {
+                        (None, None, Parent::Root) => 1,
+                        (None, None, Parent::Nested(p)) => match of(*p) {
+                            0 => 0,
+                            l => l + 1,
+                        },
+                        // Beside a collected block, an item is collected too.
+                        _ => {
+                            let sides: Vec<u32> =
+                                origin.iter().chain(right).map(|&id| of(id)).collect();
+                            if sides.contains(&0) {
+                                0
+                            } else {
+                                sides.into_iter().max().unwrap_or(0)
+                            }
+                        }
+                    },
+                };
+                if strict && resolved > MAX_NESTING {
+                    return Err(Refusal::Invalid(format!(
+                        "the update nests shared types {resolved} deep; this server allows {MAX_NESTING}"
+                    )));
+                }
+                level[b] = resolved;
+                stack.pop();
+            }
+        }
+        Ok(blocks
+            .iter()
+            .zip(level)
+            .filter(|(b, _)| !matches!(b.kind, Kind::Skip))
+            .filter_map(|(b, level)| {
+                let start = b.clock.max(self.have(b.client));
+                let end = b.clock + b.len;
+                (start < end).then_some(Run {
+                    client: b.client,
+                    start,
+                    end,
+                    level,
+                })
+            })
+            .collect())
+    }
 }
 
 /// A count of entries that take at least `min_bytes` each: refused if the
@@ -255,7 +711,9 @@ fn skip_any(cursor: &mut Cursor, depth: u32) -> Result<(), Walk> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::document::Document;
     use yrs::types::xml::{XmlElementPrelim, XmlTextPrelim};
+    use yrs::updates::decoder::Decode;
     use yrs::{
         Any, Array, ArrayPrelim, Doc, Map, MapPrelim, ReadTxn, StateVector, Text, Transact,
         XmlFragment,
@@ -356,6 +814,107 @@ mod tests {
         // The same in the delete set.
         let bomb = [0, 0x80, 0x80, 0x80, 0x80, 0x04, 1, 1];
         assert!(check(&bomb).unwrap_err().contains("declares"));
+    }
+
+    /// `depth` arrays nested in `from` (or in root "a"), in one
+    /// transaction: its update, and the innermost array.
+    fn nest(doc: &Doc, from: Option<yrs::ArrayRef>, depth: usize) -> (Vec<u8>, yrs::ArrayRef) {
+        let root = doc.get_or_insert_array("a");
+        let mut txn = doc.transact_mut();
+        let mut inner = from;
+        for _ in 0..depth {
+            inner = Some(match inner {
+                Some(array) => array.insert(&mut txn, 0, ArrayPrelim::default()),
+                None => root.insert(&mut txn, 0, ArrayPrelim::default()),
+            });
+        }
+        (txn.encode_update_v1(), inner.expect("depth > 0"))
+    }
+
+    #[test]
+    fn shared_types_nested_past_the_limit_are_refused() {
+        let fine = nest(&Doc::with_client_id(1), None, 60).0;
+        check_against(&fine, &StateVector::default(), &Levels::default()).unwrap();
+        let deep = nest(&Doc::with_client_id(1), None, MAX_NESTING as usize + 1).0;
+        match check_against(&deep, &StateVector::default(), &Levels::default()) {
+            Err(Refusal::Invalid(why)) => assert!(why.contains("nests shared types"), "{why}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    /// Nesting is counted across updates, through neighbours as well as
+    /// parents, and survives a reload from storage.
+    #[test]
+    fn nesting_is_counted_across_updates_and_reloads() {
+        let writer = Doc::with_client_id(1);
+        let (first, inner) = nest(&writer, None, 60);
+        let mut document = Document::new();
+        document.apply(&first).unwrap();
+        // An array inside the innermost one (level 61), sent alone; then
+        // 50 more levels inside a sibling of it, which names it only as
+        // its neighbour.
+        let (sibling, _) = nest(&writer, Some(inner.clone()), 1);
+        document.apply(&sibling).unwrap();
+        let second = {
+            let mut txn = writer.transact_mut();
+            let next = inner.insert(&mut txn, 1, ArrayPrelim::default());
+            drop(txn);
+            nest(&writer, Some(next), 50);
+            writer
+                .transact()
+                .encode_diff_v1(&document.doc().transact().state_vector())
+        };
+        let err = document.apply(&second).unwrap_err();
+        assert!(err.to_string().contains("nests shared types"), "{err}");
+        let mut reloaded = Document::from_updates([first.as_slice(), sibling.as_slice()]).unwrap();
+        let err = reloaded.apply(&second).unwrap_err();
+        assert!(err.to_string().contains("nests shared types"), "{err}");
+    }
+
+    #[test]
+    fn references_to_what_the_document_lacks_are_incomplete() {
+        let writer = Doc::with_client_id(1);
+        let text = writer.get_or_insert_text("t");
+        let first = {
+            let mut txn = writer.transact_mut();
+            text.insert(&mut txn, 0, "ab");
+            txn.encode_update_v1()
+        };
+        // Another client types between the two letters it has not seen
+        // arrive at the server.
+        let other = Doc::with_client_id(2);
+        other
+            .transact_mut()
+            .apply_update(yrs::Update::decode_v1(&first).unwrap())
+            .unwrap();
+        let between = {
+            let text = other.get_or_insert_text("t");
+            let mut txn = other.transact_mut();
+            text.insert(&mut txn, 1, "x");
+            txn.encode_update_v1()
+        };
+        let deletion = {
+            let text = other.get_or_insert_text("t");
+            let mut txn = other.transact_mut();
+            text.remove_range(&mut txn, 0, 1);
+            txn.encode_update_v1()
+        };
+        let carried = [
+            (&between, vec![(2, 1)], vec![]),
+            (&deletion, vec![], vec![(1, 0, 1)]),
+        ];
+        for (update, reach, deleted) in carried {
+            match check_against(update, &StateVector::default(), &Levels::default()) {
+                Err(Refusal::Incomplete { carries, .. }) => {
+                    assert_eq!(carries, Footprint { reach, deleted })
+                }
+                other => panic!("expected Incomplete, got {other:?}"),
+            }
+        }
+        let mut document = Document::new();
+        document.apply(&first).unwrap();
+        document.apply(&between).unwrap();
+        document.apply(&deletion).unwrap();
     }
 
     #[test]

@@ -31,6 +31,7 @@ use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
 use tracing::{debug, error, info, warn};
 
 use crate::document::{Applied, Document, DocumentError};
+use crate::items::Footprint;
 use crate::rooms::Rooms;
 use crate::unix_ms;
 
@@ -109,13 +110,10 @@ pub enum RoomError {
     /// The document is, or would become, larger than allowed.
     #[error("{0}")]
     TooLarge(String),
-    /// The update continues a client past what the document has; nothing
-    /// changed. `needs`: per client, the clock that makes it redundant.
+    /// The update refers to blocks the document does not have; nothing
+    /// changed. `carries`: what it holds.
     #[error("{reason}")]
-    Ahead {
-        needs: Vec<(u64, u32)>,
-        reason: String,
-    },
+    Incomplete { carries: Footprint, reason: String },
     /// The server holds its maximum of documents in memory.
     #[error("the server has too many documents open; try again later")]
     Busy,
@@ -129,7 +127,7 @@ impl RoomError {
                 Close::new(close::INTERNAL_ERROR, self.to_string())
             }
             RoomError::ShuttingDown => Close::new(close::GOING_AWAY, self.to_string()),
-            RoomError::InvalidUpdate(_) | RoomError::Ahead { .. } => {
+            RoomError::InvalidUpdate(_) | RoomError::Incomplete { .. } => {
                 Close::new(close::INVALID_PAYLOAD, self.to_string())
             }
             RoomError::TooLarge(_) => Close::new(close::DOCUMENT_TOO_LARGE, self.to_string()),
@@ -250,13 +248,13 @@ struct Member {
     /// or any later message on this connection (the client resends all on
     /// its next connection, where its token's permission applies afresh).
     refused_from: Option<u64>,
-    /// Set when an update message continued some client past what the
-    /// document has (`RoomError::Ahead`): that message's number and, per
-    /// client, the clock the document must reach. The message was dropped
+    /// Set when an update message referred to blocks the document does not
+    /// have (`RoomError::Incomplete`): that message's number and what it
+    /// carried (merged with later such messages). The message was dropped
     /// and the client asked for what the room lacks (sync step 1); until
-    /// the gap is filled no `Saved` is sent, as it would claim the dropped
-    /// message too.
-    ahead: Option<(u64, Vec<(u64, u32)>)>,
+    /// the document has all that, no `Saved` is sent, as it would claim the
+    /// dropped message too.
+    ahead: Option<(u64, Footprint)>,
 }
 
 /// Where the room's document stands.
@@ -528,8 +526,8 @@ impl Room {
             }
             Inbound::Update(update) => match self.apply_update(Some(conn), &update).await {
                 Ok(_) => self.acknowledge(conn),
-                Err(RoomError::Ahead { needs, reason }) => {
-                    self.ask_for_missing(conn, needs, &reason)
+                Err(RoomError::Incomplete { carries, reason }) => {
+                    self.ask_for_missing(conn, carries, &reason)
                 }
                 Err(err @ (RoomError::InvalidUpdate(_) | RoomError::TooLarge(_))) => {
                     let Close { code, reason } = err.close();
@@ -617,12 +615,8 @@ impl Room {
                     DocumentError::Poisoned.to_string(),
                 ));
             }
-            Err(err @ DocumentError::Ahead { .. }) => {
-                let reason = err.to_string();
-                let DocumentError::Ahead { needs, .. } = err else {
-                    unreachable!()
-                };
-                return Err(RoomError::Ahead { needs, reason });
+            Err(DocumentError::Incomplete { carries, reason }) => {
+                return Err(RoomError::Incomplete { carries, reason });
             }
             Err(err) => return Err(RoomError::InvalidUpdate(err.to_string())),
         };
@@ -892,8 +886,8 @@ impl Room {
         if !member.channels.extensions || member.refused_from.is_some() {
             return;
         }
-        if let Some((_, needs)) = &member.ahead {
-            if !document.has_reached(needs) {
+        if let Some((_, carried)) = &member.ahead {
+            if !document.holds(carried) {
                 return;
             }
             member.ahead = None;
@@ -907,11 +901,12 @@ impl Room {
         }
     }
 
-    /// An update message from `conn` continued some client past what the
-    /// document has: count it, hold back `Saved` until the gap is filled,
+    /// An update message from `conn` referred to blocks the document does
+    /// not have: count it, hold back `Saved` until the document has them,
     /// and ask the client for everything the room lacks. Its answer (sync
-    /// step 2) carries the dropped message's content along with the gap.
-    fn ask_for_missing(&mut self, conn: ConnId, needs: Vec<(u64, u32)>, reason: &str) {
+    /// step 2) carries the dropped message's content along with what it
+    /// referred to.
+    fn ask_for_missing(&mut self, conn: ConnId, carries: Footprint, reason: &str) {
         let State::Ready { document, .. } = &self.state else {
             return;
         };
@@ -925,15 +920,8 @@ impl Room {
             reason, "update ahead of the document; asking for what is missing"
         );
         match &mut member.ahead {
-            None => member.ahead = Some((member.update_messages, needs)),
-            Some((_, wanted)) => {
-                for (client, clock) in needs {
-                    match wanted.iter_mut().find(|(c, _)| *c == client) {
-                        Some((_, have)) => *have = (*have).max(clock),
-                        None => wanted.push((client, clock)),
-                    }
-                }
-            }
+            None => member.ahead = Some((member.update_messages, carries)),
+            Some((_, carried)) => carried.merge(carries),
         }
         self.send(Target::One(conn), step1.into());
     }

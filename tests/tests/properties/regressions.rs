@@ -339,7 +339,7 @@ async fn block_integrated_behind_a_gap_is_stored_before_it_is_acknowledged() {
     assert!(holds(&mut scene.stored(), &map_set));
 }
 
-/// An update continuing a client past a gap is refused with what it needs,
+/// An update continuing a client past a gap is refused with what it carries,
 /// changes nothing, and applies once the gap is filled. (yrs would
 /// integrate some of it behind the gap, and the fuzz target found the live
 /// document, its snapshot and its reloaded log disagreeing afterwards.)
@@ -347,18 +347,18 @@ async fn block_integrated_behind_a_gap_is_stored_before_it_is_acknowledged() {
 fn update_past_a_gap_waits_for_the_gap() {
     let (first, second) = dependent_edits();
     let mut document = Document::new();
-    let needs = match document.apply(&second) {
-        Err(DocumentError::Ahead { needs, .. }) => needs,
-        other => panic!("expected Ahead, got {other:?}"),
+    let carried = match document.apply(&second) {
+        Err(DocumentError::Incomplete { carries, .. }) => carries,
+        other => panic!("expected Incomplete, got {other:?}"),
     };
-    assert_eq!(needs, [(7, 11)]);
+    assert_eq!(carried.reach, [(7, 11)]);
     assert!(document.encode_state().unwrap() == Document::new().encode_state().unwrap());
     document.apply(&first).expect("applies");
-    assert!(!document.has_reached(&needs));
+    assert!(!document.holds(&carried));
     document
         .apply(&second)
         .expect("applies once the gap is filled");
-    assert!(document.has_reached(&needs));
+    assert!(document.holds(&carried));
 }
 
 /// Found by the property `saved_never_claims_more_even_for_edits_during_the_handshake`.
@@ -456,7 +456,7 @@ fn apply_never_returns_an_empty_update() {
 /// use-after-free in yrs 0.28.1, open upstream. `catch_unwind` cannot
 /// contain undefined behaviour, so Quire must not hand yrs this sequence:
 /// the forged copy continues client 100 past a gap and is refused
-/// (`Ahead`) before yrs sees it. The ASan build of `room_sequence`
+/// (`Incomplete`) before yrs sees it. The ASan build of `room_sequence`
 /// replays the artifact clean (`RUSTC_BOOTSTRAP=1 cargo fuzz run
 /// room_sequence artifacts/room_sequence/yrs-use-after-free-in-update-exclude`
 /// in `fuzz/`); other ways into yrs' pending path remain (see fuzz/README.md).
@@ -467,7 +467,7 @@ fn yrs_use_after_free_in_update_exclude() {
     let mut document = Document::new();
     assert!(matches!(
         document.apply(forged),
-        Err(DocumentError::Ahead { .. })
+        Err(DocumentError::Incomplete { .. })
     ));
     assert!(document.apply(real).expect("applies").delta.is_some());
 }

@@ -15,6 +15,7 @@ use quire_protocol::ext::{Ext, Welcome};
 use quire_protocol::session::{Action, Connection, SessionConfig, SyncSession};
 use quire_protocol::{Message, SyncMessage};
 use quire_server::document::{Document, DocumentError};
+use quire_server::items::Footprint;
 use yrs::{GetString, ReadTxn, StateVector, Text, Transact};
 
 /// The root text every client edits.
@@ -49,9 +50,9 @@ pub struct Peer {
 struct ServerConn {
     /// Update messages (step 2 and update) received on this connection.
     updates: u64,
-    /// What an update dropped for continuing a client past the document
-    /// needs; no `Saved` until the document reaches it (as the room does).
-    ahead: Option<Vec<(u64, u32)>>,
+    /// What the updates dropped as incomplete carried; no `Saved` until
+    /// the document holds it (as the room does).
+    ahead: Option<Footprint>,
 }
 
 pub struct Sim {
@@ -270,10 +271,12 @@ impl Sim {
                     Ok(applied) => Some(applied),
                     // Reordered delivery: the room drops it and asks for
                     // what it lacks.
-                    Err(DocumentError::Ahead { needs, .. }) => {
+                    Err(DocumentError::Incomplete { carries, .. }) => {
                         let state = &mut self.conns.get_mut(&conn).expect("open connection").1;
-                        let wanted = state.ahead.get_or_insert_with(Vec::new);
-                        wanted.extend(needs);
+                        state
+                            .ahead
+                            .get_or_insert_with(Footprint::default)
+                            .merge(carries);
                         let step1 = self.server.state_vector();
                         self.peers[i]
                             .down
@@ -292,8 +295,8 @@ impl Sim {
                 }
                 let state = &mut self.conns.get_mut(&conn).expect("open connection").1;
                 state.updates += 1;
-                if let Some(needs) = &state.ahead {
-                    if !self.server.has_reached(needs) {
+                if let Some(carried) = &state.ahead {
+                    if !self.server.holds(carried) {
                         return;
                     }
                     state.ahead = None;
