@@ -265,6 +265,13 @@ impl Client {
         self.send_update(&update);
     }
 
+    /// Applies an update that reached this client another way (another
+    /// tab over `BroadcastChannel`, say) without sending it: the server
+    /// only learns of it when it asks.
+    pub fn receive_elsewhere(&mut self, update: &[u8]) {
+        apply(&self.doc, update);
+    }
+
     /// Sends an update message with arbitrary payload.
     pub fn send_update(&self, update: &[u8]) {
         self.send_raw(Message::Sync(SyncMessage::Update(update)).encode());

@@ -200,3 +200,31 @@ async fn empty_room_is_evicted_after_its_grace_period_and_reloads() {
     assert_eq!(again.text(), "kept on disk");
     assert_eq!(server.live_rooms(), 1);
 }
+
+/// An edit made on top of content the server has not seen (it reached the
+/// client from another tab) refers to blocks the server lacks. The server
+/// does not apply it half-way: it asks the client for what it lacks (sync
+/// step 1), the client's answer brings both, and everyone ends up with the
+/// whole text, stored.
+#[tokio::test]
+async fn an_edit_on_top_of_content_the_server_lacks_is_fetched_not_lost() {
+    let server = TestServer::start().await;
+    let mut alice = Client::connect_synced(server.ws_url("relayed")).await;
+    let mut bob = Client::connect_synced(server.ws_url("relayed")).await;
+    // Carol, offline, typed "hello"; bob's other tab passed it on.
+    let carol = yrs::Doc::new();
+    let typed = {
+        use yrs::{Text, Transact};
+        let text = carol.get_or_insert_text("content");
+        let mut txn = carol.transact_mut();
+        text.insert(&mut txn, 0, "hello");
+        txn.encode_update_v1()
+    };
+    bob.receive_elsewhere(&typed);
+    bob.push(" world"); // refers to carol's "hello"
+    alice.wait_text("hello world").await;
+    bob.wait_text("hello world").await;
+    let response =
+        quire_tests::http::get(server.addr, "/api/docs/relayed/snapshot?format=text").await;
+    assert_eq!(response.body, b"hello world");
+}
