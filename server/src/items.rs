@@ -354,6 +354,11 @@ impl<'a> Index<'a> {
         u64::from(self.have.get(&ClientID::new(client)))
     }
 
+    /// Whether the document already has all of `block`.
+    fn known(&self, block: &Block) -> bool {
+        block.clock.saturating_add(block.len) <= self.have(block.client)
+    }
+
     fn find(&self, parsed: &Parsed, (client, clock): Id) -> Found {
         if clock < self.have(client) {
             return Found::Document;
@@ -393,6 +398,10 @@ impl<'a> Index<'a> {
             }
         }
         for block in &parsed.blocks {
+            // A block the document has is skipped by yrs whatever it names.
+            if self.known(block) {
+                continue;
+            }
             let Kind::Item {
                 origin,
                 right,
@@ -472,7 +481,7 @@ impl<'a> Index<'a> {
         };
         let mut stack = Vec::new();
         for root in 0..blocks.len() {
-            if level[root] != UNSEEN {
+            if level[root] != UNSEEN || self.known(&blocks[root]) {
                 continue;
             }
             level[root] = RESOLVING;
@@ -915,6 +924,27 @@ mod tests {
         document.apply(&first).unwrap();
         document.apply(&between).unwrap();
         document.apply(&deletion).unwrap();
+    }
+
+    /// Found by `room_sequence`: a copy of a block the document has, with
+    /// its origin forged to name a block nobody has, was taken for
+    /// incomplete (and its message then acknowledged once the document
+    /// "held" it). yrs skips blocks it has, whatever they name.
+    #[test]
+    fn blocks_the_document_has_are_not_checked_again() {
+        let writer = Doc::with_client_id(100);
+        let text = writer.get_or_insert_text("t");
+        let typed = {
+            let mut txn = writer.transact_mut();
+            text.insert(&mut txn, 0, "abc");
+            txn.encode_update_v1()
+        };
+        let mut document = Document::new();
+        document.apply(&typed).unwrap();
+        // 100#2, length 1, origin 31#11, right origin 100#1, "x".
+        let forged: &[u8] = b"\x01\x01d\x02\xc4\x1f\x0bd\x01\x01x\0";
+        let applied = document.apply(forged).unwrap();
+        assert_eq!(applied.delta, None);
     }
 
     #[test]
