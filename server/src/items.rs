@@ -15,14 +15,26 @@
 //!   snapshot and the same document reloaded from storage can order their
 //!   text differently (found by the `room_sequence` fuzz target).
 //!
+//! - it keeps parts of an update that refer to blocks it lacks *pending*,
+//!   or integrates some of them behind the gap, and fuzzing found both
+//!   wanting: pending parts it later cannot merge (and panics on), a heap
+//!   use-after-free when it retries them, live documents that differ from
+//!   the same log reloaded;
+//! - it renders, deletes and drops nested shared types recursively, so a
+//!   document nested a few thousand levels deep overflows the stack.
+//!
 //! So every update is walked first, following Yjs' update format v1
 //! (`readClientsStructRefs` and `readDeleteSet` in yjs/src/utils/): per
 //! client a struct count, the client and its first clock; per struct an
 //! info byte, then a GC/skip length or an item's origins, parent and
 //! content; then the delete set. Every count must fit in the bytes that
 //! follow, values nest at most [`MAX_ANY_DEPTH`] deep, and origins must be
-//! possible. Two content kinds where yrs and Yjs disagree on the encoding
-//! (legacy JSON content, XML hooks) are refused rather than guessed.
+//! possible ([`check`]). Two content kinds where yrs and Yjs disagree on the
+//! encoding (legacy JSON content, XML hooks) are refused rather than
+//! guessed. Against a document ([`check_against`]), every block the update
+//! refers to must be in the document or in the update (else it is
+//! [`Refusal::Incomplete`] and the room asks for what it lacks), and shared
+//! types may nest at most [`MAX_NESTING`] deep, which [`Levels`] tracks.
 
 use std::collections::HashMap;
 

@@ -232,6 +232,10 @@ impl RoomHandle {
     }
 }
 
+/// How much a member's dropped incomplete updates may carry, in clients
+/// plus deleted ranges, before it is cut off (see `Member::ahead`).
+const MAX_AHEAD_ENTRIES: usize = 65_536;
+
 /// One member of the room.
 struct Member {
     channels: MemberChannels,
@@ -917,11 +921,24 @@ impl Room {
         member.update_messages += 1;
         debug!(
             conn,
-            reason, "update ahead of the document; asking for what is missing"
+            reason, "update refers to what the document lacks; asking for it"
         );
-        match &mut member.ahead {
-            None => member.ahead = Some((member.update_messages, carries)),
-            Some((_, carried)) => carried.merge(carries),
+        let carried = match &mut member.ahead {
+            None => &mut member.ahead.insert((member.update_messages, carries)).1,
+            Some((_, carried)) => {
+                carried.merge(carries);
+                carried
+            }
+        };
+        // An honest client sends one or two before its answer arrives; a
+        // client that keeps sending them would grow this without bound.
+        if carried.reach.len() + carried.deleted.len() > MAX_AHEAD_ENTRIES {
+            self.reject(
+                conn,
+                close::INVALID_PAYLOAD,
+                "too many updates referring to what this document lacks".into(),
+            );
+            return;
         }
         self.send(Target::One(conn), step1.into());
     }

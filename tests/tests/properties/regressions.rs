@@ -496,3 +496,30 @@ fn tiny_state_vector_cannot_claim_millions_of_entries() {
         "{err}"
     );
 }
+
+/// What a member's dropped incomplete updates carried is kept until the
+/// document holds it; a client that keeps sending such updates (here one
+/// deleting 70,000 ranges of items nobody has) would grow it without
+/// bound. It is cut off instead.
+#[tokio::test]
+async fn incomplete_updates_cannot_grow_the_room_without_bound() {
+    use quire_protocol::lib0::write_var_uint;
+    let scene = Scene::new().await;
+    let mut member = scene.join(1, true).await;
+    let mut update = vec![0, 1]; // no blocks; deletions of one client
+    write_var_uint(&mut update, 9);
+    write_var_uint(&mut update, 70_000);
+    for i in 0..70_000u64 {
+        write_var_uint(&mut update, 2 * i);
+        write_var_uint(&mut update, 1);
+    }
+    scene.send(1, &update).await;
+    let close = tokio::time::timeout(Duration::from_secs(5), member.close.recv())
+        .await
+        .expect("the sender is closed")
+        .expect("close reason");
+    assert_eq!(close.code, quire_protocol::close::INVALID_PAYLOAD);
+    assert!(close.reason.contains("too many"), "{}", close.reason);
+    scene.room.snapshot().await.expect("the room answers");
+    scene.shutdown().await;
+}
