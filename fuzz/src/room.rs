@@ -123,7 +123,9 @@ thread_local! {
     pub static YRS_PANICS: Cell<u64> = const { Cell::new(0) };
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
     /// Whether this input sent a forged update (a raw frame or a corrupted
-    /// copy): see "Invariants" for what is then not compared.
+    /// copy): see "Invariants" for what is then not compared. Never set
+    /// with `QUIRE_FUZZ_STRICT_FORGED`, which compares everything anyway
+    /// (to study the known limit).
     static FORGED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -162,6 +164,11 @@ pub fn tolerate(bug: &str) -> bool {
         .get_or_init(|| std::env::var("QUIRE_FUZZ_TOLERATE").unwrap_or_default())
         .split(',')
         .any(|b| b.trim() == bug)
+}
+
+fn strict_forged() -> bool {
+    static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *STRICT.get_or_init(|| std::env::var_os("QUIRE_FUZZ_STRICT_FORGED").is_some())
 }
 
 fn debug() -> bool {
@@ -283,7 +290,7 @@ impl Harness {
     async fn op(&mut self, i: usize, kind: u8, r: &mut Reader<'_>) {
         match kind {
             kind::RAW => {
-                FORGED.with(|f| f.set(true));
+                FORGED.with(|f| f.set(!strict_forged()));
                 let frame = Bytes::copy_from_slice(r.bytes());
                 self.send_frame(i, frame).await;
             }
@@ -304,7 +311,7 @@ impl Harness {
                 }
             }
             kind::MUTATE => {
-                FORGED.with(|f| f.set(true));
+                FORGED.with(|f| f.set(!strict_forged()));
                 let (idx, pos, value, mode) = (r.arg(), r.arg(), r.arg(), r.arg());
                 if let Some(mut update) = pick(&self.history, usize::from(idx)) {
                     mutate(&mut update, pos, value, mode);
