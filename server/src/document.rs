@@ -39,11 +39,10 @@ pub struct Applied {
     /// The part that was new and integrated, encoded as an update: what the
     /// room relays and stores. `None` when nothing was integrated.
     pub delta: Option<Vec<u8>>,
-    /// Whether yrs kept part of the update out of the delta: blocks waiting
-    /// for ones they depend on, blocks integrated behind a gap in their
-    /// client's clock, deletions of items not here yet. The room then
-    /// stores the update as it came, so that what it acknowledges is on
-    /// disk whole.
+    /// Whether yrs kept part of the update out of the delta anyway
+    /// (pending, or integrated behind a gap). `apply` only passes yrs
+    /// complete updates, so this is a safety net: the room then stores the
+    /// update as it came, so that what it acknowledges is on disk whole.
     pub held_back: bool,
 }
 
@@ -109,7 +108,10 @@ impl Document {
     }
 
     /// Applies a remote update: what was new to this document, and whether
-    /// yrs kept part of it back (see [`Applied`]).
+    /// yrs kept part of it back (see [`Applied`]). An update the walk
+    /// refuses (`items::check_against`) never reaches yrs: malformed or
+    /// impossible ones are `InvalidUpdate`, ones that refer to blocks this
+    /// document lacks are `Incomplete`.
     pub fn apply(&mut self, bytes: &[u8]) -> Result<Applied, DocumentError> {
         // Counts that do not fit the bytes (yrs reserves memory for them),
         // nesting that would overflow yrs' recursion, impossible origins,
@@ -176,7 +178,7 @@ impl Document {
     pub fn is_known(&self, bytes: &[u8]) -> bool {
         // yrs must not decode what the walk refuses (its decoder can
         // overflow the stack on deep nesting).
-        if crate::items::check(bytes).is_err() {
+        if items::check(bytes).is_err() {
             return false;
         }
         let doc = &self.doc;
