@@ -5,7 +5,7 @@
 //   node compat.mjs <serverUrl> <scenario> <room> [text]
 //
 //   serverUrl  e.g. ws://127.0.0.1:PORT/ws  (the client appends "/<room>")
-//   scenario   converge | awareness | reconnect | catchup | write | readonly
+//   scenario   converge | awareness | reconnect | catchup | write | readonly | relayed
 //   room       document name; use a fresh one per scenario run
 //   text       `write`: text to append (required)
 //              `catchup`: optional substring the synced text must contain
@@ -28,7 +28,7 @@ const OVERALL_MS = 60_000 // hard bound for the whole run
 const POLL_MS = 20
 
 const USAGE = 'usage: node compat.mjs <serverUrl> <scenario> <room> [text]\n' +
-  '  scenarios: converge | awareness | reconnect | catchup [expectedSubstring] | write <text> | readonly <token>'
+  '  scenarios: converge | awareness | reconnect | catchup [expectedSubstring] | write <text> | readonly <token> | relayed'
 
 const [serverUrl, scenario, room, extra] = process.argv.slice(2)
 
@@ -257,7 +257,28 @@ async function readonly () {
   return seen
 }
 
-const scenarios = { converge, awareness, reconnect, catchup, write, readonly }
+// A stock client gets text by another way than the server (as a second tab
+// would over BroadcastChannel: applied with the provider as origin, so it
+// is not sent), then types after it. Its update refers to blocks the
+// server lacks; the server asks again (sync step 1), the client's step 2
+// brings both, and a second connection sees the whole text.
+async function relayed () {
+  const a = makeClient('A')
+  await waitSynced(a)
+  const elsewhere = new Y.Doc()
+  elsewhere.getText('content').insert(0, 'from another tab')
+  Y.applyUpdate(a.doc, Y.encodeStateAsUpdate(elsewhere), a.provider)
+  a.text.insert(a.text.length, ', typed after it')
+  const expected = a.str()
+  const r = makeClient('R')
+  await waitSynced(r)
+  await waitFor(`a second connection to see ${show(expected)}`,
+    () => r.str() === expected,
+    () => ({ writer: a.str(), reader: r.str(), writerEvents: a.log, readerEvents: r.log }))
+  return r.str()
+}
+
+const scenarios = { converge, awareness, reconnect, catchup, write, readonly, relayed }
 
 // ---------------------------------------------------------------- main
 

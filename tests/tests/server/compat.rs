@@ -102,3 +102,18 @@ async fn a_stock_client_finds_its_text_after_a_server_restart() {
     .await;
     assert_eq!(result["text"], "saved by yjs");
 }
+
+/// A stock client's edit on top of text the server has not seen (it came
+/// from another tab) is not left half-applied: the server asks again with
+/// sync step 1, the npm client answers with step 2, and both parts arrive.
+#[tokio::test]
+async fn a_stock_client_is_asked_for_what_its_edit_refers_to() {
+    let server = TestServer::start().await;
+    let result = run_scenario(&base_url(server.addr), "relayed", "npm-relayed", &[]).await;
+    assert_eq!(
+        result["text"].as_str().unwrap(),
+        "from another tab, typed after it"
+    );
+    let snapshot = http::get(server.addr, "/api/docs/npm-relayed/snapshot?format=text").await;
+    assert_eq!(snapshot.text(), "from another tab, typed after it");
+}
