@@ -224,7 +224,7 @@ impl Document {
         let reached = footprint
             .reach
             .iter()
-            .all(|&(client, clock)| u64::from(have.get(&ClientID::new(client))) >= clock);
+            .all(|(&client, &clock)| u64::from(have.get(&ClientID::new(client))) >= clock);
         if !reached || footprint.deleted.is_empty() {
             return reached;
         }

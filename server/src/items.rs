@@ -36,7 +36,7 @@
 //! [`Refusal::Incomplete`] and the room asks for what it lacks), and shared
 //! types may nest at most [`MAX_NESTING`] deep, which [`Levels`] tracks.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use quire_protocol::lib0::{Cursor, DecodeError};
 use yrs::{ClientID, StateVector};
@@ -66,8 +66,8 @@ pub enum Refusal {
 /// ranges it deletes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Footprint {
-    /// (client, end clock)
-    pub reach: Vec<(u64, u64)>,
+    /// client → end clock
+    pub reach: BTreeMap<u64, u64>,
     /// (client, start clock, end clock)
     pub deleted: Vec<(u64, u64, u64)>,
 }
@@ -91,10 +91,8 @@ impl Footprint {
     }
 
     fn reach_to(&mut self, client: u64, clock: u64) {
-        match self.reach.iter_mut().find(|(c, _)| *c == client) {
-            Some((_, end)) => *end = (*end).max(clock),
-            None => self.reach.push((client, clock)),
-        }
+        let end = self.reach.entry(client).or_default();
+        *end = (*end).max(clock);
     }
 
     /// Both footprints together.
@@ -252,18 +250,26 @@ const HAS_PARENT_SUB: u8 = 0x20;
 fn parse(update: &[u8]) -> Result<Parsed, Walk> {
     let mut cursor = Cursor::new(update);
     let mut blocks = Vec::new();
+    let mut seen = HashSet::new();
     // Struct count, client and clock take a byte each at least.
     let clients = read_count(&mut cursor, "client count", 3)?;
     for _ in 0..clients {
         // An info byte and a length or content byte at least.
         let structs = read_count(&mut cursor, "struct count", 2)?;
         let client = cursor.read_var_uint("client")?;
-        let mut clock = cursor.read_var_uint("clock")?;
+        // yrs appends a repeated section, Yjs keeps the last: refuse
+        // rather than pick (encoders write each client once).
+        if !seen.insert(client) {
+            return Err(Walk::Refused(format!(
+                "client {client} appears twice in the update"
+            )));
+        }
+        let mut clock = read_clock(&mut cursor, "clock")?;
         for _ in 0..structs {
             let info = cursor.read_u8("struct info")?;
             let (len, kind) = match info & 0x1f {
-                GC => (cursor.read_var_uint("length")?, Kind::Gc),
-                SKIP => (cursor.read_var_uint("length")?, Kind::Skip),
+                GC => (read_clock(&mut cursor, "length")?, Kind::Gc),
+                SKIP => (read_clock(&mut cursor, "length")?, Kind::Skip),
                 content => {
                     let origin = (info & HAS_ORIGIN != 0)
                         .then(|| read_id(&mut cursor))
@@ -271,20 +277,32 @@ fn parse(update: &[u8]) -> Result<Parsed, Walk> {
                     let right = (info & HAS_RIGHT_ORIGIN != 0)
                         .then(|| read_id(&mut cursor))
                         .transpose()?;
-                    check_item((client, clock), origin, right)?;
                     let mut parent = Parent::Implied;
                     if origin.is_none() && right.is_none() {
                         // The parent: a root's name or a nested type's ID.
-                        parent = if cursor.read_var_uint("parent kind")? == 1 {
-                            cursor.read_var_string("parent name")?;
-                            Parent::Root
-                        } else {
-                            Parent::Nested(read_id(&mut cursor)?)
+                        // yrs reads the kind as a wrapping u32: only 0
+                        // and 1 mean the same to both.
+                        parent = match cursor.read_var_uint("parent kind")? {
+                            1 => {
+                                cursor.read_var_string("parent name")?;
+                                Parent::Root
+                            }
+                            0 => Parent::Nested(read_id(&mut cursor)?),
+                            other => {
+                                return Err(Walk::Refused(format!(
+                                    "the update does not decode: parent kind {other}"
+                                )));
+                            }
                         };
                         if info & HAS_PARENT_SUB != 0 {
                             cursor.read_var_string("map key")?;
                         }
                     }
+                    let nested = match parent {
+                        Parent::Nested(id) => Some(id),
+                        _ => None,
+                    };
+                    check_item((client, clock), origin, right, nested)?;
                     let len = content_len(&mut cursor, content)?;
                     let kind = Kind::Item {
                         origin,
@@ -300,20 +318,53 @@ fn parse(update: &[u8]) -> Result<Parsed, Walk> {
                 len,
                 kind,
             });
-            clock = clock.saturating_add(len);
+            clock += len;
+            if clock > MAX_CLOCK {
+                return Err(Walk::Refused(format!(
+                    "client {client}'s blocks reach past clock {MAX_CLOCK}"
+                )));
+            }
         }
     }
     // The delete set: per client, its ranges (clock and length).
     let mut deleted = Vec::new();
+    let mut seen = HashSet::new();
     for _ in 0..read_count(&mut cursor, "deleted client count", 2)? {
         let client = cursor.read_var_uint("deleted client")?;
+        // yrs keeps only the last entry of a repeated client.
+        if !seen.insert(client) {
+            return Err(Walk::Refused(format!(
+                "client {client} appears twice in the delete set"
+            )));
+        }
         for _ in 0..read_count(&mut cursor, "deleted range count", 2)? {
-            let clock = cursor.read_var_uint("deleted clock")?;
-            let len = cursor.read_var_uint("deleted length")?;
+            let clock = read_clock(&mut cursor, "deleted clock")?;
+            let len = read_clock(&mut cursor, "deleted length")?;
+            if clock + len > MAX_CLOCK {
+                return Err(Walk::Refused(format!(
+                    "a deleted range of client {client} reaches past clock {MAX_CLOCK}"
+                )));
+            }
             deleted.push((client, clock, len));
         }
     }
+    // Nothing follows the delete set (yrs would ignore it unread).
+    cursor.finish()?;
     Ok(Parsed { blocks, deleted })
+}
+
+/// yrs keeps clocks and lengths in 32 bits (larger values wrap), so a
+/// larger one would mean one thing here and another to yrs.
+const MAX_CLOCK: u64 = u32::MAX as u64;
+
+fn read_clock(cursor: &mut Cursor, what: &'static str) -> Result<u64, Walk> {
+    let value = cursor.read_var_uint(what)?;
+    if value > MAX_CLOCK {
+        return Err(Walk::Refused(format!(
+            "the update does not decode: {what} {value} is past {MAX_CLOCK}"
+        )));
+    }
+    Ok(value)
 }
 
 /// Where a referenced block is.
@@ -333,6 +384,8 @@ struct Index<'a> {
     /// Per client, the clocks its blocks in the update start at, skips
     /// included, in order (for continuity).
     starts: HashMap<u64, Vec<(u64, u64, bool)>>,
+    /// Per client, the clock ranges its non-skip blocks cover, merged.
+    spans: HashMap<u64, Vec<(u64, u64)>>,
 }
 
 impl<'a> Index<'a> {
@@ -355,10 +408,28 @@ impl<'a> Index<'a> {
         for list in starts.values_mut() {
             list.sort_unstable();
         }
+        let spans = by_client
+            .iter()
+            .map(|(&client, list)| {
+                let mut merged: Vec<(u64, u64)> = Vec::new();
+                for &b in list {
+                    let (start, end) = (
+                        parsed.blocks[b].clock,
+                        parsed.blocks[b].clock + parsed.blocks[b].len,
+                    );
+                    match merged.last_mut() {
+                        Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                        _ => merged.push((start, end)),
+                    }
+                }
+                (client, merged)
+            })
+            .collect();
         Self {
             have,
             by_client,
             starts,
+            spans,
         }
     }
 
@@ -441,14 +512,14 @@ impl<'a> Index<'a> {
                 continue;
             }
             // The part past the document must be blocks of the update.
-            let mut at = clock.max(self.have(client));
-            while at < end {
-                match self.find(parsed, (client, at)) {
-                    Found::Update(b) => at = parsed.blocks[b].clock + parsed.blocks[b].len,
-                    _ => break,
-                }
-            }
-            if at < end {
+            let at = clock.max(self.have(client));
+            let covered = self.spans.get(&client).is_some_and(|spans| {
+                let i = spans.partition_point(|&(_, span_end)| span_end <= at);
+                spans
+                    .get(i)
+                    .is_some_and(|&(start, span_end)| start <= at && span_end >= end)
+            });
+            if !covered {
                 need(format!(
                     "the update deletes {client}#{at}, which this document does not have"
                 ));
@@ -473,9 +544,10 @@ impl<'a> Index<'a> {
         const RESOLVING: u32 = u32::MAX - 1;
         let blocks = &parsed.blocks;
         let mut level = vec![UNSEEN; blocks.len()];
-        // The update's blocks each block depends on, and the level of one
-        // found in the document.
+        // What each block depends on: what it names, and (as yrs
+        // integrates a client's blocks in clock order) the block before it.
         let refs = |b: &Block| -> Vec<Id> {
+            let before = (b.clock > 0).then(|| (b.client, b.clock - 1));
             match &b.kind {
                 Kind::Item {
                     origin,
@@ -486,9 +558,15 @@ impl<'a> Index<'a> {
                         Parent::Nested(id) => Some(*id),
                         _ => None,
                     };
-                    origin.iter().chain(right).chain(&nested).copied().collect()
+                    origin
+                        .iter()
+                        .chain(right)
+                        .chain(&nested)
+                        .chain(&before)
+                        .copied()
+                        .collect()
                 }
-                _ => Vec::new(),
+                _ => before.into_iter().collect(),
             }
         };
         let mut stack = Vec::new();
@@ -544,16 +622,15 @@ impl<'a> Index<'a> {
                             0 => 0,
                             l => l + 1,
                         },
-                        // Beside a collected block, an item is collected too.
-                        _ => {
-                            let sides: Vec<u32> =
-                                origin.iter().chain(right).map(|&id| of(id)).collect();
-                            if sides.contains(&0) {
-                                0
-                            } else {
-                                sides.into_iter().max().unwrap_or(0)
-                            }
-                        }
+                        // In its neighbours' container. yrs takes the parent
+                        // from a neighbour that is not collected, so a
+                        // collected one (level 0) does not count.
+                        _ => origin
+                            .iter()
+                            .chain(right)
+                            .map(|&id| of(id))
+                            .max()
+                            .unwrap_or(0),
                     },
                 };
                 if strict && resolved > MAX_NESTING {
@@ -596,14 +673,19 @@ fn read_count(cursor: &mut Cursor, what: &'static str, min_bytes: u64) -> Result
     Ok(count)
 }
 
-fn read_id(cursor: &mut Cursor) -> Result<Id, DecodeError> {
+fn read_id(cursor: &mut Cursor) -> Result<Id, Walk> {
     Ok((
         cursor.read_var_uint("origin client")?,
-        cursor.read_var_uint("origin clock")?,
+        read_clock(cursor, "origin clock")?,
     ))
 }
 
-fn check_item(id: Id, origin: Option<Id>, right: Option<Id>) -> Result<(), Walk> {
+fn check_item(
+    id: Id,
+    origin: Option<Id>,
+    right: Option<Id>,
+    parent: Option<Id>,
+) -> Result<(), Walk> {
     let (client, clock) = id;
     if let Some((c, k)) = origin
         && origin == right
@@ -612,10 +694,12 @@ fn check_item(id: Id, origin: Option<Id>, right: Option<Id>) -> Result<(), Walk>
             "item {client}#{clock} names {c}#{k} as both its left and right neighbour"
         )));
     }
-    for (c, k) in origin.into_iter().chain(right) {
+    // What an item names existed before it: of its own client, only
+    // older blocks.
+    for (c, k) in origin.into_iter().chain(right).chain(parent) {
         if c == client && k >= clock {
             return Err(Walk::Refused(format!(
-                "item {client}#{clock} names {c}#{k}, which its client wrote later, as a neighbour"
+                "item {client}#{clock} names {c}#{k}, which is not older than it"
             )));
         }
     }
@@ -626,7 +710,7 @@ fn check_item(id: Id, origin: Option<Id>, right: Option<Id>) -> Result<(), Walk>
 fn content_len(cursor: &mut Cursor, content: u8) -> Result<u64, Walk> {
     Ok(match content {
         // Deleted: only a length.
-        1 => cursor.read_var_uint("deleted length")?,
+        1 => read_clock(cursor, "deleted length")?,
         // Legacy JSON content: yrs 0.28 reads one string more than the
         // count says (Yjs has written `Any` content instead since v13).
         2 => {
@@ -792,7 +876,7 @@ mod tests {
         // Client 100's item at clock 6 whose left origin is 100#9.
         let forged: &[u8] = b"\x01\x01d\x06\x84d\x09\x01x\0";
         let err = check(forged).unwrap_err();
-        assert!(err.contains("wrote later"), "{err}");
+        assert!(err.contains("not older than it"), "{err}");
         // The same item after 100#5 is fine.
         check(b"\x01\x01d\x06\x84d\x05\x01x\0").unwrap();
     }
@@ -927,6 +1011,7 @@ mod tests {
         for (update, reach, deleted) in carried {
             match check_against(update, &StateVector::default(), &Levels::default()) {
                 Err(Refusal::Incomplete { carries, .. }) => {
+                    let reach = reach.into_iter().collect();
                     assert_eq!(carries, Footprint { reach, deleted })
                 }
                 other => panic!("expected Incomplete, got {other:?}"),
@@ -957,6 +1042,108 @@ mod tests {
         let forged: &[u8] = b"\x01\x01d\x02\xc4\x1f\x0bd\x01\x01x\0";
         let applied = document.apply(forged).unwrap();
         assert_eq!(applied.delta, None);
+    }
+
+    fn var(buf: &mut Vec<u8>, value: u64) {
+        quire_protocol::lib0::write_var_uint(buf, value);
+    }
+
+    fn refused(update: &[u8]) -> String {
+        match check_against(update, &StateVector::default(), &Levels::default()) {
+            Err(Refusal::Invalid(why)) => why,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    /// Found in review: yrs reads the parent kind as a wrapping u32, so
+    /// 2^32 + 1 was a nested parent ID to the walk and a root name to yrs;
+    /// from there the two read different bytes, and yrs met a value nested
+    /// 200,000 deep the walk never saw (a stack overflow, aborting the
+    /// server).
+    #[test]
+    fn regression_parent_kind_read_differently_from_yrs() {
+        let mut update = vec![1, 1, 1, 0, 0x08];
+        update.extend_from_slice(&[0x81, 0x80, 0x80, 0x80, 0x10]); // 2^32 + 1
+        update.extend_from_slice(&[2, 0, 1, 116, 117, 1]);
+        update.extend(std::iter::repeat_n([117, 1], 58).flatten());
+        update.extend(std::iter::repeat_n([118, 1, 0], 1000).flatten());
+        update.push(126);
+        assert!(refused(&update).contains("parent kind"));
+        // Bytes after the delete set are refused too.
+        let mut trailing = vec![1, 1, 1, 0, 0x04, 1, 1, b't', 1, b'a', 0];
+        check(&trailing).unwrap();
+        trailing.push(0);
+        assert!(check(&trailing).unwrap_err().contains("trailing"));
+    }
+
+    /// Found in review: yrs keeps clocks and lengths in 32 bits; a GC
+    /// block of length 2^32 + 5 was 5 long to yrs, so an item naming
+    /// clock 100 of it passed as complete and went pending.
+    #[test]
+    fn regression_clocks_past_32_bits_meant_something_else_to_yrs() {
+        let mut update = vec![1, 1, 1, 0, 0];
+        var(&mut update, (1 << 32) + 5);
+        update.push(0);
+        assert!(refused(&update).contains("past 4294967295"));
+    }
+
+    /// Found in review: yrs appends a repeated client section (Yjs keeps
+    /// the last); two sections of client 5 at clock 0 made two blocks
+    /// share one ID.
+    #[test]
+    fn regression_a_client_twice_in_one_update() {
+        let mut update = vec![2];
+        for text in [b"ab", b"xy"] {
+            update.extend_from_slice(&[1, 5, 0, 0x04, 1, 1, b't', 2]);
+            update.extend_from_slice(text);
+        }
+        update.push(0);
+        assert!(refused(&update).contains("appears twice"));
+        assert!(refused(&[0, 2, 5, 1, 0, 1, 5, 1, 2, 1]).contains("twice in the delete set"));
+    }
+
+    /// Found in review: an item naming itself as parent, and items that
+    /// depend on each other through their client's order, passed as
+    /// complete and went pending in yrs.
+    #[test]
+    fn regression_items_depending_on_themselves() {
+        // 5#0, an array whose parent is 5#0.
+        assert!(refused(&[1, 1, 5, 0, 7, 0, 5, 0, 0, 0]).contains("not older than it"));
+        // 1#0 after 2#0; 1#1 in root "t"; 2#0 after 1#1.
+        let mut update = vec![2, 2, 1, 0, 0x84, 2, 0, 1, b'a', 0x04, 1, 1, b't', 1, b'b'];
+        update.extend_from_slice(&[1, 2, 0, 0x84, 1, 1, 1, b'c', 0]);
+        assert!(refused(&update).contains("depend on each other"));
+    }
+
+    /// Found in review: "beside a collected block an item is collected
+    /// too" is how Yjs behaves, not yrs, which takes the parent from the
+    /// other neighbour: an array next to a collected block and a live item
+    /// counted as level 0, and 300 arrays nested in it were accepted.
+    #[test]
+    fn regression_nesting_laundered_through_a_collected_neighbour() {
+        let writer = Doc::with_client_id(1);
+        let root = writer.get_or_insert_array("a");
+        let first = {
+            let mut txn = writer.transact_mut();
+            root.push_back(&mut txn, 1);
+            txn.encode_update_v1()
+        };
+        let mut document = Document::new();
+        document.apply(&first).unwrap();
+        let depth = 300u64;
+        let mut update = vec![1];
+        var(&mut update, 2 + depth);
+        update.extend_from_slice(&[9, 0, 0, 1]); // GC 9#0
+        // 9#1: an array between 9#0 (collected) and 1#0 (live).
+        update.extend_from_slice(&[0x80 | 0x40 | 7, 9, 0, 1, 0, 0]);
+        for i in 0..depth {
+            update.extend_from_slice(&[7, 0, 9]);
+            var(&mut update, 1 + i);
+            update.push(0);
+        }
+        update.push(0);
+        let err = document.apply(&update).unwrap_err();
+        assert!(err.to_string().contains("nests shared types"), "{err}");
     }
 
     #[test]

@@ -351,7 +351,7 @@ fn update_past_a_gap_waits_for_the_gap() {
         Err(DocumentError::Incomplete { carries, .. }) => carries,
         other => panic!("expected Incomplete, got {other:?}"),
     };
-    assert_eq!(carried.reach, [(7, 11)]);
+    assert_eq!(carried.reach, [(7, 11)].into());
     assert!(document.encode_state().unwrap() == Document::new().encode_state().unwrap());
     document.apply(&first).expect("applies");
     assert!(!document.holds(&carried));
