@@ -543,8 +543,9 @@ impl Harness {
                             }
                             if let Err(why) = covered(doc, update) {
                                 panic!(
-                                    "Saved {{ through: {through} }} covers update message \
-                                     {number}, which is not in the stored log: {why}"
+                                    "Saved {{ through: {through} }} to connection {i} covers \
+                                     update message {number}, which is not in the stored log: \
+                                     {why}"
                                 );
                             }
                         }

@@ -78,7 +78,7 @@ impl Footprint {
         for block in parsed
             .blocks
             .iter()
-            .filter(|b| !matches!(b.kind, Kind::Skip))
+            .filter(|b| b.len > 0 && !matches!(b.kind, Kind::Skip))
         {
             footprint.reach_to(block.client, block.clock.saturating_add(block.len));
         }
@@ -393,12 +393,15 @@ impl<'a> Index<'a> {
         let mut by_client: HashMap<u64, Vec<usize>> = HashMap::new();
         let mut starts: HashMap<u64, Vec<(u64, u64, bool)>> = HashMap::new();
         for (i, block) in parsed.blocks.iter().enumerate() {
+            if block.len == 0 {
+                continue;
+            }
             let skip = matches!(block.kind, Kind::Skip);
             starts
                 .entry(block.client)
                 .or_default()
                 .push((block.clock, block.len, skip));
-            if !skip && block.len > 0 {
+            if !skip {
                 by_client.entry(block.client).or_default().push(i);
             }
         }
@@ -437,9 +440,10 @@ impl<'a> Index<'a> {
         u64::from(self.have.get(&ClientID::new(client)))
     }
 
-    /// Whether the document already has all of `block`.
+    /// Whether the document already has all of `block`. An empty block
+    /// holds nothing (yrs drops it), so it counts as had.
     fn known(&self, block: &Block) -> bool {
-        block.clock.saturating_add(block.len) <= self.have(block.client)
+        block.len == 0 || block.clock + block.len <= self.have(block.client)
     }
 
     fn find(&self, parsed: &Parsed, (client, clock): Id) -> Found {
@@ -1144,6 +1148,19 @@ mod tests {
         update.push(0);
         let err = document.apply(&update).unwrap_err();
         assert!(err.to_string().contains("nests shared types"), "{err}");
+    }
+
+    /// Found by `room_sequence`: an empty item (which yrs drops) past a
+    /// gap made `apply` call the update incomplete while `is_known` called
+    /// it nothing new, so a read-only connection was acknowledged for a
+    /// message the stored log "lacked".
+    #[test]
+    fn regression_an_empty_item_past_a_gap_holds_nothing() {
+        // 101#2, empty string, right origin 116#101; an empty delete-set entry.
+        let empty: &[u8] = b"\x01\x01e\x02Dte\0\x01a\0";
+        let mut document = Document::new();
+        assert!(document.is_known(empty));
+        assert_eq!(document.apply(empty).unwrap().delta, None);
     }
 
     #[test]
