@@ -462,7 +462,25 @@ impl Editor {
             let mut view = self.view.borrow_mut();
             let ta = view.ta.clone();
             let (top, left) = (ta.scroll_top(), ta.scroll_left());
-            let (old_start, old_end, backward) = view.selection;
+            // The caret as the textarea has it now. If it moved since we
+            // last noticed (the `selectionchange` event is still queued,
+            // e.g. right after a click or a script set it), the sticky
+            // indices are stale: restoring them would make the caret jump
+            // back to where it was, and the next keystroke land there.
+            let now = {
+                let start = ta.selection_start().ok().flatten().unwrap_or(0);
+                let end = ta.selection_end().ok().flatten().unwrap_or(start);
+                let backward = ta
+                    .selection_direction()
+                    .ok()
+                    .flatten()
+                    .is_some_and(|d| d == "backward");
+                (start, end, backward)
+            };
+            if now != view.selection {
+                view.sticky = None;
+            }
+            let (old_start, old_end, backward) = now;
             let mut cursor = 0u32;
             let mut last_change = None;
             for op in &ops {
