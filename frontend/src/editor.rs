@@ -14,7 +14,9 @@
 //! - **Remote edits** (server, other tabs, undo/redo) arrive as text deltas
 //!   and are applied with `setRangeText`, in place; the local selection is
 //!   restored from sticky indices (yrs `StickyIndex`) taken when it last
-//!   changed, so it stays on the same characters.
+//!   changed, so it stays on the same characters. If the caret moved and
+//!   the editor has not heard yet (`selectionchange` still queued), the
+//!   textarea's own caret is mapped through the change instead.
 //! - **Undo/redo** go through a yrs `UndoManager` that tracks only this
 //!   tab's typing origin, so other people's changes are never undone.
 
