@@ -198,13 +198,9 @@ impl Document {
             }
             let deleted = txn.snapshot().delete_set;
             Ok(update.delete_set().iter().all(|(client, ranges)| {
-                let mut have: Vec<std::ops::Range<u32>> = deleted
+                ranges
                     .iter()
-                    .filter(|(c, _)| *c == client)
-                    .flat_map(|(_, r)| r.iter().cloned().collect::<Vec<_>>())
-                    .collect();
-                have.sort_by_key(|r| r.start);
-                ranges.iter().all(|wanted| covered(&have, wanted.clone()))
+                    .all(|wanted| deletes(&deleted, client.get(), wanted.clone()))
             }))
         })
         .unwrap_or(false)
@@ -233,13 +229,7 @@ impl Document {
             let (Ok(start), Ok(end)) = (u32::try_from(start), u32::try_from(end)) else {
                 return false;
             };
-            let mut have: Vec<std::ops::Range<u32>> = deleted
-                .iter()
-                .filter(|(c, _)| c.get() == client)
-                .flat_map(|(_, r)| r.iter().cloned().collect::<Vec<_>>())
-                .collect();
-            have.sort_by_key(|r| r.start);
-            covered(&have, start..end)
+            deletes(&deleted, client, start..end)
         })
     }
 
@@ -312,6 +302,17 @@ fn changed(txn: &yrs::TransactionMut) -> bool {
     txn.after_state()
         .iter()
         .any(|(client, &clock)| clock > before.get(client))
+}
+
+/// Whether the delete set `deleted` holds all of `wanted` for `client`.
+fn deletes(deleted: &yrs::IdSet, client: u64, wanted: std::ops::Range<u32>) -> bool {
+    let mut have: Vec<std::ops::Range<u32>> = deleted
+        .iter()
+        .filter(|(c, _)| c.get() == client)
+        .flat_map(|(_, r)| r.iter().cloned().collect::<Vec<_>>())
+        .collect();
+    have.sort_by_key(|r| r.start);
+    covered(&have, wanted)
 }
 
 /// Whether the sorted ranges `have` cover all of `wanted`.
