@@ -46,6 +46,25 @@ pub struct Applied {
     pub held_back: bool,
 }
 
+impl Applied {
+    /// Whether the update changed what the document holds (integrated or
+    /// held back): whether there is anything to store.
+    pub fn changed(&self) -> bool {
+        self.delta.is_some() || self.held_back
+    }
+
+    /// What to append to the document's log for `update` (the bytes this
+    /// was applied from), in order: the delta, then the update as it came
+    /// if yrs kept part of it out of the delta, so that an acknowledged
+    /// update is on disk whole.
+    pub fn log_entries<'a>(&'a self, update: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
+        self.delta
+            .iter()
+            .map(Vec::as_slice)
+            .chain(self.held_back.then_some(update))
+    }
+}
+
 /// A yrs document plus the discipline around it.
 pub struct Document {
     doc: Doc,

@@ -6,8 +6,10 @@
 //! - [`config`]: every setting `quire serve` takes.
 //! - [`connection`]: one WebSocket; decodes frames, forwards them to its
 //!   room, writes what the room queues, closes with a clear code.
-//! - [`room`]: the actor that owns one document, its presence table and its
-//!   members; the only writer of that document and its log.
+//! - [`room_core`]: how a room behaves: membership, sync, updates, saves,
+//!   presence, chat, compaction; no I/O, no tasks, no clock.
+//! - [`room`]: the tokio task around one document's core: its mailbox,
+//!   its storage calls, its timers; the only writer of that document's log.
 //! - [`rooms`]: the registry of live rooms; opens, evicts, shuts down.
 //! - [`document`]: a yrs `Doc` with panic containment and the few
 //!   operations Quire needs (apply and return the delta, diff, state).
@@ -32,6 +34,7 @@ pub mod items;
 pub mod limits;
 pub mod metrics;
 pub mod room;
+pub mod room_core;
 pub mod rooms;
 pub mod snapshot;
 pub mod web;

@@ -431,18 +431,11 @@ fn import(data: PathBuf, doc: &str, file: &std::path::Path) -> anyhow::Result<()
     let applied = document
         .apply(&update)
         .context("the file is not a valid Yjs update")?;
-    if applied.delta.is_none() && !applied.held_back {
+    if !applied.changed() {
         println!("{doc} already had everything in {}", file.display());
         return Ok(());
     }
-    // Parts yrs holds back (waiting for updates the document lacks) are
-    // kept as they came, as the room does.
-    for entry in applied
-        .delta
-        .iter()
-        .map(Vec::as_slice)
-        .chain(applied.held_back.then_some(update.as_slice()))
-    {
+    for entry in applied.log_entries(&update) {
         store.append(doc.as_str(), entry)?;
     }
     store.flush()?;
