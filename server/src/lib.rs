@@ -61,6 +61,9 @@ pub use config::Config;
 use metrics::Metrics;
 use rooms::Rooms;
 
+/// How long shutdown waits for connections to send their close frames.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What every request handler and connection shares. Cloning is cheap.
 #[derive(Clone)]
 pub struct AppState {
@@ -231,10 +234,10 @@ pub async fn serve(
     .await?;
 
     // Upgraded WebSockets outlive axum's graceful shutdown; give them a
-    // moment to send their close frames.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while state.metrics.connections.get() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    // moment to send their close frames. The last one to end signals it.
+    let closing = state.admission.all_closed();
+    if tokio::time::timeout(CLOSE_GRACE, closing).await.is_err() {
+        warn!("connections still open after {CLOSE_GRACE:?}; stopping anyway");
     }
     recorder.abort();
     let store = state.store.clone();

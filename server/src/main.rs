@@ -66,12 +66,14 @@ enum Command {
         auth_key: String,
     },
     /// Print a document from a running server once (e.g. `quire cat http://127.0.0.1:8080 notes`).
+    #[cfg(feature = "remote")]
     Cat {
         /// The server, as http://host:port or ws://host:port.
         url: String,
         doc: String,
     },
     /// Print a document from a running server, then its changes live, until Ctrl-C.
+    #[cfg(feature = "remote")]
     Watch {
         /// The server, as http://host:port or ws://host:port.
         url: String,
@@ -119,21 +121,27 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        #[cfg(feature = "remote")]
         Command::Cat { url, doc } => {
             tokio::runtime::Runtime::new()?.block_on(remote::cat(&url, &doc))
         }
+        #[cfg(feature = "remote")]
         Command::Watch { url, doc } => {
             tokio::runtime::Runtime::new()?.block_on(remote::watch(&url, &doc))
         }
     }
 }
 
-/// `quire cat` and `quire watch`: a native Quire client on a running server.
+/// `quire cat` and `quire watch`: a native Quire client on a running
+/// server. Only the binary has them (feature `remote`, on by default), so
+/// the server library never depends on the client crate.
+#[cfg(feature = "remote")]
 mod remote {
     use std::io::Write;
     use std::time::Duration;
 
     use anyhow::{Context, bail};
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
     use quire_client::NativeClient;
     use quire_protocol::session::Presence;
     use quire_protocol::{Connection, DocName, SessionConfig, SessionEvent};
@@ -156,21 +164,16 @@ mod remote {
         } else {
             format!("ws://{base}")
         };
-        Ok(format!("{base}/ws/{}", encode_path_segment(doc.as_str())))
+        let segment = utf8_percent_encode(doc.as_str(), NOT_UNRESERVED);
+        Ok(format!("{base}/ws/{segment}"))
     }
 
-    /// Percent-encodes everything but RFC 3986's unreserved characters.
-    fn encode_path_segment(segment: &str) -> String {
-        segment
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    }
+    /// Everything but RFC 3986's unreserved characters is percent-encoded.
+    const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
 
     fn start(server: &str, doc: &str) -> anyhow::Result<NativeClient> {
         let url = room_url(server, doc)?;

@@ -128,6 +128,13 @@ async fn the_http_api_needs_a_bearer_token() {
     ))
     .await;
     writer.push("plan");
+    // The snapshot below must find it: wait until another client sees it.
+    let mut reader = Client::connect_synced(format!(
+        "{}?token={writer_token}",
+        server.ws_url("team-plan")
+    ))
+    .await;
+    reader.wait_text("plan").await;
     let other = token("secret-doc", Permission::Write, 60);
     let mut secret =
         Client::connect_synced(format!("{}?token={other}", server.ws_url("secret-doc"))).await;
@@ -137,22 +144,19 @@ async fn the_http_api_needs_a_bearer_token() {
     check.wait_text("hidden").await;
 
     let bearer = |method: &str, path: &str, token: Option<&str>| {
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let addr = server.addr;
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
-        );
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let (method, path, addr) = (method.to_owned(), path.to_owned(), server.addr);
         async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            stream.write_all(head.as_bytes()).await.unwrap();
-            let mut raw = Vec::new();
-            stream.read_to_end(&mut raw).await.unwrap();
-            let text = String::from_utf8_lossy(&raw).into_owned();
-            let status: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
-            (status, text)
+            let headers: Vec<(&str, &str)> = auth
+                .as_deref()
+                .map(|auth| ("authorization", auth))
+                .into_iter()
+                .collect();
+            let response = http::request_with(addr, &method, &path, &headers, &[]).await;
+            (
+                response.status,
+                String::from_utf8_lossy(&response.body).into_owned(),
+            )
         }
     };
     assert_eq!(bearer("GET", "/api/docs", None).await.0, 401);
