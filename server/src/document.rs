@@ -57,11 +57,10 @@ impl Applied {
     /// was applied from), in order: the delta, then the update as it came
     /// if yrs kept part of it out of the delta, so that an acknowledged
     /// update is on disk whole.
-    pub fn log_entries<'a>(&'a self, update: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
+    pub fn into_log_entries(self, update: &[u8]) -> impl Iterator<Item = Vec<u8>> {
         self.delta
-            .iter()
-            .map(Vec::as_slice)
-            .chain(self.held_back.then_some(update))
+            .into_iter()
+            .chain(self.held_back.then(|| update.to_vec()))
     }
 }
 

@@ -367,8 +367,8 @@ fn import(data: PathBuf, doc: &str, file: &std::path::Path) -> anyhow::Result<()
         println!("{doc} already had everything in {}", file.display());
         return Ok(());
     }
-    for entry in applied.log_entries(&update) {
-        store.append(doc.as_str(), entry)?;
+    for entry in applied.into_log_entries(&update) {
+        store.append(doc.as_str(), &entry)?;
     }
     store.flush()?;
     println!("imported into {doc}");

@@ -31,6 +31,13 @@ use quire_protocol::DocName;
 use quire_storage::{Committed, DocStore, Seq, StoredDoc};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
+
+/// The room's one timer, moved only when the core's deadline moves.
+struct Timer {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The core deadline it is set for ([`RoomCore::deadline`]).
+    at: u64,
+}
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
@@ -53,8 +60,11 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// opens the room, so the room knows nothing of the registry itself.
 #[derive(Clone)]
 pub struct RoomContext {
+    /// Where the document's log and chat are read and appended.
     pub store: Arc<dyn DocStore>,
+    /// The limits and timings the core applies.
     pub config: Arc<Config>,
+    /// Counters the core and the member queues update.
     pub metrics: Arc<Metrics>,
     /// How the room takes itself out of the registry.
     pub registry: Arc<dyn Departure>,
@@ -82,8 +92,11 @@ pub struct MemberChannels {
 
 /// A member's queues as the core sees them.
 pub struct Outbound {
+    /// The connection's bounded frame queue: full means too slow.
     frames: mpsc::Sender<Bytes>,
+    /// Where a close goes (the connection's writer sends it first).
     close: mpsc::Sender<Close>,
+    /// Frames and bytes queued to clients are counted here.
     metrics: Arc<Metrics>,
 }
 
@@ -257,14 +270,25 @@ impl Room {
         let restored = self.load().await;
         let chat = load_chat(&self.ctx.store, &self.name, self.ctx.config.chat_history).await;
         self.core.loaded(restored, chat);
+        // Re-arming a timer takes the timer driver's lock; a busy room's
+        // deadline moves only once per presence sweep.
+        let mut timer = Timer {
+            sleep: Box::pin(sleep_until(self.epoch)),
+            at: 0,
+        };
         loop {
-            let deadline = self.epoch + Duration::from_millis(self.core.deadline());
+            let deadline = self.core.deadline();
+            if deadline != timer.at || timer.sleep.is_elapsed() {
+                timer.at = deadline;
+                let at = self.epoch + Duration::from_millis(deadline);
+                timer.sleep.as_mut().reset(at);
+            }
             tokio::select! {
                 command = self.rx.recv() => match command {
                     Some(command) => self.handle(command).await,
                     None => break,
                 },
-                _ = sleep_until(deadline) => {
+                _ = &mut timer.sleep => {
                     self.core.tick(self.now());
                     if self.carry_out().await {
                         self.try_to_leave().await;

@@ -42,7 +42,7 @@ use quire_protocol::{AwarenessTable, ClientId, Message, SyncMessage, close};
 use tracing::{debug, error, warn};
 
 use crate::config::Config;
-use crate::document::{Applied, Document, DocumentError};
+use crate::document::{Document, DocumentError};
 use crate::items::Footprint;
 use crate::metrics::Metrics;
 
@@ -744,12 +744,11 @@ impl<Q: MemberQueue> RoomCore<Q> {
         if !applied.changed() {
             return Ok(false);
         }
-        for entry in applied.log_entries(update) {
-            self.store(entry.to_vec());
+        let relay = (applied.delta.as_deref())
+            .map(|delta| Bytes::from(Message::Sync(SyncMessage::Update(delta)).encode()));
+        for entry in applied.into_log_entries(update) {
+            self.store(entry);
         }
-        let Applied { delta, .. } = applied;
-        let relay =
-            delta.map(|delta| Bytes::from(Message::Sync(SyncMessage::Update(&delta)).encode()));
         self.unstored.push_back(Unstored {
             write: self.last_write,
             relay,
