@@ -1548,6 +1548,19 @@ mod tests {
         assert_eq!(utc(1_700_000_000), "2023-11-14 22:13 UTC");
     }
 
+    /// Per-trace ratios decide a target only when every trace has one.
+    #[test]
+    fn a_target_needs_every_trace() {
+        let mut all = PerTrace::default();
+        all.push("a", Some(0.1), 0.2);
+        all.push("b", Some(0.3), 0.2);
+        assert_eq!(all.target("t", "traces", "x").met, Some(false));
+        let mut missing = PerTrace::default();
+        missing.push("a", Some(0.1), 0.2);
+        missing.push("b", None, 0.2);
+        assert_eq!(missing.target("t", "traces", "x").met, None);
+    }
+
     #[test]
     fn quick_runs_never_decide() {
         let doc = serde_json::json!({"mode": "quick"});

@@ -679,3 +679,46 @@ async fn client(
     let _ = tokio::time::timeout(Duration::from_secs(2), socket.close(None)).await;
     seen
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sweep doubles until a rate fails, then bisects between the last
+    /// rate kept up with and the first missed, three times.
+    #[test]
+    fn sweep_doubles_then_bisects_to_the_saturation_point() {
+        let mut search = Search {
+            kind: Kind::Quire,
+            ok: None,
+            failed: None,
+            bisections_left: 3,
+        };
+        let mut tried = Vec::new();
+        while let Some(rate) = search.next(10.0, 2.0, 2560.0) {
+            tried.push(rate);
+            search.record(rate, rate < 100.0);
+        }
+        assert_eq!(tried, [10.0, 20.0, 40.0, 80.0, 160.0, 113.0, 95.0, 104.0]);
+        assert_eq!((search.ok, search.failed), (Some(95.0), Some(104.0)));
+    }
+
+    /// A server that keeps up with every rate stops at the largest rate:
+    /// its saturation is only a lower bound.
+    #[test]
+    fn sweep_stops_at_the_largest_rate() {
+        let mut search = Search {
+            kind: Kind::Bare,
+            ok: None,
+            failed: None,
+            bisections_left: 3,
+        };
+        let mut tried = Vec::new();
+        while let Some(rate) = search.next(40.0, 4.0, 640.0) {
+            tried.push(rate);
+            search.record(rate, true);
+        }
+        assert_eq!(tried, [40.0, 160.0, 640.0]);
+        assert_eq!(search.failed, None);
+    }
+}
