@@ -339,6 +339,26 @@ fn standing(doc: &Value) -> Standing {
     Standing::Decides
 }
 
+/// The mean CPU other work used during a result's measurements (% of a
+/// core), from every `usage.background_cpu_pct` in it.
+fn busy(doc: &Value) -> Option<f64> {
+    fn walk(v: &Value, acc: &mut Vec<f64>) {
+        match v {
+            Value::Object(map) => {
+                if let Some(x) = map.get("background_cpu_pct").and_then(Value::as_f64) {
+                    acc.push(x);
+                }
+                map.values().for_each(|v| walk(v, acc));
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, acc)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    walk(doc.pointer("/results")?, &mut all);
+    (!all.is_empty()).then(|| all.iter().sum::<f64>() / all.len() as f64)
+}
+
 /// The label every table of a result starts with.
 fn mode_label(doc: &Value) -> &'static str {
     if s(doc, "/mode") == "full" {
@@ -525,9 +545,20 @@ pub fn regenerate() -> Result<PathBuf, String> {
             .iter()
             .find(|(n, _)| *n == t.scenario)
             .map(|(_, s)| s);
+        let doc = docs
+            .iter()
+            .find(|(n, _)| *n == t.scenario)
+            .and_then(|(_, d)| d.as_ref());
+        let load = doc.and_then(busy).filter(|&pct| pct > 50.0);
         let (measured, met) = match standing {
             Some(Standing::Decides) => (
-                t.measured.clone(),
+                match load {
+                    Some(pct) => format!(
+                        "{} — **machine busy: other work used ≈ {pct:.0} % of a core on average**",
+                        t.measured
+                    ),
+                    None => t.measured.clone(),
+                },
                 match t.met {
                     Some(true) => "yes".to_owned(),
                     Some(false) => "**no**".to_owned(),
