@@ -95,6 +95,7 @@ pub struct PostgresBinaries {
 /// when they are missing and this process is root with apt-get.
 pub fn ensure_postgres() -> Result<PostgresBinaries> {
     static FOUND: OnceLock<PostgresBinaries> = OnceLock::new();
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(found) = FOUND.get() {
         return Ok(found.clone());
     }
@@ -139,6 +140,7 @@ fn find_postgres() -> Option<PostgresBinaries> {
 /// missing and this process is root with apt-get.
 pub fn ensure_redis() -> Result<PathBuf> {
     static FOUND: OnceLock<PathBuf> = OnceLock::new();
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(found) = FOUND.get() {
         return Ok(found.clone());
     }
@@ -167,11 +169,13 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// `apt-get update` then `apt-get install PACKAGE`, once at a time per
-/// process; or an error that names the package to install.
+/// Held while looking for binaries and installing them: tests start
+/// servers from parallel threads, and apt-get runs one at a time.
+static INSTALLING: Mutex<()> = Mutex::new(());
+
+/// `apt-get update` then `apt-get install PACKAGE` (the caller holds
+/// [`INSTALLING`]); or an error that names the package to install.
 fn install(package: &str) -> Result<()> {
-    static APT: Mutex<()> = Mutex::new(());
-    let _one_at_a_time = APT.lock().unwrap_or_else(|e| e.into_inner());
     let how = format!("install Debian's `{package}` package (`sudo apt-get install {package}`)");
     let has_apt = Command::new("apt-get")
         .arg("--version")
@@ -379,6 +383,72 @@ fn spawn_child(mut command: Command) -> std::io::Result<Child> {
         .map_err(|_| std::io::Error::other("the service launcher thread is gone"))?
 }
 
+/// A server process while it runs: a child in a process group of its own.
+#[derive(Debug, Default)]
+struct Process(Option<Child>);
+
+impl Process {
+    fn is_running(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Asks it to stop with `signal`; kills it if that takes too long.
+    fn stop(&mut self, signal: libc::c_int) {
+        if let Some(mut child) = self.0.take() {
+            signal_group(&child, signal);
+            if !wait_exit(&mut child, STOP_TIMEOUT) {
+                kill_child(&mut child);
+            }
+        }
+    }
+
+    /// `kill -9` of the whole group.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            kill_child(&mut child);
+        }
+    }
+
+    /// Spawns `command` (see [`spawn_child`]) and waits until `ready`;
+    /// a server that does not get ready is killed.
+    fn start(
+        &mut self,
+        command: Command,
+        what: &str,
+        log: &Path,
+        ready: impl FnMut() -> bool,
+    ) -> Result<()> {
+        let mut child =
+            spawn_child(command).map_err(io_fail(format_args!("cannot start {what}")))?;
+        match wait_ready(&mut child, what, log, ready) {
+            Ok(()) => {
+                self.0 = Some(child);
+                Ok(())
+            }
+            Err(e) => {
+                kill_child(&mut child);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Calls `start` with fresh free ports until one works (a port can be
+/// taken between choosing and binding it); returns that port.
+fn on_free_port(mut start: impl FnMut(u16) -> Result<()>) -> Result<u16> {
+    let mut last = None;
+    for _ in 0..5 {
+        let port = free_port()?;
+        match start(port) {
+            Ok(()) => return Ok(port),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("at least one attempt"))
+}
+
 /// Sends `signal` to the child's whole process group.
 fn signal_group(child: &Child, signal: libc::c_int) {
     let Ok(pid) = libc::pid_t::try_from(child.id()) else {
@@ -398,14 +468,6 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> bool {
             Ok(None) if Instant::now() >= deadline => return false,
             Ok(None) => thread::sleep(Duration::from_millis(20)),
         }
-    }
-}
-
-/// Asks the group to stop with `signal`, then kills it if it takes too long.
-fn stop_child(child: &mut Child, signal: libc::c_int) {
-    signal_group(child, signal);
-    if !wait_exit(child, STOP_TIMEOUT) {
-        kill_child(child);
     }
 }
 
@@ -479,7 +541,7 @@ pub struct Postgres {
     /// Extra `-c name=value` settings, kept for restarts.
     settings: Vec<(String, String)>,
     /// The postmaster while it runs.
-    child: Option<Child>,
+    process: Process,
 }
 
 impl Postgres {
@@ -508,7 +570,7 @@ impl Postgres {
             port: 0,
             account,
             settings,
-            child: None,
+            process: Process::default(),
         };
         postgres.own(&postgres.dir.path)?;
         if !postgres.data().join("PG_VERSION").exists() {
@@ -518,16 +580,11 @@ impl Postgres {
                 postgres.initdb(&postgres.data())?;
             }
         }
-        // A port can be taken between choosing and binding it: try another.
-        let mut last = None;
-        for _ in 0..5 {
-            postgres.port = free_port()?;
-            match postgres.start_again() {
-                Ok(()) => return Ok(postgres),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.expect("at least one attempt"))
+        postgres.port = on_free_port(|port| {
+            postgres.port = port;
+            postgres.start_again()
+        })?;
+        Ok(postgres)
     }
 
     /// `postgres://postgres@127.0.0.1:PORT/postgres`.
@@ -550,9 +607,7 @@ impl Postgres {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.process.is_running()
     }
 
     /// The server's log so far.
@@ -590,17 +645,13 @@ impl Postgres {
     /// Clean ("fast") shutdown: open transactions are rolled back, committed
     /// ones are on disk. Does nothing if it is not running.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            stop_child(&mut child, libc::SIGINT);
-        }
+        self.process.stop(libc::SIGINT);
     }
 
     /// `kill -9` of the server and every backend (its process group): a
     /// crash; the next start runs crash recovery.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill_child(&mut child);
-        }
+        self.process.kill();
     }
 
     /// Starts the server again on the same port and data, and waits until
@@ -717,25 +768,14 @@ impl Postgres {
         }
         command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         self.as_account(&mut command);
-        let mut child = spawn_child(command).map_err(io_fail("cannot start postgres"))?;
         let isready = self.binaries.bin.join("pg_isready");
         let port = self.port.to_string();
-        let result = wait_ready(&mut child, "postgres", &log, || {
+        self.process.start(command, "postgres", &log, || {
             Command::new(&isready)
                 .args(["-q", "-h", "127.0.0.1", "-t", "1", "-p", &port])
                 .status()
                 .is_ok_and(|s| s.success())
-        });
-        match result {
-            Ok(()) => {
-                self.child = Some(child);
-                Ok(())
-            }
-            Err(e) => {
-                kill_child(&mut child);
-                Err(e)
-            }
-        }
+        })
     }
 
     fn retryable_start_failure(&self) -> bool {
@@ -767,7 +807,7 @@ pub struct Redis {
     binary: PathBuf,
     dir: ServiceDir,
     port: u16,
-    child: Option<Child>,
+    process: Process,
 }
 
 impl Redis {
@@ -786,17 +826,13 @@ impl Redis {
             binary: ensure_redis()?,
             dir,
             port: 0,
-            child: None,
+            process: Process::default(),
         };
-        let mut last = None;
-        for _ in 0..5 {
-            redis.port = free_port()?;
-            match redis.start_again() {
-                Ok(()) => return Ok(redis),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.expect("at least one attempt"))
+        redis.port = on_free_port(|port| {
+            redis.port = port;
+            redis.start_again()
+        })?;
+        Ok(redis)
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -813,9 +849,7 @@ impl Redis {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.process.is_running()
     }
 
     /// The server's log so far.
@@ -831,16 +865,12 @@ impl Redis {
 
     /// Clean shutdown (`SIGTERM`: Redis flushes its append-only file).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            stop_child(&mut child, libc::SIGTERM);
-        }
+        self.process.stop(libc::SIGTERM);
     }
 
     /// `kill -9`: what was written since the last fsync may be lost.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill_child(&mut child);
-        }
+        self.process.kill();
     }
 
     /// Starts again on the same port and data; waits until it answers PING
@@ -862,21 +892,10 @@ impl Redis {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
-        let mut child = spawn_child(command).map_err(io_fail("cannot start redis-server"))?;
         let port = self.port;
-        let result = wait_ready(&mut child, "redis-server", &log, || {
+        self.process.start(command, "redis-server", &log, || {
             resp_command(port, &["PING"]).is_ok_and(|reply| reply.starts_with("+PONG"))
-        });
-        match result {
-            Ok(()) => {
-                self.child = Some(child);
-                Ok(())
-            }
-            Err(e) => {
-                kill_child(&mut child);
-                Err(e)
-            }
-        }
+        })
     }
 
     /// Stop then start (same port, same data).

@@ -195,7 +195,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
                         finish(&shared, &job, Outcome::Done, started.elapsed());
                         break;
                     }
-                    if attempt == 1 || attempt % 20 == 0 {
+                    if attempt == 1 || attempt.is_multiple_of(20) {
                         tracing::warn!(%reason, attempt, "database write failed; retrying");
                     }
                     if shared.past_stop_deadline() {
@@ -383,10 +383,8 @@ async fn compact(
     let key = lock_key(doc);
     let lock: [&(dyn ToSql + Sync); 2] = [&LOCK_CLASS, &key];
     let name: [&(dyn ToSql + Sync); 1] = [&doc];
-    let (_, exists) = tokio::try_join!(
-        tx.execute(&c.lock, &lock),
-        tx.query_opt(&c.lock_doc, &name),
-    )?;
+    let (_, exists) =
+        tokio::try_join!(tx.execute(&c.lock, &lock), tx.query_opt(&c.lock_doc, &name),)?;
     if exists.is_none() {
         tx.rollback().await?;
         return Ok(Outcome::Done);
