@@ -489,6 +489,20 @@ impl PgStore {
         self.shared.writer_id
     }
 
+    /// One round trip to the database through the pool: for readiness
+    /// checks (nothing else tells that an idle store's database is down).
+    pub fn ping(&self) -> Result<(), StoreError> {
+        let pool = self.pool.clone();
+        self.block_on(async move {
+            let client = connection(&pool).await?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(db_error("pinging the database"))?;
+            Ok(())
+        })
+    }
+
     /// The writer's retry counters.
     pub fn commit_stats(&self) -> CommitStats {
         self.shared.lock_trouble().stats

@@ -572,6 +572,7 @@ impl Postgres {
             settings,
             process: Process::default(),
         };
+        postgres.reachable_by_account()?;
         postgres.own(&postgres.dir.path)?;
         if !postgres.data().join("PG_VERSION").exists() {
             if postgres.dir.temporary {
@@ -696,6 +697,30 @@ impl Postgres {
                 "cannot give {} to postgres",
                 path.display()
             )))?;
+        }
+        Ok(())
+    }
+
+    /// The `postgres` account must be able to walk down to the folder:
+    /// under a private home (`/root` is 0700) it cannot, so say so.
+    fn reachable_by_account(&self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let Some((uid, _)) = self.account else {
+            return Ok(());
+        };
+        for ancestor in self.dir.path.ancestors().skip(1) {
+            let Ok(meta) = fs::metadata(ancestor) else {
+                continue;
+            };
+            if meta.uid() != uid && meta.mode() & 0o001 == 0 {
+                return fail(format!(
+                    "PostgreSQL runs as the postgres account, which cannot enter {} \
+                     (mode {:o}); put the data folder elsewhere (e.g. under /tmp) or \
+                     `chmod o+x` that folder",
+                    ancestor.display(),
+                    meta.mode() & 0o7777
+                ));
+            }
         }
         Ok(())
     }

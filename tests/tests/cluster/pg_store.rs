@@ -87,7 +87,12 @@ fn acks_stop_while_postgres_is_down_and_resume_with_every_row_once() {
     let acked_before = store.durability().borrow().ticket;
     assert_eq!(acked_before, 10);
 
+    assert!(store.ping().is_ok());
     pg.stop();
+    assert!(
+        matches!(store.ping(), Err(StoreError::Unavailable(_))),
+        "an idle store can still tell that its database is down"
+    );
     let mut last = 0;
     for i in 0..10 {
         last = store

@@ -69,3 +69,28 @@ fn redis_runs_on_a_private_port_with_an_append_only_file() {
     drop(redis);
     assert!(!dir.exists(), "the instance folder is removed on drop");
 }
+
+#[test]
+fn postgres_in_a_kept_folder_keeps_its_data_and_names_a_folder_it_cannot_reach() {
+    use std::os::unix::fs::PermissionsExt;
+    // A 0700 folder of root's: the postgres account cannot enter it.
+    let parent = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = parent.path().join("pg");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let refused = Postgres::start_in(&data).expect_err("unreachable folder");
+        assert!(refused.to_string().contains("cannot enter"), "{refused}");
+    }
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    {
+        let pg = Postgres::start_in(&data).expect("start in a kept folder");
+        pg.psql("postgres", "CREATE TABLE kept (v int)").unwrap();
+    }
+    assert!(data.join("data/PG_VERSION").exists(), "kept after drop");
+    let pg = Postgres::start_in(&data).expect("start again on the same folder");
+    assert_eq!(
+        pg.psql("postgres", "SELECT count(*) FROM kept").unwrap(),
+        "0"
+    );
+}
