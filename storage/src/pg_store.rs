@@ -45,7 +45,9 @@
 //! can cover other nodes' entries committed meanwhile that the caller has
 //! not merged yet; cluster-mode callers must compact only up to a seq they
 //! read ([`DocStore::load`] / [`DocStore::load_after`]) and merged. On a
-//! single node any bound is safe.
+//! single node any bound is safe. `compact` queues like an append (a room
+//! never waits on the database for it); its effect shows once `flush`
+//! returned.
 
 mod queue;
 mod schema;
