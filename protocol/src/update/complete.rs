@@ -8,9 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use super::Refusal;
 use super::index::{Found, Index};
-use super::walk::{Kind, Parsed};
+use super::reader::{Reader, Walked};
+use super::walk::read_deleted_range;
 
 /// What an update holds: per client the clock its blocks reach, and the
 /// ranges it deletes.
@@ -18,28 +18,11 @@ use super::walk::{Kind, Parsed};
 pub struct Footprint {
     /// client → end clock
     pub reach: BTreeMap<u64, u64>,
-    /// (client, start clock, end clock)
+    /// (client, start clock, end clock), as the update lists them
     pub deleted: Vec<(u64, u64, u64)>,
 }
 
 impl Footprint {
-    fn of(parsed: &Parsed) -> Self {
-        let mut footprint = Footprint::default();
-        for block in parsed
-            .blocks
-            .iter()
-            .filter(|b| b.len > 0 && !matches!(b.kind, Kind::Skip))
-        {
-            footprint.reach_to(block.client, block.clock.saturating_add(block.len));
-        }
-        footprint.deleted = parsed
-            .deleted
-            .iter()
-            .map(|&(client, clock, len)| (client, clock, clock.saturating_add(len)))
-            .collect();
-        footprint
-    }
-
     fn reach_to(&mut self, client: u64, clock: u64) {
         let end = self.reach.entry(client).or_default();
         *end = (*end).max(clock);
@@ -54,81 +37,136 @@ impl Footprint {
     }
 }
 
-/// Refuses an update that refers to what neither it nor the document has,
-/// saying what first.
-pub(super) fn check_complete(index: &Index, parsed: &Parsed) -> Result<(), Refusal> {
-    let mut first = None;
-    let mut need = |why: String| {
-        first.get_or_insert(why);
+/// Per client, the clock the update's blocks reach.
+pub(super) fn reach(index: &Index) -> BTreeMap<u64, u64> {
+    (0..index.sections.len())
+        .filter_map(|s| {
+            let last = index.blocks_of(s).last()?;
+            Some((index.sections[s].client, index.blocks[last].end()))
+        })
+        .collect()
+}
+
+/// The ranges the update's delete set lists (`ranges` of them, from byte
+/// `at` on), as `(client, start, end)`.
+pub(super) fn deleted(update: &[u8], at: usize, ranges: usize) -> Walked<Vec<(u64, u64, u64)>> {
+    let mut deleted = Vec::with_capacity(ranges);
+    each_deleted(update, at, |client, clock, len| {
+        deleted.push((client, clock, clock.saturating_add(len)));
+    })?;
+    Ok(deleted)
+}
+
+/// Reads the delete set from byte `at` on again, calling `f` with each
+/// range's client, clock and length.
+fn each_deleted(update: &[u8], at: usize, mut f: impl FnMut(u64, u64, u64)) -> Walked<()> {
+    let mut reader = Reader::at(update, at);
+    for _ in 0..reader.count("deleted client count", 2)? {
+        let client = reader.var_uint("deleted client")?;
+        for _ in 0..reader.count("deleted range count", 2)? {
+            let (clock, len) = read_deleted_range(&mut reader, client)?;
+            f(client, clock, len);
+        }
+    }
+    Ok(())
+}
+
+/// What the update refers to that neither it nor the document has, if
+/// anything: the first such thing, said. The delete set is read again
+/// from byte `delete_set_at` of `update`.
+pub(super) fn missing(
+    index: &Index,
+    update: &[u8],
+    delete_set_at: usize,
+) -> Walked<Option<String>> {
+    let mut first: Option<String> = None;
+    // Only the first reason is said (and only it is written out).
+    let mut need = |why: &dyn Fn() -> String| {
+        if first.is_none() {
+            first = Some(why());
+        }
     };
-    for (&client, list) in &index.starts {
-        let mut reached = index.have(client);
-        for &(clock, len, skip) in list {
-            if clock > reached {
-                need(format!(
-                    "the update continues client {client} at clock {clock}, \
-                     but this document has that client only up to clock {reached}"
-                ));
+    for section in index.sections {
+        let have = index.have(section.client);
+        if u64::from(section.continues_at) > have {
+            need(&|| {
+                format!(
+                    "the update continues client {} at clock {}, \
+                     but this document has that client only up to clock {have}",
+                    section.client, section.continues_at
+                )
+            });
+        }
+    }
+    for s in 0..index.sections.len() {
+        for b in index.blocks_of(s) {
+            // A block the document has is skipped by yrs whatever it names.
+            if index.known(s, b) {
+                continue;
             }
-            if !skip {
-                reached = reached.max(clock + len);
+            let Some(refs) = index.refs(b)? else {
+                continue;
+            };
+            let named = refs.origin.into_iter().chain(refs.right);
+            for id in named.chain(refs.parent.id()) {
+                if let Found::Missing = index.find(id) {
+                    let (client, clock) = (index.sections[s].client, index.blocks[b].clock);
+                    need(&|| {
+                        format!(
+                            "item {client}#{clock} refers to {}#{}, which this document does not have",
+                            id.0, id.1
+                        )
+                    });
+                }
             }
         }
     }
-    for block in &parsed.blocks {
-        // A block the document has is skipped by yrs whatever it names.
-        if index.known(block) {
-            continue;
-        }
-        let Kind::Item {
-            origin,
-            right,
-            parent,
-        } = &block.kind
-        else {
-            continue;
-        };
-        for id in origin.iter().chain(right).chain(&parent.id()) {
-            if let Found::Missing = index.find(&parsed.blocks, *id) {
-                need(format!(
-                    "item {}#{} refers to {}#{}, which this document does not have",
-                    block.client, block.clock, id.0, id.1
-                ));
-            }
-        }
-    }
-    for &(client, clock, len) in &parsed.deleted {
+    // Deleted ranges past the document must be blocks of the update,
+    // without a gap: `reach[b]` is where the update's blocks from block b
+    // on stop being contiguous. Built only if some range needs it.
+    let mut reach: Option<Vec<u32>> = None;
+    each_deleted(update, delete_set_at, |client, clock, len| {
         let end = clock.saturating_add(len);
-        if end <= index.have(client) {
-            continue;
+        let have = index.have(client);
+        if end <= have {
+            return;
         }
-        // The part past the document must be blocks of the update.
-        let at = clock.max(index.have(client));
-        let covered = index.spans.get(&client).is_some_and(|spans| {
-            let i = spans.partition_point(|&(_, span_end)| span_end <= at);
-            spans
-                .get(i)
-                .is_some_and(|&(start, span_end)| start <= at && span_end >= end)
-        });
+        let at = clock.max(have);
+        let reach = reach.get_or_insert_with(|| contiguous_reach(index));
+        let covered = index
+            .block_at((client, at))
+            .is_some_and(|b| u64::from(reach[b]) >= end);
         if !covered {
-            need(format!(
-                "the update deletes {client}#{at}, which this document does not have"
-            ));
+            need(&|| {
+                format!("the update deletes {client}#{at}, which this document does not have")
+            });
+        }
+    })?;
+    Ok(first)
+}
+
+/// Per block, the clock up to which the update's blocks run on from it
+/// without a gap.
+fn contiguous_reach(index: &Index) -> Vec<u32> {
+    let mut reach = vec![0; index.blocks.len()];
+    for s in 0..index.sections.len() {
+        let mut next: Option<(u64, u32)> = None;
+        for b in index.blocks_of(s).rev() {
+            let block = index.blocks[b];
+            reach[b] = match next {
+                Some((start, end)) if start == block.end() => end,
+                _ => block.end() as u32,
+            };
+            next = Some((u64::from(block.clock), reach[b]));
         }
     }
-    match first {
-        None => Ok(()),
-        Some(reason) => Err(Refusal::Incomplete {
-            carries: Footprint::of(parsed),
-            reason,
-        }),
-    }
+    reach
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::tests::Replica;
-    use super::super::{Levels, check_against};
+    use super::super::{Levels, Refusal, check_against};
     use super::*;
     use yrs::updates::decoder::Decode;
     use yrs::{Doc, StateVector, Text, Transact};

@@ -1,79 +1,41 @@
 //! Where a block an update names is: in the document, in the update, or
 //! nowhere. Shared by the completeness check and the nesting levels.
 
-use std::collections::HashMap;
+use std::ops::Range;
 
 use yrs::{ClientID, StateVector};
 
-use super::reader::Id;
-use super::walk::{Block, Kind, Parsed};
+use super::reader::{Id, Walked};
+use super::walk::{Block, Parsed, Refs, Section, item_refs};
 
 /// Where a referenced block is.
 pub(super) enum Found {
     Document,
+    /// At this index of the update's blocks.
     Update(usize),
     Missing,
 }
 
-/// The update's blocks per client in clock order, against what the
-/// document has.
+/// An update's blocks against what the document has.
 pub(super) struct Index<'a> {
+    update: &'a [u8],
     have: &'a StateVector,
-    /// Per client, indices into `Parsed::blocks` of its non-skip blocks,
-    /// by clock.
-    by_client: HashMap<u64, Vec<usize>>,
-    /// Per client, the clocks its blocks in the update start at, skips
-    /// included, in order (for continuity).
-    pub(super) starts: HashMap<u64, Vec<(u64, u64, bool)>>,
-    /// Per client, the clock ranges its non-skip blocks cover, merged.
-    pub(super) spans: HashMap<u64, Vec<(u64, u64)>>,
+    pub(super) sections: &'a [Section],
+    pub(super) blocks: &'a [Block],
+    /// Indices into `sections`, by client.
+    by_client: Vec<u32>,
 }
 
 impl<'a> Index<'a> {
-    pub(super) fn new(parsed: &Parsed, have: &'a StateVector) -> Self {
-        let mut by_client: HashMap<u64, Vec<usize>> = HashMap::new();
-        let mut starts: HashMap<u64, Vec<(u64, u64, bool)>> = HashMap::new();
-        for (i, block) in parsed.blocks.iter().enumerate() {
-            if block.len == 0 {
-                continue;
-            }
-            let skip = matches!(block.kind, Kind::Skip);
-            starts
-                .entry(block.client)
-                .or_default()
-                .push((block.clock, block.len, skip));
-            if !skip {
-                by_client.entry(block.client).or_default().push(i);
-            }
-        }
-        for list in by_client.values_mut() {
-            list.sort_by_key(|&i| parsed.blocks[i].clock);
-        }
-        for list in starts.values_mut() {
-            list.sort_unstable();
-        }
-        let spans = by_client
-            .iter()
-            .map(|(&client, list)| {
-                let mut merged: Vec<(u64, u64)> = Vec::new();
-                for &b in list {
-                    let (start, end) = (
-                        parsed.blocks[b].clock,
-                        parsed.blocks[b].clock + parsed.blocks[b].len,
-                    );
-                    match merged.last_mut() {
-                        Some(last) if start <= last.1 => last.1 = last.1.max(end),
-                        _ => merged.push((start, end)),
-                    }
-                }
-                (client, merged)
-            })
-            .collect();
+    pub(super) fn new(update: &'a [u8], parsed: &'a Parsed, have: &'a StateVector) -> Self {
+        let mut by_client: Vec<u32> = (0..parsed.sections.len() as u32).collect();
+        by_client.sort_unstable_by_key(|&s| parsed.sections[s as usize].client);
         Self {
+            update,
             have,
+            sections: &parsed.sections,
+            blocks: &parsed.blocks,
             by_client,
-            starts,
-            spans,
         }
     }
 
@@ -82,27 +44,54 @@ impl<'a> Index<'a> {
         u64::from(self.have.get(&ClientID::new(client)))
     }
 
-    /// Whether the document already has all of `block`. An empty block
-    /// holds nothing (yrs drops it), so it counts as had.
-    pub(super) fn known(&self, block: &Block) -> bool {
-        block.len == 0 || block.clock + block.len <= self.have(block.client)
+    /// The blocks of section `s`.
+    pub(super) fn blocks_of(&self, s: usize) -> Range<usize> {
+        let end = self
+            .sections
+            .get(s + 1)
+            .map_or(self.blocks.len(), |next| next.first as usize);
+        self.sections[s].first as usize..end
     }
 
-    /// Where block `(client, clock)` is; `blocks` are the update's.
-    pub(super) fn find(&self, blocks: &[Block], (client, clock): Id) -> Found {
-        if clock < self.have(client) {
+    /// The section block `b` belongs to.
+    pub(super) fn section_of(&self, b: usize) -> usize {
+        self.sections.partition_point(|s| s.first as usize <= b) - 1
+    }
+
+    /// Whether the document already has all of block `b` of section `s`.
+    pub(super) fn known(&self, s: usize, b: usize) -> bool {
+        self.blocks[b].end() <= self.have(self.sections[s].client)
+    }
+
+    /// Block `b`'s origins and parent; `None` for a GC run.
+    pub(super) fn refs(&self, b: usize) -> Walked<Option<Refs>> {
+        item_refs(self.update, self.blocks[b].at)
+    }
+
+    fn section(&self, client: u64) -> Option<usize> {
+        let i = self
+            .by_client
+            .partition_point(|&s| self.sections[s as usize].client < client);
+        let &s = self.by_client.get(i)?;
+        (self.sections[s as usize].client == client).then_some(s as usize)
+    }
+
+    /// The block of the update that holds `clock` of `client`, if any.
+    pub(super) fn block_at(&self, (client, clock): Id) -> Option<usize> {
+        let range = self.blocks_of(self.section(client)?);
+        let blocks = &self.blocks[range.clone()];
+        let i = blocks.partition_point(|block| block.end() <= clock);
+        let block = blocks.get(i)?;
+        (u64::from(block.clock) <= clock).then_some(range.start + i)
+    }
+
+    pub(super) fn find(&self, id: Id) -> Found {
+        if id.1 < self.have(id.0) {
             return Found::Document;
         }
-        let Some(list) = self.by_client.get(&client) else {
-            return Found::Missing;
-        };
-        let i = list.partition_point(|&b| {
-            let block = &blocks[b];
-            block.clock + block.len <= clock
-        });
-        match list.get(i) {
-            Some(&b) if blocks[b].clock <= clock => Found::Update(b),
-            _ => Found::Missing,
+        match self.block_at(id) {
+            Some(b) => Found::Update(b),
+            None => Found::Missing,
         }
     }
 }

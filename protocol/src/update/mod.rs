@@ -32,13 +32,14 @@
 //! - `reader`: the byte reader; the one place where a declared count must
 //!   fit the bytes left and a clock must fit 32 bits.
 //! - `walk`: the walk over the structs and the delete set; refuses
-//!   impossible origins, repeated clients and trailing bytes.
+//!   impossible origins, repeated clients and trailing bytes, and keeps
+//!   compact records (its memory is a small multiple of the update's).
 //! - `content`, `any`: item contents and lib0 values, values nested at
 //!   most [`MAX_VALUE_DEPTH`] deep.
 //! - `index`: where a block an update names is (document, update, nowhere).
 //! - `complete`: completeness against a document, and the [`Footprint`] of
 //!   an incomplete update.
-//! - `nesting`: the nesting level of shared types ([`Levels`], [`Run`]).
+//! - `nesting`: the nesting level of shared types ([`Levels`], [`Runs`]).
 
 mod any;
 mod complete;
@@ -51,7 +52,7 @@ mod walk;
 
 pub use any::MAX_VALUE_DEPTH;
 pub use complete::Footprint;
-pub use nesting::{Levels, MAX_NESTING, Run};
+pub use nesting::{Levels, MAX_NESTING, Run, Runs};
 
 use yrs::StateVector;
 
@@ -67,11 +68,17 @@ pub enum Refusal {
     Incomplete { carries: Footprint, reason: String },
 }
 
+impl From<reader::WalkError> for Refusal {
+    fn from(err: reader::WalkError) -> Self {
+        Refusal::Invalid(err.into())
+    }
+}
+
 /// Walks `update` alone: refuses what is malformed or impossible whatever
 /// the document (declared counts, nesting of values, content kinds,
 /// origins). Applies nothing.
 pub fn check(update: &[u8]) -> Result<(), String> {
-    walk::parse(update).map(drop).map_err(String::from)
+    walk::check(update).map_err(String::from)
 }
 
 /// Walks `update` against a document that has every client up to `have`
@@ -79,15 +86,21 @@ pub fn check(update: &[u8]) -> Result<(), String> {
 /// refers to must be in the document or in the update, and no shared type
 /// may end up nested deeper than [`MAX_NESTING`]. Returns the levels of the
 /// blocks it adds, to record once it is applied.
-pub fn check_against(
-    update: &[u8],
-    have: &StateVector,
-    levels: &Levels,
-) -> Result<Vec<Run>, Refusal> {
-    let parsed = walk::parse(update).map_err(|err| Refusal::Invalid(err.into()))?;
-    let index = index::Index::new(&parsed, have);
-    complete::check_complete(&index, &parsed)?;
-    nesting::place(&index, &parsed.blocks, levels, true)
+pub fn check_against(update: &[u8], have: &StateVector, levels: &Levels) -> Result<Runs, Refusal> {
+    let parsed = walk::parse(update)?;
+    let index = index::Index::new(update, &parsed, have);
+    if let Some(reason) = complete::missing(&index, update, parsed.delete_set_at)? {
+        // The walk's records go before the footprint is built.
+        let reach = complete::reach(&index);
+        let (at, ranges) = (parsed.delete_set_at, parsed.deleted_ranges);
+        drop(index);
+        drop(parsed);
+        let deleted = complete::deleted(update, at, ranges)?;
+        let carries = Footprint { reach, deleted };
+        return Err(Refusal::Incomplete { carries, reason });
+    }
+    let level = nesting::place(&index, levels, true)?;
+    Ok(nesting::runs(&index, &level))
 }
 
 #[cfg(test)]

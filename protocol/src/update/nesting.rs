@@ -13,7 +13,7 @@ use yrs::StateVector;
 use super::Refusal;
 use super::index::{Found, Index};
 use super::reader::Id;
-use super::walk::{Block, Kind, Parent, parse};
+use super::walk::{Parent, parse};
 
 /// How deep shared types may nest. Rich-text editors nest a few dozen
 /// levels at most.
@@ -21,9 +21,9 @@ pub const MAX_NESTING: u32 = 100;
 
 /// The nesting level of every block a document holds (1 for the blocks of
 /// a root type, 2 inside a type held by a root, …; 0 for garbage-collected
-/// blocks, which hold nothing), as runs per client: what
-/// [`super::check_against`] needs to place a new block that names an old
-/// one as neighbour or parent.
+/// blocks, which hold nothing, and blocks it has no run for), as runs per
+/// client: what [`super::check_against`] needs to place a new block that
+/// names an old one as neighbour or parent.
 #[derive(Debug, Default)]
 pub struct Levels {
     /// Per client, runs `(start, end, level)` in clock order.
@@ -39,6 +39,48 @@ pub struct Run {
     pub level: u32,
 }
 
+/// The levels of the blocks an update adds (those past level 0, adjacent
+/// ones of one level joined), to record once it is applied.
+#[derive(Debug, Default)]
+pub struct Runs {
+    /// Per client: the client and where its runs end in `spans`.
+    clients: Vec<(u64, u32)>,
+    /// `(start, end, level)`, by client and clock.
+    spans: Vec<(u32, u32, u32)>,
+}
+
+impl Runs {
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Run> + '_ {
+        let starts = std::iter::once(0).chain(self.clients.iter().map(|&(_, end)| end));
+        self.clients
+            .iter()
+            .zip(starts)
+            .flat_map(move |(&(client, end), start)| {
+                self.spans[start as usize..end as usize]
+                    .iter()
+                    .map(move |&(start, end, level)| Run {
+                        client,
+                        start: start.into(),
+                        end: end.into(),
+                        level,
+                    })
+            })
+    }
+}
+
+impl<'a> IntoIterator for &'a Runs {
+    type Item = Run;
+    type IntoIter = Box<dyn Iterator<Item = Run> + 'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
+}
+
 impl Levels {
     /// The levels of a whole-document update (a document's state), without
     /// refusing anything: what a document loaded from storage starts with.
@@ -47,9 +89,9 @@ impl Levels {
         let mut levels = Levels::default();
         if let Ok(parsed) = parse(state) {
             let nothing = StateVector::default();
-            let index = Index::new(&parsed, &nothing);
-            if let Ok(runs) = place(&index, &parsed.blocks, &Levels::default(), false) {
-                levels.record(&runs);
+            let index = Index::new(state, &parsed, &nothing);
+            if let Ok(placed) = place(&index, &Levels::default(), false) {
+                levels.record(&runs(&index, &placed));
             }
         }
         levels
@@ -65,7 +107,7 @@ impl Levels {
 
     /// Adds the runs of newly applied blocks (each starting where its
     /// client's known blocks end, as applied updates are complete).
-    pub fn record(&mut self, runs: &[Run]) {
+    pub fn record(&mut self, runs: impl IntoIterator<Item = Run>) {
         for run in runs {
             let list = self.clients.entry(run.client).or_default();
             let start = list
@@ -82,126 +124,150 @@ impl Levels {
     }
 }
 
+/// Levels while placing: past [`MAX_NESTING`] is refused (or, for a
+/// document's state, held at one more, which refuses the same: anything
+/// inside or beside it), so a byte holds every level and these two marks.
+const UNSEEN: u8 = u8::MAX;
+const RESOLVING: u8 = u8::MAX - 1;
+const TOO_DEEP: u32 = MAX_NESTING + 1;
+
+fn clamp(level: u32) -> u8 {
+    level.min(TOO_DEEP) as u8
+}
+
 /// The level of every block of the update, resolved through its neighbours
 /// and parents (in the update, or at `known` in the document). With
 /// `strict`, a dependency cycle or nesting past [`MAX_NESTING`] refuses the
 /// update; otherwise what cannot be placed is level 0.
-pub(super) fn place(
-    index: &Index,
-    blocks: &[Block],
-    known: &Levels,
-    strict: bool,
-) -> Result<Vec<Run>, Refusal> {
-    const UNSEEN: u32 = u32::MAX;
-    const RESOLVING: u32 = u32::MAX - 1;
+pub(super) fn place(index: &Index, known: &Levels, strict: bool) -> Result<Vec<u8>, Refusal> {
+    let blocks = index.blocks;
     let mut level = vec![UNSEEN; blocks.len()];
-    // What each block depends on: what it names, and (as yrs integrates a
-    // client's blocks in clock order) the block before it.
-    let refs = |b: &Block| -> Vec<Id> {
-        let before = (b.clock > 0).then(|| (b.client, b.clock - 1));
-        match &b.kind {
-            Kind::Item {
-                origin,
-                right,
-                parent,
-            } => origin
-                .iter()
-                .chain(right)
-                .chain(&parent.id())
-                .chain(&before)
-                .copied()
-                .collect(),
-            _ => before.into_iter().collect(),
-        }
-    };
-    let mut stack = Vec::new();
-    for root in 0..blocks.len() {
-        if level[root] != UNSEEN || index.known(&blocks[root]) {
-            continue;
-        }
-        level[root] = RESOLVING;
-        stack.push(root);
-        while let Some(&b) = stack.last() {
-            let mut pending = None;
-            for id in refs(&blocks[b]) {
-                if let Found::Update(d) = index.find(blocks, id) {
-                    match level[d] {
-                        UNSEEN => {
-                            pending = Some(d);
-                            break;
-                        }
-                        RESOLVING if d != b && strict => {
-                            return Err(Refusal::Invalid(format!(
-                                "items {}#{} and {}#{} depend on each other",
-                                blocks[b].client,
-                                blocks[b].clock,
-                                blocks[d].client,
-                                blocks[d].clock
-                            )));
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            if let Some(d) = pending {
-                level[d] = RESOLVING;
-                stack.push(d);
+    let mut stack: Vec<u32> = Vec::new();
+    for s in 0..index.sections.len() {
+        for root in index.blocks_of(s) {
+            if level[root] != UNSEEN || index.known(s, root) {
                 continue;
             }
-            let of = |id: Id| -> u32 {
-                match index.find(blocks, id) {
-                    Found::Update(d) if level[d] < RESOLVING => level[d],
-                    Found::Document => known.level_of(id).unwrap_or(0),
-                    _ => 0,
+            level[root] = RESOLVING;
+            stack.push(root as u32);
+            while let Some(&b) = stack.last() {
+                let b = b as usize;
+                let client = index.sections[index.section_of(b)].client;
+                let clock = u64::from(blocks[b].clock);
+                let refs = index.refs(b)?;
+                // What it depends on: what it names, and (as yrs integrates
+                // a client's blocks in clock order) the block before it.
+                let (origin, right, parent) = match &refs {
+                    Some(refs) => (refs.origin, refs.right, refs.parent.id()),
+                    None => (None, None, None),
+                };
+                let before = (clock > 0).then(|| (client, clock - 1));
+                let mut pending = None;
+                for id in origin.into_iter().chain(right).chain(parent).chain(before) {
+                    if let Found::Update(d) = index.find(id) {
+                        match level[d] {
+                            UNSEEN => {
+                                pending = Some(d);
+                                break;
+                            }
+                            RESOLVING if d != b && strict => {
+                                let other = index.sections[index.section_of(d)].client;
+                                return Err(Refusal::Invalid(format!(
+                                    "items {client}#{clock} and {other}#{} depend on each other",
+                                    blocks[d].clock
+                                )));
+                            }
+                            _ => {}
+                        }
+                    }
                 }
-            };
-            let resolved = match &blocks[b].kind {
-                Kind::Gc | Kind::Skip => 0,
-                Kind::Item {
-                    origin,
-                    right,
-                    parent,
-                } => match (origin, right, parent) {
-                    (None, None, Parent::Root) => 1,
-                    (None, None, Parent::Nested(p)) => match of(*p) {
-                        0 => 0,
-                        l => l + 1,
+                if let Some(d) = pending {
+                    level[d] = RESOLVING;
+                    stack.push(d as u32);
+                    continue;
+                }
+                let of = |id: Id| -> u32 {
+                    match index.find(id) {
+                        Found::Update(d) if level[d] < RESOLVING => level[d].into(),
+                        Found::Document => known.level_of(id).unwrap_or(0),
+                        _ => 0,
+                    }
+                };
+                let resolved = match refs {
+                    None => 0,
+                    Some(refs) => match (refs.origin, refs.right, refs.parent) {
+                        (None, None, Parent::Root) => 1,
+                        (None, None, Parent::Nested(p)) => match of(p) {
+                            0 => 0,
+                            l => l + 1,
+                        },
+                        // In its neighbours' container. yrs takes the parent
+                        // from a neighbour that is not collected, so a
+                        // collected one (level 0) does not count.
+                        _ => origin.into_iter().chain(right).map(of).max().unwrap_or(0),
                     },
-                    // In its neighbours' container. yrs takes the parent
-                    // from a neighbour that is not collected, so a
-                    // collected one (level 0) does not count.
-                    _ => origin
-                        .iter()
-                        .chain(right)
-                        .map(|&id| of(id))
-                        .max()
-                        .unwrap_or(0),
-                },
-            };
-            if strict && resolved > MAX_NESTING {
-                return Err(Refusal::Invalid(format!(
-                    "the update nests shared types {resolved} deep; this server allows {MAX_NESTING}"
-                )));
+                };
+                if strict && resolved > MAX_NESTING {
+                    return Err(Refusal::Invalid(format!(
+                        "the update nests shared types {resolved} deep; this server allows {MAX_NESTING}"
+                    )));
+                }
+                level[b] = clamp(resolved);
+                stack.pop();
             }
-            level[b] = resolved;
-            stack.pop();
         }
     }
-    Ok(blocks
-        .iter()
-        .zip(level)
-        .filter(|(b, _)| !matches!(b.kind, Kind::Skip))
-        .filter_map(|(b, level)| {
-            let start = b.clock.max(index.have(b.client));
-            let end = b.clock + b.len;
-            (start < end).then_some(Run {
-                client: b.client,
-                start,
-                end,
-                level,
-            })
-        })
-        .collect())
+    Ok(level)
+}
+
+/// The runs the update adds: its blocks past what the document has, at
+/// the levels [`place`] found. Counted first, so that each vector is
+/// allocated once at its size.
+pub(super) fn runs(index: &Index, level: &[u8]) -> Runs {
+    let (mut clients, mut spans) = (0, 0);
+    for s in 0..index.sections.len() {
+        let before = spans;
+        each_run(index, level, s, |_| spans += 1);
+        clients += usize::from(spans > before);
+    }
+    let mut runs = Runs {
+        clients: Vec::with_capacity(clients),
+        spans: Vec::with_capacity(spans),
+    };
+    for s in 0..index.sections.len() {
+        let before = runs.spans.len();
+        each_run(index, level, s, |run| runs.spans.push(run));
+        if runs.spans.len() > before {
+            let client = index.sections[s].client;
+            runs.clients.push((client, runs.spans.len() as u32));
+        }
+    }
+    runs
+}
+
+/// The runs of section `s`, adjacent blocks of one level joined.
+fn each_run(index: &Index, level: &[u8], s: usize, mut emit: impl FnMut((u32, u32, u32))) {
+    let have = index.have(index.sections[s].client);
+    let mut open: Option<(u32, u32, u32)> = None;
+    for b in index.blocks_of(s) {
+        let block = index.blocks[b];
+        let start = u64::from(block.clock).max(have) as u32;
+        let (end, level) = (block.end() as u32, u32::from(level[b]));
+        if start >= end || level == 0 {
+            continue;
+        }
+        match &mut open {
+            Some(run) if run.1 == start && run.2 == level => run.1 = end,
+            _ => {
+                if let Some(run) = open.replace((start, end, level)) {
+                    emit(run);
+                }
+            }
+        }
+    }
+    if let Some(run) = open {
+        emit(run);
+    }
 }
 
 #[cfg(test)]
@@ -319,7 +385,7 @@ mod tests {
             end,
             level,
         };
-        levels.record(&[run(0, 4, 1), run(4, 6, 1), run(6, 8, 2)]);
+        levels.record([run(0, 4, 1), run(4, 6, 1), run(6, 8, 2)]);
         assert_eq!(levels.clients[&3], [(0, 6, 1), (6, 8, 2)]);
         assert_eq!(levels.level_of((3, 5)), Some(1));
         assert_eq!(levels.level_of((3, 7)), Some(2));

@@ -47,13 +47,27 @@ pub(super) fn refuse<T>(why: impl Into<String>) -> Walked<T> {
 /// The bytes of one update and how far the walk has read.
 pub(super) struct Reader<'a> {
     cursor: Cursor<'a>,
+    /// The whole update's length (`cursor` may start part-way).
+    len: usize,
 }
 
 impl<'a> Reader<'a> {
     pub(super) fn new(update: &'a [u8]) -> Self {
+        Self::at(update, 0)
+    }
+
+    /// Reads `update` from byte `offset` on (to read a part again).
+    pub(super) fn at(update: &'a [u8], offset: usize) -> Self {
+        let rest = update.get(offset..).unwrap_or_default();
         Self {
-            cursor: Cursor::new(update),
+            cursor: Cursor::new(rest),
+            len: update.len(),
         }
+    }
+
+    /// Where in the update the next byte is.
+    pub(super) fn offset(&self) -> usize {
+        self.len - self.cursor.remaining()
     }
 
     /// A count of entries that take at least `min_bytes` each: refused if

@@ -4,30 +4,68 @@
 //! info byte, then a GC or skip length, or an item's origins, parent and
 //! content; then the delete set, and nothing after it. It refuses what no
 //! honest client writes and what yrs would read differently from the walk
-//! or from Yjs, and records what [`super::index`] needs.
-
-use std::collections::HashSet;
+//! or from Yjs.
+//!
+//! What it keeps is small, so that its memory stays a small multiple of
+//! the update's size whatever the update holds (an earlier version kept
+//! about 100 bytes per 2-byte struct): 12 bytes per item and per run of GC
+//! structs, 16 per client section, nothing per skip, empty struct or
+//! deleted range. An item's origins and parent are read again from the
+//! bytes when needed ([`item_refs`]). It walks twice: a survey that
+//! allocates only the client lists it needs to refuse a client named
+//! twice, then a pass that records into vectors of exactly the size the
+//! survey counted.
 
 use super::content::content_len;
 use super::format::*;
 use super::reader::{Id, MAX_CLOCK, Reader, Walked, refuse};
 
-/// One struct of an update, as far as the checks need it.
+/// An item, or a run of consecutive GC structs (which mean the same as one
+/// GC struct covering them all), of one client section.
+#[derive(Debug, Clone, Copy)]
 pub(super) struct Block {
-    pub(super) client: u64,
-    pub(super) clock: u64,
-    pub(super) len: u64,
-    pub(super) kind: Kind,
+    pub(super) clock: u32,
+    pub(super) len: u32,
+    /// Where its info byte is in the update.
+    pub(super) at: u32,
 }
 
-pub(super) enum Kind {
-    Gc,
-    Skip,
-    Item {
-        origin: Option<Id>,
-        right: Option<Id>,
-        parent: Parent,
-    },
+impl Block {
+    pub(super) fn end(&self) -> u64 {
+        u64::from(self.clock) + u64::from(self.len)
+    }
+}
+
+/// A client section that spans any clocks (holds a struct that is not
+/// empty).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Section {
+    pub(super) client: u64,
+    /// Its blocks are `Parsed::blocks[first..]` up to the next section's.
+    pub(super) first: u32,
+    /// Where the update goes on with this client after clocks it does not
+    /// carry: the clock of the last struct that follows a skip, or else of
+    /// its first struct. Unless the document has the client up to here,
+    /// the update is incomplete.
+    pub(super) continues_at: u32,
+}
+
+/// An update as the walk recorded it.
+pub(super) struct Parsed {
+    /// In the update's order.
+    pub(super) sections: Vec<Section>,
+    pub(super) blocks: Vec<Block>,
+    /// Where the delete set starts in the update, and how many ranges it
+    /// lists (it is read again from the bytes where needed).
+    pub(super) delete_set_at: usize,
+    pub(super) deleted_ranges: usize,
+}
+
+/// An item's origins and parent, as its bytes say.
+pub(super) struct Refs {
+    pub(super) origin: Option<Id>,
+    pub(super) right: Option<Id>,
+    pub(super) parent: Parent,
 }
 
 pub(super) enum Parent {
@@ -46,86 +84,251 @@ impl Parent {
     }
 }
 
-/// An update as the walk read it.
-pub(super) struct Parsed {
-    pub(super) blocks: Vec<Block>,
-    /// (client, clock, length)
-    pub(super) deleted: Vec<(u64, u64, u64)>,
+/// Walks `update` without recording it: every rule but no records.
+pub(super) fn check(update: &[u8]) -> Walked<()> {
+    survey(update).map(drop)
 }
 
+/// Walks `update` and records its sections and blocks.
 pub(super) fn parse(update: &[u8]) -> Walked<Parsed> {
+    let counts = survey(update)?;
+    let mut record = Record {
+        sections: Vec::with_capacity(counts.sections),
+        blocks: Vec::with_capacity(counts.blocks),
+        client: 0,
+        first: 0,
+    };
+    let delete_set_at = walk(update, &mut record)?;
+    debug_assert_eq!(record.blocks.len(), counts.blocks);
+    Ok(Parsed {
+        sections: record.sections,
+        blocks: record.blocks,
+        delete_set_at,
+        deleted_ranges: counts.deleted_ranges,
+    })
+}
+
+/// The origins and parent of the item whose info byte is at `at`, or
+/// `None` for a GC run. The walk has read these bytes before.
+pub(super) fn item_refs(update: &[u8], at: u32) -> Walked<Option<Refs>> {
+    let mut reader = Reader::at(update, at as usize);
+    let info = reader.u8("struct info")?;
+    if info & STRUCT_KIND_BITS == GC {
+        return Ok(None);
+    }
+    item_header(&mut reader, info).map(Some)
+}
+
+/// What the walk hands over as it reads.
+trait Sink {
+    /// The update has `count` client sections (each takes 3 bytes at least).
+    fn clients(&mut self, count: u64);
+    fn section(&mut self, client: u64);
+    fn block(&mut self, block: Block);
+    /// The section ends; `continues_at` is `None` if it spans no clocks.
+    fn section_end(&mut self, continues_at: Option<u32>);
+    /// The delete set names `count` clients (2 bytes each at least).
+    fn deleted_clients(&mut self, count: u64);
+    fn deleted_client(&mut self, client: u64, ranges: u64);
+}
+
+/// The first pass: what the second will record, and every client named,
+/// to refuse one named twice.
+#[derive(Default)]
+struct Survey {
+    sections: usize,
+    blocks: usize,
+    deleted_ranges: usize,
+    clients: Vec<u64>,
+    deleted_clients: Vec<u64>,
+}
+
+impl Sink for Survey {
+    fn clients(&mut self, count: u64) {
+        self.clients.reserve_exact(count as usize);
+    }
+    fn section(&mut self, client: u64) {
+        self.clients.push(client);
+    }
+    fn block(&mut self, _: Block) {
+        self.blocks += 1;
+    }
+    fn section_end(&mut self, continues_at: Option<u32>) {
+        self.sections += usize::from(continues_at.is_some());
+    }
+    fn deleted_clients(&mut self, count: u64) {
+        self.deleted_clients.reserve_exact(count as usize);
+    }
+    fn deleted_client(&mut self, client: u64, ranges: u64) {
+        self.deleted_clients.push(client);
+        self.deleted_ranges += ranges as usize;
+    }
+}
+
+fn survey(update: &[u8]) -> Walked<Survey> {
+    // Offsets into the update are kept in 32 bits.
+    if u32::try_from(update.len()).is_err() {
+        return refuse("the update is larger than 4 GiB");
+    }
+    let mut survey = Survey::default();
+    walk(update, &mut survey)?;
+    // yrs appends a repeated section, Yjs keeps the last: refuse rather
+    // than pick (encoders write each client once). In the delete set yrs
+    // keeps only the last entry of a repeated client.
+    distinct(&mut survey.clients, "the update")?;
+    distinct(&mut survey.deleted_clients, "the delete set")?;
+    survey.clients = Vec::new();
+    survey.deleted_clients = Vec::new();
+    Ok(survey)
+}
+
+fn distinct(clients: &mut [u64], place: &str) -> Walked<()> {
+    clients.sort_unstable();
+    match clients.windows(2).find(|pair| pair[0] == pair[1]) {
+        Some(pair) => refuse(format!("client {} appears twice in {place}", pair[0])),
+        None => Ok(()),
+    }
+}
+
+/// The second pass: sections and blocks.
+struct Record {
+    sections: Vec<Section>,
+    blocks: Vec<Block>,
+    /// The section being read: its client and first block.
+    client: u64,
+    first: u32,
+}
+
+impl Sink for Record {
+    fn clients(&mut self, _: u64) {}
+    fn section(&mut self, client: u64) {
+        self.client = client;
+        self.first = self.blocks.len() as u32;
+    }
+    fn block(&mut self, block: Block) {
+        self.blocks.push(block);
+    }
+    fn section_end(&mut self, continues_at: Option<u32>) {
+        if let Some(continues_at) = continues_at {
+            self.sections.push(Section {
+                client: self.client,
+                first: self.first,
+                continues_at,
+            });
+        }
+    }
+    fn deleted_clients(&mut self, _: u64) {}
+    fn deleted_client(&mut self, _: u64, _: u64) {}
+}
+
+/// Walks the whole update, handing what it reads to `sink`; returns where
+/// the delete set starts.
+fn walk(update: &[u8], sink: &mut impl Sink) -> Walked<usize> {
     let mut reader = Reader::new(update);
-    let mut blocks = Vec::new();
-    let mut seen = HashSet::new();
     // Struct count, client and clock take a byte each at least.
     let clients = reader.count("client count", 3)?;
+    sink.clients(clients);
     for _ in 0..clients {
         // An info byte and a length or content byte at least.
         let structs = reader.count("struct count", 2)?;
         let client = reader.var_uint("client")?;
-        // yrs appends a repeated section, Yjs keeps the last: refuse
-        // rather than pick (encoders write each client once).
-        if !seen.insert(client) {
-            return refuse(format!("client {client} appears twice in the update"));
-        }
-        let mut clock = reader.clock("clock")?;
-        for _ in 0..structs {
-            let info = reader.u8("struct info")?;
-            let (len, kind) = match info & STRUCT_KIND_BITS {
-                GC => (reader.clock("length")?, Kind::Gc),
-                SKIP => (reader.clock("length")?, Kind::Skip),
-                content => {
-                    let (origin, right, parent) = item_header(&mut reader, info)?;
-                    check_origins((client, clock), origin, right, parent.id())?;
-                    let len = content_len(&mut reader, content)?;
-                    let kind = Kind::Item {
-                        origin,
-                        right,
-                        parent,
-                    };
-                    (len, kind)
-                }
-            };
-            blocks.push(Block {
-                client,
-                clock,
-                len,
-                kind,
-            });
-            clock += len;
-            if clock > MAX_CLOCK {
-                return refuse(format!(
-                    "client {client}'s blocks reach past clock {MAX_CLOCK}"
-                ));
-            }
-        }
+        sink.section(client);
+        let continues_at = walk_section(&mut reader, sink, client, structs)?;
+        sink.section_end(continues_at);
     }
+    let delete_set_at = reader.offset();
     // The delete set: per client, its ranges (clock and length).
-    let mut deleted = Vec::new();
-    let mut seen = HashSet::new();
-    for _ in 0..reader.count("deleted client count", 2)? {
+    let clients = reader.count("deleted client count", 2)?;
+    sink.deleted_clients(clients);
+    for _ in 0..clients {
         let client = reader.var_uint("deleted client")?;
-        // yrs keeps only the last entry of a repeated client.
-        if !seen.insert(client) {
-            return refuse(format!("client {client} appears twice in the delete set"));
-        }
-        for _ in 0..reader.count("deleted range count", 2)? {
-            let clock = reader.clock("deleted clock")?;
-            let len = reader.clock("deleted length")?;
-            if clock + len > MAX_CLOCK {
-                return refuse(format!(
-                    "a deleted range of client {client} reaches past clock {MAX_CLOCK}"
-                ));
-            }
-            deleted.push((client, clock, len));
+        let ranges = reader.count("deleted range count", 2)?;
+        sink.deleted_client(client, ranges);
+        for _ in 0..ranges {
+            read_deleted_range(&mut reader, client)?;
         }
     }
     reader.finish()?;
-    Ok(Parsed { blocks, deleted })
+    Ok(delete_set_at)
+}
+
+/// One deleted range: `(clock, length)`.
+pub(super) fn read_deleted_range(reader: &mut Reader, client: u64) -> Walked<(u64, u64)> {
+    let clock = reader.clock("deleted clock")?;
+    let len = reader.clock("deleted length")?;
+    if clock + len > MAX_CLOCK {
+        return refuse(format!(
+            "a deleted range of client {client} reaches past clock {MAX_CLOCK}"
+        ));
+    }
+    Ok((clock, len))
+}
+
+/// The structs of one client section; returns where it continues after
+/// clocks it does not carry (see [`Section::continues_at`]).
+fn walk_section(
+    reader: &mut Reader,
+    sink: &mut impl Sink,
+    client: u64,
+    structs: u64,
+) -> Walked<Option<u32>> {
+    let mut clock = reader.clock("clock")?;
+    let mut continues_at = None;
+    let mut after_skip = false;
+    // A run of GC structs not handed over yet.
+    let mut gc_run: Option<Block> = None;
+    for _ in 0..structs {
+        let at = reader.offset() as u32;
+        let info = reader.u8("struct info")?;
+        let kind = info & STRUCT_KIND_BITS;
+        let len = match kind {
+            GC | SKIP => reader.clock("length")?,
+            content => {
+                let refs = item_header(reader, info)?;
+                check_origins((client, clock), &refs)?;
+                content_len(reader, content)?
+            }
+        };
+        // Empty structs hold nothing (yrs drops them).
+        if len > 0 {
+            if continues_at.is_none() || after_skip {
+                continues_at = Some(clock as u32);
+            }
+            after_skip = kind == SKIP;
+            let block = Block {
+                clock: clock as u32,
+                len: len as u32,
+                at,
+            };
+            match (kind, &mut gc_run) {
+                (GC, Some(run)) => run.len += block.len,
+                _ => {
+                    if let Some(run) = gc_run.take() {
+                        sink.block(run);
+                    }
+                    match kind {
+                        GC => gc_run = Some(block),
+                        SKIP => {}
+                        _ => sink.block(block),
+                    }
+                }
+            }
+        }
+        clock += len;
+        if clock > MAX_CLOCK {
+            return refuse(format!(
+                "client {client}'s blocks reach past clock {MAX_CLOCK}"
+            ));
+        }
+    }
+    if let Some(run) = gc_run {
+        sink.block(run);
+    }
+    Ok(continues_at)
 }
 
 /// An item's origins and, when it has neither, its parent (and map key).
-fn item_header(reader: &mut Reader, info: u8) -> Walked<(Option<Id>, Option<Id>, Parent)> {
+fn item_header(reader: &mut Reader, info: u8) -> Walked<Refs> {
     let origin = (info & HAS_ORIGIN != 0).then(|| reader.id()).transpose()?;
     let right = (info & HAS_RIGHT_ORIGIN != 0)
         .then(|| reader.id())
@@ -144,17 +347,21 @@ fn item_header(reader: &mut Reader, info: u8) -> Walked<(Option<Id>, Option<Id>,
             reader.var_string("map key")?;
         }
     }
-    Ok((origin, right, parent))
+    Ok(Refs {
+        origin,
+        right,
+        parent,
+    })
 }
 
 /// Refuses origins no honest client could have written: the same item on
 /// both sides, or an item of its own client that is not older. yrs places
 /// such an item depending on how the blocks around it happen to be split,
 /// so the live document and the same document reloaded would differ.
-fn check_origins(id: Id, origin: Option<Id>, right: Option<Id>, parent: Option<Id>) -> Walked<()> {
+fn check_origins(id: Id, refs: &Refs) -> Walked<()> {
     let (client, clock) = id;
-    if let Some((c, k)) = origin
-        && origin == right
+    if let Some((c, k)) = refs.origin
+        && refs.origin == refs.right
     {
         return refuse(format!(
             "item {client}#{clock} names {c}#{k} as both its left and right neighbour"
@@ -162,7 +369,8 @@ fn check_origins(id: Id, origin: Option<Id>, right: Option<Id>, parent: Option<I
     }
     // What an item names existed before it: of its own client, only
     // older blocks.
-    for (c, k) in origin.into_iter().chain(right).chain(parent) {
+    let named = refs.origin.into_iter().chain(refs.right);
+    for (c, k) in named.chain(refs.parent.id()) {
         if c == client && k >= clock {
             return refuse(format!(
                 "item {client}#{clock} names {c}#{k}, which is not older than it"
@@ -176,6 +384,7 @@ fn check_origins(id: Id, origin: Option<Id>, right: Option<Id>, parent: Option<I
 mod tests {
     use super::super::check;
     use super::super::tests::refused;
+    use super::*;
     use yrs::types::xml::{XmlElementPrelim, XmlTextPrelim};
     use yrs::{
         Any, Array, ArrayPrelim, Doc, Map, MapPrelim, ReadTxn, StateVector, Text, Transact,
@@ -280,5 +489,25 @@ mod tests {
     #[test]
     fn truncated_items_are_refused() {
         assert!(check(b"\x01\x01d\x06\x84d").is_err());
+    }
+
+    /// GC structs in a row are one block; skips and empty structs are not
+    /// kept, but where the update continues after a skip is.
+    #[test]
+    fn the_records_are_runs_of_gc_items_and_where_skips_end() {
+        // Client 4 from clock 2: GC 1, GC 2, an empty item, GC 1, skip 3,
+        // an item of 1 (deleted content) in root "t", skip 2.
+        let update = [
+            1, 7, 4, 2, 0, 1, 0, 2, 0x04, 1, 1, b't', 0, 0, 1, 10, 3, 0x01, 1, 1, b't', 1, 10, 2, 0,
+        ];
+        let parsed = parse(&update).unwrap();
+        let blocks: Vec<(u32, u32)> = parsed.blocks.iter().map(|b| (b.clock, b.len)).collect();
+        assert_eq!(blocks, [(2, 4), (9, 1)]);
+        assert_eq!(parsed.sections.len(), 1);
+        // The item after the first skip; the trailing skip follows an item.
+        assert_eq!(parsed.sections[0].continues_at, 9);
+        assert!(item_refs(&update, parsed.blocks[0].at).unwrap().is_none());
+        let refs = item_refs(&update, parsed.blocks[1].at).unwrap().unwrap();
+        assert!(matches!(refs.parent, Parent::Root));
     }
 }
