@@ -12,7 +12,7 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
 
-use crate::items::{self, Footprint, Levels, Refusal};
+use quire_protocol::update::{self as items, Footprint, Levels, Refusal};
 
 #[derive(Debug, Error)]
 pub enum DocumentError {

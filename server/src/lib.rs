@@ -13,8 +13,8 @@
 //! - [`rooms`]: the registry of live rooms; opens, evicts, shuts down.
 //! - [`document`]: a yrs `Doc` with panic containment and the few
 //!   operations Quire needs (apply and return the delta, diff, state).
-//! - [`items`]: walks every update before yrs sees it: declared counts,
-//!   nesting depth, impossible item origins.
+//! - [`items`]: the update checks (`quire_protocol::update`) under the
+//!   name the server's modules and tests import them by.
 //! - [`snapshot`]: exports as a Yjs update, text or JSON.
 //! - [`api`]: the HTTP API and its single error type.
 //! - [`auth`]: signed access tokens (HMAC-SHA256) and permissions.
@@ -30,7 +30,9 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod document;
-pub mod items;
+pub mod items {
+    pub use quire_protocol::update::*;
+}
 pub mod limits;
 pub mod metrics;
 pub mod room;

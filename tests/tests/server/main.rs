@@ -10,3 +10,4 @@ mod extensions;
 mod faults;
 mod persistence;
 mod sync;
+mod update_walk;
