@@ -36,7 +36,7 @@
 //!   other content, or name an item as its parent; yrs resolves these
 //!   depending on how the blocks around happen to be split and in which
 //!   order they came, so what it shows may differ after a reload.
-//!   `quire_server::items` refuses the contradictions it can see without
+//!   `quire_protocol::update` refuses the contradictions it can see without
 //!   the document; the rest is a documented limit (ARCHITECTURE.md,
 //!   threat model): after a forged update only the blocks are compared,
 //!   and a replica whose own blocks were forged (same IDs, other content)

@@ -31,13 +31,6 @@ use quire_protocol::DocName;
 use quire_storage::{Committed, DocStore, Seq, StoredDoc};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
-
-/// The room's one timer, moved only when the core's deadline moves.
-struct Timer {
-    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
-    /// The core deadline it is set for ([`RoomCore::deadline`]).
-    at: u64,
-}
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
@@ -55,6 +48,13 @@ pub const ROOM_CHANNEL_CAPACITY: usize = 256;
 
 /// How long a leaving room waits for its last writes to reach the disk.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The room's one timer, moved only when the core's deadline moves.
+struct Timer {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The core deadline it is set for ([`RoomCore::deadline`]).
+    at: u64,
+}
 
 /// What a room needs from the server: handed over by the registry when it
 /// opens the room, so the room knows nothing of the registry itself.

@@ -38,12 +38,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quire_protocol::ext::{CHAT_EVENT, CHAT_HISTORY_EVENT, Ext};
+use quire_protocol::update::Footprint;
 use quire_protocol::{AwarenessTable, ClientId, Message, SyncMessage, close};
 use tracing::{debug, error, warn};
 
 use crate::config::Config;
 use crate::document::{Document, DocumentError};
-use crate::items::Footprint;
 use crate::metrics::Metrics;
 
 #[cfg(any(test, feature = "harness"))]
