@@ -102,14 +102,33 @@ async fn an_expiring_connection_is_closed_unless_its_token_is_refreshed() {
         token: Some(token("lease", Permission::Write, 2)),
         ..SessionConfig::default()
     };
+    // No earlier than the first token's expiry (it was signed before).
+    let first_expiry = quire_server::auth::now_secs() + 2;
     let refreshed = NativeClient::start(url, config);
     refreshed.wait_synced(WAIT).await.unwrap();
     // Before expiry the client presents a new token on the open connection.
     refreshed.set_token(token("lease", Permission::Write, 600));
+    // The server reads a connection's frames in order: once an event sent
+    // after the token is acknowledged, the server has taken the token.
+    refreshed
+        .emit_with_ack("after-refresh", "{}", WAIT)
+        .await
+        .expect("acknowledged on the open connection");
 
     let (code, reason) = short.wait_closed().await;
     assert_eq!((code, reason.as_str()), (4401, "the token expired"));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The server counts a token's life in whole seconds from when it
+    // checked it, so the first token's expiry has passed one second after
+    // `first_expiry`; a round trip after that shows the connection was not
+    // closed at it.
+    let past_first_expiry = std::time::UNIX_EPOCH + Duration::from_secs(first_expiry + 1);
+    if let Ok(left) = past_first_expiry.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(left).await;
+    }
+    refreshed
+        .emit_with_ack("after-expiry", "{}", WAIT)
+        .await
+        .expect("acknowledged after the first token's expiry");
     assert_eq!(refreshed.status().await.connection, Connection::Synced);
     assert_eq!(
         server.state.metrics.connections_opened.get(),
