@@ -985,12 +985,19 @@ impl<Q: MemberQueue> RoomCore<Q> {
             );
             return;
         };
-        if name == CHAT_EVENT && !self.can_write(conn) {
+        if !self.can_write(conn) {
+            // The read permission covers watching and one's own presence;
+            // events (chat included) need write. The member stays, and an
+            // ack it asked for says nobody received the event.
             let error = Ext::Error {
                 code: u64::from(close::FORBIDDEN),
-                message: "read-only access: chat messages are not sent",
+                message: "read-only access: events are not sent",
             };
             self.send(Target::One(conn), &error.encode().into(), now);
+            if ack != 0 {
+                let frame = Ext::EmitAck { ack, delivered: 0 }.encode();
+                self.send(Target::One(conn), &frame.into(), now);
+            }
             return;
         }
         if name == CHAT_HISTORY_EVENT {

@@ -482,3 +482,5 @@ fn step1_is_answered_with_what_the_member_lacks() {
     room.deliver(2, Inbound::StateVector(empty.into()));
     assert_eq!(got(&mut room, 2), [Got::Step2]);
 }
+
+mod abuse;
