@@ -30,6 +30,9 @@ pub mod defaults {
     pub const MAX_ROOMS: usize = 10_000;
     pub const MAX_MESSAGES_PER_SEC: u32 = 500;
     pub const MAX_BYTES_PER_SEC: u64 = 8 * 1024 * 1024;
+
+    // ----- room limits (issue 12, room side) -----
+    pub const SAVE_STALL_TIMEOUT: &str = "5s";
 }
 
 /// Shortest ping interval and timeout `quire serve` accepts.
@@ -109,6 +112,12 @@ pub struct Config {
     /// Bytes per second one connection may send, likewise.
     #[arg(long, env = "QUIRE_MAX_BYTES_PER_SEC", default_value_t = defaults::MAX_BYTES_PER_SEC)]
     pub max_bytes_per_sec: u64,
+
+    // ----- room limits (issue 12, room side) -----
+    /// How long written changes may wait for the disk before Quire clients
+    /// are told saving has stalled (no `Saved` is sent meanwhile).
+    #[arg(long, env = "QUIRE_SAVE_STALL_TIMEOUT", default_value = defaults::SAVE_STALL_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub save_stall_timeout: Duration,
 }
 
 fn token_key(secret: &str) -> Result<TokenKey, String> {
@@ -144,6 +153,8 @@ impl Config {
             max_rooms: defaults::MAX_ROOMS,
             max_messages_per_sec: defaults::MAX_MESSAGES_PER_SEC,
             max_bytes_per_sec: defaults::MAX_BYTES_PER_SEC,
+            // room limits (issue 12, room side)
+            save_stall_timeout: duration(defaults::SAVE_STALL_TIMEOUT),
         }
     }
 

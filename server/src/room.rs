@@ -269,7 +269,8 @@ impl Room {
         // an empty document while the real one is still on disk.
         let restored = self.load().await;
         let chat = load_chat(&self.ctx.store, &self.name, self.ctx.config.chat_history).await;
-        self.core.loaded(restored, chat);
+        let stored_before = self.core.loaded(restored, chat);
+        self.await_ticket(stored_before);
         // Re-arming a timer takes the timer driver's lock; a busy room's
         // deadline moves only once per presence sweep.
         let mut timer = Timer {
@@ -294,7 +295,7 @@ impl Room {
                         self.try_to_leave().await;
                     }
                 }
-                Ok(()) = self.durability.changed(), if self.core.saves_pending() => self.feed_durability(),
+                Ok(()) = self.durability.changed(), if self.core.waits_for_disk() => self.feed_durability(),
                 Ok(()) = shutdown.changed() => {
                     let now = self.now();
                     self.core.shutdown(now);
@@ -420,7 +421,8 @@ impl Room {
                 Output::Compact { state } => self.compact(state).await,
                 Output::Reload => {
                     let restored = self.load().await;
-                    self.core.reloaded(restored, self.now());
+                    let stored_before = self.core.reloaded(restored, self.now());
+                    self.await_ticket(stored_before);
                 }
                 Output::Evict => evict = true,
             }
@@ -428,6 +430,16 @@ impl Room {
         self.member_count
             .store(self.core.member_count(), Ordering::Relaxed);
         evict
+    }
+
+    /// Makes `write` (standing for what the store held when the room
+    /// loaded) wait for the store's newest ticket: an evicted room's last
+    /// writes may still be on their way to the disk.
+    fn await_ticket(&mut self, write: u64) {
+        let ticket = self.ctx.store.last_ticket();
+        self.last_ticket = self.last_ticket.max(ticket);
+        self.tickets.push_back((write, ticket));
+        self.feed_durability();
     }
 
     /// Tells the core which writes the store has made durable.

@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quire_protocol::ext::{CHAT_EVENT, CHAT_HISTORY_EVENT, Ext};
+use quire_protocol::session::SAVES_STALLED;
 use quire_protocol::update::Footprint;
 use quire_protocol::{AwarenessTable, ClientId, Message, SyncMessage, close};
 use tracing::{debug, error, warn};
@@ -301,6 +302,12 @@ pub struct RoomCore<Q> {
     last_write: u64,
     /// Every write up to this one is on disk.
     durable: u64,
+    /// Since when (monotonic ms) some handed-out write has waited for the
+    /// disk without any progress; `None` while everything is durable.
+    undurable_since: Option<u64>,
+    /// Whether the Quire members were told saving has stalled (and not
+    /// yet that it resumed).
+    stall_told: bool,
     /// Stored updates waiting for [`RoomCore::appended`] to be relayed.
     unstored: VecDeque<Unstored>,
     /// Storage work not yet taken by [`RoomCore::poll_output`].
@@ -329,6 +336,8 @@ impl<Q: MemberQueue> RoomCore<Q> {
             chat: VecDeque::new(),
             last_write: 0,
             durable: 0,
+            undurable_since: None,
+            stall_told: false,
             unstored: VecDeque::new(),
             outputs: VecDeque::new(),
             reloading: false,
@@ -343,7 +352,14 @@ impl<Q: MemberQueue> RoomCore<Q> {
     /// The stored log was read: `restored` is the document, or why it could
     /// not be had (the room then serves nobody). `chat`: the recent chat
     /// records, oldest first.
-    pub fn loaded(&mut self, restored: Result<Restored, String>, chat: Vec<String>) {
+    ///
+    /// Returns the write number that stands for everything stored before
+    /// the room loaded: earlier writes to the document (an evicted room's,
+    /// say) may not be on disk yet, so nothing is acknowledged until the
+    /// caller reports this write to [`Self::durable`], once the store's
+    /// ticket at load time (`DocStore::last_ticket`) is durable.
+    pub fn loaded(&mut self, restored: Result<Restored, String>, chat: Vec<String>) -> u64 {
+        self.last_write += 1;
         self.state = match restored {
             Ok(restored) => Self::ready(restored),
             Err(reason) => {
@@ -355,11 +371,14 @@ impl<Q: MemberQueue> RoomCore<Q> {
         while self.chat.len() > self.config.chat_history {
             self.chat.pop_front();
         }
+        self.last_write
     }
 
-    /// The answer to [`Output::Reload`].
-    pub fn reloaded(&mut self, restored: Result<Restored, String>, now: Now) {
+    /// The answer to [`Output::Reload`]. Returns the write number standing
+    /// for what was stored before, as [`Self::loaded`] does.
+    pub fn reloaded(&mut self, restored: Result<Restored, String>, now: Now) -> u64 {
         self.reloading = false;
+        self.last_write += 1;
         match restored {
             Ok(restored) => self.state = Self::ready(restored),
             Err(reason) => {
@@ -370,6 +389,7 @@ impl<Q: MemberQueue> RoomCore<Q> {
         for (conn, code, reason) in std::mem::take(&mut self.after_reload) {
             self.reject(conn, code, reason, now);
         }
+        self.last_write
     }
 
     /// Adds a connection and sends it sync step 1, everyone's presence and
@@ -409,6 +429,9 @@ impl<Q: MemberQueue> RoomCore<Q> {
         );
         self.empty_since = None;
         self.send(Target::One(conn), &step1, now);
+        if extensions && self.stall_told {
+            self.send(Target::One(conn), &stalled_frame(), now);
+        }
         if !self.awareness.is_empty() {
             let states = Bytes::from(Message::Awareness(&self.awareness.encode_all()).encode());
             self.send(Target::One(conn), &states, now);
@@ -568,6 +591,9 @@ impl<Q: MemberQueue> RoomCore<Q> {
     /// Storage took every write up to `write` (reported in order): relay
     /// what those updates added.
     pub fn appended(&mut self, write: u64, now: Now) {
+        if write > self.durable {
+            self.undurable_since.get_or_insert(now.ms);
+        }
         while self.unstored.front().is_some_and(|u| u.write <= write) {
             let Some(Unstored { relay, origin, .. }) = self.unstored.pop_front() else {
                 break;
@@ -594,7 +620,29 @@ impl<Q: MemberQueue> RoomCore<Q> {
             return;
         }
         self.durable = write;
+        // Progress restarts the stall clock; a stall ends once all is on disk.
+        let resumed = write >= self.last_write && self.stall_told;
+        if write >= self.last_write {
+            self.undurable_since = None;
+            self.stall_told = false;
+        } else {
+            self.undurable_since = Some(now.ms);
+        }
         let mut acks = Vec::new();
+        if resumed {
+            // Members told of the stall with nothing waiting learn it is
+            // over from a `Saved` for what they already had acknowledged.
+            for (&conn, member) in &self.members {
+                if member.extensions
+                    && member.pending_saves.is_empty()
+                    && member.refused_from.is_none()
+                    && member.ahead.is_none()
+                {
+                    acks.push((conn, member.update_messages));
+                }
+            }
+            warn!("the store confirms writes again; saving resumed");
+        }
         for (&conn, member) in &mut self.members {
             if let Some(through) = pop_settled(&mut member.pending_saves, write) {
                 acks.push((conn, through));
@@ -613,10 +661,22 @@ impl<Q: MemberQueue> RoomCore<Q> {
     /// timeout, and ask for eviction once the room was empty for the grace
     /// period.
     pub fn tick(&mut self, now: Now) {
+        if self.durable < self.last_write {
+            // The write standing for the stored log has no `appended`.
+            self.undurable_since.get_or_insert(now.ms);
+        }
         if now.ms >= self.next_sweep {
             let timeout = self.config.awareness_timeout.as_millis() as u64;
             self.sweep_awareness(now, timeout);
             self.next_sweep = now.ms + self.sweep_period();
+        }
+        if self.stall_at().is_some_and(|at| now.ms >= at) {
+            self.stall_told = true;
+            error!(
+                waiting_since_ms = self.undurable_since,
+                "the store has not confirmed writes in time; saves stalled"
+            );
+            self.send(Target::ExtensionsBut(None), &stalled_frame(), now);
         }
         if self.evict_at().is_some_and(|at| now.ms >= at) {
             self.outputs.push_back(Output::Evict);
@@ -633,13 +693,21 @@ impl<Q: MemberQueue> RoomCore<Q> {
 
     /// When [`Self::tick`] has something to do next ([`Now::ms`]).
     pub fn deadline(&self) -> u64 {
-        self.evict_at()
-            .map_or(self.next_sweep, |at| at.min(self.next_sweep))
+        [self.evict_at(), self.stall_at()]
+            .into_iter()
+            .flatten()
+            .fold(self.next_sweep, u64::min)
     }
 
     /// Whether some `Saved` waits for [`Self::durable`].
     pub fn saves_pending(&self) -> bool {
         self.members.values().any(|m| !m.pending_saves.is_empty())
+    }
+
+    /// Whether some write handed out (or the stored log the room loaded)
+    /// is not known to be on disk: the caller reports [`Self::durable`].
+    pub fn waits_for_disk(&self) -> bool {
+        self.durable < self.last_write
     }
 
     /// Connections in the room.
@@ -687,6 +755,15 @@ impl<Q: MemberQueue> RoomCore<Q> {
     fn evict_at(&self) -> Option<u64> {
         let grace = self.config.room_grace.as_millis() as u64;
         self.empty_since.map(|since| since + grace)
+    }
+
+    /// When saving counts as stalled, unless the store confirms writes first.
+    fn stall_at(&self) -> Option<u64> {
+        if self.stall_told {
+            return None;
+        }
+        let timeout = self.config.save_stall_timeout.as_millis() as u64;
+        self.undurable_since.map(|since| since + timeout)
     }
 
     fn request_reload(&mut self) {
@@ -1120,6 +1197,19 @@ impl<Q: MemberQueue> RoomCore<Q> {
             })
             .unwrap_or_else(|| "anonymous".to_owned())
     }
+}
+
+/// What Quire members are told when the store stops confirming writes:
+/// their edits are kept (in the room and in their tab) but not on disk, so
+/// no `Saved` comes until it resumes.
+fn stalled_frame() -> Bytes {
+    Ext::Error {
+        code: u64::from(SAVES_STALLED),
+        message: "the server cannot save changes right now: its storage is not confirming writes; \
+                  your edits are kept, keep this tab open",
+    }
+    .encode()
+    .into()
 }
 
 /// Pops the `(number, needed)` pairs at the front of `queue` whose

@@ -601,6 +601,12 @@ impl DocStore for SledStore {
         self.shared.committed.subscribe()
     }
 
+    /// The newest ticket taken, flushed or not: a room loading a document
+    /// an evicted room wrote a moment ago waits for this one.
+    fn last_ticket(&self) -> u64 {
+        self.shared.tickets.load(Ordering::SeqCst)
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         self.shared.flush_now()
     }

@@ -173,6 +173,19 @@ fn durability_advances_past_an_append() {
     assert!(rx.has_changed().unwrap(), "subscribers see the change");
 }
 
+/// Issue 12, finding 6: the default `last_ticket` is the durable one, so
+/// a room reloaded during a long commit window acknowledged too early.
+#[test]
+fn last_ticket_counts_writes_not_yet_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = with_window(dir.path(), Duration::from_secs(2));
+    let appended = store.append("d", b"x").unwrap();
+    assert_eq!(store.last_ticket(), appended.ticket);
+    assert!(store.durability().borrow().ticket < appended.ticket);
+    store.flush().unwrap();
+    assert_eq!(store.durability().borrow().ticket, store.last_ticket());
+}
+
 #[test]
 fn group_commit_batches_appends_within_a_window() {
     let dir = tempfile::tempdir().unwrap();

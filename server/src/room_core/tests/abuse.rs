@@ -2,6 +2,7 @@
 //! after what they pin: each failed on the code before its fix.
 
 use super::*;
+use quire_protocol::session;
 
 /// Finding 7: the read permission says events need write.
 #[test]
@@ -24,4 +25,69 @@ fn read_only_members_cannot_send_named_events() {
     );
     assert_eq!(got(&mut room, 2), [], "nothing is relayed");
     assert!(room.is_member(1), "a read-only member stays");
+}
+
+/// Finding 6: a room reopened on a log whose last writes are not on disk
+/// yet (the old room was evicted during a flush stall) acknowledged a
+/// reconnecting client's empty sync step 2 at once.
+#[test]
+fn a_reloaded_room_does_not_acknowledge_before_earlier_writes_are_durable() {
+    let mut room = room();
+    room.hold_durability(true);
+    room.join(1, true, true).unwrap();
+    room.send_update(1, &edit(&Doc::with_client_id(7), "typed"));
+    room.frames(1);
+    room.leave(1);
+    let mut reopened = room.reopen();
+    reopened.join(2, true, true).unwrap();
+    reopened.frames(2);
+    reopened.send_update(2, &[0, 0]);
+    assert_eq!(got(&mut reopened, 2), [], "not saved before the flush");
+    reopened.flush();
+    assert_eq!(got(&mut reopened, 2), [Got::Saved(1)]);
+}
+
+/// Finding 6: when the store stops confirming writes, Quire members are
+/// told (once, and again when they join meanwhile) and nothing is
+/// acknowledged; once it resumes, everyone gets a `Saved`.
+#[test]
+fn a_save_stall_is_told_to_quire_members_and_its_end_shown_by_saved() {
+    let stall = session::SAVES_STALLED;
+    let mut room = room_with(|c| c.save_stall_timeout = Duration::from_millis(1_000));
+    room.hold_durability(true);
+    room.join(1, true, true).unwrap();
+    room.join(2, true, true).unwrap();
+    room.join(3, false, true).unwrap();
+    room.send_update(2, &[0, 0]);
+    room.flush();
+    for conn in [1, 2, 3] {
+        room.frames(conn);
+    }
+    room.send_update(1, &edit(&Doc::with_client_id(7), "typed"));
+    room.advance(999);
+    assert_eq!(got(&mut room, 1), []);
+    room.advance(1);
+    assert_eq!(got(&mut room, 1), [Got::Error(u64::from(stall))]);
+    assert_eq!(
+        got(&mut room, 2),
+        [Got::Update, Got::Error(u64::from(stall))]
+    );
+    assert_eq!(
+        got(&mut room, 3),
+        [Got::Update],
+        "stock clients get no extension frames"
+    );
+    room.advance(5_000);
+    assert_eq!(got(&mut room, 1), [], "told once");
+    room.join(4, true, true).unwrap();
+    assert!(got(&mut room, 4).contains(&Got::Error(u64::from(stall))));
+    room.flush();
+    assert_eq!(got(&mut room, 1), [Got::Saved(1)]);
+    assert_eq!(
+        got(&mut room, 2),
+        [Got::Saved(1)],
+        "its earlier message again"
+    );
+    assert_eq!(got(&mut room, 4), [Got::Saved(0)]);
+    assert_eq!(got(&mut room, 3), []);
 }
