@@ -33,6 +33,9 @@ pub mod defaults {
 
     // ----- room limits (issue 12, room side) -----
     pub const SAVE_STALL_TIMEOUT: &str = "5s";
+    pub const MAX_PRESENCE_PER_CONNECTION: usize = 16;
+    pub const MAX_PRESENCE_PER_ROOM: usize = 10_000;
+    pub const MAX_PRESENCE_STATE_BYTES: usize = 64 * 1024;
 }
 
 /// Shortest ping interval and timeout `quire serve` accepts.
@@ -118,6 +121,17 @@ pub struct Config {
     /// are told saving has stalled (no `Saved` is sent meanwhile).
     #[arg(long, env = "QUIRE_SAVE_STALL_TIMEOUT", default_value = defaults::SAVE_STALL_TIMEOUT, value_parser = humantime::parse_duration)]
     pub save_stall_timeout: Duration,
+    /// Awareness clients one connection may introduce, counting removed
+    /// ones until it leaves (1007 beyond).
+    #[arg(long, env = "QUIRE_MAX_PRESENCE_PER_CONNECTION", default_value_t = defaults::MAX_PRESENCE_PER_CONNECTION)]
+    pub max_presence_per_connection: usize,
+    /// Awareness clients one document lists (1013 for the connection that
+    /// would pass it).
+    #[arg(long, env = "QUIRE_MAX_PRESENCE_PER_ROOM", default_value_t = defaults::MAX_PRESENCE_PER_ROOM)]
+    pub max_presence_per_room: usize,
+    /// Bytes of one awareness state (1009 beyond).
+    #[arg(long, env = "QUIRE_MAX_PRESENCE_STATE_BYTES", default_value_t = defaults::MAX_PRESENCE_STATE_BYTES)]
+    pub max_presence_state_bytes: usize,
 }
 
 fn token_key(secret: &str) -> Result<TokenKey, String> {
@@ -155,6 +169,9 @@ impl Config {
             max_bytes_per_sec: defaults::MAX_BYTES_PER_SEC,
             // room limits (issue 12, room side)
             save_stall_timeout: duration(defaults::SAVE_STALL_TIMEOUT),
+            max_presence_per_connection: defaults::MAX_PRESENCE_PER_CONNECTION,
+            max_presence_per_room: defaults::MAX_PRESENCE_PER_ROOM,
+            max_presence_state_bytes: defaults::MAX_PRESENCE_STATE_BYTES,
         }
     }
 

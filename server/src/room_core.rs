@@ -32,11 +32,12 @@
 //! `harness`) drives it synchronously for tests, the property simulator and
 //! the fuzzer.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use quire_protocol::awareness::{AwarenessError, Bounds};
 use quire_protocol::ext::{CHAT_EVENT, CHAT_HISTORY_EVENT, Ext};
 use quire_protocol::session::SAVES_STALLED;
 use quire_protocol::update::Footprint;
@@ -241,8 +242,6 @@ struct Member<Q> {
     queue: Q,
     extensions: bool,
     can_write: bool,
-    /// Awareness client ids this connection announced, removed when it leaves.
-    clients: HashSet<ClientId>,
     /// Update messages (step 2 and update) received, numbered from 1: the
     /// numbers `Saved` acknowledgements refer to.
     update_messages: u64,
@@ -419,7 +418,6 @@ impl<Q: MemberQueue> RoomCore<Q> {
                 queue: joining.queue,
                 extensions,
                 can_write: joining.can_write,
-                clients: HashSet::new(),
                 update_messages: 0,
                 pending_saves: VecDeque::new(),
                 told_read_only: false,
@@ -465,8 +463,12 @@ impl<Q: MemberQueue> RoomCore<Q> {
         let Some(member) = self.members.remove(&conn) else {
             return;
         };
-        let removed = self.awareness.remove(member.clients, now.ms);
-        self.announce_awareness(None, &removed, now);
+        drop(member);
+        // Exactly the presence this connection introduced goes with it.
+        if let Some(gone) = self.awareness.remove_owner(conn) {
+            let frame = Bytes::from(Message::Awareness(&gone).encode());
+            self.send(Target::AllBut(None), &frame, now);
+        }
         if self.members.is_empty() {
             self.empty_since = Some(now.ms);
         }
@@ -516,30 +518,32 @@ impl<Q: MemberQueue> RoomCore<Q> {
                 Err(_) => {}
             },
             Inbound::Emit { name, payload, ack } => self.on_emit(conn, &name, &payload, ack, now),
-            Inbound::Awareness(update) => match self.awareness.apply(&update, now.ms) {
-                Ok(change) => {
-                    if let Some(member) = self.members.get_mut(&conn) {
-                        member.clients.extend(
-                            change
-                                .added
-                                .iter()
-                                .chain(&change.updated)
-                                .chain(&change.renewed),
-                        );
-                        for id in &change.removed {
-                            member.clients.remove(id);
+            Inbound::Awareness(update) => {
+                let bounds = Bounds {
+                    per_owner: self.config.max_presence_per_connection,
+                    total: self.config.max_presence_per_room,
+                    state_bytes: self.config.max_presence_state_bytes,
+                };
+                match self.awareness.apply_as(&update, conn, bounds, now.ms) {
+                    Ok(change) => {
+                        if !change.foreign.is_empty() {
+                            debug!(conn, foreign = ?change.foreign, "ignoring presence of clients another connection introduced");
                         }
+                        let accepted: Vec<ClientId> = change.accepted().collect();
+                        self.announce_awareness(Some(conn), &accepted, now);
                     }
-                    let accepted: Vec<ClientId> = change.accepted().collect();
-                    self.announce_awareness(Some(conn), &accepted, now);
+                    Err(err) => {
+                        let code = match err {
+                            AwarenessError::Decode(_) | AwarenessError::TooManyForOwner(_) => {
+                                close::INVALID_PAYLOAD
+                            }
+                            AwarenessError::TooManyInTable(_) => close::TRY_AGAIN_LATER,
+                            AwarenessError::StateTooLarge { .. } => close::MESSAGE_TOO_BIG,
+                        };
+                        self.reject(conn, code, format!("awareness update refused: {err}"), now)
+                    }
                 }
-                Err(err) => self.reject(
-                    conn,
-                    close::INVALID_PAYLOAD,
-                    format!("invalid awareness update: {err}"),
-                    now,
-                ),
-            },
+            }
             Inbound::QueryAwareness => {
                 let states = Message::Awareness(&self.awareness.encode_all()).encode();
                 self.send(Target::One(conn), &states.into(), now);
@@ -728,6 +732,11 @@ impl<Q: MemberQueue> RoomCore<Q> {
         }
     }
 
+    /// The presence table.
+    pub fn presence(&self) -> &AwarenessTable {
+        &self.awareness
+    }
+
     /// The live document, unless the room is out of service.
     pub fn document(&self) -> Option<&Document> {
         match &self.state {
@@ -885,11 +894,6 @@ impl<Q: MemberQueue> RoomCore<Q> {
         let removed = self.awareness.sweep(now.ms, timeout_ms);
         if removed.is_empty() {
             return;
-        }
-        for member in self.members.values_mut() {
-            for id in &removed {
-                member.clients.remove(id);
-            }
         }
         debug!(?removed, "awareness timed out");
         self.announce_awareness(None, &removed, now);
@@ -1184,11 +1188,9 @@ impl<Q: MemberQueue> RoomCore<Q> {
     /// A connection's user name, from its presence (`user.name`, the
     /// y-protocols convention), or "anonymous".
     fn display_name(&self, conn: ConnId) -> String {
-        self.members
-            .get(&conn)
-            .into_iter()
-            .flat_map(|m| m.clients.iter())
-            .filter_map(|&client| self.awareness.state(client))
+        self.awareness
+            .clients_of(conn)
+            .filter_map(|client| self.awareness.state(client))
             .filter_map(|json| serde_json::from_str::<serde_json::Value>(json).ok())
             .find_map(|v| {
                 v.pointer("/user/name")

@@ -91,3 +91,75 @@ fn a_save_stall_is_told_to_quire_members_and_its_end_shown_by_saved() {
     assert_eq!(got(&mut room, 4), [Got::Saved(0)]);
     assert_eq!(got(&mut room, 3), []);
 }
+
+/// Finding 2: a member could erase or rewrite another member's presence,
+/// and leaving took only what it had touched.
+#[test]
+fn presence_belongs_to_the_connection_that_introduced_it() {
+    let mut room = room();
+    for conn in [1, 2, 3] {
+        room.join(conn, true, true).unwrap();
+    }
+    room.deliver(1, awareness(10, 1, r#"{"user":{"name":"ann"}}"#));
+    room.deliver(2, awareness(20, 1, "{}"));
+    for conn in [1, 2, 3] {
+        room.frames(conn);
+    }
+    room.deliver(2, awareness(10, 2, r#"{"user":{"name":"eve"}}"#));
+    room.deliver(2, awareness(10, 3, "null"));
+    assert_eq!(got(&mut room, 3), [], "nothing relayed");
+    room.deliver(1, emit(CHAT_EVENT, r#"{"text":"hi"}"#, 0));
+    let Got::Event { payload, .. } = &got(&mut room, 3)[0] else {
+        panic!()
+    };
+    assert!(payload.contains(r#""user":"ann""#), "{payload}");
+    room.leave(2);
+    assert_eq!(
+        got(&mut room, 3),
+        [Got::Awareness(vec![(20, "null".into())])]
+    );
+    room.leave(1);
+    assert_eq!(
+        got(&mut room, 3),
+        [Got::Awareness(vec![(10, "null".into())])]
+    );
+    assert_eq!(room.core().presence().entries(), 0, "nothing left behind");
+}
+
+/// Finding 2: one connection could list any number of awareness clients.
+#[test]
+fn presence_is_bounded_per_connection_per_room_and_in_bytes() {
+    let mut room = room_with(|c| {
+        c.max_presence_per_connection = 2;
+        c.max_presence_per_room = 3;
+        c.max_presence_state_bytes = 100;
+    });
+    for conn in [1, 2, 3, 4] {
+        room.join(conn, true, true).unwrap();
+    }
+    room.deliver(1, awareness(10, 1, "{}"));
+    room.deliver(1, awareness(11, 1, "{}"));
+    room.deliver(1, awareness(12, 1, "{}"));
+    assert_eq!(
+        room.close_of(1).map(|c| c.code),
+        Some(close::INVALID_PAYLOAD)
+    );
+    room.deliver(2, awareness(20, 1, "{}"));
+    room.deliver(2, awareness(21, 1, "{}"));
+    room.deliver(3, awareness(30, 1, "{}"));
+    room.deliver(4, awareness(40, 1, "{}"));
+    assert_eq!(
+        room.close_of(4).map(|c| c.code),
+        Some(close::TRY_AGAIN_LATER)
+    );
+    room.deliver(3, awareness(30, 2, &format!(r#""{}""#, "x".repeat(100))));
+    assert_eq!(
+        room.close_of(3).map(|c| c.code),
+        Some(close::MESSAGE_TOO_BIG)
+    );
+    assert_eq!(
+        room.core().presence().entries(),
+        2,
+        "only member 2's remain"
+    );
+}
