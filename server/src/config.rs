@@ -36,6 +36,8 @@ pub mod defaults {
     pub const MAX_PRESENCE_PER_CONNECTION: usize = 16;
     pub const MAX_PRESENCE_PER_ROOM: usize = 10_000;
     pub const MAX_PRESENCE_STATE_BYTES: usize = 64 * 1024;
+    pub const MAX_CHAT_MESSAGE_BYTES: usize = 4 * 1024;
+    pub const CHAT_HISTORY_BYTES: u64 = 64 * 1024;
 }
 
 /// Shortest ping interval and timeout `quire serve` accepts.
@@ -132,7 +134,18 @@ pub struct Config {
     /// Bytes of one awareness state (1009 beyond).
     #[arg(long, env = "QUIRE_MAX_PRESENCE_STATE_BYTES", default_value_t = defaults::MAX_PRESENCE_STATE_BYTES)]
     pub max_presence_state_bytes: usize,
+    /// Bytes of text in one chat message (refused beyond, Error 1009).
+    #[arg(long, env = "QUIRE_MAX_CHAT_MESSAGE_BYTES", default_value_t = defaults::MAX_CHAT_MESSAGE_BYTES)]
+    pub max_chat_message_bytes: usize,
+    /// Bytes of chat a document keeps (oldest dropped beyond; at most the
+    /// last 50 messages too), sent in one frame to a joining Quire client.
+    #[arg(long, env = "QUIRE_CHAT_HISTORY_BYTES", default_value_t = defaults::CHAT_HISTORY_BYTES, value_parser = clap::value_parser!(u64).range(..=MAX_CHAT_HISTORY_BYTES))]
+    pub chat_history_bytes: u64,
 }
+
+/// Most chat history a document may keep: its one join frame stays far
+/// below what Quire clients reassemble (256 MiB by default).
+const MAX_CHAT_HISTORY_BYTES: u64 = 16 * 1024 * 1024;
 
 fn token_key(secret: &str) -> Result<TokenKey, String> {
     Ok(TokenKey::new(secret))
@@ -172,6 +185,8 @@ impl Config {
             max_presence_per_connection: defaults::MAX_PRESENCE_PER_CONNECTION,
             max_presence_per_room: defaults::MAX_PRESENCE_PER_ROOM,
             max_presence_state_bytes: defaults::MAX_PRESENCE_STATE_BYTES,
+            max_chat_message_bytes: defaults::MAX_CHAT_MESSAGE_BYTES,
+            chat_history_bytes: defaults::CHAT_HISTORY_BYTES,
         }
     }
 

@@ -417,6 +417,18 @@ impl Room {
                     {
                         warn!(%err, "could not store a chat message");
                     }
+                    // Off the room's task: a shared store answers over the network.
+                    let store = self.ctx.store.clone();
+                    let name = self.name.to_string();
+                    let (keep, bytes) = (
+                        self.ctx.config.chat_history,
+                        self.ctx.config.chat_history_bytes,
+                    );
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(err) = store.trim_chat(&name, keep, bytes) {
+                            warn!(%err, "could not trim the chat log");
+                        }
+                    });
                 }
                 Output::Compact { state } => self.compact(state).await,
                 Output::Reload => {

@@ -190,8 +190,10 @@ pub enum Output {
     /// with `write` (write numbers count up from 1 and must be reported in
     /// order) or [`RoomCore::storage_failed`].
     Append { write: u64, entry: Vec<u8> },
-    /// Append one chat record to the document's chat log; a failure only
-    /// costs the record, so it is logged and not reported.
+    /// Append one chat record to the document's chat log, then trim the
+    /// log to the room's history (`DocStore::trim_chat` with
+    /// `chat_history` and `chat_history_bytes`); a failure only costs the
+    /// record, so it is logged and not reported.
     AppendChat { record: String },
     /// Replace every entry appended so far by `state`, which holds them all.
     Compact { state: Vec<u8> },
@@ -295,8 +297,12 @@ pub struct RoomCore<Q> {
     members: HashMap<ConnId, Member<Q>>,
     awareness: AwarenessTable,
     state: State,
-    /// Recent chat messages (JSON), oldest first, sent to joining clients.
+    /// Recent chat messages (JSON), oldest first, sent to joining clients:
+    /// at most `chat_history` of them and `chat_history_bytes` together,
+    /// as the store keeps them ([`Output::AppendChat`] trims it).
     chat: VecDeque<String>,
+    /// Bytes of `chat`: counted with the document's for the size limit.
+    chat_bytes: u64,
     /// The number of the last write handed out.
     last_write: u64,
     /// Every write up to this one is on disk.
@@ -333,6 +339,7 @@ impl<Q: MemberQueue> RoomCore<Q> {
             awareness: AwarenessTable::new(),
             state: State::Failed("not loaded yet".into()),
             chat: VecDeque::new(),
+            chat_bytes: 0,
             last_write: 0,
             durable: 0,
             undurable_since: None,
@@ -366,9 +373,10 @@ impl<Q: MemberQueue> RoomCore<Q> {
                 State::Failed(reason)
             }
         };
-        self.chat = chat.into();
-        while self.chat.len() > self.config.chat_history {
-            self.chat.pop_front();
+        self.chat = VecDeque::new();
+        self.chat_bytes = 0;
+        for record in chat {
+            self.keep_chat(record);
         }
         self.last_write
     }
@@ -393,20 +401,12 @@ impl<Q: MemberQueue> RoomCore<Q> {
 
     /// Adds a connection and sends it sync step 1, everyone's presence and
     /// (Quire clients) the recent chat. Refused when the document is
-    /// unavailable or over the size limit.
+    /// unavailable (never for its size: only writes are refused past it).
     pub fn join(&mut self, conn: ConnId, joining: Joining<Q>, now: Now) -> Result<(), RoomError> {
+        // A document past the size limit is still served (its writes are
+        // refused): what yrs stores can outgrow what was checked.
         let document = match &self.state {
-            State::Ready {
-                document, bytes, ..
-            } => {
-                let limit = self.config.max_document_bytes;
-                if *bytes > limit {
-                    return Err(RoomError::TooLarge(format!(
-                        "the document is {bytes} bytes, over this server's limit of {limit}"
-                    )));
-                }
-                document
-            }
+            State::Ready { document, .. } => document,
             State::Failed(reason) => return Err(RoomError::Unavailable(reason.clone())),
         };
         let extensions = joining.extensions;
@@ -732,6 +732,11 @@ impl<Q: MemberQueue> RoomCore<Q> {
         }
     }
 
+    /// Bytes of the chat history the room keeps.
+    pub fn chat_bytes(&self) -> u64 {
+        self.chat_bytes
+    }
+
     /// The presence table.
     pub fn presence(&self) -> &AwarenessTable {
         &self.awareness
@@ -784,23 +789,21 @@ impl<Q: MemberQueue> RoomCore<Q> {
     /// `origin` is the member it came from (not echoed back), `None` for an
     /// import. `Ok(false)`: it held nothing new.
     fn apply_update(&mut self, origin: Option<ConnId>, update: &[u8]) -> Result<bool, RoomError> {
-        let limit = self.config.max_document_bytes;
-        let State::Ready {
-            document, bytes, ..
-        } = &mut self.state
-        else {
-            let State::Failed(reason) = &self.state else {
-                unreachable!()
-            };
+        if let State::Failed(reason) = &self.state {
             return Err(RoomError::Unavailable(reason.clone()));
-        };
-        // The raw size bounds what is new (sync sends differences, so the
-        // two are close); an update holding nothing new never counts.
-        if *bytes + update.len() as u64 > limit && !document.is_known(update) {
-            return Err(RoomError::TooLarge(format!(
-                "this update would take the document past this server's limit of {limit} bytes"
-            )));
         }
+        // The raw size bounds what is new (sync sends differences, so the
+        // two are close; the delta stored can be a little larger, so a
+        // document may end past the limit, still served, its writes
+        // refused); an update holding nothing new never counts.
+        if let Some(refusal) = self.over_size_limit(update.len() as u64)
+            && !self.document().is_some_and(|d| d.is_known(update))
+        {
+            return Err(RoomError::TooLarge(refusal));
+        }
+        let State::Ready { document, .. } = &mut self.state else {
+            unreachable!("checked above")
+        };
         let applied = match document.apply(update) {
             // Whatever yrs holds back must still merge into the whole
             // document, or the log could never be compacted again (yrs
@@ -841,6 +844,22 @@ impl<Q: MemberQueue> RoomCore<Q> {
             origin,
         });
         Ok(true)
+    }
+
+    /// Why writing `more` bytes is refused, if it is: the stored log and
+    /// the chat history together may not pass `max_document_bytes`.
+    fn over_size_limit(&self, more: u64) -> Option<String> {
+        let State::Ready { bytes, .. } = &self.state else {
+            return None;
+        };
+        let limit = self.config.max_document_bytes;
+        let stored = *bytes + self.chat_bytes;
+        (stored + more > limit).then(|| {
+            format!(
+                "this document holds {stored} bytes (with its chat); \
+                 writing {more} more would pass this server's limit of {limit}"
+            )
+        })
     }
 
     /// Hands one entry to storage and accounts for it.
@@ -1068,17 +1087,9 @@ impl<Q: MemberQueue> RoomCore<Q> {
         };
         if !self.can_write(conn) {
             // The read permission covers watching and one's own presence;
-            // events (chat included) need write. The member stays, and an
-            // ack it asked for says nobody received the event.
-            let error = Ext::Error {
-                code: u64::from(close::FORBIDDEN),
-                message: "read-only access: events are not sent",
-            };
-            self.send(Target::One(conn), &error.encode().into(), now);
-            if ack != 0 {
-                let frame = Ext::EmitAck { ack, delivered: 0 }.encode();
-                self.send(Target::One(conn), &frame.into(), now);
-            }
+            // events (chat included) need write.
+            let message = "read-only access: events are not sent";
+            self.refuse_event(conn, close::FORBIDDEN, message, ack, now);
             return;
         }
         if name == CHAT_HISTORY_EVENT {
@@ -1106,7 +1117,17 @@ impl<Q: MemberQueue> RoomCore<Q> {
                 );
                 return;
             };
+            let limit = self.config.max_chat_message_bytes;
+            if text.len() > limit {
+                let message = format!("a chat message holds at most {limit} bytes of text");
+                self.refuse_event(conn, close::MESSAGE_TOO_BIG, &message, ack, now);
+                return;
+            }
             let record = serde_json::json!({ "user": sender_name, "text": text, "at_ms": at_ms, "sender": conn }).to_string();
+            if let Some(refusal) = self.over_size_limit(record.len() as u64) {
+                self.refuse_event(conn, close::DOCUMENT_TOO_LARGE, &refusal, ack, now);
+                return;
+            }
             self.outputs.push_back(Output::AppendChat {
                 record: record.clone(),
             });
@@ -1118,10 +1139,7 @@ impl<Q: MemberQueue> RoomCore<Q> {
                 at_ms,
             }
             .encode();
-            self.chat.push_back(record);
-            while self.chat.len() > self.config.chat_history {
-                self.chat.pop_front();
-            }
+            self.keep_chat(record);
             (frame, Target::ExtensionsBut(None))
         } else {
             let frame = Ext::Event {
@@ -1137,6 +1155,35 @@ impl<Q: MemberQueue> RoomCore<Q> {
         let delivered = self.send(target, &frame.into(), now);
         if ack != 0 {
             let frame = Ext::EmitAck { ack, delivered }.encode();
+            self.send(Target::One(conn), &frame.into(), now);
+        }
+    }
+
+    /// Adds a chat record to the recent history, dropping the oldest past
+    /// its count or bytes.
+    fn keep_chat(&mut self, record: String) {
+        self.chat_bytes += record.len() as u64;
+        self.chat.push_back(record);
+        while self.chat.len() > self.config.chat_history
+            || self.chat_bytes > self.config.chat_history_bytes
+        {
+            let Some(oldest) = self.chat.pop_front() else {
+                break;
+            };
+            self.chat_bytes -= oldest.len() as u64;
+        }
+    }
+
+    /// Refuses an event to its sender with a typed error (the member
+    /// stays); an ack it asked for says nobody received it.
+    fn refuse_event(&mut self, conn: ConnId, code: u16, message: &str, ack: u64, now: Now) {
+        let error = Ext::Error {
+            code: u64::from(code),
+            message,
+        };
+        self.send(Target::One(conn), &error.encode().into(), now);
+        if ack != 0 {
+            let frame = Ext::EmitAck { ack, delivered: 0 }.encode();
             self.send(Target::One(conn), &frame.into(), now);
         }
     }

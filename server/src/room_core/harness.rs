@@ -387,6 +387,23 @@ impl Harness {
         &self.metrics
     }
 
+    /// Drops the oldest stored chat records past the history's count or
+    /// bytes, as `DocStore::trim_chat` does.
+    fn trim_chat(&mut self) {
+        let (mut kept, mut bytes) = (0, 0u64);
+        let keep = self
+            .chat
+            .iter()
+            .rev()
+            .take_while(|record| {
+                bytes += record.len() as u64;
+                kept += 1;
+                kept <= self.config.chat_history && bytes <= self.config.chat_history_bytes
+            })
+            .count();
+        self.chat.drain(..self.chat.len() - keep);
+    }
+
     /// Carries out what the core handed out, in order, as the shell does.
     fn settle(&mut self) {
         while let Some(output) = self.core.poll_output() {
@@ -406,7 +423,10 @@ impl Harness {
                         self.core.durable(write, self.now());
                     }
                 }
-                Output::AppendChat { record } => self.chat.push(record),
+                Output::AppendChat { record } => {
+                    self.chat.push(record);
+                    self.trim_chat();
+                }
                 Output::Compact { state } => self.log = vec![state],
                 Output::Reload => {
                     let restored = Restored::from_log(&self.log);

@@ -384,3 +384,29 @@ fn chat_keeps_the_newest_messages_across_reopen_and_goes_with_the_document() {
     store.append_chat("talk", b"fresh").unwrap();
     assert_eq!(store.recent_chat("talk", 3).unwrap(), [b"fresh".to_vec()]);
 }
+
+/// Issue 12, finding 3: the chat log was kept forever.
+#[test]
+fn trim_chat_keeps_the_newest_within_count_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..10 {
+        store
+            .append_chat("talk", format!("m{i}").as_bytes())
+            .unwrap();
+    }
+    store.trim_chat("talk", 5, 1_000).unwrap();
+    let all = store.recent_chat("talk", 100).unwrap();
+    assert_eq!(
+        all,
+        ["m5", "m6", "m7", "m8", "m9"].map(|m| m.as_bytes().to_vec())
+    );
+    store.trim_chat("talk", 5, 4).unwrap();
+    assert_eq!(
+        store.recent_chat("talk", 100).unwrap().len(),
+        2,
+        "2 bytes each"
+    );
+    store.trim_chat("nope", 5, 4).unwrap();
+    assert!(store.load("nope").unwrap().is_none(), "creates nothing");
+}

@@ -163,3 +163,99 @@ fn presence_is_bounded_per_connection_per_room_and_in_bytes() {
         "only member 2's remain"
     );
 }
+
+fn chat(text: &str) -> Inbound {
+    emit(
+        CHAT_EVENT,
+        &serde_json::json!({ "text": text }).to_string(),
+        1,
+    )
+}
+
+/// Finding 3: any message up to the frame limit was stored and replayed.
+#[test]
+fn a_chat_message_over_the_size_cap_is_refused_and_the_sender_stays() {
+    let mut room = room_with(|c| c.max_chat_message_bytes = 10);
+    room.join(1, true, true).unwrap();
+    room.join(2, true, true).unwrap();
+    room.frames(1);
+    room.frames(2);
+    room.deliver(1, chat(&"x".repeat(11)));
+    assert_eq!(
+        got(&mut room, 1),
+        [
+            Got::Error(u64::from(close::MESSAGE_TOO_BIG)),
+            Got::EmitAck {
+                ack: 1,
+                delivered: 0
+            }
+        ]
+    );
+    assert_eq!(got(&mut room, 2), []);
+    assert!(room.chat().is_empty());
+    room.deliver(1, chat(&"x".repeat(10)));
+    assert_eq!(room.chat().len(), 1);
+}
+
+/// Finding 3: the history was kept forever; it is bounded in bytes too,
+/// in the room (what joiners get) and in the store.
+#[test]
+fn chat_history_is_bounded_in_bytes_oldest_dropped() {
+    let mut room = room_with(|c| c.chat_history_bytes = 300);
+    room.join(1, true, true).unwrap();
+    for n in 0..10 {
+        room.deliver(1, chat(&format!("message {n} {}", "y".repeat(50))));
+    }
+    let stored: usize = room.chat().iter().map(String::len).sum();
+    assert!(stored <= 300, "{stored}");
+    assert!(room.chat().last().unwrap().contains("message 9"));
+    room.join(2, true, true).unwrap();
+    let history = got(&mut room, 2)
+        .into_iter()
+        .find_map(|g| match g {
+            Got::Event { name, payload } if name == CHAT_HISTORY_EVENT => Some(payload),
+            _ => None,
+        })
+        .expect("history");
+    let history: Vec<serde_json::Value> = serde_json::from_str(&history).unwrap();
+    assert_eq!(history.len(), room.chat().len());
+    // A room reopened on the stored chat keeps within the bound too.
+    let reopened = Harness::on_log(
+        Config {
+            chat_history_bytes: 100,
+            ..Harness::config()
+        },
+        Vec::new(),
+        room.chat().to_vec(),
+    );
+    let bytes = reopened.core().chat_bytes();
+    assert!((1..=100).contains(&bytes), "{bytes}");
+}
+
+/// Finding 3: chat bytes count with the document's for the size limit.
+#[test]
+fn chat_counts_towards_the_document_size_limit() {
+    let mut room = room_with(|c| c.max_document_bytes = 400);
+    room.join(1, true, true).unwrap();
+    room.deliver(1, chat(&"z".repeat(200)));
+    room.frames(1);
+    room.deliver(1, chat(&"z".repeat(200)));
+    assert_eq!(
+        got(&mut room, 1),
+        [
+            Got::Error(u64::from(close::DOCUMENT_TOO_LARGE)),
+            Got::EmitAck {
+                ack: 1,
+                delivered: 0
+            }
+        ]
+    );
+    let update = edit(&Doc::with_client_id(3), &"w".repeat(200));
+    room.send_update(1, &update);
+    assert_eq!(
+        room.close_of(1).map(|c| c.code),
+        Some(close::DOCUMENT_TOO_LARGE)
+    );
+    assert_eq!(room.chat().len(), 1);
+    assert!(room.log().is_empty());
+}
