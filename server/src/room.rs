@@ -46,6 +46,11 @@ use crate::unix_ms;
 /// room can fall behind before senders wait.
 pub const ROOM_CHANNEL_CAPACITY: usize = 256;
 
+/// An input whose work grows with this many bytes (an update this large,
+/// a diff or snapshot of a document this large) runs under
+/// `block_in_place`: see [`Room::heavy`].
+const HEAVY_BYTES: u64 = 64 * 1024;
+
 /// How long a leaving room waits for its last writes to reach the disk.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -352,17 +357,27 @@ impl Room {
             }
             Command::Message { conn, message } => {
                 self.feed_durability();
-                self.core.receive(conn, message, self.now());
+                let now = self.now();
+                let heavy = match &message {
+                    Inbound::Update(update) => update.len() as u64 >= HEAVY_BYTES,
+                    Inbound::StateVector(_) => self.core.stored_bytes() >= HEAVY_BYTES,
+                    _ => false,
+                };
+                let core = &mut self.core;
+                heavily(heavy, || core.receive(conn, message, now));
                 self.carry_out().await;
             }
             Command::Snapshot { reply } => {
-                let snapshot = self.core.snapshot();
+                let heavy = self.core.stored_bytes() >= HEAVY_BYTES;
+                let core = &mut self.core;
+                let snapshot = heavily(heavy, || core.snapshot());
                 self.carry_out().await;
                 let _ = reply.send(snapshot);
             }
             Command::Import { update, reply } => {
                 self.feed_durability();
-                let imported = self.core.import(&update);
+                let core = &mut self.core;
+                let imported = heavily(update.len() as u64 >= HEAVY_BYTES, || core.import(&update));
                 self.carry_out().await;
                 let imported = match (imported, self.core.unavailable()) {
                     // Storage failed on what the import added.
@@ -561,6 +576,22 @@ impl Room {
                 Err("loading the document failed".into())
             }
         }
+    }
+}
+
+/// Runs `work` on the room's task; if it is `heavy` (it grows with an
+/// update or the document, see [`HEAVY_BYTES`]), under `block_in_place`,
+/// so that the tokio worker's other tasks (other rooms, connections) move
+/// to another worker meanwhile instead of waiting for it. A runtime with
+/// one thread has nowhere to move them: there it simply runs.
+fn heavily<T>(heavy: bool, work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let threaded = Handle::try_current()
+        .is_ok_and(|handle| handle.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if heavy && threaded {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
     }
 }
 

@@ -70,6 +70,12 @@ pub struct Now {
 /// plus deleted ranges, before it is cut off (see `Member::ahead`).
 const MAX_AHEAD_ENTRIES: usize = 65_536;
 
+/// The first wait between two sync step 1 a member's incomplete updates
+/// ask for; it doubles up to [`STEP1_BACKOFF_MAX_MS`] while they keep
+/// coming, and starts again once the document has what they referred to.
+const STEP1_BACKOFF_MIN_MS: u64 = 100;
+const STEP1_BACKOFF_MAX_MS: u64 = 10_000;
+
 /// Shortest period between two sweeps of stale presence.
 const MIN_SWEEP_PERIOD: Duration = Duration::from_millis(50);
 
@@ -262,6 +268,11 @@ struct Member<Q> {
     /// the document has all that, no `Saved` is sent, as it would claim the
     /// dropped message too.
     ahead: Option<(u64, Footprint)>,
+    /// No sync step 1 for incomplete updates before this time (ms): one
+    /// was sent and its answer is on the way. See [`STEP1_BACKOFF_MIN_MS`].
+    step1_not_before: u64,
+    /// The current wait between two such step 1 (0: none sent yet).
+    step1_backoff: u64,
 }
 
 /// Where the room's document stands.
@@ -423,6 +434,8 @@ impl<Q: MemberQueue> RoomCore<Q> {
                 told_read_only: false,
                 refused_from: None,
                 ahead: None,
+                step1_not_before: 0,
+                step1_backoff: 0,
             },
         );
         self.empty_since = None;
@@ -732,6 +745,15 @@ impl<Q: MemberQueue> RoomCore<Q> {
         }
     }
 
+    /// Estimated encoded size of the document (its stored log), 0 while
+    /// the room is out of service: how heavy a diff or snapshot is.
+    pub fn stored_bytes(&self) -> u64 {
+        match &self.state {
+            State::Ready { bytes, .. } => *bytes,
+            State::Failed(_) => 0,
+        }
+    }
+
     /// Bytes of the chat history the room keeps.
     pub fn chat_bytes(&self) -> u64 {
         self.chat_bytes
@@ -1023,6 +1045,8 @@ impl<Q: MemberQueue> RoomCore<Q> {
                 return;
             }
             member.ahead = None;
+            member.step1_backoff = 0;
+            member.step1_not_before = 0;
         }
         let number = member.update_messages;
         if required <= self.durable && member.pending_saves.is_empty() {
@@ -1042,7 +1066,6 @@ impl<Q: MemberQueue> RoomCore<Q> {
         let State::Ready { document, .. } = &self.state else {
             return;
         };
-        let step1 = Message::Sync(SyncMessage::Step1(&document.state_vector())).encode();
         let Some(member) = self.members.get_mut(&conn) else {
             return;
         };
@@ -1069,6 +1092,15 @@ impl<Q: MemberQueue> RoomCore<Q> {
             );
             return;
         }
+        // A client that keeps sending them gets step 1 with backoff: its
+        // answer to the last one carries what these lack too.
+        if now.ms < member.step1_not_before {
+            return;
+        }
+        member.step1_backoff =
+            (member.step1_backoff * 2).clamp(STEP1_BACKOFF_MIN_MS, STEP1_BACKOFF_MAX_MS);
+        member.step1_not_before = now.ms + member.step1_backoff;
+        let step1 = Message::Sync(SyncMessage::Step1(&document.state_vector())).encode();
         self.send(Target::One(conn), &step1.into(), now);
     }
 
