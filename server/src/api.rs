@@ -1,11 +1,14 @@
 //! The HTTP API: document list, snapshot export and import, deletion,
 //! health and metrics. Every error is a JSON body `{"error": {"code",
-//! "message"}}`; a 5xx never reveals internals (they go to the log).
+//! "message"}}`, including what axum's extractors refuse (a body over the
+//! size limit, a path or query that does not parse); a 5xx never reveals
+//! internals (they go to the log).
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -90,6 +93,24 @@ impl From<RoomError> for AppError {
         }
     }
 }
+
+/// An extractor's refusal, in the API's error body: 413 stays "too large",
+/// anything else is the client's mistake.
+macro_rules! rejection_into_app_error {
+    ($($rejection:ty),*) => {$(
+        impl From<$rejection> for AppError {
+            fn from(rejection: $rejection) -> Self {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    AppError::TooLarge(rejection.body_text())
+                } else {
+                    AppError::BadRequest(rejection.body_text())
+                }
+            }
+        }
+    )*};
+}
+
+rejection_into_app_error!(BytesRejection, PathRejection, QueryRejection);
 
 impl From<AuthError> for AppError {
     fn from(err: AuthError) -> Self {
@@ -217,10 +238,11 @@ pub struct SnapshotQuery {
 
 pub async fn export(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
-    Query(query): Query<SnapshotQuery>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<SnapshotQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
+    let (Path(raw), Query(query)) = (path?, query?);
     let name = doc_name(&raw)?;
     authorize(&state, &headers, Some(&name), Permission::Read)?;
     let format = match query.format.as_deref().unwrap_or("yjs") {
@@ -282,10 +304,11 @@ pub struct ImportResult {
 
 pub async fn import(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ImportResult>, AppError> {
+    let (Path(raw), body) = (path?, body?);
     let name = doc_name(&raw)?;
     authorize(&state, &headers, Some(&name), Permission::Write)?;
     let changed = state
@@ -300,9 +323,10 @@ pub async fn import(
 
 pub async fn delete(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<StatusCode, AppError> {
+    let Path(raw) = path?;
     let name = doc_name(&raw)?;
     authorize(&state, &headers, Some(&name), Permission::Admin)?;
     let doc = name.to_string();

@@ -6,8 +6,10 @@
 //! - [`config`]: every setting `quire serve` takes.
 //! - [`connection`]: one WebSocket; decodes frames, forwards them to its
 //!   room, writes what the room queues, closes with a clear code.
-//! - [`room`]: the actor that owns one document, its presence table and its
-//!   members; the only writer of that document and its log.
+//! - [`room_core`]: how a room behaves: membership, sync, updates, saves,
+//!   presence, chat, compaction; no I/O, no tasks, no clock.
+//! - [`room`]: the tokio task around one document's core: its mailbox,
+//!   its storage calls, its timers; the only writer of that document's log.
 //! - [`rooms`]: the registry of live rooms; opens, evicts, shuts down.
 //! - [`document`]: a yrs `Doc` with panic containment and the few
 //!   operations Quire needs (apply and return the delta, diff, state).
@@ -34,6 +36,7 @@ pub mod items {
 pub mod limits;
 pub mod metrics;
 pub mod room;
+pub mod room_core;
 pub mod rooms;
 pub mod snapshot;
 pub mod web;
@@ -59,6 +62,9 @@ use tracing::{info, warn};
 pub use config::Config;
 use metrics::Metrics;
 use rooms::Rooms;
+
+/// How long shutdown waits for connections to send their close frames.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What every request handler and connection shares. Cloning is cheap.
 #[derive(Clone)]
@@ -230,10 +236,10 @@ pub async fn serve(
     .await?;
 
     // Upgraded WebSockets outlive axum's graceful shutdown; give them a
-    // moment to send their close frames.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while state.metrics.connections.get() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    // moment to send their close frames. The last one to end signals it.
+    let closing = state.admission.all_closed();
+    if tokio::time::timeout(CLOSE_GRACE, closing).await.is_err() {
+        warn!("connections still open after {CLOSE_GRACE:?}; stopping anyway");
     }
     recorder.abort();
     let store = state.store.clone();

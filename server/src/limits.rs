@@ -3,17 +3,18 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Counts open connections; taken only when a connection opens or closes.
 #[derive(Debug)]
 pub struct Admission {
-    /// Open connections.
-    total: AtomicUsize,
+    /// Open connections, watched by shutdown to learn when the last one
+    /// ended: each [`Admitted`] counts itself out as it drops.
+    open: watch::Sender<usize>,
     /// Open connections per client address.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     max_total: usize,
@@ -39,7 +40,7 @@ pub struct Admitted {
 impl Admission {
     pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
         Arc::new(Self {
-            total: AtomicUsize::new(0),
+            open: watch::Sender::new(0),
             per_ip: Mutex::new(HashMap::new()),
             max_total,
             max_per_ip,
@@ -48,7 +49,7 @@ impl Admission {
 
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refusal> {
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if self.total.load(Ordering::Relaxed) >= self.max_total {
+        if *self.open.borrow() >= self.max_total {
             return Err(Refusal::Full(self.max_total));
         }
         let count = per_ip.entry(ip).or_default();
@@ -56,7 +57,7 @@ impl Admission {
             return Err(Refusal::TooManyFromAddress(self.max_per_ip));
         }
         *count += 1;
-        self.total.fetch_add(1, Ordering::Relaxed);
+        self.open.send_modify(|open| *open += 1);
         Ok(Admitted {
             admission: self.clone(),
             ip,
@@ -77,7 +78,16 @@ impl Drop for Admitted {
                 per_ip.remove(&self.ip);
             }
         }
-        self.admission.total.fetch_sub(1, Ordering::Relaxed);
+        self.admission.open.send_modify(|open| *open -= 1);
+    }
+}
+
+impl Admission {
+    /// Completes once no admitted connection is left.
+    pub async fn all_closed(&self) {
+        let mut open = self.open.subscribe();
+        // The sender lives in `self`, so the watch cannot close under us.
+        let _ = open.wait_for(|&open| open == 0).await;
     }
 }
 
@@ -137,6 +147,25 @@ mod tests {
         assert_eq!(admission.admit(b).unwrap_err(), Refusal::Full(3));
         drop(first);
         assert!(admission.admit(a).is_ok());
+    }
+
+    #[tokio::test]
+    async fn all_closed_completes_when_the_last_connection_drops() {
+        let admission = Admission::new(3, 3);
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let (a, b) = (admission.admit(ip).unwrap(), admission.admit(ip).unwrap());
+        let waiting = tokio::spawn({
+            let admission = admission.clone();
+            async move { admission.all_closed().await }
+        });
+        drop(a);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "one connection is still open");
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("signalled by the last drop")
+            .unwrap();
     }
 
     #[test]

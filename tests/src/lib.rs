@@ -1,6 +1,7 @@
 //! Test support for Quire's integration tests: real servers on loopback
 //! (in-process or as a child process), a native yrs client speaking the
-//! y-websocket protocol over tokio-tungstenite, and a minimal HTTP client.
+//! y-websocket protocol over tokio-tungstenite, and an HTTP client
+//! (hyper-util's).
 //!
 //! Everything here targets 127.0.0.1 only and every wait is bounded.
 
