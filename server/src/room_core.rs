@@ -273,6 +273,12 @@ struct Member<Q> {
     step1_not_before: u64,
     /// The current wait between two such step 1 (0: none sent yet).
     step1_backoff: u64,
+    /// An incomplete update arrived while step 1 waited: one is owed, sent
+    /// when the wait is over ([`RoomCore::tick`]) or as soon as this member
+    /// sends something that changes the document (the answer to the last
+    /// one, likely) and the document still lacks what was dropped, so that
+    /// nothing dropped is left unasked for.
+    step1_owed: bool,
 }
 
 /// Where the room's document stands.
@@ -436,6 +442,7 @@ impl<Q: MemberQueue> RoomCore<Q> {
                 ahead: None,
                 step1_not_before: 0,
                 step1_backoff: 0,
+                step1_owed: false,
             },
         );
         self.empty_since = None;
@@ -515,7 +522,12 @@ impl<Q: MemberQueue> RoomCore<Q> {
                 }
             }
             Inbound::Update(update) => match self.apply_update(Some(conn), &update) {
-                Ok(_) => self.acknowledge(conn, now),
+                Ok(changed) => {
+                    self.acknowledge(conn, now);
+                    if changed {
+                        self.pay_owed_step1(Some(conn), now);
+                    }
+                }
                 Err(RoomError::Incomplete { carries, reason }) => {
                     self.ask_for_missing(conn, carries, &reason, now)
                 }
@@ -678,6 +690,7 @@ impl<Q: MemberQueue> RoomCore<Q> {
     /// timeout, and ask for eviction once the room was empty for the grace
     /// period.
     pub fn tick(&mut self, now: Now) {
+        self.pay_owed_step1(None, now);
         if self.durable < self.last_write {
             // The write standing for the stored log has no `appended`.
             self.undurable_since.get_or_insert(now.ms);
@@ -710,7 +723,13 @@ impl<Q: MemberQueue> RoomCore<Q> {
 
     /// When [`Self::tick`] has something to do next ([`Now::ms`]).
     pub fn deadline(&self) -> u64 {
-        [self.evict_at(), self.stall_at()]
+        let owed = self
+            .members
+            .values()
+            .filter(|m| m.step1_owed)
+            .map(|m| m.step1_not_before)
+            .min();
+        [self.evict_at(), self.stall_at(), owed]
             .into_iter()
             .flatten()
             .fold(self.next_sweep, u64::min)
@@ -1047,6 +1066,7 @@ impl<Q: MemberQueue> RoomCore<Q> {
             member.ahead = None;
             member.step1_backoff = 0;
             member.step1_not_before = 0;
+            member.step1_owed = false;
         }
         let number = member.update_messages;
         if required <= self.durable && member.pending_saves.is_empty() {
@@ -1063,9 +1083,9 @@ impl<Q: MemberQueue> RoomCore<Q> {
     /// step 2) carries the dropped message's content along with what it
     /// referred to.
     fn ask_for_missing(&mut self, conn: ConnId, carries: Footprint, reason: &str, now: Now) {
-        let State::Ready { document, .. } = &self.state else {
+        if !matches!(self.state, State::Ready { .. }) {
             return;
-        };
+        }
         let Some(member) = self.members.get_mut(&conn) else {
             return;
         };
@@ -1093,15 +1113,46 @@ impl<Q: MemberQueue> RoomCore<Q> {
             return;
         }
         // A client that keeps sending them gets step 1 with backoff: its
-        // answer to the last one carries what these lack too.
+        // answer to the last one most likely carries what these lack too,
+        // and if not, the step 1 owed goes out later.
         if now.ms < member.step1_not_before {
+            member.step1_owed = true;
             return;
         }
+        self.ask_with_step1(conn, now);
+    }
+
+    /// Sends `conn` sync step 1 for its dropped incomplete updates and
+    /// doubles the wait before the next.
+    fn ask_with_step1(&mut self, conn: ConnId, now: Now) {
+        let State::Ready { document, .. } = &self.state else {
+            return;
+        };
+        let Some(member) = self.members.get_mut(&conn) else {
+            return;
+        };
+        member.step1_owed = false;
         member.step1_backoff =
             (member.step1_backoff * 2).clamp(STEP1_BACKOFF_MIN_MS, STEP1_BACKOFF_MAX_MS);
         member.step1_not_before = now.ms + member.step1_backoff;
         let step1 = Message::Sync(SyncMessage::Step1(&document.state_vector())).encode();
         self.send(Target::One(conn), &step1.into(), now);
+    }
+
+    /// The members owed a step 1 whose wait is over (`changed`: also
+    /// `conn`, whose last message changed the document), sent it.
+    fn pay_owed_step1(&mut self, changed: Option<ConnId>, now: Now) {
+        let due: Vec<ConnId> = self
+            .members
+            .iter()
+            .filter(|(conn, m)| {
+                m.step1_owed && (Some(**conn) == changed || now.ms >= m.step1_not_before)
+            })
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in due {
+            self.ask_with_step1(conn, now);
+        }
     }
 
     /// A named event: relayed to the other Quire clients; `chat` is also

@@ -297,3 +297,30 @@ fn incomplete_updates_ask_for_what_is_missing_with_backoff() {
     room.send_update(1, &edit(&other, "y"));
     assert_eq!(step1s(&mut room), 1);
 }
+
+/// Found by `clients_converge_under_any_schedule` while adding the
+/// backoff: an incomplete update dropped while step 1 waited, then an
+/// answer (reordered before it) that did not carry it: the room must ask
+/// again at once, or it never learns what was dropped.
+#[test]
+fn a_step1_owed_goes_out_when_an_answer_leaves_something_missing() {
+    let mut room = room();
+    room.join(1, true, true).unwrap();
+    room.frames(1);
+    let doc = Doc::with_client_id(7);
+    let first = edit(&doc, "a");
+    let second = edit(&doc, "b");
+    let third = edit(&doc, "c");
+    room.send_update(1, &second);
+    room.send_update(1, &third);
+    assert_eq!(got(&mut room, 1), [Got::Step1], "the second one waits");
+    // An answer computed before the third edit: the first two only.
+    room.send_update(
+        1,
+        &yrs::merge_updates_v1([first.as_slice(), second.as_slice()]).unwrap(),
+    );
+    assert_eq!(got(&mut room, 1), [Got::Step1], "asked again at once");
+    room.send_update(1, &third);
+    assert_eq!(got(&mut room, 1), [Got::Saved(4)]);
+    assert_eq!(text_of(&room), "cba");
+}
