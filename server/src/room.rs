@@ -586,9 +586,9 @@ impl Room {
 /// one thread has nowhere to move them: there it simply runs.
 fn heavily<T>(heavy: bool, work: impl FnOnce() -> T) -> T {
     use tokio::runtime::{Handle, RuntimeFlavor};
-    let threaded = Handle::try_current()
-        .is_ok_and(|handle| handle.runtime_flavor() == RuntimeFlavor::MultiThread);
-    if heavy && threaded {
+    let threaded =
+        || Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if heavy && threaded() {
         tokio::task::block_in_place(work)
     } else {
         work()
