@@ -44,6 +44,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::auth::{self, AuthError, Permission};
 use crate::limits::{Admitted, RateLimit};
+use crate::outbox::{OutboxReceiver, outbox};
 use crate::room::{Close, ConnId, Inbound, MemberChannels, RoomError, RoomHandle};
 use crate::{AppState, unix_ms};
 
@@ -60,9 +61,6 @@ pub(crate) const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Bytes a socket's writer gathers before writing (it also writes on flush,
 /// after every batch).
 pub(crate) const WRITE_BUFFER_BYTES: usize = 16 * 1024;
-
-/// How long a Quire client has to present its token in-band.
-const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -238,7 +236,7 @@ async fn handshake(
 /// What joining set up.
 struct Joined {
     room: RoomHandle,
-    frames: mpsc::Receiver<Bytes>,
+    frames: OutboxReceiver,
     close: mpsc::Receiver<Close>,
     close_tx: mpsc::Sender<Close>,
     control: mpsc::Receiver<WsMessage>,
@@ -253,7 +251,11 @@ async fn join(
     state: &AppState,
 ) -> Result<Joined, Ending> {
     let config = &state.config;
-    let (frames_tx, frames) = mpsc::channel::<Bytes>(config.outbox_capacity);
+    let (frames_tx, frames) = outbox(
+        config.outbox_capacity,
+        config.outbox_bytes,
+        state.metrics.clone(),
+    );
     let (close_tx, close) = mpsc::channel::<Close>(1);
     let (control_tx, control) = mpsc::channel::<WsMessage>(CONTROL_CAPACITY);
     if extensions {
@@ -455,7 +457,7 @@ impl Link<'_> {
 /// The sending half of the socket and its three queues.
 struct Writer {
     sink: SplitSink<WebSocket, WsMessage>,
-    frames: mpsc::Receiver<Bytes>,
+    frames: OutboxReceiver,
     close: mpsc::Receiver<Close>,
     control: mpsc::Receiver<WsMessage>,
     extensions: bool,
@@ -506,7 +508,7 @@ impl Writer {
             }
             batched += 1;
             if batched < BATCH_FRAMES && self.control.is_empty() && self.close.is_empty() {
-                next = self.frames.try_recv().ok();
+                next = self.frames.try_recv();
             }
         }
         self.sink.flush().await.is_ok()
@@ -613,7 +615,8 @@ fn check_token(state: &AppState, token: Option<&str>, doc: &DocName) -> Result<A
     let left = Duration::from_secs(claims.exp.saturating_sub(now));
     Ok(Access {
         can_write: claims.perm >= Permission::Write,
-        expires_at: Some(Instant::now() + left),
+        // An expiry beyond what the clock can represent never comes.
+        expires_at: Instant::now().checked_add(left),
     })
 }
 
@@ -629,7 +632,7 @@ async fn authenticate(
     if state.config.auth_key.is_none() || token.is_some() || !extensions {
         return check_token(state, token.as_deref(), doc);
     }
-    let first = tokio::time::timeout(AUTH_TIMEOUT, stream.next()).await;
+    let first = tokio::time::timeout(state.config.auth_timeout, stream.next()).await;
     let token = match first {
         Ok(Some(Ok(WsMessage::Binary(frame)))) => match Ext::decode(&frame) {
             Ok(Ext::Auth { token }) => Some(token.to_owned()),

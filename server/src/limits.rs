@@ -1,5 +1,12 @@
-//! Admission limits (connections in total and per IP address) and the
-//! per-connection rate limit.
+//! Admission limits (connections in total and per IP address), the
+//! client address behind a trusted proxy, and the per-connection rate
+//! limit.
+//!
+//! Every TCP connection is admitted as it is accepted, before a byte of it
+//! is read: HTTP requests and WebSockets alike hold a place until they
+//! end. A connection from a trusted proxy (`--trust-proxy`) counts toward
+//! the total at once and toward its real client's address once a request
+//! names that client in `X-Forwarded-For` ([`Admitted::attribute`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -34,7 +41,8 @@ pub enum Refusal {
 #[derive(Debug)]
 pub struct Admitted {
     admission: Arc<Admission>,
-    ip: IpAddr,
+    /// The address it counts against (`None`: only the total, so far).
+    ip: Option<IpAddr>,
 }
 
 impl Admission {
@@ -47,42 +55,103 @@ impl Admission {
         })
     }
 
+    /// Admits a connection from `ip`, counted in the total and for `ip`.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refusal> {
-        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let mut per_ip = self.per_ip();
+        self.check_total()?;
+        self.count_ip(&mut per_ip, ip)?;
+        self.open.send_modify(|open| *open += 1);
+        Ok(Admitted {
+            admission: self.clone(),
+            ip: Some(ip),
+        })
+    }
+
+    /// Admits a connection counted only in the total until
+    /// [`Admitted::attribute`] names its client (a trusted proxy's).
+    pub fn admit_unattributed(self: &Arc<Self>) -> Result<Admitted, Refusal> {
+        let _per_ip = self.per_ip();
+        self.check_total()?;
+        self.open.send_modify(|open| *open += 1);
+        Ok(Admitted {
+            admission: self.clone(),
+            ip: None,
+        })
+    }
+
+    fn per_ip(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.per_ip.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check_total(&self) -> Result<(), Refusal> {
         if *self.open.borrow() >= self.max_total {
             return Err(Refusal::Full(self.max_total));
         }
+        Ok(())
+    }
+
+    fn count_ip(&self, per_ip: &mut HashMap<IpAddr, usize>, ip: IpAddr) -> Result<(), Refusal> {
         let count = per_ip.entry(ip).or_default();
         if *count >= self.max_per_ip {
             return Err(Refusal::TooManyFromAddress(self.max_per_ip));
         }
         *count += 1;
-        self.open.send_modify(|open| *open += 1);
-        Ok(Admitted {
-            admission: self.clone(),
-            ip,
-        })
+        Ok(())
+    }
+}
+
+impl Admitted {
+    /// Counts a connection admitted by [`Admission::admit_unattributed`]
+    /// for its client `ip` too (no change if it already counts for one).
+    pub fn attribute(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        if self.ip.is_some() {
+            return Ok(());
+        }
+        let admission = &self.admission;
+        admission.count_ip(&mut admission.per_ip(), ip)?;
+        self.ip = Some(ip);
+        Ok(())
     }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut per_ip = self
-            .admission
-            .per_ip
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = per_ip.get_mut(&self.ip) {
+        let mut per_ip = self.admission.per_ip();
+        if let Some(ip) = self.ip
+            && let Some(count) = per_ip.get_mut(&ip)
+        {
             *count -= 1;
             if *count == 0 {
-                per_ip.remove(&self.ip);
+                per_ip.remove(&ip);
             }
         }
+        drop(per_ip);
         self.admission.open.send_modify(|open| *open -= 1);
     }
 }
 
+/// The client a request comes from: its peer, or, when the peer is one of
+/// the `trusted` proxies, the nearest address in `X-Forwarded-For` that is
+/// not itself a trusted proxy (proxies append the peer they saw, so the
+/// entries left of that one are whatever the client claimed).
+pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    forwarded_for
+        .into_iter()
+        .flat_map(|list| list.rsplit(','))
+        .map_while(|entry| entry.trim().parse::<IpAddr>().ok())
+        .find(|ip| !trusted.contains(ip))
+        .unwrap_or(peer)
+}
+
 impl Admission {
+    /// Connections holding a place now.
+    pub fn open(&self) -> usize {
+        *self.open.borrow()
+    }
+
     /// Completes once no admitted connection is left.
     pub async fn all_closed(&self) {
         let mut open = self.open.subscribe();
@@ -147,6 +216,39 @@ mod tests {
         assert_eq!(admission.admit(b).unwrap_err(), Refusal::Full(3));
         drop(first);
         assert!(admission.admit(a).is_ok());
+    }
+
+    #[test]
+    fn a_proxied_connection_counts_for_its_client_once_named() {
+        let admission = Admission::new(3, 1);
+        let client = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7));
+        let mut proxied = admission.admit_unattributed().unwrap();
+        let mut other = admission.admit_unattributed().unwrap();
+        proxied.attribute(client).unwrap();
+        assert_eq!(
+            other.attribute(client).unwrap_err(),
+            Refusal::TooManyFromAddress(1)
+        );
+        drop(proxied);
+        other.attribute(client).unwrap();
+        assert_eq!(admission.admit_unattributed().map(drop), Ok(()));
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_from_trusted_proxies() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let inner: IpAddr = "10.0.0.2".parse().unwrap();
+        let client: IpAddr = "203.0.113.9".parse().unwrap();
+        let trusted = [proxy, inner];
+        // From a stranger the header is ignored.
+        assert_eq!(client_ip(client, Some("1.2.3.4"), &trusted), client);
+        // The nearest untrusted entry wins; what the client prepended does not.
+        assert_eq!(
+            client_ip(proxy, Some("6.6.6.6, 203.0.113.9, 10.0.0.2"), &trusted),
+            client
+        );
+        assert_eq!(client_ip(proxy, None, &trusted), proxy);
+        assert_eq!(client_ip(proxy, Some("garbage"), &trusted), proxy);
     }
 
     #[tokio::test]
