@@ -37,6 +37,7 @@ pub mod edge_defaults {
     pub const OUTBOX_BYTES: usize = 8 * 1024 * 1024;
     pub const HEADER_TIMEOUT: &str = "10s";
     pub const AUTH_TIMEOUT: &str = "3s";
+    pub const MESSAGE_TIMEOUT: &str = "60s";
     pub const MAX_COLD_EXPORTS: usize = 4;
 }
 
@@ -131,6 +132,10 @@ pub struct Config {
     /// in-band (4401 after).
     #[arg(long, env = "QUIRE_AUTH_TIMEOUT", default_value = edge_defaults::AUTH_TIMEOUT, value_parser = humantime::parse_duration)]
     pub auth_timeout: Duration,
+    /// How long one WebSocket message may take to arrive once it started
+    /// (4408 after), however alive the heartbeat keeps the link.
+    #[arg(long, env = "QUIRE_MESSAGE_TIMEOUT", default_value = edge_defaults::MESSAGE_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub message_timeout: Duration,
     /// Host names this server answers to besides IP addresses and
     /// `localhost` (repeatable; e.g. `docs.example.com`). Any other Host
     /// header is refused (421), which defeats DNS rebinding.
@@ -187,6 +192,7 @@ impl Config {
             outbox_bytes: edge_defaults::OUTBOX_BYTES,
             header_timeout: duration(edge_defaults::HEADER_TIMEOUT),
             auth_timeout: duration(edge_defaults::AUTH_TIMEOUT),
+            message_timeout: duration(edge_defaults::MESSAGE_TIMEOUT),
             public_hosts: Vec::new(),
             trust_proxy: Vec::new(),
             max_cold_exports: edge_defaults::MAX_COLD_EXPORTS,

@@ -218,11 +218,18 @@ struct RoomQuery {
 /// its requests by [`serve`]: a WebSocket upgrade takes it for the
 /// WebSocket's lifetime; otherwise the connection frees it as it ends.
 #[derive(Clone, Debug)]
-pub struct ConnectionSlot(Arc<Mutex<Option<limits::Admitted>>>);
+pub struct ConnectionSlot {
+    admitted: Arc<Mutex<Option<limits::Admitted>>>,
+    /// Bytes read from the socket, for the WebSocket's message timeout.
+    meter: Arc<limits::ReadMeter>,
+}
 
 impl ConnectionSlot {
     fn take(&self) -> Option<limits::Admitted> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.admitted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 }
 
@@ -258,6 +265,7 @@ async fn ws_upgrade(
     let client = limits::client_ip(peer.ip(), forwarded, &state.config.trust_proxy);
     // The connection's own place (taken when it was accepted), or a new
     // one when the router runs without `serve` (tests driving `app`).
+    let meter = slot.as_ref().map(|Extension(slot)| slot.meter.clone());
     let admitted = match slot.and_then(|Extension(slot)| slot.take()) {
         Some(mut admitted) => admitted.attribute(client).map(|()| admitted),
         None => state.admission.admit(client),
@@ -275,7 +283,15 @@ async fn ws_upgrade(
         .write_buffer_size(connection::WRITE_BUFFER_BYTES)
         .max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| connection::serve(socket, doc, query.token, admitted, state))
+        .on_upgrade(move |socket| {
+            let opening = connection::Opening {
+                raw_name: doc,
+                token: query.token,
+                admitted,
+                meter,
+            };
+            connection::serve(socket, opening, state)
+        })
 }
 
 /// Cross-site WebSocket hijacking guard: a browser always sends `Origin`;
@@ -396,7 +412,10 @@ fn serve_connection(
         tcp,
         peer,
         router,
-        slot: admitted.map(|a| ConnectionSlot(Arc::new(Mutex::new(Some(a))))),
+        slot: admitted.map(|admitted| ConnectionSlot {
+            admitted: Arc::new(Mutex::new(Some(admitted))),
+            meter: Arc::default(),
+        }),
         header_timeout: state.config.header_timeout,
     }
 }
@@ -415,6 +434,9 @@ impl Accepted {
         if let Err(refusal) = &slot {
             warn!(?refusal, %peer, "refusing a connection");
         }
+        let meter = slot
+            .as_ref()
+            .map_or_else(|_| Arc::default(), |slot| slot.meter.clone());
         let service =
             hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
                 let mut router = router.clone();
@@ -441,9 +463,8 @@ impl Accepted {
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout);
-        let connection = builder
-            .serve_connection(TokioIo::new(tcp), service)
-            .with_upgrades();
+        let io = TokioIo::new(limits::Metered::new(tcp, meter));
+        let connection = builder.serve_connection(io, service).with_upgrades();
         let mut connection = std::pin::pin!(connection);
         tokio::select! {
             result = connection.as_mut() => {

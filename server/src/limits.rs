@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -157,6 +158,152 @@ impl Admission {
         let mut open = self.open.subscribe();
         // The sender lives in `self`, so the watch cannot close under us.
         let _ = open.wait_for(|&open| open == 0).await;
+    }
+}
+
+/// Bytes read from one TCP connection so far, counted below the HTTP and
+/// WebSocket layers: the difference from what they delivered is what they
+/// hold unfinished (a message still arriving).
+#[derive(Debug, Default)]
+pub struct ReadMeter(std::sync::atomic::AtomicU64);
+
+impl ReadMeter {
+    pub fn bytes(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A socket whose reads are counted in a [`ReadMeter`].
+#[derive(Debug)]
+pub struct Metered<T> {
+    inner: T,
+    meter: Arc<ReadMeter>,
+}
+
+impl<T> Metered<T> {
+    pub fn new(inner: T, meter: Arc<ReadMeter>) -> Self {
+        Self { inner, meter }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        self.meter
+            .0
+            .fetch_add(read, std::sync::atomic::Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bytes: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, bytes)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Whether a WebSocket message has been arriving for too long: bytes read
+/// from the socket beyond the messages delivered (and the read-ahead a
+/// message boundary allows) mean one is in progress, and it must complete
+/// within the timeout however alive the heartbeat keeps the link.
+#[derive(Debug)]
+pub struct MessageProgress {
+    meter: Arc<ReadMeter>,
+    /// Wire bytes of the messages delivered, brought up to the meter (less
+    /// the read-ahead) at each data message, which also absorbs the headers
+    /// of fragmented messages that are not counted.
+    delivered: u64,
+    /// Since when a message has been in progress.
+    since: Option<Instant>,
+    timeout: Duration,
+}
+
+/// Bytes read past a message boundary that are not yet a message: the
+/// socket's read buffer and a header.
+const READ_AHEAD: u64 = 8 * 1024;
+
+impl MessageProgress {
+    /// Starts counting from what `meter` read so far (the upgrade request,
+    /// an in-band token): all of it was delivered.
+    pub fn new(meter: Arc<ReadMeter>, timeout: Duration) -> Self {
+        Self {
+            delivered: meter.bytes(),
+            meter,
+            since: None,
+            timeout,
+        }
+    }
+
+    /// A message of `len` payload bytes arrived; `data` unless a control frame.
+    pub fn delivered(&mut self, len: usize, data: bool) {
+        let len = len as u64;
+        let header = 2
+            + 4
+            + if len < 126 {
+                0
+            } else if len < 65_536 {
+                2
+            } else {
+                8
+            };
+        self.delivered += header + len;
+        if data {
+            self.delivered = self
+                .delivered
+                .max(self.meter.bytes().saturating_sub(READ_AHEAD));
+            self.since = None;
+        }
+    }
+
+    /// Whether a message has been in progress for longer than the timeout.
+    pub fn stalled(&mut self, now: Instant) -> bool {
+        if self.meter.bytes().saturating_sub(self.delivered) <= READ_AHEAD {
+            self.since = None;
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        now.saturating_duration_since(since) >= self.timeout
+    }
+
+    /// How often [`Self::stalled`] should be asked.
+    pub fn check_every(&self) -> Duration {
+        (self.timeout / 4).max(Duration::from_millis(10))
     }
 }
 

@@ -343,3 +343,95 @@ async fn imports_and_deletes_answer_only_once_durable() {
     let answer = tokio::time::timeout(WAIT, delete).await.unwrap().unwrap();
     assert_eq!(answer.status, 204, "{}", answer.text());
 }
+
+/// One client frame: FIN as given, masked with a zero key (allowed, and
+/// the payload stays readable).
+fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
+    match payload.len() {
+        len if len < 126 => frame.push(0x80 | len as u8),
+        len if len < 65_536 => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// The close code in the server frames `wire` holds, if any.
+fn close_code_in(wire: &[u8]) -> Option<u16> {
+    let mut at = 0;
+    while at + 2 <= wire.len() {
+        let opcode = wire[at] & 0x0f;
+        let (len, header) = match wire[at + 1] & 0x7f {
+            126 => (u16::from_be_bytes([wire[at + 2], wire[at + 3]]) as usize, 4),
+            127 => (
+                u64::from_be_bytes(wire[at + 2..at + 10].try_into().unwrap()) as usize,
+                10,
+            ),
+            len => (len as usize, 2),
+        };
+        let payload = wire.get(at + header..at + header + len)?;
+        if opcode == 0x8 {
+            return Some(u16::from_be_bytes([payload[0], payload[1]]));
+        }
+        at += header + len;
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_half_sent_message_times_out_though_the_heartbeat_goes_on() {
+    let server = TestServer::start_with(|c| {
+        c.ping_interval = Duration::from_millis(100);
+        c.ping_timeout = Duration::from_millis(300);
+        c.message_timeout = Duration::from_millis(600);
+    })
+    .await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let upgrade = "GET /ws/trickle HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+                   Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    tcp.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    tcp.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    let started = Instant::now();
+    // The first fragment of a message that never ends (binary, no FIN)...
+    tcp.write_all(&client_frame(false, 0x2, &vec![0u8; 32 * 1024]))
+        .await
+        .unwrap();
+    // ...while pongs keep the heartbeat alive, for up to 5 s.
+    let (mut reader, mut writer) = tcp.into_split();
+    let heartbeat = tokio::spawn(async move {
+        for _ in 0..100 {
+            if writer
+                .write_all(&client_frame(true, 0xA, b"alive"))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut wire = Vec::new();
+    let _ = tokio::time::timeout(WAIT, reader.read_to_end(&mut wire)).await;
+    heartbeat.abort();
+    let took = started.elapsed();
+    assert_eq!(
+        close_code_in(&wire),
+        Some(4408),
+        "closed for the stalled message"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "closed by the message timeout, not when the heartbeat stopped ({took:?})"
+    );
+}
