@@ -435,3 +435,46 @@ async fn a_half_sent_message_times_out_though_the_heartbeat_goes_on() {
         "closed by the message timeout, not when the heartbeat stopped ({took:?})"
     );
 }
+
+#[tokio::test]
+async fn quire_token_mints_exact_names_and_prefixes_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = TokenKey::new(KEY);
+    let mint = |args: &'static [&'static str]| {
+        let dir = dir.path().to_owned();
+        async move {
+            let mut all = vec!["token", "--perm", "write", "--auth-key", KEY];
+            all.extend_from_slice(args);
+            quire_tests::process::run_cli(&dir, &all).await
+        }
+    };
+    let (status, out, _) = mint(&["--doc", "*"]).await;
+    assert!(status.success());
+    let token = String::from_utf8(out).unwrap();
+    let now = quire_server::auth::now_secs();
+    assert!(
+        key.authorize(Some(token.trim()), "*", Permission::Write, now)
+            .is_ok()
+    );
+    assert!(
+        key.authorize(Some(token.trim()), "anything", Permission::Read, now)
+            .is_err()
+    );
+
+    let (status, out, _) = mint(&["--prefix", "team-"]).await;
+    assert!(status.success());
+    let token = String::from_utf8(out).unwrap();
+    assert!(
+        key.authorize(Some(token.trim()), "team-plan", Permission::Write, now)
+            .is_ok()
+    );
+    assert!(
+        key.authorize(Some(token.trim()), "other", Permission::Read, now)
+            .is_err()
+    );
+
+    for ambiguous in [&["--doc", "a", "--prefix", "a"][..], &[][..]] {
+        let (status, _, stderr) = mint(ambiguous).await;
+        assert!(!status.success(), "{ambiguous:?} must not mint: {stderr}");
+    }
+}
