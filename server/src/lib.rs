@@ -231,6 +231,10 @@ impl ConnectionSlot {
             .unwrap_or_else(|p| p.into_inner())
             .take()
     }
+
+    fn put_back(&self, admitted: limits::Admitted) {
+        *self.admitted.lock().unwrap_or_else(|p| p.into_inner()) = Some(admitted);
+    }
 }
 
 /// The answer to a connection the limits refuse.
@@ -266,8 +270,17 @@ async fn ws_upgrade(
     // The connection's own place (taken when it was accepted), or a new
     // one when the router runs without `serve` (tests driving `app`).
     let meter = slot.as_ref().map(|Extension(slot)| slot.meter.clone());
-    let admitted = match slot.and_then(|Extension(slot)| slot.take()) {
-        Some(mut admitted) => admitted.attribute(client).map(|()| admitted),
+    let admitted = match slot.as_ref().and_then(|Extension(slot)| slot.take()) {
+        Some(mut admitted) => match admitted.attribute(client) {
+            Ok(()) => Ok(admitted),
+            Err(refusal) => {
+                // The TCP connection goes on (keep-alive) and keeps its place.
+                if let Some(Extension(slot)) = &slot {
+                    slot.put_back(admitted);
+                }
+                Err(refusal)
+            }
+        },
         None => state.admission.admit(client),
     };
     let admitted = match admitted {
