@@ -20,6 +20,7 @@
 //!
 //! [`MemberQueue::answer_pending`]: crate::room_core::MemberQueue::answer_pending
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -36,9 +37,11 @@ struct Shared {
     bytes: AtomicUsize,
     /// Frames queued and not yet taken (bounded by `--outbox-capacity`).
     frames: AtomicUsize,
-    /// Answers queued and not yet taken, so a repeated request is not
-    /// answered twice (a handful at most: one per kind and state vector).
-    answers: Mutex<Vec<Answer>>,
+    /// Answers queued and not yet taken, in queue order, so a repeated
+    /// request is not answered twice (a handful at most: one per kind and
+    /// state vector). Kept here rather than in each queued frame, so an
+    /// idle queue's slots stay small.
+    answers: Mutex<VecDeque<Answer>>,
     /// The server-wide gauge of queued bytes (`quire_outbound_queued_bytes`).
     metrics: Arc<Metrics>,
 }
@@ -47,8 +50,8 @@ struct Shared {
 #[derive(Debug)]
 struct Queued {
     frame: Bytes,
-    /// The request it answers, if it is such an answer.
-    answer: Option<Answer>,
+    /// Whether it is an answer (its request is the oldest in `answers`).
+    answer: bool,
 }
 
 /// Makes a queue of at most `max_frames` frames and `max_bytes` bytes
@@ -62,7 +65,7 @@ pub fn outbox(
     let shared = Arc::new(Shared {
         bytes: AtomicUsize::new(0),
         frames: AtomicUsize::new(0),
-        answers: Mutex::new(Vec::new()),
+        answers: Mutex::new(VecDeque::new()),
         metrics,
     });
     let sender = OutboxSender {
@@ -122,10 +125,15 @@ impl OutboxSender {
         metrics.outbound_queued_bytes.inc_by(len as i64);
         let peak = metrics.outbound_queue_peak_bytes.inner();
         peak.fetch_max(i64::try_from(queued).unwrap_or(i64::MAX), Ordering::Relaxed);
-        if let Some(answer) = &answer {
-            shared.answers().push(answer.clone());
+        // One producer (the room): `answers` stays in queue order.
+        let is_answer = answer.is_some();
+        if let Some(answer) = answer {
+            shared.answers().push_back(answer);
         }
-        match self.tx.send(Queued { frame, answer }) {
+        match self.tx.send(Queued {
+            frame,
+            answer: is_answer,
+        }) {
             Ok(()) => {
                 shared.metrics.record_out(len);
                 Pushed::Queued
@@ -139,7 +147,7 @@ impl OutboxSender {
 }
 
 impl Shared {
-    fn answers(&self) -> std::sync::MutexGuard<'_, Vec<Answer>> {
+    fn answers(&self) -> std::sync::MutexGuard<'_, VecDeque<Answer>> {
         self.answers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -149,11 +157,8 @@ impl Shared {
         self.frames.fetch_sub(1, Ordering::Relaxed);
         self.bytes.fetch_sub(len, Ordering::Relaxed);
         self.metrics.outbound_queued_bytes.dec_by(len as i64);
-        if let Some(answer) = &queued.answer {
-            let mut answers = self.answers();
-            if let Some(at) = answers.iter().position(|a| a == answer) {
-                answers.swap_remove(at);
-            }
+        if queued.answer {
+            self.answers().pop_front();
         }
     }
 }
@@ -244,5 +249,32 @@ mod tests {
         assert!(!tx.answer_pending(&Answer::SyncStep2(Bytes::from_static(&[1, 7, 0]))));
         rx.try_recv().unwrap();
         assert!(!tx.answer_pending(&sv));
+    }
+
+    #[test]
+    fn answers_leave_in_queue_order_among_other_frames() {
+        let (tx, mut rx) = outbox(10, 1000, Arc::new(Metrics::new()));
+        let sv = Answer::SyncStep2(Bytes::from_static(&[0]));
+        tx.push(frame(1));
+        tx.push_answer(sv.clone(), frame(2));
+        tx.push(frame(3));
+        tx.push_answer(Answer::Awareness, frame(4));
+        let mut taken = Vec::new();
+        while let Some(frame) = rx.try_recv() {
+            taken.push((
+                frame.len(),
+                tx.answer_pending(&sv),
+                tx.answer_pending(&Answer::Awareness),
+            ));
+        }
+        assert_eq!(
+            taken,
+            [
+                (1, true, true),
+                (2, false, true),
+                (3, false, true),
+                (4, false, false)
+            ]
+        );
     }
 }
