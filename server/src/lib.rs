@@ -66,6 +66,9 @@ pub use config::Config;
 use metrics::Metrics;
 use rooms::Rooms;
 
+/// Longest header-read timeout of a connection the limits refused.
+const REFUSED_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long shutdown waits for connections to send their close frames.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -450,6 +453,12 @@ impl Accepted {
         let meter = slot
             .as_ref()
             .map_or_else(|_| Arc::default(), |slot| slot.meter.clone());
+        // A refused connection holds no place, but a socket: it gets only
+        // a moment to say what it wanted.
+        let header_timeout = match &slot {
+            Ok(_) => header_timeout,
+            Err(_) => header_timeout.min(REFUSED_HEADER_TIMEOUT),
+        };
         let service =
             hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
                 let mut router = router.clone();
