@@ -121,7 +121,7 @@ pub struct Config {
 
     // ----- connection-side limits (issue 12) -----
     /// Bytes queued for one client before it is cut off as too slow (4408);
-    /// one frame of any size always fits into a queue under this.
+    /// one larger frame (a big initial sync) may wait beyond it at a time.
     #[arg(long, env = "QUIRE_OUTBOX_BYTES", default_value_t = edge_defaults::OUTBOX_BYTES)]
     pub outbox_bytes: usize,
     /// How long a client may take to send a request's headers (HTTP and

@@ -4,10 +4,12 @@
 //!
 //! - The room's end, [`OutboxSender`], never waits: a frame that finds the
 //!   queue at its bound is refused ([`Pushed::Full`]) and the room cuts the
-//!   member off with 4408. The bound is checked before a frame goes in, so
-//!   one frame of any size always fits into a queue under its bound (a
-//!   large initial sync), and a queue holds at most its bound plus one
-//!   frame.
+//!   member off with 4408. The bound is checked before a frame goes in. A
+//!   frame as large as the bound or larger (a large initial sync) does not
+//!   count toward it, but only one such frame may wait at a time: so a
+//!   member's acknowledgements and relays still fit behind a 50 MB sync
+//!   the writer has not taken yet, and a queue holds less than twice its
+//!   bound plus one large frame.
 //! - Frames are [`Bytes`]: a frame the room encoded once for many members
 //!   is shared by their queues, not copied; each queue counts its length.
 //! - An answer the room builds for one request of the member ([`Answer`]:
@@ -33,8 +35,14 @@ use crate::room_core::{Answer, Pushed};
 /// What the two ends share.
 #[derive(Debug)]
 struct Shared {
-    /// Bytes of the frames queued and not yet taken by the writer: the bound.
+    /// Bytes of the frames queued and not yet taken by the writer (gauge).
     bytes: AtomicUsize,
+    /// The same for frames smaller than `max_bytes`: what the bound limits.
+    small_bytes: AtomicUsize,
+    /// Frames of at least `max_bytes` queued (at most one at a time).
+    large: AtomicUsize,
+    /// The bound in bytes (at least 1).
+    max_bytes: usize,
     /// Frames queued and not yet taken (bounded by `--outbox-capacity`).
     frames: AtomicUsize,
     /// Answers queued and not yet taken, in queue order, so a repeated
@@ -64,6 +72,9 @@ pub fn outbox(
     let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         bytes: AtomicUsize::new(0),
+        small_bytes: AtomicUsize::new(0),
+        large: AtomicUsize::new(0),
+        max_bytes: max_bytes.max(1),
         frames: AtomicUsize::new(0),
         answers: Mutex::new(VecDeque::new()),
         metrics,
@@ -72,7 +83,6 @@ pub fn outbox(
         tx,
         shared: shared.clone(),
         max_frames: max_frames.max(1),
-        max_bytes: max_bytes.max(1),
     };
     (sender, OutboxReceiver { rx, shared })
 }
@@ -83,7 +93,6 @@ pub struct OutboxSender {
     tx: mpsc::UnboundedSender<Queued>,
     shared: Arc<Shared>,
     max_frames: usize,
-    max_bytes: usize,
 }
 
 impl OutboxSender {
@@ -112,14 +121,21 @@ impl OutboxSender {
             return Pushed::Closed;
         }
         let shared = &self.shared;
+        let len = frame.len();
+        let large = shared.is_large(len);
         if shared.frames.load(Ordering::Relaxed) >= self.max_frames
-            || shared.bytes.load(Ordering::Relaxed) >= self.max_bytes
+            || shared.small_bytes.load(Ordering::Relaxed) >= shared.max_bytes
+            || (large && shared.large.load(Ordering::Relaxed) > 0)
         {
             return Pushed::Full;
         }
-        let len = frame.len();
         // Counted before sending, so the writer never subtracts first.
         shared.frames.fetch_add(1, Ordering::Relaxed);
+        if large {
+            shared.large.fetch_add(1, Ordering::Relaxed);
+        } else {
+            shared.small_bytes.fetch_add(len, Ordering::Relaxed);
+        }
         let queued = shared.bytes.fetch_add(len, Ordering::Relaxed) + len;
         let metrics = &shared.metrics;
         metrics.outbound_queued_bytes.inc_by(len as i64);
@@ -151,10 +167,20 @@ impl Shared {
         self.answers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether a frame of `len` bytes is exempt from the bound (one at a time).
+    fn is_large(&self, len: usize) -> bool {
+        len >= self.max_bytes
+    }
+
     /// Uncounts a frame that left the queue.
     fn taken(&self, queued: &Queued) {
         let len = queued.frame.len();
         self.frames.fetch_sub(1, Ordering::Relaxed);
+        if self.is_large(len) {
+            self.large.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            self.small_bytes.fetch_sub(len, Ordering::Relaxed);
+        }
         self.bytes.fetch_sub(len, Ordering::Relaxed);
         self.metrics.outbound_queued_bytes.dec_by(len as i64);
         if queued.answer {
@@ -209,17 +235,27 @@ mod tests {
     }
 
     #[test]
-    fn the_bound_is_in_bytes_and_one_frame_always_fits() {
+    fn the_bound_is_in_bytes_and_one_large_frame_always_fits() {
         let metrics = Arc::new(Metrics::new());
         let (tx, mut rx) = outbox(1000, 100, metrics.clone());
-        assert_eq!(
-            tx.push(frame(10_000)),
-            Pushed::Queued,
-            "one large frame fits"
-        );
-        assert_eq!(tx.push(frame(1)), Pushed::Full);
-        assert_eq!(metrics.outbound_queued_bytes.get(), 10_000);
+        assert_eq!(tx.push(frame(10_000)), Pushed::Queued, "one large frame");
+        // What follows a large initial sync still fits behind it...
+        assert_eq!(tx.push(frame(60)), Pushed::Queued);
+        assert_eq!(tx.push(frame(60)), Pushed::Queued);
+        assert_eq!(tx.push(frame(1)), Pushed::Full, "120 small bytes queued");
+        // ...but not a second large frame.
+        assert_eq!(tx.push(frame(100)), Pushed::Full);
+        assert_eq!(metrics.outbound_queued_bytes.get(), 10_120);
         assert_eq!(rx.try_recv().map(|f| f.len()), Some(10_000));
+        assert_eq!(
+            tx.push(frame(100)),
+            Pushed::Full,
+            "small bytes at the bound"
+        );
+        rx.try_recv();
+        rx.try_recv();
+        assert_eq!(tx.push(frame(100)), Pushed::Queued, "a large frame again");
+        rx.try_recv();
         assert_eq!(tx.queued_bytes(), 0);
         for _ in 0..10 {
             assert_eq!(tx.push(frame(10)), Pushed::Queued);
