@@ -35,9 +35,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::outbox::OutboxSender;
 use crate::room_core::pop_settled;
 pub use crate::room_core::{
-    Close, ConnId, Inbound, Joining, MemberQueue, Now, Output, Pushed, Restored, RoomCore,
+    Answer, Close, ConnId, Inbound, Joining, MemberQueue, Now, Output, Pushed, Restored, RoomCore,
     RoomError,
 };
 use crate::unix_ms;
@@ -85,8 +86,8 @@ pub trait Departure: Send + Sync {
 /// The two queues a connection hands to the room when it joins.
 #[derive(Debug, Clone)]
 pub struct MemberChannels {
-    /// Encoded frames to write to the socket, in order.
-    pub frames: mpsc::Sender<Bytes>,
+    /// Encoded frames to write to the socket, in order (bounded in bytes).
+    pub frames: OutboxSender,
     /// A close to perform; capacity 1, and one close is all that matters.
     pub close: mpsc::Sender<Close>,
     /// Whether the client negotiated Quire's extensions (acks, events, ...).
@@ -97,25 +98,24 @@ pub struct MemberChannels {
 
 /// A member's queues as the core sees them.
 pub struct Outbound {
-    /// The connection's bounded frame queue: full means too slow.
-    frames: mpsc::Sender<Bytes>,
+    /// The connection's frame queue, bounded in bytes: full means too slow
+    /// (it counts what it queues in the metrics).
+    frames: OutboxSender,
     /// Where a close goes (the connection's writer sends it first).
     close: mpsc::Sender<Close>,
-    /// Frames and bytes queued to clients are counted here.
-    metrics: Arc<Metrics>,
 }
 
 impl MemberQueue for Outbound {
     fn push(&mut self, frame: Bytes) -> Pushed {
-        let len = frame.len();
-        match self.frames.try_send(frame) {
-            Ok(()) => {
-                self.metrics.record_out(len);
-                Pushed::Queued
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => Pushed::Full,
-            Err(mpsc::error::TrySendError::Closed(_)) => Pushed::Closed,
-        }
+        self.frames.push(frame)
+    }
+
+    fn push_answer(&mut self, answer: Answer, frame: Bytes) -> Pushed {
+        self.frames.push_answer(answer, frame)
+    }
+
+    fn answer_pending(&self, answer: &Answer) -> bool {
+        self.frames.answer_pending(answer)
     }
 
     fn close(&mut self, close: Close) {
@@ -342,7 +342,6 @@ impl Room {
                     queue: Outbound {
                         frames: member.frames,
                         close: member.close,
-                        metrics: self.ctx.metrics.clone(),
                     },
                     extensions: member.extensions,
                     can_write: member.can_write,
@@ -384,7 +383,16 @@ impl Room {
                     (Ok(_), Some(reason)) => Err(RoomError::Unavailable(reason.to_owned())),
                     (imported, _) => imported,
                 };
-                let _ = reply.send(imported);
+                if matches!(imported, Ok(true)) {
+                    // Answered once what it added is on disk, without
+                    // holding up the room meanwhile.
+                    let durable = self.durable_from_here();
+                    tokio::spawn(async move {
+                        let _ = reply.send(durable.await.map(|()| true));
+                    });
+                } else {
+                    let _ = reply.send(imported);
+                }
             }
             Command::Delete { reply } => {
                 self.core.delete(self.now());
@@ -541,10 +549,29 @@ impl Room {
         }
     }
 
+    /// A future that completes once everything appended so far is on disk
+    /// (an error after [`FLUSH_TIMEOUT`]).
+    fn durable_from_here(&self) -> impl Future<Output = Result<(), RoomError>> + Send + 'static {
+        let ticket = self.last_ticket;
+        let mut durability = self.ctx.store.durability();
+        async move {
+            match tokio::time::timeout(FLUSH_TIMEOUT, durability.wait_for(|c| c.ticket >= ticket))
+                .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                _ => Err(RoomError::Unavailable(
+                    "the change was not confirmed on disk in time".into(),
+                )),
+            }
+        }
+    }
+
+    /// Deletes the stored document and answers once the deletion is on
+    /// disk (the store's flush).
     async fn delete(&mut self) -> Result<(), RoomError> {
         let store = self.ctx.store.clone();
         let name = self.name.to_string();
-        tokio::task::spawn_blocking(move || store.delete(&name))
+        tokio::task::spawn_blocking(move || store.delete(&name).and_then(|_| store.flush()))
             .await
             .map_err(|e| RoomError::Unavailable(e.to_string()))?
             .map_err(|e| RoomError::Unavailable(e.to_string()))?;

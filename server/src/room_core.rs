@@ -171,10 +171,33 @@ pub enum Pushed {
     Closed,
 }
 
+/// A request whose answer depends only on the request and the room's
+/// state: while one answer to it waits unwritten in a member's queue, the
+/// same request again needs no new one (what changes meanwhile reaches the
+/// member after it, as relays).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Sync step 2 for this state vector (as the member sent it).
+    SyncStep2(Bytes),
+    /// The whole presence table (query-awareness).
+    Awareness,
+}
+
 /// One member's way out: its connection's outbound queue. Never waits.
 pub trait MemberQueue {
     /// Queues one frame.
     fn push(&mut self, frame: Bytes) -> Pushed;
+    /// Queues the answer to `answer`'s request.
+    fn push_answer(&mut self, answer: Answer, frame: Bytes) -> Pushed {
+        let _ = answer;
+        self.push(frame)
+    }
+    /// Whether an answer to this request still waits unwritten (then the
+    /// core builds and queues none).
+    fn answer_pending(&self, answer: &Answer) -> bool {
+        let _ = answer;
+        false
+    }
     /// Asks the connection to close (best effort: one close is all that
     /// matters). The core drops the queue right after.
     fn close(&mut self, close: Close);
@@ -505,10 +528,13 @@ impl<Q: MemberQueue> RoomCore<Q> {
                 let State::Ready { document, .. } = &self.state else {
                     return;
                 };
+                if self.answer_pending(conn, &Answer::SyncStep2(sv.clone())) {
+                    return;
+                }
                 match document.diff(&sv) {
                     Ok(diff) => {
                         let frame = Message::Sync(SyncMessage::Step2(&diff)).encode();
-                        self.send(Target::One(conn), &frame.into(), now);
+                        self.send_answer(conn, Answer::SyncStep2(sv), frame.into(), now);
                     }
                     Err(err) => self.reject(conn, close::INVALID_PAYLOAD, err.to_string(), now),
                 }
@@ -570,8 +596,11 @@ impl<Q: MemberQueue> RoomCore<Q> {
                 }
             }
             Inbound::QueryAwareness => {
+                if self.answer_pending(conn, &Answer::Awareness) {
+                    return;
+                }
                 let states = Message::Awareness(&self.awareness.encode_all()).encode();
-                self.send(Target::One(conn), &states.into(), now);
+                self.send_answer(conn, Answer::Awareness, states.into(), now);
             }
         }
     }
@@ -990,18 +1019,40 @@ impl<Q: MemberQueue> RoomCore<Q> {
             }
         }
         for conn in too_slow {
-            warn!(conn, "outbound queue full; cutting the connection off");
-            self.metrics.slow_consumers_cut.inc();
-            self.remove(
-                conn,
-                Close::new(
-                    close::TOO_SLOW,
-                    "connection too slow to keep up; reconnect to resync",
-                ),
-                now,
-            );
+            self.cut_too_slow(conn, now);
         }
         delivered
+    }
+
+    /// Whether member `conn` still has an answer to this request queued.
+    fn answer_pending(&self, conn: ConnId, answer: &Answer) -> bool {
+        self.members
+            .get(&conn)
+            .is_some_and(|member| member.queue.answer_pending(answer))
+    }
+
+    /// Queues the answer to one request of member `conn` (cut off if full).
+    fn send_answer(&mut self, conn: ConnId, answer: Answer, frame: Bytes, now: Now) {
+        let Some(member) = self.members.get_mut(&conn) else {
+            return;
+        };
+        if member.queue.push_answer(answer, frame) == Pushed::Full {
+            self.cut_too_slow(conn, now);
+        }
+    }
+
+    /// Cuts off a member whose queue is full (4408; it resyncs on reconnect).
+    fn cut_too_slow(&mut self, conn: ConnId, now: Now) {
+        warn!(conn, "outbound queue full; cutting the connection off");
+        self.metrics.slow_consumers_cut.inc();
+        self.remove(
+            conn,
+            Close::new(
+                close::TOO_SLOW,
+                "connection too slow to keep up; reconnect to resync",
+            ),
+            now,
+        );
     }
 
     /// Closes one connection for bad input.
