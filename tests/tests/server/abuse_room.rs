@@ -15,11 +15,8 @@ use yrs::{Doc, Text, Transact};
 const KEY: &str = "abuse-room-secret";
 
 fn token(doc: &str, perm: Permission) -> String {
-    TokenKey::new(KEY).sign(&Claims {
-        doc: doc.into(),
-        perm,
-        exp: quire_server::auth::now_secs() + 600,
-    })
+    let exp = quire_server::auth::now_secs() + 600;
+    TokenKey::new(KEY).sign(&Claims::doc(doc, perm, exp))
 }
 
 fn url(server: &TestServer, doc: &str, perm: Permission) -> String {
