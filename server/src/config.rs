@@ -30,6 +30,14 @@ pub mod defaults {
     pub const MAX_ROOMS: usize = 10_000;
     pub const MAX_MESSAGES_PER_SEC: u32 = 500;
     pub const MAX_BYTES_PER_SEC: u64 = 8 * 1024 * 1024;
+
+    // ----- room limits (issue 12, room side) -----
+    pub const SAVE_STALL_TIMEOUT: &str = "5s";
+    pub const MAX_PRESENCE_PER_CONNECTION: usize = 16;
+    pub const MAX_PRESENCE_PER_ROOM: usize = 10_000;
+    pub const MAX_PRESENCE_STATE_BYTES: usize = 64 * 1024;
+    pub const MAX_CHAT_MESSAGE_BYTES: usize = 4 * 1024;
+    pub const CHAT_HISTORY_BYTES: u64 = 64 * 1024;
 }
 
 /// Defaults of the abuse-resistance settings (issue 12, connection side).
@@ -154,7 +162,35 @@ pub struct Config {
     /// Retry-After beyond).
     #[arg(long, env = "QUIRE_MAX_COLD_EXPORTS", default_value_t = edge_defaults::MAX_COLD_EXPORTS)]
     pub max_cold_exports: usize,
+
+    // ----- room limits (issue 12, room side) -----
+    /// How long written changes may wait for the disk before Quire clients
+    /// are told saving has stalled (no `Saved` is sent meanwhile).
+    #[arg(long, env = "QUIRE_SAVE_STALL_TIMEOUT", default_value = defaults::SAVE_STALL_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub save_stall_timeout: Duration,
+    /// Awareness clients one connection may introduce, counting removed
+    /// ones until it leaves (1007 beyond).
+    #[arg(long, env = "QUIRE_MAX_PRESENCE_PER_CONNECTION", default_value_t = defaults::MAX_PRESENCE_PER_CONNECTION)]
+    pub max_presence_per_connection: usize,
+    /// Awareness clients one document lists (1013 for the connection that
+    /// would pass it).
+    #[arg(long, env = "QUIRE_MAX_PRESENCE_PER_ROOM", default_value_t = defaults::MAX_PRESENCE_PER_ROOM)]
+    pub max_presence_per_room: usize,
+    /// Bytes of one awareness state (1009 beyond).
+    #[arg(long, env = "QUIRE_MAX_PRESENCE_STATE_BYTES", default_value_t = defaults::MAX_PRESENCE_STATE_BYTES)]
+    pub max_presence_state_bytes: usize,
+    /// Bytes of text in one chat message (refused beyond, Error 1009).
+    #[arg(long, env = "QUIRE_MAX_CHAT_MESSAGE_BYTES", default_value_t = defaults::MAX_CHAT_MESSAGE_BYTES)]
+    pub max_chat_message_bytes: usize,
+    /// Bytes of chat a document keeps (oldest dropped beyond; at most the
+    /// last 50 messages too), sent in one frame to a joining Quire client.
+    #[arg(long, env = "QUIRE_CHAT_HISTORY_BYTES", default_value_t = defaults::CHAT_HISTORY_BYTES, value_parser = clap::value_parser!(u64).range(..=MAX_CHAT_HISTORY_BYTES))]
+    pub chat_history_bytes: u64,
 }
+
+/// Most chat history a document may keep: its one join frame stays far
+/// below what Quire clients reassemble (256 MiB by default).
+const MAX_CHAT_HISTORY_BYTES: u64 = 16 * 1024 * 1024;
 
 fn token_key(secret: &str) -> Result<TokenKey, String> {
     Ok(TokenKey::new(secret))
@@ -196,6 +232,13 @@ impl Config {
             public_hosts: Vec::new(),
             trust_proxy: Vec::new(),
             max_cold_exports: edge_defaults::MAX_COLD_EXPORTS,
+            // room limits (issue 12, room side)
+            save_stall_timeout: duration(defaults::SAVE_STALL_TIMEOUT),
+            max_presence_per_connection: defaults::MAX_PRESENCE_PER_CONNECTION,
+            max_presence_per_room: defaults::MAX_PRESENCE_PER_ROOM,
+            max_presence_state_bytes: defaults::MAX_PRESENCE_STATE_BYTES,
+            max_chat_message_bytes: defaults::MAX_CHAT_MESSAGE_BYTES,
+            chat_history_bytes: defaults::CHAT_HISTORY_BYTES,
         }
     }
 

@@ -47,6 +47,11 @@ use crate::unix_ms;
 /// room can fall behind before senders wait.
 pub const ROOM_CHANNEL_CAPACITY: usize = 256;
 
+/// An input whose work grows with this many bytes (an update this large,
+/// a diff or snapshot of a document this large) runs under
+/// `block_in_place`: see [`Room::heavy`].
+const HEAVY_BYTES: u64 = 64 * 1024;
+
 /// How long a leaving room waits for its last writes to reach the disk.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -269,7 +274,8 @@ impl Room {
         // an empty document while the real one is still on disk.
         let restored = self.load().await;
         let chat = load_chat(&self.ctx.store, &self.name, self.ctx.config.chat_history).await;
-        self.core.loaded(restored, chat);
+        let stored_before = self.core.loaded(restored, chat);
+        self.await_ticket(stored_before);
         // Re-arming a timer takes the timer driver's lock; a busy room's
         // deadline moves only once per presence sweep.
         let mut timer = Timer {
@@ -294,7 +300,7 @@ impl Room {
                         self.try_to_leave().await;
                     }
                 }
-                Ok(()) = self.durability.changed(), if self.core.saves_pending() => self.feed_durability(),
+                Ok(()) = self.durability.changed(), if self.core.waits_for_disk() => self.feed_durability(),
                 Ok(()) = shutdown.changed() => {
                     let now = self.now();
                     self.core.shutdown(now);
@@ -350,17 +356,27 @@ impl Room {
             }
             Command::Message { conn, message } => {
                 self.feed_durability();
-                self.core.receive(conn, message, self.now());
+                let now = self.now();
+                let heavy = match &message {
+                    Inbound::Update(update) => update.len() as u64 >= HEAVY_BYTES,
+                    Inbound::StateVector(_) => self.core.stored_bytes() >= HEAVY_BYTES,
+                    _ => false,
+                };
+                let core = &mut self.core;
+                heavily(heavy, || core.receive(conn, message, now));
                 self.carry_out().await;
             }
             Command::Snapshot { reply } => {
-                let snapshot = self.core.snapshot();
+                let heavy = self.core.stored_bytes() >= HEAVY_BYTES;
+                let core = &mut self.core;
+                let snapshot = heavily(heavy, || core.snapshot());
                 self.carry_out().await;
                 let _ = reply.send(snapshot);
             }
             Command::Import { update, reply } => {
                 self.feed_durability();
-                let imported = self.core.import(&update);
+                let core = &mut self.core;
+                let imported = heavily(update.len() as u64 >= HEAVY_BYTES, || core.import(&update));
                 self.carry_out().await;
                 let imported = match (imported, self.core.unavailable()) {
                     // Storage failed on what the import added.
@@ -424,11 +440,24 @@ impl Room {
                     {
                         warn!(%err, "could not store a chat message");
                     }
+                    // Off the room's task: a shared store answers over the network.
+                    let store = self.ctx.store.clone();
+                    let name = self.name.to_string();
+                    let (keep, bytes) = (
+                        self.ctx.config.chat_history,
+                        self.ctx.config.chat_history_bytes,
+                    );
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(err) = store.trim_chat(&name, keep, bytes) {
+                            warn!(%err, "could not trim the chat log");
+                        }
+                    });
                 }
                 Output::Compact { state } => self.compact(state).await,
                 Output::Reload => {
                     let restored = self.load().await;
-                    self.core.reloaded(restored, self.now());
+                    let stored_before = self.core.reloaded(restored, self.now());
+                    self.await_ticket(stored_before);
                 }
                 Output::Evict => evict = true,
             }
@@ -436,6 +465,16 @@ impl Room {
         self.member_count
             .store(self.core.member_count(), Ordering::Relaxed);
         evict
+    }
+
+    /// Makes `write` (standing for what the store held when the room
+    /// loaded) wait for the store's newest ticket: an evicted room's last
+    /// writes may still be on their way to the disk.
+    fn await_ticket(&mut self, write: u64) {
+        let ticket = self.ctx.store.last_ticket();
+        self.last_ticket = self.last_ticket.max(ticket);
+        self.tickets.push_back((write, ticket));
+        self.feed_durability();
     }
 
     /// Tells the core which writes the store has made durable.
@@ -564,6 +603,22 @@ impl Room {
                 Err("loading the document failed".into())
             }
         }
+    }
+}
+
+/// Runs `work` on the room's task; if it is `heavy` (it grows with an
+/// update or the document, see [`HEAVY_BYTES`]), under `block_in_place`,
+/// so that the tokio worker's other tasks (other rooms, connections) move
+/// to another worker meanwhile instead of waiting for it. A runtime with
+/// one thread has nowhere to move them: there it simply runs.
+fn heavily<T>(heavy: bool, work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let threaded =
+        || Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if heavy && threaded() {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
     }
 }
 

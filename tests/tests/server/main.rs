@@ -2,6 +2,7 @@
 //! Every test runs a real server on 127.0.0.1 with real sled files in a
 //! temporary folder and talks to it with real WebSocket clients.
 
+mod abuse_room;
 mod access;
 mod api;
 mod bad_input;
