@@ -9,4 +9,5 @@ mod compat;
 mod extensions;
 mod faults;
 mod persistence;
+mod rich_compat;
 mod sync;
