@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use servers::{Env, Kind};
 
-pub const SCENARIOS: [&str; 5] = ["fanout", "idle", "traces", "coldload", "durability"];
+pub const SCENARIOS: [&str; 6] = ["fanout", "idle", "traces", "coldload", "durability", "editor"];
 
 /// The workspace root (this crate's parent folder).
 pub fn workspace_root() -> PathBuf {
