@@ -1,16 +1,23 @@
-//! `quire-bench [SCENARIO...] [--quick]`: Quire's benchmark suite.
+//! `quire-bench [SCENARIO...] [--quick]`: Quire's benchmark suite
+//! (`cargo xtask bench ...` runs it).
 //!
 //! Runs each scenario against Quire, the Yjs reference server
-//! (`@y/websocket-server` 0.1.1 with leveldb persistence) and a bare
-//! broadcast server, interleaved in one run; writes
+//! (`@y/websocket-server` 0.1.1 with leveldb persistence), y-sweet 0.9.1
+//! when it is installed (see `servers::find_ysweet`; the bench never
+//! installs it) and a bare broadcast server, interleaved in one run; writes
 //! `bench/results/<scenario>.json` and regenerates `bench/RESULTS.md`.
 //!
-//! Scenarios: fanout, idle, traces, coldload, durability (default: all).
+//! Full length by default; `--quick` runs are labelled quick in every table
+//! and never decide a target.
+//!
+//! Scenarios: see [`SCENARIOS`] (default: all).
 //! Options:
-//!   --quick            small sizes and short windows (each scenario < 30 s)
+//!   --quick            small sizes and short windows (each scenario < 1 min)
 //!   --quire-bin PATH   use this `quire` binary instead of building one
+//!   --quire-commit REV the commit PATH was built from (else: unknown, and
+//!                      its figures decide no target)
 //!   --no-reference     skip the node reference server
-//!   --servers LIST     only these of quire,reference,bare (for investigating)
+//!   --servers LIST     only these of quire,reference,y-sweet,bare
 //!   --report-only      only regenerate RESULTS.md from the JSON files
 //!   --serve-broadcast ADDR   (internal) run the bare broadcast server
 //!
@@ -18,7 +25,13 @@
 //! folder, default /work/shared/traces/editing-traces),
 //! `QUIRE_BENCH_EXTRA_ARGS` (more `quire serve` flags, recorded in the
 //! results), `QUIRE_BENCH_PERF=DIR` (attach `perf record` to every Quire),
-//! `QUIRE_BENCH_WRAPPER` (run Quire under e.g. `valgrind --tool=massif`).
+//! `QUIRE_BENCH_WRAPPER` (run Quire under e.g. `valgrind --tool=massif`),
+//! `QUIRE_BENCH_PERF_FREQ` (its sampling rate, default 499 Hz),
+//! `QUIRE_BENCH_RESULTS=DIR` (write the results there instead of
+//! bench/results), `QUIRE_BENCH_SWEEP=0` (fanout without its sweep),
+//! `QUIRE_BENCH_TRACES=a,b` (only these traces),
+//! `QUIRE_BENCH_YSWEET` (the y-sweet binary), `QUIRE_BENCH_LAUNCHER` (how
+//! the command line is written in the results; set by `cargo xtask bench`).
 
 mod broadcast;
 mod report;
@@ -35,7 +48,16 @@ use std::time::Duration;
 
 use servers::{Env, Kind};
 
-pub const SCENARIOS: [&str; 6] = ["fanout", "idle", "traces", "coldload", "durability", "editor"];
+/// Every scenario, in the order a full run takes them.
+pub const SCENARIOS: &[&str] = &[
+    "fanout",
+    "traces",
+    "storage",
+    "idle",
+    "coldload",
+    "durability",
+    "editor",
+];
 
 /// The workspace root (this crate's parent folder).
 pub fn workspace_root() -> PathBuf {
@@ -67,6 +89,7 @@ struct Args {
     scenarios: Vec<String>,
     quick: bool,
     quire_bin: Option<PathBuf>,
+    quire_commit: Option<String>,
     reference: bool,
     report_only: bool,
     servers: Option<Vec<Kind>>,
@@ -74,7 +97,7 @@ struct Args {
 
 fn usage() -> String {
     format!(
-        "usage: quire-bench [SCENARIO...] [--quick] [--quire-bin PATH] [--no-reference] [--servers quire,reference,bare] [--report-only]\n\
+        "usage: quire-bench [SCENARIO...] [--quick] [--quire-bin PATH [--quire-commit REV]] [--no-reference] [--servers quire,reference,y-sweet,bare] [--report-only]\n\
          scenarios: {}",
         SCENARIOS.join(", ")
     )
@@ -85,6 +108,7 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
         scenarios: Vec::new(),
         quick: false,
         quire_bin: None,
+        quire_commit: None,
         reference: true,
         report_only: false,
         servers: None,
@@ -98,16 +122,14 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
             "--quire-bin" => {
                 args.quire_bin = Some(it.next().ok_or("--quire-bin needs a path")?.into());
             }
+            "--quire-commit" => {
+                args.quire_commit = Some(it.next().ok_or("--quire-commit needs a commit")?.into());
+            }
             "--servers" => {
                 let list = it.next().ok_or("--servers needs a list")?;
                 let mut kinds = Vec::new();
                 for name in list.split(',') {
-                    kinds.push(match name {
-                        "quire" => Kind::Quire,
-                        "reference" => Kind::Reference,
-                        "bare" => Kind::Bare,
-                        other => return Err(format!("unknown server {other:?}")),
-                    });
+                    kinds.push(Kind::from_name(name).ok_or(format!("unknown server {name:?}"))?);
                 }
                 args.servers = Some(kinds);
             }
@@ -121,6 +143,9 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
     }
     if args.scenarios.is_empty() {
         args.scenarios = SCENARIOS.iter().map(|s| s.to_string()).collect();
+    }
+    if args.quire_commit.is_some() && args.quire_bin.is_none() {
+        return Err("--quire-commit only goes with --quire-bin".into());
     }
     Ok(args)
 }
@@ -241,14 +266,27 @@ impl Drop for RemoveOnDrop {
 async fn prepare(args: &Args, tmp: PathBuf) -> Result<Env, String> {
     std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
     let bench_bin = std::env::current_exe().map_err(|e| e.to_string())?;
-    let quire_bin = match &args.quire_bin {
-        Some(path) => path.clone(),
-        None => build_quire(&bench_bin).await?,
+    let (quire_bin, measured) = match &args.quire_bin {
+        Some(path) => (
+            path.clone(),
+            servers::Measured::given(args.quire_commit.clone()),
+        ),
+        None => {
+            // What the build sees: the work tree as it is now.
+            let measured = servers::Measured::work_tree();
+            (build_quire(&bench_bin).await?, measured)
+        }
     };
     if !quire_bin.exists() {
         return Err(format!("{} does not exist", quire_bin.display()));
     }
-    let peers = if args.reference {
+    println!("quire binary measured: {}", measured.describe());
+    let peers = if args.reference
+        && args
+            .servers
+            .as_ref()
+            .is_none_or(|s| s.contains(&Kind::Reference))
+    {
         match install_peers().await {
             Ok(dir) => Some(dir),
             Err(e) => {
@@ -259,9 +297,24 @@ async fn prepare(args: &Args, tmp: PathBuf) -> Result<Env, String> {
     } else {
         None
     };
+    let wanted = |k: Kind| args.servers.as_ref().is_none_or(|only| only.contains(&k));
+    let ysweet = if wanted(Kind::YSweet) {
+        match servers::find_ysweet(&bench_bin) {
+            Ok(path) => Some(path),
+            Err(e) => {
+                println!("skipping y-sweet: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut kinds = vec![Kind::Quire];
     if peers.is_some() {
         kinds.push(Kind::Reference);
+    }
+    if ysweet.is_some() {
+        kinds.push(Kind::YSweet);
     }
     kinds.push(Kind::Bare);
     if let Some(only) = &args.servers {
@@ -275,8 +328,10 @@ async fn prepare(args: &Args, tmp: PathBuf) -> Result<Env, String> {
     Ok(Env {
         quire_limit_args,
         quire_bin,
+        measured,
         bench_bin,
         peers,
+        ysweet,
         tmp,
         kinds,
     })

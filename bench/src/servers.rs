@@ -1,7 +1,9 @@
 //! The servers under test, each a child process measured through `/proc`:
 //! Quire (`quire serve`, release build), the Yjs reference server
-//! (`@y/websocket-server` on node, leveldb persistence on), and the bare
-//! broadcast server of this crate (`quire-bench --serve-broadcast`).
+//! (`@y/websocket-server` on node, leveldb persistence on), y-sweet 0.9.1
+//! (the Rust Yjs server, when installed: see [`find_ysweet`]; filesystem
+//! store in the run's temporary folder), and the bare broadcast server of
+//! this crate (`quire-bench --serve-broadcast`).
 //!
 //! Children die with the bench: `kill_on_drop`, and `PR_SET_PDEATHSIG` so
 //! that even a `kill -9` of the bench takes them along.
@@ -24,6 +26,8 @@ use crate::sys::{self, ProcSample};
 pub enum Kind {
     Quire,
     Reference,
+    #[serde(rename = "y-sweet")]
+    YSweet,
     Bare,
 }
 
@@ -32,24 +36,180 @@ impl Kind {
         match self {
             Kind::Quire => "Quire",
             Kind::Reference => "y-websocket-server",
+            Kind::YSweet => "y-sweet",
             Kind::Bare => "bare broadcast",
         }
     }
+
+    /// The name used in `--servers` and in the result files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Quire => "quire",
+            Kind::Reference => "reference",
+            Kind::YSweet => "y-sweet",
+            Kind::Bare => "bare",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Kind> {
+        [Kind::Quire, Kind::Reference, Kind::YSweet, Kind::Bare]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
+
+    /// Whether the server sends a client's own updates back to it (the
+    /// reference and y-sweet broadcast to every connection of the document).
+    pub fn echoes_own_updates(self) -> bool {
+        matches!(self, Kind::Reference | Kind::YSweet)
+    }
+
+    /// Whether the server keeps documents (all but the bare server).
+    pub fn keeps_documents(self) -> bool {
+        self != Kind::Bare
+    }
+}
+
+/// The y-sweet version the bench measures.
+pub const YSWEET_VERSION: &str = "0.9.1";
+
+/// How to install that y-sweet where [`find_ysweet`] looks first.
+pub const YSWEET_INSTALL: &str =
+    "cargo install y-sweet --version 0.9.1 --locked --root ~/.cache/quire/y-sweet-0.9.1";
+
+/// Finds an installed y-sweet 0.9.1: `QUIRE_BENCH_YSWEET` (a path), then
+/// `~/.cache/quire/y-sweet-0.9.1/bin/y-sweet`, then
+/// `$CARGO_TARGET_DIR/y-sweet-0.9.1/bin/y-sweet` (next to the bench's own
+/// target folder), then `y-sweet` on `PATH`. The bench never installs it.
+pub fn find_ysweet(bench_bin: &Path) -> Result<PathBuf, String> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(path) = std::env::var_os("QUIRE_BENCH_YSWEET") {
+        candidates.push(path.into());
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(PathBuf::from(home).join(".cache/quire/y-sweet-0.9.1/bin/y-sweet"));
+    }
+    if let Some(target) = bench_bin.parent().and_then(Path::parent) {
+        candidates.push(target.join("y-sweet-0.9.1/bin/y-sweet"));
+    }
+    candidates.push("y-sweet".into());
+    let mut seen = Vec::new();
+    for candidate in candidates {
+        let Ok(out) = std::process::Command::new(&candidate)
+            .arg("version")
+            .output()
+        else {
+            continue;
+        };
+        let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if version == YSWEET_VERSION {
+            return Ok(candidate);
+        }
+        seen.push(format!("{} is version {version:?}", candidate.display()));
+    }
+    Err(format!(
+        "y-sweet {YSWEET_VERSION} is not installed{}; to include it (about 2.5 min): {YSWEET_INSTALL}",
+        if seen.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", seen.join(", "))
+        }
+    ))
 }
 
 /// Where the bench finds its programs.
 #[derive(Debug, Clone)]
 pub struct Env {
     pub quire_bin: PathBuf,
+    /// Which commit the `quire` binary was built from.
+    pub measured: Measured,
     pub bench_bin: PathBuf,
     /// `bench/peers` with `node_modules` installed, if node is usable.
     pub peers: Option<PathBuf>,
+    /// The y-sweet binary, if installed.
+    pub ysweet: Option<PathBuf>,
     /// Root of this run's temporary data folders.
     pub tmp: PathBuf,
     /// Fixed kinds in the order they run, interleaved per measurement.
     pub kinds: Vec<Kind>,
     /// Flags lifting Quire's abuse limits (see [`lift_limits`]).
     pub quire_limit_args: Vec<String>,
+}
+
+/// What the `quire` binary is built from: the files below (the crates in
+/// the binary, and the lock file) decide it; bench/, tests/ and docs do not.
+pub const SERVER_PATHS: [&str; 6] = [
+    "server",
+    "storage",
+    "protocol",
+    "client",
+    "Cargo.toml",
+    "Cargo.lock",
+];
+
+/// Runs git in the workspace; its trimmed output if it succeeded.
+pub fn git(args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(crate::workspace_root())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Whether the work tree has uncommitted changes in [`SERVER_PATHS`].
+pub fn server_sources_dirty() -> Option<bool> {
+    let mut args = vec!["status", "--porcelain", "--"];
+    args.extend(SERVER_PATHS);
+    git(&args).map(|out| !out.is_empty())
+}
+
+/// The commit of the `quire` binary measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Measured {
+    /// Short hash, if known.
+    pub commit: Option<String>,
+    /// Uncommitted changes to the server's sources were in the build.
+    pub dirty: Option<bool>,
+    /// How the commit is known.
+    pub source: String,
+}
+
+impl Measured {
+    /// The bench builds `quire` from the work tree: HEAD, plus whatever
+    /// uncommitted changes the server's sources hold.
+    pub fn work_tree() -> Self {
+        Self {
+            commit: git(&["rev-parse", "--short", "HEAD"]),
+            dirty: server_sources_dirty(),
+            source: "built by the bench from the work tree".into(),
+        }
+    }
+
+    /// `--quire-bin`, with the commit `--quire-commit` names (if any).
+    pub fn given(commit: Option<String>) -> Self {
+        let resolved = commit
+            .as_deref()
+            .and_then(|c| git(&["rev-parse", "--short", &format!("{c}^{{commit}}")]));
+        Self {
+            source: match (&commit, &resolved) {
+                (Some(_), Some(_)) => "--quire-bin, commit given by --quire-commit".into(),
+                (Some(c), None) => format!("--quire-bin, --quire-commit {c} is not a commit here"),
+                (None, _) => "--quire-bin without --quire-commit: commit unknown".into(),
+            },
+            commit: resolved,
+            dirty: None,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match (&self.commit, self.dirty) {
+            (Some(c), Some(true)) => format!("{c} + uncommitted server changes ({})", self.source),
+            (Some(c), _) => format!("{c} ({})", self.source),
+            (None, _) => format!("unknown commit ({})", self.source),
+        }
+    }
 }
 
 /// Quire refuses more than 1,000 connections per IP address and slows any
@@ -95,6 +255,8 @@ pub struct Options {
     pub quire_args: Vec<String>,
     /// Extra node flags (before the script).
     pub node_args: Vec<String>,
+    /// Run Quire with its default abuse limits instead of lifting them.
+    pub default_limits: bool,
 }
 
 /// A running server.
@@ -115,6 +277,7 @@ fn attach_perf(pid: u32) -> Option<Child> {
     static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let out = PathBuf::from(dir).join(format!("quire-{n:03}.perf.data"));
+    let freq = std::env::var("QUIRE_BENCH_PERF_FREQ").unwrap_or_else(|_| "499".to_owned());
     let mut command = Command::new("perf");
     command
         .args([
@@ -122,7 +285,7 @@ fn attach_perf(pid: u32) -> Option<Child> {
             "-e",
             "cpu-clock",
             "-F",
-            "499",
+            &freq,
             "--call-graph",
             "dwarf,8192",
             "-o",
@@ -167,8 +330,9 @@ fn collect_lines(
         let mut lines = BufReader::new(stream).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             if let Some(rest) = line.split(marker).nth(1) {
+                // Up to the first space or terminal colour code.
                 let value = rest
-                    .split_whitespace()
+                    .split(|c: char| c.is_whitespace() || c == '\u{1b}')
                     .next()
                     .unwrap_or_default()
                     .to_owned();
@@ -201,7 +365,9 @@ impl Server {
                     _ => Command::new(&env.quire_bin),
                 };
                 c.arg("serve").arg("--addr").arg("127.0.0.1:0");
-                c.args(&env.quire_limit_args);
+                if !options.default_limits {
+                    c.args(&env.quire_limit_args);
+                }
                 c.args(&options.quire_args);
                 // For investigations: extra flags for every `quire serve`.
                 if let Ok(extra) = std::env::var("QUIRE_BENCH_EXTRA_ARGS") {
@@ -227,6 +393,21 @@ impl Server {
                     c.env("YPERSISTENCE", data);
                 }
                 (c, "running at ")
+            }
+            Kind::YSweet => {
+                let bin = env.ysweet.as_ref().ok_or("y-sweet is not installed")?;
+                let mut c = Command::new(bin);
+                c.arg("serve");
+                if let Some(data) = &options.data {
+                    c.arg(data);
+                }
+                // Its default log level (info) writes lines for every
+                // update; warn keeps the logging out of the measurement.
+                // The connection string it prints gives the port.
+                c.args(["--host", "127.0.0.1", "--port", "0"])
+                    .env("NO_COLOR", "1")
+                    .env("RUST_LOG", "warn");
+                (c, "ys://")
             }
             Kind::Bare => {
                 let mut c = Command::new(&env.bench_bin);
@@ -273,7 +454,7 @@ impl Server {
         let announced = tokio::time::timeout(START_TIMEOUT, rx).await;
         let addr = match (announced, kind) {
             (Ok(Ok(_)), Kind::Reference) => format!("127.0.0.1:{}", port_env.unwrap_or_default()),
-            (Ok(Ok(addr)), _) => addr,
+            (Ok(Ok(addr)), _) => addr.trim_end_matches('/').to_owned(),
             _ => {
                 let _ = child.start_kill();
                 return Err(format!(
@@ -302,6 +483,7 @@ impl Server {
     pub fn url(&self, room: &str) -> String {
         match self.kind {
             Kind::Quire => format!("ws://{}/ws/{room}", self.addr),
+            Kind::YSweet => format!("ws://{}/d/{room}/ws/{room}", self.addr),
             Kind::Reference | Kind::Bare => format!("ws://{}/{room}", self.addr),
         }
     }
@@ -330,7 +512,13 @@ impl Server {
             }
             let _ = tokio::time::timeout(Duration::from_secs(30), perf.wait()).await;
         }
-        sys::signal(self.pid, libc::SIGTERM);
+        // y-sweet shuts down (and saves its documents) on Ctrl-C only.
+        let signal = if self.kind == Kind::YSweet {
+            libc::SIGINT
+        } else {
+            libc::SIGTERM
+        };
+        sys::signal(self.pid, signal);
         let clean = matches!(
             tokio::time::timeout(grace, self.child.wait()).await,
             Ok(Ok(_))
@@ -377,61 +565,11 @@ pub fn versions(env: &Env) -> serde_json::Value {
         }
         None
     };
-    let git = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(crate::workspace_root())
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    let dirty = std::process::Command::new("git")
-        .args([
-            "status",
-            "--porcelain",
-            "--",
-            "server",
-            "storage",
-            "protocol",
-        ])
-        .current_dir(crate::workspace_root())
-        .output()
-        .ok()
-        .map(|o| !o.stdout.is_empty());
-    // The binary may predate the newest server commit (with --quire-bin).
-    let built = std::fs::metadata(&env.quire_bin)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs());
-    let last_server_commit = std::process::Command::new("git")
-        .args([
-            "log",
-            "-1",
-            "--format=%ct %h",
-            "--",
-            "server",
-            "storage",
-            "protocol",
-        ])
-        .current_dir(crate::workspace_root())
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    let stale = match (
-        built,
-        last_server_commit
-            .as_deref()
-            .and_then(|c| c.split(' ').next()),
-    ) {
-        (Some(built), Some(commit)) => commit.parse::<u64>().ok().map(|c| c > built),
-        _ => None,
-    };
     serde_json::json!({
-        "quire_binary_built_unix": built,
-        "last_server_commit": last_server_commit,
-        "quire_binary_older_than_last_server_commit": stale,
         "quire": run(&env.quire_bin, "--version"),
-        "git_commit": git,
-        "server_sources_modified_since_commit": dirty,
+        "measured": env.measured,
+        "head_when_written": git(&["rev-parse", "--short", "HEAD"]),
+        "y_sweet": env.ysweet.as_ref().map(|_| YSWEET_VERSION),
         "yrs": crate_version("yrs"),
         "tokio_tungstenite": crate_version("tokio-tungstenite"),
         "node": env.peers.as_ref().and_then(|_| run(Path::new("node"), "--version")),

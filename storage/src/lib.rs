@@ -23,12 +23,21 @@
 //! every append made within a short commit window into one `flush` (group
 //! commit) and publishes the progress as a [`Committed`] ticket on a
 //! `tokio::sync::watch` channel; see [`Appended`].
+//!
+//! # PostgreSQL
+//!
+//! [`PgStore`] keeps the same model in PostgreSQL for cluster mode: several
+//! Quire nodes share one database; appends are queued and committed in
+//! batches by a writer task, tickets published after each COMMIT. See the
+//! `pg_store` module docs and ARCHITECTURE.md, "Storage on PostgreSQL".
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod pg_store;
 mod sled_store;
 
+pub use pg_store::{CommitStats, PgOptions, PgStore};
 pub use sled_store::{SledOptions, SledStore};
 
 /// Position of an update in a document's log. Increasing in append order,
@@ -49,6 +58,10 @@ pub enum StoreError {
     /// The storage engine or the file system failed; the text names the operation.
     #[error("storage I/O error: {0}")]
     Io(String),
+    /// The database server cannot be reached or did not answer in time; the
+    /// operation may succeed later (writes stay queued, see [`StoreHealth`]).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     /// Bytes on disk do not have the shape this crate writes.
     #[error("stored data for document {doc:?} is corrupt: {detail}")]
     Corrupt {
@@ -106,6 +119,19 @@ pub struct Committed {
     pub flush_time: Duration,
 }
 
+/// How a store's writes are doing right now, from [`DocStore::health`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// Writes accepted (ticket issued) but not yet durable.
+    pub pending_writes: u64,
+    /// Their size in bytes.
+    pub pending_bytes: u64,
+    /// Set while writes are not becoming durable: why the last attempt
+    /// failed (e.g. the database is down). Nothing pending is acknowledged
+    /// meanwhile; the store keeps retrying.
+    pub stalled: Option<String>,
+}
+
 /// The storage interface the server is written against, so tests and
 /// alternative engines can stand in for sled.
 pub trait DocStore: Send + Sync + 'static {
@@ -132,4 +158,38 @@ pub trait DocStore: Send + Sync + 'static {
     fn durability(&self) -> tokio::sync::watch::Receiver<Committed>;
     /// Flush everything appended so far and wait until it is on disk (used at shutdown and by the CLI).
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// The durable entries of a document's log with a seq greater than
+    /// `after` (a seq this store returned), oldest first; `last_seq` is the
+    /// newest seq read, or `after` if there is none. For catching up with
+    /// what other nodes stored: a store shared by several writers
+    /// ([`PgStore`]) guarantees that once an entry with seq S was returned,
+    /// no entry of that document with a seq <= S becomes visible later
+    /// whose content is not in those already returned. `None` if there is
+    /// no such document.
+    ///
+    /// The default returns the whole log ([`DocStore::load`]), a superset
+    /// that merges to the same document; right for a single-writer store.
+    fn load_after(&self, doc: &str, after: Seq) -> Result<Option<StoredDoc>, StoreError> {
+        let _ = after;
+        self.load(doc)
+    }
+
+    /// The ticket of the newest write made so far, durable or not: what a
+    /// (re)loaded room must wait for before acknowledging anything, since
+    /// earlier writes to its document may still be pending.
+    ///
+    /// The default is the durable ticket, which is right only for a store
+    /// whose writes are durable when they return; stores with group commit
+    /// should return their last issued ticket.
+    fn last_ticket(&self) -> u64 {
+        self.durability().borrow().ticket
+    }
+
+    /// Whether writes are becoming durable; for readiness checks and for
+    /// telling clients their changes are not saved. The default reports
+    /// nothing pending and no stall.
+    fn health(&self) -> StoreHealth {
+        StoreHealth::default()
+    }
 }

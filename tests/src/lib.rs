@@ -9,6 +9,7 @@ pub mod client;
 pub mod http;
 pub mod process;
 pub mod proxy;
+pub mod services;
 
 use std::net::SocketAddr;
 use std::time::Duration;

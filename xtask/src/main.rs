@@ -41,8 +41,13 @@ Commands:
                     `cargo clippy --workspace --all-targets -- -D warnings` and
                     `cargo clippy -p quire-frontend --target wasm32-unknown-unknown -- -D warnings`.
   bench [ARGS...]   The benchmarks: `cargo run --release -p quire-bench -- ARGS...`
-                    (scenarios fanout idle traces coldload durability, --quick);
-                    results in bench/results/ and bench/RESULTS.md.
+                    (scenarios fanout traces storage idle coldload durability;
+                    full length unless --quick, whose results are labelled quick
+                    and decide no target); results in bench/results/ and
+                    bench/RESULTS.md. Peers: the Yjs reference server (npm ci in
+                    bench/peers), y-sweet 0.9.1 if installed (`cargo install
+                    y-sweet --version 0.9.1 --locked --root
+                    ~/.cache/quire/y-sweet-0.9.1`), a bare broadcast server.
   help              Show this text.
 ";
 
@@ -158,11 +163,13 @@ fn test(cargo_test_args: &[OsString]) -> Result<(), Failure> {
 }
 
 /// `cargo xtask bench [SCENARIO...] [--quick]`: the benchmarks
-/// (`bench/`), which write `bench/results/` and `bench/RESULTS.md`.
+/// (`bench/`), which write `bench/results/` and `bench/RESULTS.md`. The
+/// results record the command as `cargo xtask bench ARGS`.
 fn bench(args: &[OsString]) -> Result<(), Failure> {
     run(cargo()
         .args(["run", "--release", "-p", "quire-bench", "--"])
-        .args(args))
+        .args(args)
+        .env("QUIRE_BENCH_LAUNCHER", "cargo xtask bench"))
 }
 
 /// `cargo xtask lint`: formatting and clippy over the whole workspace.

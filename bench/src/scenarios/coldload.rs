@@ -71,8 +71,8 @@ pub async fn run(ctx: &Ctx) -> Result<serde_json::Value, String> {
     let state = Arc::new(state);
     let mut runs = Vec::new();
     for &kind in &ctx.env.kinds {
-        if kind == Kind::Bare {
-            continue; // keeps no documents
+        if !matches!(kind, Kind::Quire | Kind::Reference) {
+            continue; // the bare server keeps no documents; y-sweet is measured in fanout and traces
         }
         let run = match measure(ctx, kind, &state, &text, documents, cold_samples).await {
             Ok(run) => run,

@@ -1,7 +1,8 @@
 //! Idle: N connected stock y-websocket clients across 100 rooms, doing
 //! nothing but answering heartbeats (tungstenite answers WebSocket pings
 //! while reading). Quire runs with its default `--ping-interval` (25 s), the
-//! reference pings every 30 s, the bare server every 25 s; the window is
+//! reference pings every 30 s, y-sweet every 20 s, the bare server every
+//! 25 s; the window is
 //! long enough for every connection to be pinged at least once in a full
 //! run. Measures server memory per connection and CPU per idle second.
 
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use super::{STOP_GRACE, Span, Usage, bounded, start};
+use super::{STOP_GRACE, Span, Usage, bounded_rooms_first, start};
 use crate::Ctx;
 use crate::servers::Kind;
 use crate::ws;
@@ -96,7 +97,8 @@ async fn measure(
             .map(|r| server.url(&format!("idle-{r}")))
             .collect(),
     );
-    let connected = bounded(clients as usize, 128, |i| {
+    let opens_room = |i: usize| i < rooms as usize;
+    let connected = bounded_rooms_first(clients as usize, 128, opens_room, |i| {
         let url = urls[i % rooms as usize].clone();
         let stop = stop_rx.clone();
         let pings = pings.clone();

@@ -25,6 +25,7 @@ pub async fn run(name: &str, ctx: &Ctx) -> Result<serde_json::Value, String> {
         "fanout" => fanout::run(ctx).await,
         "idle" => idle::run(ctx).await,
         "traces" => traces::run(ctx).await,
+        "storage" => traces::run_storage(ctx).await,
         "coldload" => coldload::run(ctx).await,
         "durability" => durability::run(ctx).await,
         "editor" => editor::run(ctx).await,
@@ -99,12 +100,24 @@ pub async fn start(
     tag: &str,
     quire_args: &[&str],
 ) -> Result<(Server, Options), String> {
+    start_with(ctx, kind, tag, quire_args, false).await
+}
+
+/// [`start`], with Quire's default limits kept if `default_limits`.
+pub async fn start_with(
+    ctx: &Ctx,
+    kind: Kind,
+    tag: &str,
+    quire_args: &[&str],
+    default_limits: bool,
+) -> Result<(Server, Options), String> {
     await_quiet(ctx).await;
     let data = ctx.env.data_dir(&format!("{tag}-{kind:?}"));
     let options = Options {
-        data: (kind != Kind::Bare).then_some(data),
+        data: kind.keeps_documents().then_some(data),
         quire_args: quire_args.iter().map(|s| s.to_string()).collect(),
         node_args: Vec::new(),
+        default_limits,
     };
     let server = Server::start(&ctx.env, kind, &options).await?;
     Ok((server, options))
@@ -158,6 +171,33 @@ where
     })
     .await;
     results.into_iter().collect()
+}
+
+/// [`bounded`] in two phases: first the jobs `opens_room(i)` says open a
+/// room, one at a time, then the rest with at most `limit` at once. The
+/// first client of a room then creates the document alone, as it does
+/// outside a benchmark (y-sweet answers 500 to a second client that
+/// arrives while the first one's document is still being created).
+pub async fn bounded_rooms_first<T, F, Fut>(
+    n: usize,
+    limit: usize,
+    opens_room: impl Fn(usize) -> bool,
+    make: F,
+) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let (first, rest): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| opens_room(i));
+    let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    for (phase, limit) in [(first, 1), (rest, limit)] {
+        let results = bounded(phase.len(), limit, |k| make(phase[k])).await;
+        for (k, value) in results.into_iter().enumerate() {
+            out[phase[k]] = Some(value);
+        }
+    }
+    out.into_iter().map(|v| v.expect("every job ran")).collect()
 }
 
 /// Runs `make(i)` for i in 0..n with at most `limit` at once; results in order.

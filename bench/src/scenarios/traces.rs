@@ -7,11 +7,22 @@
 //! `parents` reach, so each server sees the causal order a real session
 //! would produce (see `trace::concurrent`).
 //!
+//! Scenario `traces`: every server replays each trace twice on the same
+//! process, into two rooms: the first replay warms node's JIT (and any
+//! cache), the second is the measurement the targets use; both are
+//! reported. Quire runs once more with its default settings (no limits
+//! lifted), to show what its rate limits do to a fast writer; that run
+//! stops after a time budget if the limits hold it back, and reports how
+//! far it got.
+//!
+//! Scenario `storage`: one replay per trace and server, then the room is
+//! evicted (Quire compacts its log), a fresh client loads it (which makes
+//! y-leveldb trim its log) and must see `endContent`, and the server shuts
+//! down cleanly: the data folder's size is what the document costs on disk.
+//!
 //! Reported: end-to-end time (first send to last receipt), server CPU per
-//! update (including a settling second, 0.2 s in quick mode, for background persistence), bytes
-//! stored after a clean shutdown (the document was evicted, which compacts
-//! Quire's log, and loaded once more by a fresh client, which makes y-leveldb
-//! trim its log), and whether the fresh client's text equals `endContent`.
+//! update (including a settling second, 0.2 s in quick mode, for
+//! background persistence).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,33 +57,81 @@ pub struct TraceInfo {
     pub final_len: usize,
 }
 
+/// One replay of a trace through a running server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Replay {
+    /// First send to last receipt (or to the budget's end).
+    pub e2e_s: f64,
+    pub updates_per_s: f64,
+    pub usage: Usage,
+    pub server_cpu_us_per_update: f64,
+    /// Updates the receivers got (all of them unless the budget ran out).
+    pub delivered: u64,
+    /// Every update arrived within the budget.
+    pub finished: bool,
+    /// The text the receiving client(s) assembled equals the expected text.
+    pub receivers_match: bool,
+}
+
+/// Settings Quire ran with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Settings {
+    /// Connection and rate limits lifted (`servers::lift_limits`).
+    LimitsLifted,
+    /// `quire serve` defaults.
+    Default,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Run {
     pub kind: Kind,
     pub trace: String,
     pub updates: u64,
-    pub e2e_s: f64,
-    pub updates_per_s: f64,
-    pub usage: Usage,
-    pub server_cpu_us_per_update: f64,
+    pub settings: Settings,
+    /// The first replay on a fresh process (node's JIT cold).
+    pub first: Option<Replay>,
+    /// The second replay on the same process, into another room (warm).
+    pub second: Option<Replay>,
+    pub error: Option<String>,
+}
+
+/// One trace's cost on disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StorageRun {
+    pub kind: Kind,
+    pub trace: String,
+    pub updates: u64,
+    pub replay: Option<Replay>,
     /// `du` of the data folder after a clean shutdown (allocated bytes).
     pub stored_bytes: Option<u64>,
     /// Sum of the files' lengths.
     pub stored_apparent_bytes: Option<u64>,
-    /// The text the receiving client(s) assembled equals the expected text.
-    pub receivers_match: bool,
-    /// A fresh client's text equals the expected text (None: bare server,
-    /// which keeps no document).
+    /// A fresh client's text equals the expected text.
     pub fresh_client_matches: Option<bool>,
     pub clean_shutdown: bool,
     pub error: Option<String>,
 }
 
-pub async fn run(ctx: &Ctx) -> Result<serde_json::Value, String> {
+/// The traces, as updates, prepared before any timing starts.
+struct Prepared {
+    info: TraceInfo,
+    job: Arc<Job>,
+    expected: String,
+}
+
+const SEQUENTIAL: [&str; 3] = ["automerge-paper", "seph-blog1", "rustcode"];
+const CONCURRENT: &str = "friendsforever";
+
+/// `QUIRE_BENCH_TRACES=a,b` (investigations): only these traces.
+fn wanted(name: &str) -> bool {
+    std::env::var("QUIRE_BENCH_TRACES").map_or(true, |list| list.split(',').any(|n| n == name))
+}
+
+fn prepare(ctx: &Ctx) -> Result<Vec<Prepared>, String> {
     let limit = ctx.pick(usize::MAX, 5_000);
-    let mut infos = Vec::new();
-    let mut runs = Vec::new();
-    for name in ["automerge-paper", "seph-blog1", "rustcode"] {
+    let mut out = Vec::new();
+    for name in SEQUENTIAL.into_iter().filter(|n| wanted(n)) {
         let prepared = std::time::Instant::now();
         let replay = trace::sequential(name, limit)?;
         let info = TraceInfo {
@@ -90,18 +149,18 @@ pub async fn run(ctx: &Ctx) -> Result<serde_json::Value, String> {
             prepared.elapsed().as_secs_f64(),
             if ctx.quick { " (quick: a prefix)" } else { "" }
         );
-        let job = Arc::new(Job::Sequential(replay.updates));
-        for &kind in &ctx.env.kinds {
-            let run = measure(ctx, kind, name, job.clone(), &replay.expected).await;
-            print_run(&run);
-            runs.push(run);
-        }
-        infos.push(info);
+        out.push(Prepared {
+            info,
+            job: Arc::new(Job::Sequential(replay.updates)),
+            expected: replay.expected,
+        });
     }
-    let name = "friendsforever";
-    let con = trace::concurrent(name, limit)?;
+    if !wanted(CONCURRENT) {
+        return Ok(out);
+    }
+    let con = trace::concurrent(CONCURRENT, limit)?;
     let info = TraceInfo {
-        name: name.to_owned(),
+        name: CONCURRENT.to_owned(),
         concurrent: true,
         updates: con.updates.len(),
         update_bytes: con.updates.iter().map(|u| u.update.len() as u64).sum(),
@@ -109,39 +168,112 @@ pub async fn run(ctx: &Ctx) -> Result<serde_json::Value, String> {
         final_len: con.expected.len(),
     };
     println!(
-        "  {name}: {} updates from {} agents ({} merges, {} chain violations), merged text equals endContent: {}",
+        "  {CONCURRENT}: {} updates from {} agents ({} merges, {} chain violations), merged text equals endContent: {}",
         info.updates, con.agents, con.merges, con.chain_violations, con.end_content_matches
     );
-    let expected = con.expected.clone();
-    let job = Arc::new(Job::Concurrent(con));
-    for &kind in &ctx.env.kinds {
-        let run = measure(ctx, kind, name, job.clone(), &expected).await;
-        print_run(&run);
-        runs.push(run);
+    out.push(Prepared {
+        info,
+        expected: con.expected.clone(),
+        job: Arc::new(Job::Concurrent(con)),
+    });
+    Ok(out)
+}
+
+/// Scenario `traces`.
+pub async fn run(ctx: &Ctx) -> Result<serde_json::Value, String> {
+    let traces = prepare(ctx)?;
+    let mut runs = Vec::new();
+    // A budget for the default-settings run: its rate limit may hold a
+    // fast writer to a few hundred updates per second.
+    let budget = Duration::from_secs(ctx.pick(60, 15));
+    for t in &traces {
+        for &kind in &ctx.env.kinds {
+            let run = measure(ctx, kind, t, Settings::LimitsLifted).await;
+            print_run(&run);
+            runs.push(run);
+        }
+        if ctx.env.kinds.contains(&Kind::Quire) {
+            let run = measure_defaults(ctx, t, budget).await;
+            print_run(&run);
+            runs.push(run);
+        }
     }
-    infos.push(info);
-    serde_json::to_value(serde_json::json!({ "traces": infos, "runs": runs, "window": WINDOW }))
+    let infos: Vec<&TraceInfo> = traces.iter().map(|t| &t.info).collect();
+    serde_json::to_value(serde_json::json!({
+        "traces": infos,
+        "runs": runs,
+        "window": WINDOW,
+        "default_settings_budget_s": budget.as_secs_f64(),
+    }))
+    .map_err(|e| e.to_string())
+}
+
+/// Scenario `storage`.
+pub async fn run_storage(ctx: &Ctx) -> Result<serde_json::Value, String> {
+    let traces = prepare(ctx)?;
+    let mut runs = Vec::new();
+    for t in &traces {
+        for &kind in ctx.env.kinds.iter().filter(|k| k.keeps_documents()) {
+            let run = measure_storage(ctx, kind, t).await;
+            println!(
+                "  {:<18} {:<16} stored {:>9}  fresh client ok {:?}  clean shutdown {}{}",
+                kind.label(),
+                run.trace,
+                run.stored_bytes
+                    .map_or("-".into(), |b| format!("{} KiB", b / 1024)),
+                run.fresh_client_matches,
+                run.clean_shutdown,
+                run.error
+                    .as_deref()
+                    .map(|e| format!("  error: {e}"))
+                    .unwrap_or_default(),
+            );
+            runs.push(run);
+        }
+    }
+    let infos: Vec<&TraceInfo> = traces.iter().map(|t| &t.info).collect();
+    serde_json::to_value(serde_json::json!({ "traces": infos, "runs": runs }))
         .map_err(|e| e.to_string())
+}
+
+fn print_replay(label: &str, replay: &Replay) {
+    println!(
+        "      {label:<7} {:>7} updates in {:>6.2} s ({:>6.0}/s)  cpu {:>6.1} µs/update{}  receivers ok {}",
+        replay.delivered,
+        replay.e2e_s,
+        replay.updates_per_s,
+        replay.server_cpu_us_per_update,
+        if replay.finished {
+            ""
+        } else {
+            "  [budget ran out]"
+        },
+        replay.receivers_match,
+    );
 }
 
 fn print_run(run: &Run) {
     println!(
-        "  {:<18} {:<16} {:>7} updates in {:>6.2} s ({:>6.0}/s)  cpu {:>6.1} µs/update  stored {:>9}  fresh client ok {:?}  receivers ok {}{}",
+        "  {:<18} {:<16} {} updates{}{}",
         run.kind.label(),
         run.trace,
         run.updates,
-        run.e2e_s,
-        run.updates_per_s,
-        run.server_cpu_us_per_update,
-        run.stored_bytes
-            .map_or("-".into(), |b| format!("{} KiB", b / 1024)),
-        run.fresh_client_matches,
-        run.receivers_match,
+        if run.settings == Settings::Default {
+            "  (default settings)"
+        } else {
+            ""
+        },
         run.error
             .as_deref()
             .map(|e| format!("  error: {e}"))
             .unwrap_or_default(),
     );
+    if let Some(r) = &run.first {
+        print_replay("first", r);
+    }
+    if let Some(r) = &run.second {
+        print_replay("second", r);
+    }
 }
 
 enum Job {
@@ -158,67 +290,144 @@ impl Job {
     }
 }
 
-async fn measure(ctx: &Ctx, kind: Kind, name: &str, job: Arc<Job>, expected: &str) -> Run {
+/// Replays `t` into `room`, stopping after `budget` (`Replay::finished`
+/// says whether it got through).
+async fn replay(
+    ctx: &Ctx,
+    server: &Server,
+    room: &str,
+    t: &Prepared,
+    budget: Duration,
+) -> Result<Replay, String> {
+    let settle = Duration::from_millis(ctx.pick(1000, 200));
+    match &*t.job {
+        Job::Sequential(updates) => {
+            replay_sequential(server, room, updates, &t.expected, budget, settle).await
+        }
+        Job::Concurrent(con) => {
+            replay_concurrent(server, room, con, &t.expected, budget, settle).await
+        }
+    }
+}
+
+fn grace(ctx: &Ctx) -> [&'static str; 2] {
+    ["--room-grace", ctx.pick("500ms", "100ms")]
+}
+
+async fn measure(ctx: &Ctx, kind: Kind, t: &Prepared, settings: Settings) -> Run {
     let mut run = Run {
         kind,
-        trace: name.to_owned(),
-        updates: job.len() as u64,
-        e2e_s: 0.0,
-        updates_per_s: 0.0,
-        usage: Usage::default(),
-        server_cpu_us_per_update: 0.0,
-        stored_bytes: None,
-        stored_apparent_bytes: None,
-        receivers_match: false,
-        fresh_client_matches: None,
-        clean_shutdown: false,
+        trace: t.info.name.clone(),
+        updates: t.job.len() as u64,
+        settings,
+        first: None,
+        second: None,
         error: None,
     };
-    let grace = ctx.pick("500ms", "100ms");
-    let (server, options) = match start(
-        ctx,
-        kind,
-        &format!("trace-{name}"),
-        &["--room-grace", grace],
-    )
-    .await
-    {
+    let (server, _) = match start(ctx, kind, &format!("trace-{}", t.info.name), &grace(ctx)).await {
         Ok(started) => started,
         Err(e) => {
             run.error = Some(e);
             return run;
         }
     };
-    let room = format!("trace-{name}");
-    let timeout = Duration::from_secs(ctx.pick(600, 60));
-    let settle = Duration::from_millis(ctx.pick(1000, 200));
-    let replayed = match &*job {
-        Job::Sequential(updates) => {
-            replay_sequential(&server, &room, updates, timeout, settle).await
+    let budget = Duration::from_secs(ctx.pick(600, 60));
+    for pass in ["first", "second"] {
+        let room = format!("trace-{}-{pass}", t.info.name);
+        match replay(ctx, &server, &room, t, budget).await {
+            Ok(r) if !r.finished => {
+                run.error = Some(format!(
+                    "{pass} replay did not finish within {} s ({} of {} updates)",
+                    budget.as_secs(),
+                    r.delivered,
+                    run.updates
+                ));
+                break;
+            }
+            Ok(r) if pass == "first" => run.first = Some(r),
+            Ok(r) => run.second = Some(r),
+            Err(e) => {
+                run.error = Some(format!("{pass} replay: {e}"));
+                break;
+            }
         }
-        Job::Concurrent(con) => replay_concurrent(&server, &room, con, timeout, settle).await,
+    }
+    server.stop(STOP_GRACE).await;
+    run
+}
+
+/// Quire with `quire serve` defaults: one replay, stopped after `budget`.
+async fn measure_defaults(ctx: &Ctx, t: &Prepared, budget: Duration) -> Run {
+    let mut run = Run {
+        kind: Kind::Quire,
+        trace: t.info.name.clone(),
+        updates: t.job.len() as u64,
+        settings: Settings::Default,
+        first: None,
+        second: None,
+        error: None,
     };
-    match replayed {
-        Ok((e2e, usage, texts)) => {
-            run.e2e_s = e2e.as_secs_f64();
-            run.updates_per_s = run.updates as f64 / run.e2e_s.max(1e-9);
-            run.server_cpu_us_per_update = 1e6 * usage.cpu_s / run.updates.max(1) as f64;
-            run.usage = usage;
-            run.receivers_match = texts.iter().all(|t| t == expected);
+    let started = super::start_with(
+        ctx,
+        Kind::Quire,
+        &format!("trace-{}-defaults", t.info.name),
+        &grace(ctx),
+        true,
+    )
+    .await;
+    let server = match started {
+        Ok((server, _)) => server,
+        Err(e) => {
+            run.error = Some(e);
+            return run;
         }
+    };
+    let room = format!("trace-{}", t.info.name);
+    match replay(ctx, &server, &room, t, budget).await {
+        Ok(r) => run.first = Some(r),
         Err(e) => run.error = Some(e),
     }
-    if kind != Kind::Bare && run.error.is_none() {
+    server.stop(STOP_GRACE).await;
+    run
+}
+
+async fn measure_storage(ctx: &Ctx, kind: Kind, t: &Prepared) -> StorageRun {
+    let mut run = StorageRun {
+        kind,
+        trace: t.info.name.clone(),
+        updates: t.job.len() as u64,
+        replay: None,
+        stored_bytes: None,
+        stored_apparent_bytes: None,
+        fresh_client_matches: None,
+        clean_shutdown: false,
+        error: None,
+    };
+    let (server, options) =
+        match start(ctx, kind, &format!("storage-{}", t.info.name), &grace(ctx)).await {
+            Ok(started) => started,
+            Err(e) => {
+                run.error = Some(e);
+                return run;
+            }
+        };
+    let room = format!("trace-{}", t.info.name);
+    let budget = Duration::from_secs(ctx.pick(600, 60));
+    match replay(ctx, &server, &room, t, budget).await {
+        Ok(r) => run.replay = Some(r),
+        Err(e) => run.error = Some(e),
+    }
+    if run.error.is_none() {
         // Let the room be evicted (Quire compacts), then load it afresh.
         tokio::time::sleep(Duration::from_millis(ctx.pick(1500, 400))).await;
-        let target = expected.len() as u32;
+        let target = t.expected.len() as u32;
         match ws::sync_until(&server.url(&room), Duration::from_secs(60), |len| {
             len >= target
         })
         .await
         {
             Ok((doc, _, mut socket)) => {
-                run.fresh_client_matches = Some(ws::text_of(&doc) == expected);
+                run.fresh_client_matches = Some(ws::text_of(&doc) == t.expected);
                 let _ = tokio::time::timeout(Duration::from_secs(2), socket.close(None)).await;
             }
             Err(e) => {
@@ -226,11 +435,11 @@ async fn measure(ctx: &Ctx, kind: Kind, name: &str, job: Arc<Job>, expected: &st
                 run.error = Some(format!("fresh client: {e}"));
             }
         }
-        tokio::time::sleep(settle).await;
+        tokio::time::sleep(Duration::from_millis(ctx.pick(1000, 200))).await;
     }
     let (_, clean) = server.stop(STOP_GRACE).await;
     run.clean_shutdown = clean;
-    if let (Some(data), true) = (&options.data, kind != Kind::Bare) {
+    if let Some(data) = &options.data {
         let (blocks, apparent) = sys::disk_usage(data);
         run.stored_bytes = Some(blocks);
         run.stored_apparent_bytes = Some(apparent);
@@ -244,10 +453,13 @@ struct Receiver {
     wake: Notify,
 }
 
+/// Reads updates until the connection ends or `all` arrived (then it
+/// stops by itself: some servers keep a closed connection open a while).
 fn spawn_receiver(
     mut stream: SplitStream<Ws>,
     receiver: Arc<Receiver>,
     keep: bool,
+    all: Option<u64>,
 ) -> tokio::task::JoinHandle<Vec<Vec<u8>>> {
     tokio::spawn(async move {
         let mut kept = Vec::new();
@@ -262,8 +474,11 @@ fn spawn_receiver(
                 if keep {
                     kept.push(update.to_vec());
                 }
-                receiver.received.fetch_add(1, Ordering::Release);
+                let received = receiver.received.fetch_add(1, Ordering::Release) + 1;
                 receiver.wake.notify_one();
+                if all.is_some_and(|n| received >= n) {
+                    break;
+                }
             }
         }
         receiver.wake.notify_one();
@@ -314,18 +529,19 @@ async fn replay_sequential(
     server: &Server,
     room: &str,
     updates: &[Vec<u8>],
-    timeout: Duration,
+    expected: &str,
+    budget: Duration,
     settle: Duration,
-) -> Result<(Duration, Usage, Vec<String>), String> {
+) -> Result<Replay, String> {
     let n = updates.len() as u64;
     let (mut reader_sink, reader_stream) = connect(server, room).await?.split();
     let reader = Arc::new(Receiver {
         received: AtomicU64::new(0),
         wake: Notify::new(),
     });
-    let reading = spawn_receiver(reader_stream, reader.clone(), true);
+    let reading = spawn_receiver(reader_stream, reader.clone(), true, Some(n));
     let (mut sink, stream) = connect(server, room).await?.split();
-    // The writer's own input (the reference echoes its updates) is drained.
+    // The writer's own input (servers that echo send its updates back) is drained.
     let echoes = spawn_receiver(
         stream,
         Arc::new(Receiver {
@@ -333,20 +549,30 @@ async fn replay_sequential(
             wake: Notify::new(),
         }),
         false,
+        None,
     );
     let frames: Vec<Vec<u8>> = updates.iter().map(|u| ws::update_frame(u)).collect();
     let span = Span::start(server);
     let started = tokio::time::Instant::now();
-    let deadline = started + timeout;
-    for (sent, frame) in frames.into_iter().enumerate() {
-        let sent = sent as u64;
-        wait_for(&reader, deadline, |received| sent < received + WINDOW).await?;
-        sink.send(WsMessage::Binary(frame.into()))
-            .await
-            .map_err(|e| format!("send: {e}"))?;
-    }
-    wait_for(&reader, deadline, |received| received >= n).await?;
+    let deadline = started + budget;
+    let sending = async {
+        for (sent, frame) in frames.into_iter().enumerate() {
+            let sent = sent as u64;
+            wait_for(&reader, deadline, |received| sent < received + WINDOW).await?;
+            tokio::time::timeout_at(deadline, sink.send(WsMessage::Binary(frame.into())))
+                .await
+                .map_err(|_| "budget".to_owned())?
+                .map_err(|e| format!("send: {e}"))?;
+        }
+        wait_for(&reader, deadline, |received| received >= n).await
+    };
+    let finished = match sending.await {
+        Ok(()) => true,
+        Err(_) if tokio::time::Instant::now() >= deadline => false,
+        Err(e) => return Err(e),
+    };
     let e2e = started.elapsed();
+    let delivered = reader.received.load(Ordering::Acquire);
     tokio::time::sleep(settle).await;
     let usage = span.finish();
     let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
@@ -356,18 +582,44 @@ async fn replay_sequential(
         .map_err(|_| "reader did not finish".to_owned())?
         .map_err(|e| e.to_string())?;
     echoes.abort();
-    Ok((e2e, usage, vec![merged_text(&kept)]))
+    let receivers_match = finished && merged_text(&kept) == expected;
+    Ok(replay_figures(
+        e2e,
+        usage,
+        delivered,
+        finished,
+        receivers_match,
+    ))
+}
+
+fn replay_figures(
+    e2e: Duration,
+    usage: Usage,
+    delivered: u64,
+    finished: bool,
+    receivers_match: bool,
+) -> Replay {
+    let e2e_s = e2e.as_secs_f64();
+    Replay {
+        e2e_s,
+        updates_per_s: delivered as f64 / e2e_s.max(1e-9),
+        server_cpu_us_per_update: 1e6 * usage.cpu_s / delivered.max(1) as f64,
+        usage,
+        delivered,
+        finished,
+        receivers_match,
+    }
 }
 
 async fn replay_concurrent(
     server: &Server,
     room: &str,
     con: &trace::ConcurrentUpdates,
-    timeout: Duration,
+    expected: &str,
+    budget: Duration,
     settle: Duration,
-) -> Result<(Duration, Usage, Vec<String>), String> {
-    // The reference server echoes a client's own updates back to it.
-    let echo = server.kind == Kind::Reference;
+) -> Result<Replay, String> {
+    let echo = server.kind.echoes_own_updates();
     let agents = con.agents;
     let mut sinks = Vec::new();
     let mut receivers = Vec::new();
@@ -378,7 +630,13 @@ async fn replay_concurrent(
             received: AtomicU64::new(0),
             wake: Notify::new(),
         });
-        readers.push(spawn_receiver(stream, receiver.clone(), true));
+        let totals_a = con
+            .updates
+            .iter()
+            .filter(|u| u.agent == readers.len())
+            .count() as u64;
+        let all_in = con.updates.len() as u64 - totals_a + if echo { totals_a } else { 0 };
+        readers.push(spawn_receiver(stream, receiver.clone(), true, Some(all_in)));
         receivers.push(receiver);
         sinks.push(sink);
     }
@@ -388,7 +646,7 @@ async fn replay_concurrent(
     let all: u64 = totals.iter().sum();
     let span = Span::start(server);
     let started = tokio::time::Instant::now();
-    let deadline = started + timeout;
+    let deadline = started + budget;
     let mut tasks = Vec::new();
     for (a, mut sink) in sinks.into_iter().enumerate() {
         let receiver = receivers[a].clone();
@@ -409,27 +667,45 @@ async fn replay_concurrent(
             .collect();
         let expected_in = all - totals[a] + if echo { totals[a] } else { 0 };
         tasks.push(tokio::spawn(async move {
-            for (sent, (frame, others)) in mine.into_iter().enumerate() {
-                let own_echoes = if echo { sent as u64 } else { 0 };
-                // Everything of the others this edit builds on has arrived
-                // (with echoes, also this agent's own earlier edits).
-                wait_for(&receiver, deadline, |received| {
-                    received >= others + own_echoes
-                })
-                .await?;
-                sink.send(WsMessage::Binary(frame.into()))
-                    .await
-                    .map_err(|e| format!("send: {e}"))?;
-            }
-            wait_for(&receiver, deadline, |received| received >= expected_in).await?;
-            Ok::<_, String>(sink)
+            let sending = async {
+                for (sent, (frame, others)) in mine.into_iter().enumerate() {
+                    let own_echoes = if echo { sent as u64 } else { 0 };
+                    // Everything of the others this edit builds on has arrived
+                    // (with echoes, also this agent's own earlier edits).
+                    wait_for(&receiver, deadline, |received| {
+                        received >= others + own_echoes
+                    })
+                    .await?;
+                    tokio::time::timeout_at(deadline, sink.send(WsMessage::Binary(frame.into())))
+                        .await
+                        .map_err(|_| "budget".to_owned())?
+                        .map_err(|e| format!("send: {e}"))?;
+                }
+                wait_for(&receiver, deadline, |received| received >= expected_in).await
+            };
+            let outcome = sending.await;
+            (sink, outcome)
         }));
     }
     let mut sinks = Vec::new();
+    let mut finished = true;
     for task in tasks {
-        sinks.push(task.await.map_err(|e| e.to_string())??);
+        let (sink, outcome) = task.await.map_err(|e| e.to_string())?;
+        sinks.push(sink);
+        match outcome {
+            Ok(()) => {}
+            Err(_) if tokio::time::Instant::now() >= deadline => finished = false,
+            Err(e) => return Err(e),
+        }
     }
     let e2e = started.elapsed();
+    // Updates delivered: what each agent received of the others' edits.
+    let received: u64 = receivers
+        .iter()
+        .map(|r| r.received.load(Ordering::Acquire))
+        .sum();
+    let copies = if echo { agents } else { agents - 1 } as u64;
+    let delivered = received / copies.max(1);
     tokio::time::sleep(settle).await;
     let usage = span.finish();
     for sink in &mut sinks {
@@ -450,5 +726,12 @@ async fn replay_concurrent(
         );
         texts.push(merged_text(&kept));
     }
-    Ok((e2e, usage, texts))
+    let receivers_match = finished && texts.iter().all(|t| t == expected);
+    Ok(replay_figures(
+        e2e,
+        usage,
+        delivered,
+        finished,
+        receivers_match,
+    ))
 }
