@@ -60,6 +60,10 @@ pub fn web_dist() -> PathBuf {
 pub struct Browser {
     pub driver: WebDriver,
     chromedriver: Child,
+    /// The Chromium that chromedriver started: killed when the browser is
+    /// dropped, so a test that panics leaves no Chromium behind (killing
+    /// chromedriver alone orphans it, and it runs on).
+    chromium: Option<libc::pid_t>,
     _profile: TempDir,
 }
 
@@ -115,9 +119,15 @@ impl Browser {
                 Err(err) => panic!("could not start Chromium through chromedriver: {err}"),
             }
         };
+        let chromium = driver
+            .capabilities()
+            .and_then(|c| c.get("goog:processID"))
+            .and_then(Value::as_i64)
+            .and_then(|pid| libc::pid_t::try_from(pid).ok());
         Self {
             driver,
             chromedriver,
+            chromium,
             _profile: profile,
         }
     }
@@ -211,26 +221,69 @@ impl Browser {
         Cdp { ws, next: 1 }
     }
 
-    pub async fn close(self) {
-        let _ = self.driver.close().await;
-        drop(self.chromedriver);
+    /// Ends the WebDriver session (Chromium quits), then stops chromedriver.
+    pub async fn close(mut self) {
+        let _ = self.driver.clone().close().await;
+        if let Some(pid) = self.chromium {
+            // Give Chromium a moment to quit by itself (it saves its profile).
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            // SAFETY: kill with signal 0 only asks whether the process exists.
+            while unsafe { libc::kill(pid, 0) } == 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // SAFETY: as above.
+            if unsafe { libc::kill(pid, 0) } != 0 {
+                self.chromium = None; // gone: never signal a pid that may be reused
+            }
+        }
+        let _ = self.chromedriver.start_kill();
+        let _ = self.chromedriver.wait().await;
     }
 }
 
-/// `GET` on the DevTools HTTP endpoint (plain HTTP/1.1 on loopback).
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(pid) = self.chromium.take() {
+            // SAFETY: a plain kill(2) of the process this browser started.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// `GET` on the DevTools HTTP endpoint (HTTP/1.1 on loopback). Chromium
+/// keeps the connection open after answering, whatever `Connection: close`
+/// says, so the body is read by its `Content-Length`, never to the end.
 async fn devtools_get(port: u16, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect to DevTools");
-    let head =
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-    stream.write_all(head.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.expect("read");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    text.split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default()
+    tokio::time::timeout(WAIT, async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect to DevTools");
+        let head =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.expect("write");
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .expect("DevTools answers with a Content-Length");
+                if raw.len() >= end + 4 + length {
+                    return String::from_utf8_lossy(&raw[end + 4..end + 4 + length]).into_owned();
+                }
+            }
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "DevTools closed the connection mid-answer");
+            raw.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("a DevTools answer in time")
 }
 
 /// One DevTools Protocol connection to a page.

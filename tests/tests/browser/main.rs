@@ -6,8 +6,6 @@
 //! documents and interop with Tiptap apps. Every test saves screenshots
 //! under `$CARGO_TARGET_DIR/browser-screenshots/`.
 
-use std::time::Duration;
-
 mod plain;
 mod rich;
 mod support;
@@ -18,9 +16,7 @@ use quire_tests::http;
 use quire_tests::proxy::FaultProxy;
 use serde_json::json;
 
-use support::{
-    app_server, caret, editor_text, open_editor, type_at, wait_js, wait_status, wait_text,
-};
+use support::{app_server, caret, editor_text, open_editor, type_at, wait_status, wait_text};
 
 #[tokio::test]
 async fn two_tabs_type_at_the_same_time_and_converge() {

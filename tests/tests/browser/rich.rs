@@ -358,32 +358,45 @@ async fn two_people_format_at_once_and_converge() {
     type_at(&ann, None, "alpha beta gamma").await;
     keys(&ann, ENTER).await;
     keys(&ann, "second line").await;
-    wait_text(&bob, "Bob sees Ann's text", "alpha beta gamma\nsecond line").await;
-    // At once: Ann bolds "alpha" and types, Bob makes the second line a heading and italicises "gamma".
+    keys(&ann, ENTER).await;
+    keys(&ann, "third line").await;
+    wait_text(
+        &bob,
+        "Bob sees Ann's text",
+        "alpha beta gamma\nsecond line\nthird line",
+    )
+    .await;
+    // At once, on overlapping text: Ann bolds "beta gamma" and types at the
+    // end; Bob italicises "alpha beta", makes the second line a heading and
+    // types at the start of the third. Whatever order the edits cross in,
+    // "beta" ends with both marks and every character is there once.
     tokio::join!(
         async {
-            select(&ann, "alpha").await;
+            select(&ann, "beta gamma").await;
             keys(&ann, &ctrl("b")).await;
             caret_to_end(&ann).await;
             keys(&ann, " by Ann").await;
         },
         async {
+            select(&bob, "alpha beta").await;
+            keys(&bob, &ctrl("i")).await;
             js(&bob, "return Q.setCaret(20)", vec![]).await;
             block_menu(&bob, "h2").await;
-            select(&bob, "gamma").await;
-            keys(&bob, &ctrl("i")).await;
-            js(&bob, "return Q.setCaret(0)", vec![]).await;
+            js(&bob, "return Q.setCaret(29)", vec![]).await;
             keys(&bob, "Bob: ").await;
         }
     );
     wait_status(&ann, "All changes saved").await;
     wait_status(&bob, "All changes saved").await;
-    let expected =
-        "<p>Bob: <bold>alpha</bold> beta <italic>gamma</italic></p><h2>second line by Ann</h2>";
+    let expected = "<p><italic>alpha </italic><bold><italic>beta</italic></bold><bold> gamma</bold></p><h2>second line</h2><p>Bob: third line by Ann</p>";
     wait_stored(server.addr, "formats", expected).await;
-    let html = editor_html(&ann).await;
     for b in [&ann, &bob] {
-        wait_html(b, "both editors show the same document", &html).await;
+        wait_html(
+            b,
+            "both editors show the same document",
+            "<p><em>alpha </em><strong><em>beta</em></strong><strong> gamma</strong></p><h2>second line</h2><p>Bob: third line by Ann</p>",
+        )
+        .await;
     }
     ann.screenshot("rich-two-ann").await;
     bob.screenshot("rich-two-bob").await;
@@ -391,6 +404,11 @@ async fn two_people_format_at_once_and_converge() {
     ann.wait_js(
         "Ann sees Bob's caret",
         "return !!document.querySelector('.remote-caret[data-user=Bob] .remote-caret-label')",
+    )
+    .await;
+    bob.wait_js(
+        "Bob sees Ann's caret",
+        "return !!document.querySelector('.remote-caret[data-user=Ann] .remote-caret-label')",
     )
     .await;
     ann.close().await;
@@ -478,7 +496,7 @@ async fn pasting_hostile_html_keeps_the_content_and_nothing_else() {
         vec![json!(HOSTILE)],
     )
     .await;
-    let expected = "<p>Before Quarterly numbers</p><p><bold>Strong</bold>, <italic>slanted</italic>, bad link, <link https://good.example/>good link</link></p><ul><li><p>first <underline>point</underline></p></li><li><p>second</p><ol><li><p>nested</p></li></ol></li></ul><p>cell text</p><p>kept text</p><p>not bold (Google Docs wrapper)</p>";
+    let expected = "<p>Before Quarterly <bold>numbers</bold></p><p><bold>Strong</bold>, <italic>slanted</italic>, bad link, <link https://good.example/>good link</link></p><ul><li><p>first <underline>point</underline></p></li><li><p>second</p><ol><li><p>nested</p></li></ol></li></ul><p>cell text</p><p>kept text</p><p>not bold (Google Docs wrapper)</p>";
     let json = wait_stored(server.addr, "paste", expected).await;
     let stored = serde_json::to_string(&json).unwrap();
     for bad in [

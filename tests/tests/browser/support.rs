@@ -95,20 +95,31 @@ const Q = {
     }
     return -1;
   },
-  // Selects the first occurrence of `needle` in the editor's text.
+  // Selects the first occurrence (or the `occurrence`-th) of `needle` in
+  // the editor's text, across text nodes (formatting splits text into nodes).
   select: (needle, occurrence) => {
     const e = Q.root();
     const walker = document.createTreeWalker(e, NodeFilter.SHOW_TEXT);
-    let node, seen = 0;
-    while ((node = walker.nextNode())) {
-      const i = node.data.indexOf(needle);
-      if (i >= 0 && seen++ === (occurrence || 0)) {
-        e.focus();
-        getSelection().setBaseAndExtent(node, i, node, i + needle.length);
-        return true;
-      }
+    const nodes = [];
+    let all = '', node;
+    while ((node = walker.nextNode())) { nodes.push([node, all.length]); all += node.data; }
+    let i = -1;
+    for (let k = 0; k <= (occurrence || 0); k++) {
+      i = all.indexOf(needle, i + 1);
+      if (i < 0) return false;
     }
-    return false;
+    const at = (p, end) => {
+      for (const [n, start] of nodes) {
+        if (end ? p <= start + n.data.length : p < start + n.data.length) return [n, p - start];
+      }
+      const [n, start] = nodes[nodes.length - 1];
+      return [n, p - start];
+    };
+    const [an, ao] = at(i, false);
+    const [fn, fo] = at(i + needle.length, true);
+    e.focus();
+    getSelection().setBaseAndExtent(an, ao, fn, fo);
+    return true;
   },
 };
 "#;
@@ -236,7 +247,6 @@ pub fn ctrl_shift(key: &str) -> String {
 pub const ENTER: &str = "\u{E007}";
 pub const BACKSPACE: &str = "\u{E003}";
 pub const TAB: &str = "\u{E004}";
-pub const HOME: &str = "\u{E011}";
 pub const SHIFT_TAB: &str = "\u{E008}\u{E004}\u{E000}";
 pub const SHIFT_ENTER: &str = "\u{E008}\u{E007}\u{E000}";
 
