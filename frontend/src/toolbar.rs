@@ -26,11 +26,73 @@ fn with_rich(runtime: Rt, f: impl FnOnce(&RichEditor)) {
     });
 }
 
+/// Line icons for the buttons that have no letter (24×24, drawn with the
+/// text colour): each is a list of SVG path data.
+mod icon {
+    pub const UNDO: &[&str] = &["M9 14 4 9l5-5", "M4 9h10.5a5.5 5.5 0 0 1 0 11H11"];
+    pub const REDO: &[&str] = &["m15 14 5-5-5-5", "M20 9H9.5a5.5 5.5 0 0 0 0 11H13"];
+    pub const LINK: &[&str] = &[
+        "M10 13.5a4 4 0 0 0 6 .4l3-3a4 4 0 0 0-5.7-5.7l-1.6 1.6",
+        "M14 10.5a4 4 0 0 0-6-.4l-3 3a4 4 0 0 0 5.7 5.7l1.6-1.6",
+    ];
+    pub const BULLETS: &[&str] = &[
+        "M9 6h11",
+        "M9 12h11",
+        "M9 18h11",
+        "M4.5 6h.01",
+        "M4.5 12h.01",
+        "M4.5 18h.01",
+    ];
+    pub const NUMBERS: &[&str] = &[
+        "M10 6h10",
+        "M10 12h10",
+        "M10 18h10",
+        "M4 4.5h1.5v4",
+        "M3.8 10.5h2.4l-2.4 3h2.4",
+        "M3.8 16h2.4l-1.2 1.5 1.2 1.5H3.8",
+    ];
+    pub const OUTDENT: &[&str] = &[
+        "M4 5h16",
+        "M11 10h9",
+        "M11 14h9",
+        "M4 19h16",
+        "M7 9.5 4.5 12 7 14.5",
+    ];
+    pub const INDENT: &[&str] = &[
+        "M4 5h16",
+        "M11 10h9",
+        "M11 14h9",
+        "M4 19h16",
+        "M4.5 9.5 7 12l-2.5 2.5",
+    ];
+    pub const RULE: &[&str] = &["M4 12h16"];
+}
+
+/// What a toolbar button shows: a letter (styled by its class) or an icon.
+#[derive(Clone, Copy)]
+enum Face {
+    Text(&'static str),
+    Icon(&'static [&'static str]),
+}
+
+fn face_view(face: Face) -> AnyView {
+    match face {
+        Face::Text(label) => label.into_any(),
+        Face::Icon(paths) => view! {
+            <svg class="tool-icon" viewBox="0 0 24 24" width="18" height="18" aria-hidden="true"
+                fill="none" stroke="currentColor" stroke-width="2" stroke-linecap="round" stroke-linejoin="round">
+                {paths.iter().map(|d| view! { <path d=*d/> }).collect_view()}
+            </svg>
+        }
+        .into_any(),
+    }
+}
+
 /// A toolbar button that keeps the editor's selection (it never takes focus on press).
 #[component]
 fn ToolButton(
     id: &'static str,
-    label: &'static str,
+    face: Face,
     title: &'static str,
     #[prop(into)] pressed: Signal<bool>,
     #[prop(into)] disabled: Signal<bool>,
@@ -50,7 +112,7 @@ fn ToolButton(
             on:mousedown=|ev| ev.prevent_default()
             on:click=move |_| on_press()
         >
-            {label}
+            {face_view(face)}
         </button>
     }
 }
@@ -104,9 +166,9 @@ pub fn Toolbar(ui: Ui, runtime: Rt) -> impl IntoView {
     let never = Signal::derive(|| false);
     view! {
         <div class="format-bar" role="toolbar" aria-label="Formatting" id="toolbar">
-            <ToolButton id="undo" label="↶" title="Undo (Ctrl+Z)" pressed=never disabled=Signal::derive(move || ui.read_only.get())
+            <ToolButton id="undo" face=Face::Icon(icon::UNDO) title="Undo (Ctrl+Z)" pressed=never disabled=Signal::derive(move || ui.read_only.get())
                 on_press=move || runtime.with_value(|rt| if let Some(rt) = rt { rt.undo(); rt.focus(); })/>
-            <ToolButton id="redo" label="↷" title="Redo (Ctrl+Shift+Z)" pressed=never disabled=Signal::derive(move || ui.read_only.get())
+            <ToolButton id="redo" face=Face::Icon(icon::REDO) title="Redo (Ctrl+Shift+Z)" pressed=never disabled=Signal::derive(move || ui.read_only.get())
                 on_press=move || runtime.with_value(|rt| if let Some(rt) = rt { rt.redo(); rt.focus(); })/>
             <Show when=rich>
                 <span class="tool-sep" aria-hidden="true"></span>
@@ -127,25 +189,25 @@ pub fn Toolbar(ui: Ui, runtime: Rt) -> impl IntoView {
                     <option value="code">"Code block"</option>
                 </select>
                 <span class="tool-sep" aria-hidden="true"></span>
-                <ToolButton id="tb-bold" label="B" class="bold" title="Bold (Ctrl+B)" pressed=mark_on(MarkType::Bold) disabled=off on_press=toggle(MarkType::Bold)/>
-                <ToolButton id="tb-italic" label="I" class="italic" title="Italic (Ctrl+I)" pressed=mark_on(MarkType::Italic) disabled=off on_press=toggle(MarkType::Italic)/>
-                <ToolButton id="tb-underline" label="U" class="underline" title="Underline (Ctrl+U)" pressed=mark_on(MarkType::Underline) disabled=off on_press=toggle(MarkType::Underline)/>
-                <ToolButton id="tb-strike" label="S" class="strike" title="Strikethrough (Ctrl+Shift+X)" pressed=mark_on(MarkType::Strike) disabled=off on_press=toggle(MarkType::Strike)/>
-                <ToolButton id="tb-code" label="</>" class="mono" title="Inline code (Ctrl+E)" pressed=mark_on(MarkType::Code) disabled=off on_press=toggle(MarkType::Code)/>
-                <ToolButton id="tb-link" label="🔗" title="Link (Ctrl+K)" pressed=Signal::derive(move || ui.format.with(|f| f.link.is_some())) disabled=off
+                <ToolButton id="tb-bold" face=Face::Text("B") class="bold" title="Bold (Ctrl+B)" pressed=mark_on(MarkType::Bold) disabled=off on_press=toggle(MarkType::Bold)/>
+                <ToolButton id="tb-italic" face=Face::Text("I") class="italic" title="Italic (Ctrl+I)" pressed=mark_on(MarkType::Italic) disabled=off on_press=toggle(MarkType::Italic)/>
+                <ToolButton id="tb-underline" face=Face::Text("U") class="underline" title="Underline (Ctrl+U)" pressed=mark_on(MarkType::Underline) disabled=off on_press=toggle(MarkType::Underline)/>
+                <ToolButton id="tb-strike" face=Face::Text("S") class="strike" title="Strikethrough (Ctrl+Shift+X)" pressed=mark_on(MarkType::Strike) disabled=off on_press=toggle(MarkType::Strike)/>
+                <ToolButton id="tb-code" face=Face::Text("</>") class="mono" title="Inline code (Ctrl+E)" pressed=mark_on(MarkType::Code) disabled=off on_press=toggle(MarkType::Code)/>
+                <ToolButton id="tb-link" face=Face::Icon(icon::LINK) title="Link (Ctrl+K)" pressed=Signal::derive(move || ui.format.with(|f| f.link.is_some())) disabled=off
                     on_press=move || ui.link_dialog.set(true)/>
                 <span class="tool-sep" aria-hidden="true"></span>
-                <ToolButton id="tb-bullet" label="•≡" title="Bulleted list (Ctrl+Shift+8)" pressed=list_on(NodeType::BulletList) disabled=off
+                <ToolButton id="tb-bullet" face=Face::Icon(icon::BULLETS) title="Bulleted list (Ctrl+Shift+8)" pressed=list_on(NodeType::BulletList) disabled=off
                     on_press=move || with_rich(runtime, |e| e.toggle_list(NodeType::BulletList))/>
-                <ToolButton id="tb-ordered" label="1≡" title="Numbered list (Ctrl+Shift+7)" pressed=list_on(NodeType::OrderedList) disabled=off
+                <ToolButton id="tb-ordered" face=Face::Icon(icon::NUMBERS) title="Numbered list (Ctrl+Shift+7)" pressed=list_on(NodeType::OrderedList) disabled=off
                     on_press=move || with_rich(runtime, |e| e.toggle_list(NodeType::OrderedList))/>
-                <ToolButton id="tb-outdent" label="⇤" title="Decrease indent (Shift+Tab)" pressed=never
+                <ToolButton id="tb-outdent" face=Face::Icon(icon::OUTDENT) title="Decrease indent (Shift+Tab)" pressed=never
                     disabled=Signal::derive(move || off.get() || !ui.format.with(|f| f.in_list))
                     on_press=move || with_rich(runtime, |e| e.outdent())/>
-                <ToolButton id="tb-indent" label="⇥" title="Increase indent (Tab)" pressed=never
+                <ToolButton id="tb-indent" face=Face::Icon(icon::INDENT) title="Increase indent (Tab)" pressed=never
                     disabled=Signal::derive(move || off.get() || !ui.format.with(|f| f.can_indent))
                     on_press=move || with_rich(runtime, |e| e.indent())/>
-                <ToolButton id="tb-rule" label="―" title="Horizontal line" pressed=never disabled=off
+                <ToolButton id="tb-rule" face=Face::Icon(icon::RULE) title="Horizontal line" pressed=never disabled=off
                     on_press=move || with_rich(runtime, |e| e.insert_rule())/>
             </Show>
             <Show when=move || ui.mode.get() == Mode::Plain>
