@@ -336,16 +336,16 @@ pub fn read_text<T: ReadTxn>(txn: &T, text: &XmlTextRef) -> Vec<Node> {
         .collect()
 }
 
-/// One element and everything inside it.
+/// One element and everything inside it. Attributes stored as null stay
+/// in `attrs` as null, as y-prosemirror reads them (a null attr means
+/// something, e.g. a `codeBlock` whose `language` is null).
 pub fn read_element<T: ReadTxn>(txn: &T, element: &XmlElementRef) -> Node {
-    let mut attrs: Map<String, Value> = element
-        .attributes(txn)
-        .map(|(k, v)| (k.to_owned(), out_to_json(txn, &v)))
-        .collect();
-    attrs.retain(|_, v| !v.is_null());
     Node {
         kind: element.tag().to_string(),
-        attrs,
+        attrs: element
+            .attributes(txn)
+            .map(|(k, v)| (k.to_owned(), out_to_json(txn, &v)))
+            .collect(),
         content: read_children(txn, element),
         text: None,
         marks: Vec::new(),
@@ -379,31 +379,29 @@ pub fn read_fragment<T: ReadTxn, F: XmlFragment>(txn: &T, fragment: &F) -> Node 
 /// Inserts `nodes` into `parent` at child `index`, encoded as
 /// y-prosemirror encodes new content. Consecutive text nodes become one
 /// `XmlText`. Returns how many children were inserted.
+///
+/// The children go in last first, each at `index`: yrs finds a child
+/// index by walking the siblings from the start, so inserting in order at
+/// growing indices would make writing `n` children O(n²); this way each
+/// insert walks only to `index` (zero for a new element's content).
 pub fn write<F: XmlFragment>(
     txn: &mut TransactionMut,
     parent: &F,
     index: u32,
     nodes: &[Node],
 ) -> u32 {
-    let mut at = index;
-    let mut i = 0;
-    while i < nodes.len() {
-        if nodes[i].is_text() {
-            let end = nodes[i..]
-                .iter()
-                .position(|n| !n.is_text())
-                .map_or(nodes.len(), |p| i + p);
-            let text = parent.insert(txn, at, XmlTextPrelim::new(""));
-            write_runs(txn, &text, 0, &nodes[i..end]);
-            i = end;
+    let groups: Vec<&[Node]> = nodes.chunk_by(|a, b| a.is_text() && b.is_text()).collect();
+    for group in groups.iter().rev() {
+        if group[0].is_text() {
+            let text = parent.insert(txn, index, XmlTextPrelim::new(""));
+            write_runs(txn, &text, 0, group);
         } else {
-            let element = parent.insert(txn, at, XmlElementPrelim::empty(nodes[i].kind.as_str()));
-            fill_element(txn, &element, &nodes[i]);
-            i += 1;
+            let element =
+                parent.insert(txn, index, XmlElementPrelim::empty(group[0].kind.as_str()));
+            fill_element(txn, &element, &group[0]);
         }
-        at += 1;
     }
-    at - index
+    groups.len() as u32
 }
 
 /// Sets an element's attributes and content from `node`.
@@ -511,6 +509,53 @@ mod tests {
         };
         assert_eq!(link["href"], Any::from("https://example.com"));
         assert_eq!(link["target"], Any::from("_blank"));
+    }
+
+    #[test]
+    fn writing_between_children_keeps_the_order() {
+        let doc = Doc::new();
+        let fragment = doc.get_or_insert_xml_fragment("default");
+        let para = |s: &str| Node::paragraph(vec![Node::text(s, vec![])]);
+        {
+            let mut txn = doc.transact_mut();
+            assert_eq!(write(&mut txn, &fragment, 0, &[para("a"), para("d")]), 2);
+            let middle = [
+                para("b"),
+                Node::new(NodeType::HorizontalRule, vec![]),
+                para("c"),
+            ];
+            assert_eq!(write(&mut txn, &fragment, 1, &middle), 3);
+        }
+        let back = read_fragment(&doc.transact(), &fragment);
+        let kinds: Vec<String> = back
+            .content
+            .iter()
+            .map(|n| format!("{}:{}", n.kind, n.text_content()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "paragraph:a",
+                "paragraph:b",
+                "horizontalRule:",
+                "paragraph:c",
+                "paragraph:d"
+            ]
+        );
+    }
+
+    #[test]
+    fn null_attributes_written_by_other_apps_are_read_as_null() {
+        let doc = Doc::new();
+        let fragment = doc.get_or_insert_xml_fragment("default");
+        {
+            let mut txn = doc.transact_mut();
+            let code = fragment.insert(&mut txn, 0, XmlElementPrelim::empty("codeBlock"));
+            code.insert_attribute(&mut txn, "language", Any::Null);
+        }
+        let json = read_fragment(&doc.transact(), &fragment);
+        assert_eq!(json.content[0].attrs.get("language"), Some(&Value::Null));
+        json.content[0].check().unwrap();
     }
 
     #[test]

@@ -289,38 +289,49 @@ pub fn strip_mark_hash(name: &str) -> &str {
     name
 }
 
-/// The `href` to put on an `<a>`, if the link may be followed: only
-/// `http:`, `https:` and `mailto:` URLs (so `javascript:` and `data:`
-/// links stay text).
-pub fn clickable_href(href: &str) -> Option<&str> {
-    let trimmed = href.trim();
-    let scheme_end = trimmed.find(':')?;
-    let scheme = trimmed[..scheme_end].to_ascii_lowercase();
-    let ok = matches!(scheme.as_str(), "http" | "https" | "mailto")
-        && !trimmed.chars().any(|c| c.is_control());
-    ok.then_some(trimmed)
+/// The scheme of a URL (`https` in `https://…`), lower-cased; `None` for a
+/// relative reference (`/path`, `#frag`, `page.html`, `?q`, `//host/x`):
+/// a colon counts only before the first `/`, `?` or `#`, as in RFC 3986.
+fn url_scheme(href: &str) -> Option<String> {
+    let head_end = href.find(['/', '?', '#']).unwrap_or(href.len());
+    let colon = href[..head_end].find(':')?;
+    Some(href[..colon].to_ascii_lowercase())
 }
 
-/// What a person types into a link dialog, made into an `href`: a bare
-/// `example.com` becomes `https://example.com`, an address with `@`
-/// becomes `mailto:`; anything that is not clickable is refused.
+/// The `href` to put on an `<a>` (in the editor, on the clipboard and in
+/// the server's HTML and Markdown exports), if the link may be followed:
+/// `http:`, `https:` and `mailto:` URLs, and relative references (`/path`,
+/// `#frag`, `page.html`), which stay on the site that shows them. Anything
+/// else (`javascript:`, `data:`, `vbscript:`, unknown schemes) stays text,
+/// and so does any href holding a control character:
+/// browsers drop tabs and newlines from URLs, so `java\tscript:` would
+/// otherwise become `javascript:` after this check.
+pub fn clickable_href(href: &str) -> Option<&str> {
+    let trimmed = href.trim();
+    if trimmed.is_empty() || trimmed.chars().any(char::is_control) {
+        return None;
+    }
+    match url_scheme(trimmed) {
+        None => Some(trimmed),
+        Some(scheme) => matches!(scheme.as_str(), "http" | "https" | "mailto").then_some(trimmed),
+    }
+}
+
+/// What a person types into a link dialog, made into an `href`: a URL with
+/// a clickable scheme, or a reference starting with `/`, `#`, `?` or `.`,
+/// stays as typed; a bare `example.com` becomes `https://example.com`, an
+/// address with `@` becomes `mailto:`; anything that is not clickable is
+/// refused.
 pub fn link_from_input(input: &str) -> Option<String> {
     let input = input.trim();
     if input.is_empty() || input.chars().any(char::is_whitespace) {
         return None;
     }
-    if let Some(href) = clickable_href(input) {
-        return Some(href.to_owned());
-    }
-    if input.contains(':') && !input.contains('.') {
-        return None;
-    }
-    if let Some((scheme, _)) = input.split_once(':')
-        && scheme.chars().all(|c| c.is_ascii_alphabetic())
-        && !scheme.contains('.')
-        && !input.starts_with("localhost")
-    {
-        return None; // some other scheme (javascript:, data:, ...)
+    // `example.com:8080` and `localhost:3000` are a host and port, not a scheme.
+    let scheme = url_scheme(input).filter(|s| !s.contains('.') && s != "localhost");
+    if input.starts_with(['/', '#', '?', '.']) || scheme.is_some() {
+        // Either clickable as typed, or some other scheme (javascript:, data:, ...).
+        return clickable_href(input).map(str::to_owned);
     }
     let candidate = if input.contains('@') && !input.contains('/') {
         format!("mailto:{input}")
@@ -378,7 +389,14 @@ mod tests {
         assert_eq!(clickable_href("mailto:x@y.z"), Some("mailto:x@y.z"));
         assert_eq!(clickable_href("JavaScript:alert(1)"), None);
         assert_eq!(clickable_href("data:text/html,x"), None);
-        assert_eq!(clickable_href("/relative"), None);
+        assert_eq!(clickable_href("/relative"), Some("/relative"));
+        assert_eq!(clickable_href("#part-2"), Some("#part-2"));
+        assert_eq!(clickable_href("page.html"), Some("page.html"));
+        assert_eq!(clickable_href("../up?q=a:b"), Some("../up?q=a:b"));
+        assert_eq!(clickable_href("//cdn.example/x"), Some("//cdn.example/x"));
+        assert_eq!(clickable_href("java\tscript:alert(1)"), None);
+        assert_eq!(clickable_href(" vbscript:msgbox"), None);
+        assert_eq!(clickable_href(""), None);
         assert_eq!(
             link_from_input("example.com/a").as_deref(),
             Some("https://example.com/a")
@@ -390,5 +408,16 @@ mod tests {
         assert_eq!(link_from_input("http://x.y").as_deref(), Some("http://x.y"));
         assert_eq!(link_from_input("javascript:alert(1)"), None);
         assert_eq!(link_from_input(""), None);
+        assert_eq!(link_from_input("/docs/a").as_deref(), Some("/docs/a"));
+        assert_eq!(link_from_input("#top").as_deref(), Some("#top"));
+        assert_eq!(link_from_input("data:text/html,x"), None);
+        assert_eq!(
+            link_from_input("example.com:8080/x").as_deref(),
+            Some("https://example.com:8080/x")
+        );
+        assert_eq!(
+            link_from_input("localhost:8080/x").as_deref(),
+            Some("https://localhost:8080/x")
+        );
     }
 }
