@@ -164,7 +164,7 @@ impl Carets {
         if range.set_start(&at.0, at.1).is_err() {
             return;
         }
-        let _ = range.collapse_with_to_start(true);
+        range.collapse_with_to_start(true);
         let rect = range
             .get_client_rects()
             .and_then(|l| l.get(0))

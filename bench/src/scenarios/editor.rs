@@ -44,16 +44,21 @@ pub struct Run {
 }
 
 fn dist() -> Result<PathBuf, String> {
-    let dir = std::env::var_os("QUIRE_WEB_DIST").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| crate::workspace_root().join("target"))
-            .join("quire-web")
-    });
+    let dir = std::env::var_os("QUIRE_WEB_DIST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| crate::workspace_root().join("target"))
+                .join("quire-web")
+        });
     if dir.join("index.html").exists() {
         Ok(dir)
     } else {
-        Err(format!("the web app is not built at {} (run `cargo xtask web`)", dir.display()))
+        Err(format!(
+            "the web app is not built at {} (run `cargo xtask web`)",
+            dir.display()
+        ))
     }
 }
 
@@ -61,9 +66,23 @@ fn dist() -> Result<PathBuf, String> {
 /// paragraph of marked runs, a bullet list, a numbered list, sometimes a
 /// quote or a code block.
 pub fn rich_document(bytes: usize) -> Vec<Node> {
-    let words = ["quire", "editor", "document", "rich", "text", "yrs", "latency", "keystroke", "heading", "list"];
+    let words = [
+        "quire",
+        "editor",
+        "document",
+        "rich",
+        "text",
+        "yrs",
+        "latency",
+        "keystroke",
+        "heading",
+        "list",
+    ];
     let sentence = |seed: usize, n: usize| -> String {
-        (0..n).map(|i| words[(seed * 7 + i * 3) % words.len()]).collect::<Vec<_>>().join(" ")
+        (0..n)
+            .map(|i| words[(seed * 7 + i * 3) % words.len()])
+            .collect::<Vec<_>>()
+            .join(" ")
     };
     let mut blocks = Vec::new();
     let mut size = 0;
@@ -79,18 +98,43 @@ pub fn rich_document(bytes: usize) -> Vec<Node> {
             Node::text("a link", vec![Mark::link("https://example.com/")]),
             Node::text(format!(" and {}.", sentence(i + 6, 14)), vec![]),
         ];
-        let item = |s: String| Node::new(NodeType::ListItem, vec![Node::paragraph(vec![Node::text(s, vec![])])]);
-        let bullets = Node::new(NodeType::BulletList, (0..4).map(|k| item(sentence(i + k, 8))).collect());
-        let numbered = Node::new(NodeType::OrderedList, (0..3).map(|k| item(sentence(i + k + 9, 6))).collect());
-        for b in [Node::heading(if i % 5 == 0 { 1 } else { 2 }, vec![Node::text(heading, vec![])]), Node::paragraph(runs), bullets, numbered] {
+        let item = |s: String| {
+            Node::new(
+                NodeType::ListItem,
+                vec![Node::paragraph(vec![Node::text(s, vec![])])],
+            )
+        };
+        let bullets = Node::new(
+            NodeType::BulletList,
+            (0..4).map(|k| item(sentence(i + k, 8))).collect(),
+        );
+        let numbered = Node::new(
+            NodeType::OrderedList,
+            (0..3).map(|k| item(sentence(i + k + 9, 6))).collect(),
+        );
+        for b in [
+            Node::heading(
+                if i % 5 == 0 { 1 } else { 2 },
+                vec![Node::text(heading, vec![])],
+            ),
+            Node::paragraph(runs),
+            bullets,
+            numbered,
+        ] {
             size += b.text_content().len() + 1;
             blocks.push(b);
         }
         if i % 4 == 0 {
-            blocks.push(Node::new(NodeType::Blockquote, vec![Node::paragraph(vec![Node::text(sentence(i, 20), vec![])])]));
+            blocks.push(Node::new(
+                NodeType::Blockquote,
+                vec![Node::paragraph(vec![Node::text(sentence(i, 20), vec![])])],
+            ));
         }
         if i % 7 == 0 {
-            blocks.push(Node::new(NodeType::CodeBlock, vec![Node::text(format!("let x{i} = {i};\nprint(x{i});"), vec![])]));
+            blocks.push(Node::new(
+                NodeType::CodeBlock,
+                vec![Node::text(format!("let x{i} = {i};\nprint(x{i});"), vec![])],
+            ));
         }
         i += 1;
     }
@@ -110,26 +154,43 @@ fn encode_plain(text: &str) -> Vec<u8> {
     let doc = Doc::new();
     let content = doc.get_or_insert_text("content");
     content.insert(&mut doc.transact_mut(), 0, text);
-    doc.transact().encode_state_as_update_v1(&StateVector::default())
+    doc.transact()
+        .encode_state_as_update_v1(&StateVector::default())
 }
 
 async fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> Result<(u16, String), String> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     stream.write_all(body).await.map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
+    stream
+        .read_to_end(&mut raw)
+        .await
+        .map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 struct Cdp {
     ws: Ws,
@@ -141,10 +202,15 @@ impl Cdp {
         let id = self.next;
         self.next += 1;
         let msg = json!({"id": id, "method": method, "params": params}).to_string();
-        self.ws.send(Message::text(msg)).await.map_err(|e| e.to_string())?;
+        self.ws
+            .send(Message::text(msg))
+            .await
+            .map_err(|e| e.to_string())?;
         let wait = async {
             while let Some(frame) = self.ws.next().await {
-                let Ok(Message::Text(text)) = frame else { continue };
+                let Ok(Message::Text(text)) = frame else {
+                    continue;
+                };
                 let v: Value = serde_json::from_str(text.as_str()).map_err(|e| e.to_string())?;
                 if v["id"] == id {
                     if let Some(err) = v.get("error") {
@@ -155,11 +221,18 @@ impl Cdp {
             }
             Err("DevTools closed".to_owned())
         };
-        tokio::time::timeout(Duration::from_secs(60), wait).await.map_err(|_| format!("{method} timed out"))?
+        tokio::time::timeout(Duration::from_secs(60), wait)
+            .await
+            .map_err(|_| format!("{method} timed out"))?
     }
 
     async fn eval(&mut self, expr: &str) -> Result<Value, String> {
-        let r = self.call("Runtime.evaluate", json!({"expression": expr, "returnByValue": true, "awaitPromise": true})).await?;
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
+            )
+            .await?;
         Ok(r["result"]["value"].clone())
     }
 
@@ -191,9 +264,17 @@ async fn chromium(ctx: &Ctx) -> Result<Chromium, String> {
     std::fs::create_dir_all(&profile).map_err(|e| e.to_string())?;
     let child = tokio::process::Command::new(binary)
         .args([
-            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--window-size=1280,900", "--remote-debugging-port=0", "about:blank",
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,900",
+            "--remote-debugging-port=0",
+            "about:blank",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .stdout(std::process::Stdio::null())
@@ -204,7 +285,10 @@ async fn chromium(ctx: &Ctx) -> Result<Chromium, String> {
     let file = profile.join("DevToolsActivePort");
     let started = std::time::Instant::now();
     let port = loop {
-        if let Some(p) = std::fs::read_to_string(&file).ok().and_then(|s| s.lines().next()?.trim().parse().ok()) {
+        if let Some(p) = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|s| s.lines().next()?.trim().parse().ok())
+        {
             break p;
         }
         if started.elapsed() > Duration::from_secs(30) {
@@ -212,15 +296,24 @@ async fn chromium(ctx: &Ctx) -> Result<Chromium, String> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    Ok(Chromium { child, _profile: profile, port })
+    Ok(Chromium {
+        child,
+        _profile: profile,
+        port,
+    })
 }
 
 async fn page(chrome: &Chromium, url: &str) -> Result<Cdp, String> {
     let addr = format!("127.0.0.1:{}", chrome.port);
     let (_, body) = http(&addr, "PUT", &format!("/json/new?{url}"), b"").await?;
-    let target: Value = serde_json::from_str(&body).map_err(|e| format!("DevTools new target: {e}: {body}"))?;
-    let ws_url = target["webSocketDebuggerUrl"].as_str().ok_or("no DevTools URL")?;
-    let (ws, _) = tokio_tungstenite::connect_async(ws_url).await.map_err(|e| e.to_string())?;
+    let target: Value =
+        serde_json::from_str(&body).map_err(|e| format!("DevTools new target: {e}: {body}"))?;
+    let ws_url = target["webSocketDebuggerUrl"]
+        .as_str()
+        .ok_or("no DevTools URL")?;
+    let (ws, _) = tokio_tungstenite::connect_async(ws_url)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(Cdp { ws, next: 1 })
 }
 
@@ -252,19 +345,29 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn measure(cdp: &mut Cdp, editor: &str, text_bytes: usize, keystrokes: usize) -> Result<Run, String> {
+async fn measure(
+    cdp: &mut Cdp,
+    editor: &str,
+    text_bytes: usize,
+    keystrokes: usize,
+) -> Result<Run, String> {
     cdp.eval(INSTRUMENT).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 0..keystrokes {
         let key = ["a", "e", "i", "o", "u", " "][i % 6];
         let code = if key == " " { "Space" } else { "KeyA" };
         cdp.call("Input.dispatchKeyEvent", json!({"type": "keyDown", "key": key, "text": key, "unmodifiedText": key, "code": code})).await?;
-        cdp.call("Input.dispatchKeyEvent", json!({"type": "keyUp", "key": key, "code": code})).await?;
+        cdp.call(
+            "Input.dispatchKeyEvent",
+            json!({"type": "keyUp", "key": key, "code": code}),
+        )
+        .await?;
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let lat = cdp.eval("JSON.stringify(window.__lat)").await?;
-    let lat: Vec<Value> = serde_json::from_str(lat.as_str().unwrap_or("[]")).map_err(|e| e.to_string())?;
+    let lat: Vec<Value> =
+        serde_json::from_str(lat.as_str().unwrap_or("[]")).map_err(|e| e.to_string())?;
     let mut dom = Vec::new();
     let mut send = Vec::new();
     let mut missing = 0;
@@ -315,9 +418,21 @@ pub async fn run(ctx: &Ctx) -> Result<Value, String> {
     let (rich_update, text) = encode_rich(&blocks);
     let plain_update = encode_plain(&text);
     let dist_arg = dist.display().to_string();
-    let (server, _options) = start(ctx, Kind::Quire, "editor", &["--static-dir", &dist_arg, "--max-message-bytes", "67108864"]).await?;
+    let (server, _options) = start(
+        ctx,
+        Kind::Quire,
+        "editor",
+        &["--static-dir", &dist_arg, "--max-message-bytes", "67108864"],
+    )
+    .await?;
     for (name, update) in [("bench-rich", &rich_update), ("bench-plain", &plain_update)] {
-        let (status, body) = http(&server.addr, "PUT", &format!("/api/docs/{name}/snapshot?format=yjs"), update).await?;
+        let (status, body) = http(
+            &server.addr,
+            "PUT",
+            &format!("/api/docs/{name}/snapshot?format=yjs"),
+            update,
+        )
+        .await?;
         if status >= 300 {
             return Err(format!("storing {name}: {status} {body}"));
         }
@@ -337,7 +452,12 @@ pub async fn run(ctx: &Ctx) -> Result<Value, String> {
             let run = measure(&mut cdp, editor, text.len(), keystrokes).await?;
             println!(
                 "  round {round} {editor}: beforeinput→DOM p50 {:.2} ms p95 {:.2} ms; →socket p50 {:.2} ms p95 {:.2} ms ({} keys, {} missing)",
-                run.dom_p50_ms, run.dom_p95_ms, run.send_p50_ms, run.send_p95_ms, run.keystrokes, run.missing
+                run.dom_p50_ms,
+                run.dom_p95_ms,
+                run.send_p50_ms,
+                run.send_p95_ms,
+                run.keystrokes,
+                run.missing
             );
             runs.push(run);
             let _ = cdp.call("Page.close", json!({})).await;

@@ -442,10 +442,7 @@ pub fn apply_events(
             patched.held = true;
             continue;
         }
-        let is_inline = block_path
-            .is_empty()
-            .then_some(false)
-            .unwrap_or_else(|| tree.inline(&block_path).is_some());
+        let is_inline = !block_path.is_empty() && tree.inline(&block_path).is_some();
         let keys_changed = match event {
             Event::XmlFragment(e) => !e.keys(txn).is_empty(),
             _ => false,

@@ -21,8 +21,8 @@ use serde_json::Value;
 use yrs::types::Attrs;
 use yrs::types::text::YChange;
 use yrs::{
-    Any, Out, ReadTxn, Text, TransactionMut, Xml, XmlElementPrelim, XmlElementRef, XmlFragment,
-    XmlFragmentRef, XmlOut, XmlTextPrelim, XmlTextRef,
+    Any, Out, ReadTxn, Text, TransactionMut, Xml, XmlElementRef, XmlFragment, XmlFragmentRef,
+    XmlOut, XmlTextPrelim, XmlTextRef,
 };
 
 pub type Path = Vec<u32>;
@@ -224,7 +224,8 @@ pub enum Piece {
 }
 
 impl Piece {
-    pub fn len(&self) -> u32 {
+    /// How many positions the piece spans (UTF-16 units; an element is one).
+    pub fn width(&self) -> u32 {
         match self {
             Piece::Text(_, n) => *n,
             Piece::Elem(_) => 1,
@@ -246,7 +247,7 @@ pub fn pieces<T: ReadTxn>(txn: &T, el: &XmlElementRef) -> Vec<Piece> {
 }
 
 pub fn inline_len<T: ReadTxn>(txn: &T, el: &XmlElementRef) -> u32 {
-    pieces(txn, el).iter().map(Piece::len).sum()
+    pieces(txn, el).iter().map(Piece::width).sum()
 }
 
 /// The inline content of a text block between two offsets, as JSON nodes.
@@ -254,7 +255,7 @@ pub fn slice_inline<T: ReadTxn>(txn: &T, el: &XmlElementRef, from: u32, to: u32)
     let mut out = Vec::new();
     let mut at = 0u32;
     for piece in pieces(txn, el) {
-        let len = piece.len();
+        let len = piece.width();
         let (s, e) = (at, at + len);
         at = e;
         if e <= from || s >= to {
@@ -429,10 +430,10 @@ pub fn delete_inline(txn: &mut TransactionMut, el: &XmlElementRef, from: u32, to
     let mut at = 0;
     for p in &list {
         starts.push(at);
-        at += p.len();
+        at += p.width();
     }
     for (i, piece) in list.iter().enumerate().rev() {
-        let (s, e) = (starts[i], starts[i] + piece.len());
+        let (s, e) = (starts[i], starts[i] + piece.width());
         if e <= from || s >= to {
             continue;
         }
@@ -536,7 +537,7 @@ pub fn insert_inline(
         let mut target = None;
         let mut index = 0u32;
         for (i, p) in list.iter().enumerate() {
-            let (s, e) = (at, at + p.len());
+            let (s, e) = (at, at + p.width());
             if let Piece::Text(t, _) = p
                 && s <= off
                 && off <= e
@@ -572,16 +573,6 @@ pub fn insert_inline(
 
 // ---------------------------------------------------------------------
 // Walking blocks in document order
-
-fn children_paths<T: ReadTxn>(txn: &T, parent: &Parent, base: &[u32]) -> Vec<Path> {
-    (0..parent.len(txn))
-        .map(|i| {
-            let mut p = base.to_vec();
-            p.push(i);
-            p
-        })
-        .collect()
-}
 
 /// The last text block inside the element at `path` (itself if it is one).
 fn last_textblock<T: ReadTxn>(txn: &T, root: &XmlFragmentRef, path: &[u32]) -> Option<Path> {
@@ -654,9 +645,7 @@ pub fn prev_textblock<T: ReadTxn>(txn: &T, root: &XmlFragmentRef, path: &[u32]) 
 pub fn next_textblock<T: ReadTxn>(txn: &T, root: &XmlFragmentRef, path: &[u32]) -> Option<Path> {
     let mut p = path.to_vec();
     while let Some(last) = p.pop() {
-        let Some(parent) = parent_at(txn, root, &p) else {
-            return None;
-        };
+        let parent = parent_at(txn, root, &p)?;
         for i in last + 1..parent.len(txn) {
             let mut q = p.clone();
             q.push(i);
@@ -1149,7 +1138,7 @@ impl<'a, 'doc> Edit<'a, 'doc> {
     ) {
         let mut at = 0;
         for piece in pieces(self.txn, el) {
-            let len = piece.len();
+            let len = piece.width();
             let (s, e) = (at, at + len);
             at = e;
             let Piece::Text(t, _) = piece else { continue };
@@ -1481,7 +1470,7 @@ impl<'a, 'doc> Edit<'a, 'doc> {
         let parent = self.parent(up)?;
         parent.remove(self.txn, li, 1);
         let mut nodes = Vec::new();
-        let mut new_list = |content: Vec<Node>| {
+        let new_list = |content: Vec<Node>| {
             let mut node = Node::new(kind, content);
             node.attrs = attrs.clone();
             node

@@ -129,7 +129,7 @@ fn sticky_for<T: ReadTxn>(txn: &T, el: &XmlElementRef, off: u32, assoc: Assoc) -
     let list = edit::pieces(txn, el);
     let mut index = 0u32;
     for (i, piece) in list.iter().enumerate() {
-        let end = at + piece.len();
+        let end = at + piece.width();
         if let Piece::Text(t, len) = piece
             && at <= off
             && off <= end
@@ -388,7 +388,7 @@ impl RichEditor {
                     if id == me {
                         break;
                     }
-                    before += piece.len();
+                    before += piece.width();
                 }
                 Some(Pos::new(path, before + offset.index))
             }
@@ -397,7 +397,7 @@ impl RichEditor {
                 let off = edit::pieces(txn, e)
                     .iter()
                     .take(offset.index as usize)
-                    .map(Piece::len)
+                    .map(Piece::width)
                     .sum();
                 Some(Pos::new(path, off))
             }
@@ -464,8 +464,7 @@ impl RichEditor {
             None => tree
                 .textblocks()
                 .into_iter()
-                .filter(|t| t <= &p.path)
-                .last()
+                .rfind(|t| t <= &p.path)
                 .or_else(|| tree.textblocks().into_iter().next())
                 .map(|t| Pos::new(t, 0))
                 .unwrap_or(p),
@@ -514,7 +513,10 @@ impl RichEditor {
         if patched.held
             && let Some(c) = self.composing.borrow_mut().as_mut()
         {
+            // A remote change to the block under composition waits for
+            // compositionend; the attribute says so (tests wait on it).
             c.held = true;
+            let _ = self.root.set_attribute("data-ime-held", "");
         }
         let local = txn
             .origin()
@@ -980,6 +982,7 @@ impl RichEditor {
         let Some(c) = self.composing.borrow_mut().take() else {
             return;
         };
+        let _ = self.root.remove_attribute("data-ime-held");
         let tree = self.tree.borrow();
         let found = tree
             .textblocks()
@@ -1454,7 +1457,7 @@ fn locate_in_block<T: ReadTxn>(
             edit::pieces(txn, block)
                 .iter()
                 .take(offset.index as usize)
-                .map(Piece::len)
+                .map(Piece::width)
                 .sum(),
         );
     }
@@ -1465,7 +1468,7 @@ fn locate_in_block<T: ReadTxn>(
         {
             return Some(before + offset.index);
         }
-        before += piece.len();
+        before += piece.width();
     }
     None
 }

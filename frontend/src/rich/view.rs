@@ -99,10 +99,8 @@ impl<H> VInline<H> {
         for (i, item) in self.items.iter().enumerate() {
             let end = at + item.len;
             let is_text = matches!(item.kind, ItemKind::Text { .. });
-            if is_text && at <= off && off <= end {
-                if off < end || boundary.is_none() {
-                    return Some((i, at));
-                }
+            if is_text && at <= off && off <= end && (off < end || boundary.is_none()) {
+                return Some((i, at));
             }
             if is_text && off == end {
                 boundary = Some((i, at));

@@ -453,7 +453,23 @@ async fn formatting_offline_survives_a_reload_and_the_reconnect() {
         "<h1>Notes</h1><p>written on the <strong>train</strong></p>",
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(2_500)).await; // the local copy is written within 2 s
+    // Reload only once IndexedDB holds a copy written after the formatting
+    // showed (a save encodes the whole document as it is then).
+    let shown_at = js(&browser, "return Date.now()", vec![]).await;
+    wait_js(
+        &browser,
+        "the local copy is written",
+        &format!(
+            "if (!window.__idbPoll) {{ window.__idbPoll = true;\
+               const open = indexedDB.open('quire');\
+               open.onerror = () => {{ window.__idbPoll = false; }};\
+               open.onsuccess = () => {{ const get = open.result.transaction('docs').objectStore('docs').get('offline-rich');\
+                 get.onsuccess = () => {{ window.__idbAt = get.result ? get.result.at : 0; window.__idbPoll = false; open.result.close(); }};\
+                 get.onerror = () => {{ window.__idbPoll = false; open.result.close(); }}; }}; }}\
+             return (window.__idbAt || 0) >= {shown_at}"
+        ),
+    )
+    .await;
     browser.driver.refresh().await.unwrap();
     wait_html(
         &browser,
@@ -584,7 +600,12 @@ async fn ime_composition_lands_once_while_a_remote_edit_arrives() {
         "return Q.text() === 'Remote start end'",
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    wait_js(
+        &writer,
+        "the remote edit reached the block under composition",
+        "return Q.root().hasAttribute('data-ime-held')",
+    )
+    .await;
     cdp.call(
         "Input.imeSetComposition",
         json!({"text": "日本", "selectionStart": 2, "selectionEnd": 2}),
@@ -671,15 +692,228 @@ async fn a_read_only_link_shows_the_document_and_cannot_change_it() {
         vec![],
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The editor handles input synchronously: had it taken any, it would show now.
     assert_eq!(editor_text(&reader).await, "Only the owner writes here");
     reader.screenshot("rich-read-only").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A barrier rather than a pause: the owner's next words cross the
+    // server after anything the reader could have sent, and both tabs
+    // then hold exactly the owner's text.
+    type_at(&browser, None, ", and only here").await;
+    let expected = "Only the owner writes here, and only here";
+    wait_text(&reader, "the reader sees the owner's new words", expected).await;
+    wait_status(&browser, "All changes saved").await;
     assert_eq!(
         editor_text(&browser).await,
-        "Only the owner writes here",
+        expected,
         "nothing reached the writer either"
     );
     browser.close().await;
     reader.close().await;
+}
+
+/// Dispatches a `beforeinput` event of `input_type` (with `data`) at the
+/// editor, as the browser's own menus, spell-checker and OS text services
+/// do, and says whether the editor took it (cancelled the default).
+async fn before_input(browser: &Browser, input_type: &str, data: Option<&str>) -> bool {
+    js(
+        browser,
+        "const e = new InputEvent('beforeinput', {inputType: arguments[0], data: arguments[1], bubbles: true, cancelable: true});\
+         return !Q.root().dispatchEvent(e)",
+        vec![json!(input_type), json!(data)],
+    )
+    .await
+        == json!(true)
+}
+
+#[tokio::test]
+async fn every_input_type_becomes_an_edit_of_the_document() {
+    let server = app_server().await;
+    let base = format!("http://{}", server.addr);
+    let browser = Browser::start().await;
+    open_editor(&browser, &base, "inputs", "Inputs").await;
+    type_at(&browser, None, "alpha beta gamma delta").await;
+    // Ctrl+Delete: the word after the caret (deleteWordForward).
+    js(&browser, "return Q.setCaret(6)", vec![]).await;
+    keys(&browser, "\u{E009}\u{E017}\u{E000}").await;
+    wait_js(
+        &browser,
+        "Ctrl+Delete deleted the word",
+        "return !Q.text().includes('beta') && Q.text().startsWith('alpha ') && Q.text().endsWith('gamma delta')",
+    )
+    .await;
+    // Line deletes, as the OS text services send them (DevTools' editing commands).
+    caret_to_end(&browser).await;
+    let mut cdp = browser.cdp().await;
+    cdp.call(
+        "Input.dispatchKeyEvent",
+        json!({"type": "rawKeyDown", "commands": ["deleteToBeginningOfLine"]}),
+    )
+    .await;
+    cdp.call("Input.dispatchKeyEvent", json!({"type": "keyUp"}))
+        .await;
+    wait_js(
+        &browser,
+        "the line before the caret is gone",
+        "return Q.text() === ''",
+    )
+    .await;
+    // Text from the browser's menus and services: insertText,
+    // insertReplacementText (spell-check), insertParagraph, insertLineBreak.
+    assert!(before_input(&browser, "insertText", Some("one")).await);
+    assert!(before_input(&browser, "insertParagraph", None).await);
+    assert!(before_input(&browser, "insertText", Some("twu")).await);
+    assert!(before_input(&browser, "insertLineBreak", None).await);
+    assert!(before_input(&browser, "insertText", Some("three")).await);
+    wait_html(&browser, "menu typing", "<p>one</p><p>twu<br>three</p>").await;
+    js(
+        &browser,
+        "Q.select('twu'); const dt = new DataTransfer(); dt.setData('text/plain', 'two');\
+         const range = getSelection().getRangeAt(0);\
+         const e = new InputEvent('beforeinput', {inputType: 'insertReplacementText', dataTransfer: dt, targetRanges: [new StaticRange(range)], bubbles: true, cancelable: true});\
+         Q.root().dispatchEvent(e); return true",
+        vec![],
+    )
+    .await;
+    wait_html(
+        &browser,
+        "the spelling fix",
+        "<p>one</p><p>two<br>three</p>",
+    )
+    .await;
+    // formatBold / formatItalic / formatUnderline / formatStrikeThrough.
+    js(&browser, "return Q.select('one')", vec![]).await;
+    for kind in [
+        "formatBold",
+        "formatItalic",
+        "formatUnderline",
+        "formatStrikeThrough",
+    ] {
+        assert!(
+            before_input(&browser, kind, None).await,
+            "{kind} is handled"
+        );
+    }
+    wait_html(
+        &browser,
+        "the format inputs",
+        "<p><strong><em><s><u>one</u></s></em></strong></p><p>two<br>three</p>",
+    )
+    .await;
+    // historyUndo / historyRedo (the browser's Edit menu): own steps only.
+    assert!(before_input(&browser, "historyUndo", None).await);
+    wait_js(
+        &browser,
+        "historyUndo took the last step back",
+        "return !Q.root().querySelector('s')",
+    )
+    .await;
+    assert!(before_input(&browser, "historyRedo", None).await);
+    wait_js(
+        &browser,
+        "historyRedo put it back",
+        "return !!Q.root().querySelector('s')",
+    )
+    .await;
+    // A drop from another page: HTML through the same allowlist, where it falls.
+    js(
+        &browser,
+        "const dt = new DataTransfer(); dt.setData('text/html', '<b>dropped</b><img src=x onerror=\"window.__pwned=1\">'); dt.setData('text/plain', 'dropped');\
+         const p = Q.root().querySelectorAll('p')[1]; const r = p.getBoundingClientRect();\
+         Q.root().dispatchEvent(new DragEvent('drop', {dataTransfer: dt, clientX: r.right - 1, clientY: r.bottom - 4, bubbles: true, cancelable: true})); return true",
+        vec![],
+    )
+    .await;
+    let expected = "<p><bold><italic><strike><underline>one</underline></strike></italic></bold></p><p>two<br>three<bold>dropped</bold></p>";
+    let stored = wait_stored(server.addr, "inputs", expected).await;
+    assert!(!serde_json::to_string(&stored).unwrap().contains("onerror"));
+    drop(cdp);
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn backspace_at_a_block_start_unwraps_it_and_the_other_shortcuts() {
+    let server = app_server().await;
+    let base = format!("http://{}", server.addr);
+    let browser = Browser::start().await;
+    open_editor(&browser, &base, "unwrap", "Keys").await;
+    // `* ` is a bulleted list too; Backspace at the start of its item lifts it out.
+    type_at(&browser, None, "* item").await;
+    wait_html(&browser, "a bulleted list", "<ul><li><p>item</p></li></ul>").await;
+    js(&browser, "return Q.setCaret(0)", vec![]).await;
+    keys(&browser, BACKSPACE).await;
+    wait_html(&browser, "the item is a paragraph again", "<p>item</p>").await;
+    // `> `, then Backspace at the start of the quote unwraps it.
+    caret_to_end(&browser).await;
+    keys(&browser, ENTER).await;
+    keys(&browser, "> said").await;
+    wait_html(
+        &browser,
+        "a quote",
+        "<p>item</p><blockquote><p>said</p></blockquote>",
+    )
+    .await;
+    js(&browser, "return Q.setCaret(5)", vec![]).await;
+    keys(&browser, BACKSPACE).await;
+    wait_html(&browser, "the quote is unwrapped", "<p>item</p><p>said</p>").await;
+    // A heading's start: Backspace makes it normal text first.
+    caret_to_end(&browser).await;
+    keys(&browser, ENTER).await;
+    keys(&browser, "### three").await;
+    keys(&browser, ENTER).await;
+    keys(&browser, "#### four").await;
+    keys(&browser, ENTER).await;
+    keys(&browser, "##### five").await;
+    keys(&browser, ENTER).await;
+    keys(&browser, "###### six").await;
+    wait_html(
+        &browser,
+        "headings 3 to 6 from Markdown",
+        "<p>item</p><p>said</p><h3>three</h3><h4>four</h4><h5>five</h5><h6>six</h6>",
+    )
+    .await;
+    js(&browser, "return Q.select('six')", vec![]).await;
+    block_menu(&browser, "p").await;
+    js(&browser, "return Q.select('five')", vec![]).await;
+    block_menu(&browser, "h3").await;
+    wait_html(
+        &browser,
+        "the block menu's Normal text and Heading 3",
+        "<p>item</p><p>said</p><h3>three</h3><h4>four</h4><h3>five</h3><p>six</p>",
+    )
+    .await;
+    // Ctrl+K on a link edits it.
+    js(&browser, "return Q.select('said')", vec![]).await;
+    keys(&browser, &ctrl("k")).await;
+    browser
+        .find("#link-input")
+        .await
+        .send_keys("https://first.example\u{E007}")
+        .await
+        .unwrap();
+    wait_js(
+        &browser,
+        "the link",
+        "return !!Q.root().querySelector('a[href=\"https://first.example\"]')",
+    )
+    .await;
+    js(&browser, "return Q.setCaret(7)", vec![]).await; // inside "said"
+    keys(&browser, &ctrl("k")).await;
+    let input = browser.find("#link-input").await;
+    assert_eq!(
+        input.prop("value").await.unwrap().as_deref(),
+        Some("https://first.example"),
+        "the dialog shows the link under the selection"
+    );
+    input.clear().await.unwrap();
+    input.send_keys("/docs/said\u{E007}").await.unwrap();
+    wait_js(
+        &browser,
+        "the whole link now points to the relative address",
+        "return Q.root().querySelectorAll('a').length === 1 && Q.root().querySelector('a').getAttribute('href') === '/docs/said' && Q.root().querySelector('a').textContent === 'said'",
+    )
+    .await;
+    let expected = "<p>item</p><p><link /docs/said>said</link></p><h3>three</h3><h4>four</h4><h3>five</h3><p>six</p>";
+    wait_stored(server.addr, "unwrap", expected).await;
+    browser.screenshot("rich-unwrap").await;
+    browser.close().await;
 }

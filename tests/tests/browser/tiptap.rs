@@ -166,8 +166,14 @@ async fn a_tiptap_client_and_the_browser_edit_at_once_and_converge() {
     keys(&browser, &ctrl("i")).await;
     let tiptap = tiptap.await.expect("the Tiptap client ran");
     wait_status(&browser, "All changes saved").await;
-    // Everyone ends with the same document, holding every edit once.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Everyone ends with the same document, holding every edit once: the
+    // browser has had every Tiptap edit (a condition, not a pause).
+    wait_js(
+        &browser,
+        "the browser shows every Tiptap edit",
+        "return [...Array(15).keys()].every(i => Q.text().includes('tt' + i + ' '))",
+    )
+    .await;
     let read = rich_scenario(&ws(server.addr), "read", "both-edit", "").await;
     let stored = serde_json::to_value(stored_json(server.addr, "both-edit").await).unwrap();
     assert!(
