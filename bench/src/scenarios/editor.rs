@@ -10,7 +10,9 @@
 //! `beforeinput` to the editor's DOM changing (a MutationObserver on the
 //! contenteditable; the `input` event for the textarea) and to the update
 //! being handed to `WebSocket.send`. Reports p50/p95 of both, and the
-//! wasm size (raw and gzip) of the build measured.
+//! wasm size (raw and gzip) of the build measured and, when
+//! `QUIRE_BENCH_WASM_BEFORE` names another dist (the textarea-only app),
+//! of that one.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -466,13 +468,110 @@ pub async fn run(ctx: &Ctx) -> Result<Value, String> {
     drop(chrome.child);
     server.stop(STOP_GRACE).await;
     let (raw, gzip) = wasm_size(&dist)?;
+    // The size before (a build of the textarea-only web app, e.g. main's),
+    // when `QUIRE_BENCH_WASM_BEFORE` names its dist.
+    let before = match std::env::var_os("QUIRE_BENCH_WASM_BEFORE") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            let (raw, gzip) = wasm_size(&dir)?;
+            Some(json!({"raw_bytes": raw, "gzip_bytes": gzip, "dist": dir.display().to_string()}))
+        }
+        None => None,
+    };
+    let wasm = json!({"raw_bytes": raw, "gzip_bytes": gzip, "dist": dist_arg});
+    let report_md = report(
+        ctx.quick,
+        text.len(),
+        blocks.len(),
+        &runs,
+        &wasm,
+        before.as_ref(),
+    );
     Ok(json!({
         "quick": ctx.quick,
         "doc_text_bytes": text.len(),
         "rich_update_bytes": rich_update.len(),
         "blocks": blocks.len(),
         "runs": runs,
-        "wasm": {"raw_bytes": raw, "gzip_bytes": gzip, "dist": dist_arg},
+        "wasm": wasm,
+        "wasm_before": before,
         "note": "latency in one headless Chromium on a shared, loaded 2-core machine",
+        "report_md": report_md,
     }))
+}
+
+/// The RESULTS.md section: both editors' latencies per round, the rich
+/// editor's p95 against one frame (16 ms), the ratio to the textarea on
+/// the same text, and the wasm sizes.
+fn report(
+    quick: bool,
+    text_bytes: usize,
+    blocks: usize,
+    runs: &[Run],
+    wasm: &Value,
+    before: Option<&Value>,
+) -> String {
+    let mut out = format!(
+        "Keystroke latency in headless Chromium, {} KB of text ({blocks} blocks) in the rich editor and the same \
+         text in the textarea editor, interleaved in one run{}. Machine shared with other work (2 cores, loaded).\n\n\
+         | round | editor | keys | beforeinput→DOM p50 | p95 | →socket p50 | p95 | missing |\n|---|---|---|---|---|---|---|---|\n",
+        text_bytes / 1000,
+        if quick {
+            " (**quick**: decides no target)"
+        } else {
+            ""
+        }
+    );
+    for (i, r) in runs.iter().enumerate() {
+        out += &format!(
+            "| {} | {} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {} |\n",
+            i / 2,
+            r.editor,
+            r.keystrokes,
+            r.dom_p50_ms,
+            r.dom_p95_ms,
+            r.send_p50_ms,
+            r.send_p95_ms,
+            r.missing
+        );
+    }
+    let worst = |editor: &str, f: fn(&Run) -> f64| {
+        runs.iter()
+            .filter(|r| r.editor == editor)
+            .map(f)
+            .fold(f64::NAN, f64::max)
+    };
+    let rich_dom = worst("rich", |r| r.dom_p95_ms);
+    let rich_send = worst("rich", |r| r.send_p95_ms);
+    let plain_dom = worst("textarea", |r| r.dom_p95_ms);
+    out += &format!(
+        "\nTarget p95 < 16 ms (one frame): rich beforeinput→DOM p95 {rich_dom:.2} ms, →socket p95 {rich_send:.2} ms \
+         (worst round) — {}{}. Rich / textarea DOM p95: {:.2}×.\n",
+        if rich_dom < 16.0 && rich_send < 16.0 {
+            "met"
+        } else {
+            "not met"
+        },
+        if quick {
+            " (quick run: indicative only)"
+        } else {
+            ""
+        },
+        rich_dom / plain_dom
+    );
+    let kb = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0) / 1024.0;
+    out += "\n| wasm (after wasm-bindgen) | raw | gzip |\n|---|---|---|\n";
+    if let Some(b) = before {
+        out += &format!(
+            "| before (textarea editor) | {:.1} KB | {:.1} KB |\n",
+            kb(b, "raw_bytes"),
+            kb(b, "gzip_bytes")
+        );
+    }
+    out += &format!(
+        "| after (rich editor) | {:.1} KB | {:.1} KB |\n",
+        kb(wasm, "raw_bytes"),
+        kb(wasm, "gzip_bytes")
+    );
+    out
 }
