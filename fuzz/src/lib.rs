@@ -6,12 +6,11 @@
 //!
 //! - [`frame_decoder`]: y-websocket frames and awareness updates.
 //! - [`extensions`]: Quire extension frames and fragment reassembly.
-//! - [`room_sequence`]: the real room actor driven by a message sequence.
+//! - [`room_sequence`]: the real room core driven by a message sequence.
 //!
 //! [`seeds`] builds the seed corpora (`cargo test -- --ignored write_seed_corpus`).
 
 pub mod frames;
-pub mod mem_store;
 pub mod room;
 pub mod seeds;
 

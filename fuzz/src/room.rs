@@ -1,5 +1,7 @@
-//! Target `room_sequence`: the real room actor (`quire_server::room`) on an
-//! in-memory store, driven by a sequence of client messages.
+//! Target `room_sequence`: the real room core (`quire_server::room_core`,
+//! through its synchronous harness, on an in-memory store), driven by a
+//! sequence of client messages decoded as a connection decodes them
+//! (`quire_server::connection::decode`).
 //!
 //! # Input
 //!
@@ -34,34 +36,30 @@
 //!   other content, or name an item as its parent; yrs resolves these
 //!   depending on how the blocks around happen to be split and in which
 //!   order they came, so what it shows may differ after a reload.
-//!   `quire_server::items` refuses the contradictions it can see without
+//!   `quire_protocol::update` refuses the contradictions it can see without
 //!   the document; the rest is a documented limit (ARCHITECTURE.md,
 //!   threat model): after a forged update only the blocks are compared,
 //!   and a replica whose own blocks were forged (same IDs, other content)
 //!   may fail to apply what the room relays.
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use quire_protocol::ext::Ext;
 use quire_protocol::lib0::{write_var_string, write_var_uint};
-use quire_protocol::{AwarenessTable, DocName, Message, SyncMessage, close};
+use quire_protocol::{AwarenessTable, Message, SyncMessage, close};
+use quire_server::Config;
+use quire_server::connection::{self, Decoded};
 use quire_server::document::Document;
-use quire_server::room::{Close, ConnId, Inbound, MemberChannels, RoomError, RoomHandle};
+use quire_server::room_core::harness::Harness;
+use quire_server::room_core::{ConnId, Inbound, RoomError};
 use quire_server::snapshot;
-use quire_server::{AppState, Config};
-use tokio::sync::mpsc;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, Map, ReadTxn, StateVector, Text, Transact, Update};
 
-use crate::mem_store::MemStore;
-
-pub const DOC: &str = "fuzz";
 const CONNS: usize = 4;
 
 /// Op kinds (the byte's bits 2.., modulo `KINDS`).
@@ -91,7 +89,8 @@ pub mod kind {
     /// `m`: reconnect as another kind of client: `m & 1` Quire (else
     /// stock), `m & 2` read-only.
     pub const TOGGLE: u8 = 12;
-    /// Let the room run a little.
+    /// Nothing (the room once ran as a task that this let run a little;
+    /// kept so that saved inputs keep their meaning).
     pub const YIELD: u8 = 13;
     /// `w`: the connection's token was refreshed: writable iff `w & 1`.
     pub const SET_WRITABLE: u8 = 14;
@@ -118,10 +117,6 @@ const EMIT_PAYLOADS: [&str; 5] = [
 const ALPHABET: [&str; 6] = ["a", "b", "c", " ", "é", "😀"];
 
 thread_local! {
-    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("tokio runtime");
     /// Panics inside yrs seen by the hook (contained ones included).
     pub static YRS_PANICS: Cell<u64> = const { Cell::new(0) };
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
@@ -135,9 +130,9 @@ thread_local! {
 /// Replaces libFuzzer's abort-on-any-panic hook: yrs panics on malformed
 /// updates and Quire contains them with `catch_unwind` (that is the
 /// behaviour under test), so they must not abort. Other panics are printed;
-/// one that escapes the target still aborts (libfuzzer-sys catches the
-/// unwind and aborts), and one inside the room task makes the room stop
-/// answering, which the target reports.
+/// one that escapes the target (the room's own included: it runs on the
+/// target's thread) still aborts, as libfuzzer-sys catches the unwind and
+/// aborts.
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let location = info.location().map(|l| l.to_string()).unwrap_or_default();
@@ -187,19 +182,38 @@ fn last_panic() -> String {
 
 /// Runs one input.
 pub fn room_sequence(data: &[u8]) {
-    RUNTIME.with(|rt| rt.block_on(run(data)));
-}
-
-struct Live {
-    id: ConnId,
-    frames: mpsc::Receiver<Bytes>,
-    close: mpsc::Receiver<Close>,
+    let mut reader = Reader { data };
+    let Some(header) = reader.byte() else { return };
+    FORGED.with(|f| f.set(false));
+    let (config, outbox) = config_for(header);
+    let mut run = Run {
+        room: Harness::new(config),
+        conns: (0..CONNS)
+            .map(|i| Conn {
+                extensions: i < 2,
+                can_write: true,
+                live: None,
+                replica: Doc::with_client_id(100 + i as u64),
+                sent: Vec::new(),
+                saved: 0,
+            })
+            .collect(),
+        next_id: 1,
+        history: Vec::new(),
+        outbox,
+    };
+    while let Some(op) = reader.byte() {
+        let conn = usize::from(op & 3);
+        run.op(conn, (op >> 2) % kind::KINDS, &mut reader);
+    }
+    run.finish();
 }
 
 struct Conn {
     extensions: bool,
     can_write: bool,
-    live: Option<Live>,
+    /// The connection id while it is in the room.
+    live: Option<ConnId>,
     replica: Doc,
     /// Update messages (step 2 and update) sent on the current connection.
     sent: Vec<Bytes>,
@@ -207,11 +221,9 @@ struct Conn {
     saved: u64,
 }
 
-struct Harness {
-    config: Config,
-    state: AppState,
-    store: Arc<MemStore>,
-    room: RoomHandle,
+/// One input's run: the room and the four clients' sides.
+struct Run {
+    room: Harness,
     conns: Vec<Conn>,
     next_id: ConnId,
     /// Every update a replica made, for resending, corrupting and importing.
@@ -241,7 +253,7 @@ impl Reader<'_> {
 }
 
 pub fn config_for(header: u8) -> (Config, usize) {
-    let mut config = Config::new(SocketAddr::from(([127, 0, 0, 1], 0)), "unused".into());
+    let mut config = Harness::config();
     config.room_grace = Duration::from_secs(3600);
     config.compact_after = [2, 3, 5, 1000][usize::from(header & 3)];
     config.max_document_bytes = if header & 0x10 != 0 { 700 } else { 1 << 20 };
@@ -250,52 +262,13 @@ pub fn config_for(header: u8) -> (Config, usize) {
     (config, outbox)
 }
 
-fn open_room(state: &AppState) -> RoomHandle {
-    let name = DocName::parse(DOC).expect("valid name");
-    state.rooms.open(&name).expect("room opens")
-}
-
-async fn run(data: &[u8]) {
-    let mut reader = Reader { data };
-    let Some(header) = reader.byte() else { return };
-    FORGED.with(|f| f.set(false));
-    let (config, outbox) = config_for(header);
-    let store = Arc::new(MemStore::default());
-    let state = AppState::new(config.clone(), store.clone());
-    let room = open_room(&state);
-    let mut h = Harness {
-        config,
-        state,
-        store,
-        room,
-        conns: (0..CONNS)
-            .map(|i| Conn {
-                extensions: i < 2,
-                can_write: true,
-                live: None,
-                replica: Doc::with_client_id(100 + i as u64),
-                sent: Vec::new(),
-                saved: 0,
-            })
-            .collect(),
-        next_id: 1,
-        history: Vec::new(),
-        outbox,
-    };
-    while let Some(op) = reader.byte() {
-        let conn = usize::from(op & 3);
-        h.op(conn, (op >> 2) % kind::KINDS, &mut reader).await;
-    }
-    h.finish().await;
-}
-
-impl Harness {
-    async fn op(&mut self, i: usize, kind: u8, r: &mut Reader<'_>) {
+impl Run {
+    fn op(&mut self, i: usize, kind: u8, r: &mut Reader<'_>) {
         match kind {
             kind::RAW => {
                 FORGED.with(|f| f.set(!strict_forged()));
                 let frame = Bytes::copy_from_slice(r.bytes());
-                self.send_frame(i, frame).await;
+                self.send_frame(i, frame);
             }
             kind::EDIT => {
                 let (e, a, b) = (r.arg(), r.arg(), r.arg());
@@ -304,13 +277,13 @@ impl Harness {
                 };
                 self.history.push(update.clone());
                 if e & 0x80 == 0 {
-                    self.send_update(i, update, e & 0x40 != 0).await;
+                    self.send_update(i, update, e & 0x40 != 0);
                 }
             }
             kind::RESEND => {
                 let idx = usize::from(r.arg());
                 if let Some(update) = pick(&self.history, idx) {
-                    self.send_update(i, update, idx & 1 == 1).await;
+                    self.send_update(i, update, idx & 1 == 1);
                 }
             }
             kind::MUTATE => {
@@ -318,7 +291,7 @@ impl Harness {
                 let (idx, pos, value, mode) = (r.arg(), r.arg(), r.arg(), r.arg());
                 if let Some(mut update) = pick(&self.history, usize::from(idx)) {
                     mutate(&mut update, pos, value, mode);
-                    self.send_update(i, update, false).await;
+                    self.send_update(i, update, false);
                 }
             }
             kind::STEP1 => {
@@ -327,8 +300,7 @@ impl Harness {
                     1 => StateVector::default().encode_v1(),
                     _ => r.bytes().to_vec(),
                 };
-                self.send_frame(i, Message::Sync(SyncMessage::Step1(&sv)).encode().into())
-                    .await;
+                self.send_frame(i, Message::Sync(SyncMessage::Step1(&sv)).encode().into());
             }
             kind::AWARENESS => {
                 let n = r.arg() % 3;
@@ -345,13 +317,9 @@ impl Harness {
                         AWARENESS_STATES[usize::from(state) % AWARENESS_STATES.len()],
                     );
                 }
-                self.send_frame(i, Message::Awareness(&update).encode().into())
-                    .await;
+                self.send_frame(i, Message::Awareness(&update).encode().into());
             }
-            kind::QUERY => {
-                self.send_frame(i, Message::QueryAwareness.encode().into())
-                    .await
-            }
+            kind::QUERY => self.send_frame(i, Message::QueryAwareness.encode().into()),
             kind::EMIT => {
                 let (name, payload, ack) = (r.arg(), r.arg(), r.arg());
                 let frame = Ext::Emit {
@@ -360,17 +328,17 @@ impl Harness {
                     ack: u64::from(ack % 4),
                 }
                 .encode();
-                self.send_frame(i, frame.into()).await;
+                self.send_frame(i, frame.into());
             }
-            kind::LEAVE => self.disconnect(i).await,
+            kind::LEAVE => self.disconnect(i),
             kind::PUMP => {
-                self.barrier().await;
-                self.pump(i).await;
+                self.barrier();
+                self.pump(i);
             }
             kind::IMPORT => {
                 let idx = usize::from(r.arg());
                 if let Some(update) = pick(&self.history, idx) {
-                    match self.room.import(update.into()).await {
+                    match self.room.import(&update) {
                         Ok(_)
                         | Err(
                             RoomError::InvalidUpdate(_)
@@ -382,29 +350,29 @@ impl Harness {
                 }
             }
             kind::CHECK => {
-                let snapshot = self.barrier().await;
+                let snapshot = self.barrier();
                 self.check_store(&snapshot, "mid-way");
             }
             kind::TOGGLE => {
                 let m = r.arg();
-                self.disconnect(i).await;
+                self.disconnect(i);
                 self.conns[i].extensions = m & 1 != 0;
                 self.conns[i].can_write = m & 2 == 0;
             }
             kind::SET_WRITABLE => {
                 let writable = r.arg() & 1 != 0;
-                if self.ensure_joined(i).await {
+                if self.ensure_joined(i) {
                     self.conns[i].can_write = writable;
-                    self.deliver(i, Inbound::SetWritable(writable)).await;
+                    self.deliver(i, Inbound::SetWritable(writable));
                 }
             }
-            _ => tokio::task::yield_now().await,
+            _ => {}
         }
     }
 
-    /// A request/response round trip: every earlier command has been handled.
-    async fn barrier(&self) -> Vec<u8> {
-        match self.room.snapshot().await {
+    /// The room answers a request: the snapshot it would export.
+    fn barrier(&mut self) -> Vec<u8> {
+        match self.room.snapshot() {
             Ok(snapshot) => snapshot,
             Err(err) => panic!(
                 "the room stopped answering: {err} (last panic: {})",
@@ -414,25 +382,21 @@ impl Harness {
     }
 
     /// Joins connection `i` if it is not in the room; false if refused.
-    async fn ensure_joined(&mut self, i: usize) -> bool {
-        self.notice_close(i).await;
+    fn ensure_joined(&mut self, i: usize) -> bool {
+        self.notice_close(i);
         if self.conns[i].live.is_some() {
             return true;
         }
-        let (frames_tx, frames) = mpsc::channel(self.outbox);
-        let (close_tx, close) = mpsc::channel(1);
         let id = self.next_id;
         self.next_id += 1;
-        let member = MemberChannels {
-            frames: frames_tx,
-            close: close_tx,
-            extensions: self.conns[i].extensions,
-            can_write: self.conns[i].can_write,
-        };
-        match self.room.join(id, member).await {
+        let (extensions, can_write) = (self.conns[i].extensions, self.conns[i].can_write);
+        match self
+            .room
+            .join_with_capacity(id, extensions, can_write, self.outbox)
+        {
             Ok(()) => {
                 let conn = &mut self.conns[i];
-                conn.live = Some(Live { id, frames, close });
+                conn.live = Some(id);
                 conn.sent.clear();
                 conn.saved = 0;
                 true
@@ -448,11 +412,11 @@ impl Harness {
 
     /// If the room told connection `i` to close, close it as the connection
     /// task would (after reading what was queued before the close).
-    async fn notice_close(&mut self, i: usize) {
-        let Some(live) = &mut self.conns[i].live else {
+    fn notice_close(&mut self, i: usize) {
+        let Some(id) = self.conns[i].live else {
             return;
         };
-        if let Ok(close) = live.close.try_recv() {
+        if let Some(close) = self.room.close_of(id) {
             assert!(
                 matches!(
                     close.code,
@@ -462,52 +426,50 @@ impl Harness {
                 last_panic()
             );
             self.read_frames(i);
-            self.disconnect(i).await;
+            self.disconnect(i);
         }
     }
 
-    async fn disconnect(&mut self, i: usize) {
-        if let Some(live) = self.conns[i].live.take() {
-            self.room.leave(live.id).await;
+    fn disconnect(&mut self, i: usize) {
+        if let Some(id) = self.conns[i].live.take() {
+            self.room.leave(id);
+            self.room.forget(id);
         }
     }
 
     /// Sends a frame as the connection task would: decode, then deliver or
     /// close for bad input.
-    async fn send_frame(&mut self, i: usize, frame: Bytes) {
-        if !self.ensure_joined(i).await {
+    fn send_frame(&mut self, i: usize, frame: Bytes) {
+        if !self.ensure_joined(i) {
             return;
         }
-        match decode(&frame, self.conns[i].extensions) {
-            Ok(Some(inbound)) => self.deliver(i, inbound).await,
-            Ok(None) => {}
-            Err(_) => self.disconnect(i).await,
+        match connection::decode(&frame, self.conns[i].extensions) {
+            Ok(Decoded::Room(inbound)) => self.deliver(i, inbound),
+            Ok(Decoded::Ping(_) | Decoded::Nothing | Decoded::Auth(_)) => {}
+            Err(_) => self.disconnect(i),
         }
     }
 
-    async fn send_update(&mut self, i: usize, update: Vec<u8>, step2: bool) {
+    fn send_update(&mut self, i: usize, update: Vec<u8>, step2: bool) {
         let frame = if step2 {
             Message::Sync(SyncMessage::Step2(&update)).encode()
         } else {
             Message::Sync(SyncMessage::Update(&update)).encode()
         };
-        self.send_frame(i, frame.into()).await;
+        self.send_frame(i, frame.into());
     }
 
-    async fn deliver(&mut self, i: usize, inbound: Inbound) {
-        let Some(live) = &self.conns[i].live else {
+    fn deliver(&mut self, i: usize, inbound: Inbound) {
+        let Some(id) = self.conns[i].live else {
             return;
         };
-        let id = live.id;
         if debug() {
             eprintln!("conn {i} (id {id}) delivers {inbound:?}");
         }
         if let Inbound::Update(update) = &inbound {
             self.conns[i].sent.push(update.clone());
         }
-        if let Err(err) = self.room.deliver(id, inbound).await {
-            panic!("the room is gone: {err} (last panic: {})", last_panic());
-        }
+        self.room.deliver(id, inbound);
     }
 
     /// Applies what the room queued for connection `i` to its replica;
@@ -515,11 +477,12 @@ impl Harness {
     fn read_frames(&mut self, i: usize) -> Vec<Vec<u8>> {
         let mut replies = Vec::new();
         let mut log_doc: Option<Document> = None;
-        let conn = &mut self.conns[i];
-        let Some(live) = &mut conn.live else {
+        let Some(id) = self.conns[i].live else {
             return replies;
         };
-        while let Ok(frame) = live.frames.try_recv() {
+        let frames = self.room.frames(id);
+        let conn = &mut self.conns[i];
+        for frame in frames {
             if Ext::is_ext(&frame) {
                 assert!(
                     conn.extensions,
@@ -534,7 +497,7 @@ impl Harness {
                         );
                         assert!(through >= conn.saved, "Saved went back");
                         let doc = log_doc.get_or_insert_with(|| {
-                            merged(&self.store.log(DOC)).unwrap_or_else(|e| panic!("{e}"))
+                            merged(self.room.log()).unwrap_or_else(|e| panic!("{e}"))
                         });
                         for (n, update) in conn.sent[conn.saved as usize..through as usize]
                             .iter()
@@ -602,41 +565,38 @@ impl Harness {
         replies
     }
 
-    async fn pump(&mut self, i: usize) {
+    fn pump(&mut self, i: usize) {
         let replies = self.read_frames(i);
-        self.notice_close(i).await;
+        self.notice_close(i);
         for reply in replies {
             if self.conns[i].live.is_none() {
                 break;
             }
-            self.send_update(i, reply, true).await;
+            self.send_update(i, reply, true);
         }
     }
 
     fn check_store(&self, snapshot: &[u8], when: &str) {
-        let log = self.store.log(DOC);
-        if let Err(why) = same_document(&log, snapshot) {
+        if let Err(why) = same_document(self.room.log(), snapshot) {
             panic!("{when}: the stored log and the room's snapshot differ: {why}");
         }
     }
 
-    async fn finish(mut self) {
+    fn finish(mut self) {
         for i in 0..CONNS {
-            self.barrier().await;
-            self.pump(i).await;
+            self.barrier();
+            self.pump(i);
         }
-        let snapshot = self.barrier().await;
+        let snapshot = self.barrier();
         self.check_store(&snapshot, "at the end");
         for i in 0..CONNS {
-            self.disconnect(i).await;
+            self.disconnect(i);
         }
-        // Shutdown compacts the log (it grew) and waits for durability.
-        self.state.rooms.shutdown().await;
+        // Shutdown compacts the log (it grew).
+        self.room.shutdown();
         self.check_store(&snapshot, "after the shutdown compaction");
         // A fresh room loads what the old one left.
-        let state = AppState::new(self.config.clone(), self.store.clone());
-        let again = open_room(&state);
-        match again.snapshot().await {
+        match self.room.reopen().snapshot() {
             Ok(reloaded) => {
                 if let Err(why) = same_document(&[reloaded], &snapshot) {
                     panic!("a reloaded room differs from the old one: {why}");
@@ -644,7 +604,6 @@ impl Harness {
             }
             Err(err) => panic!("a fresh room could not load the log: {err}"),
         }
-        state.rooms.shutdown().await;
     }
 }
 
@@ -701,33 +660,6 @@ fn mutate(update: &mut Vec<u8>, pos: u8, value: u8, mode: u8) {
         }
         _ => update.truncate(i),
     }
-}
-
-/// Decodes a client frame exactly as `quire_server::connection` does (its
-/// `decode` is private): `Ok(None)` for frames the connection handles
-/// itself, `Err` for frames that close the connection (1007).
-pub fn decode(frame: &Bytes, extensions: bool) -> Result<Option<Inbound>, String> {
-    let part = |slice: &[u8]| frame.slice_ref(slice);
-    if extensions && Ext::is_ext(frame) {
-        return match Ext::decode(frame).map_err(|e| e.to_string())? {
-            Ext::Ping(_) | Ext::Pong(_) | Ext::Auth { .. } => Ok(None),
-            Ext::Emit { name, payload, ack } => Ok(Some(Inbound::Emit {
-                name: name.to_owned(),
-                payload: payload.to_owned(),
-                ack,
-            })),
-            other => Err(format!("a client may not send {other:?}")),
-        };
-    }
-    Ok(match Message::decode(frame).map_err(|e| e.to_string())? {
-        Message::Sync(SyncMessage::Step1(sv)) => Some(Inbound::StateVector(part(sv))),
-        Message::Sync(SyncMessage::Step2(u) | SyncMessage::Update(u)) => {
-            Some(Inbound::Update(part(u)))
-        }
-        Message::Awareness(u) => Some(Inbound::Awareness(part(u))),
-        Message::QueryAwareness => Some(Inbound::QueryAwareness),
-        Message::PermissionDenied(_) => None,
-    })
 }
 
 /// Merges a stored log as the room does when it loads.

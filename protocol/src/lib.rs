@@ -17,6 +17,8 @@
 //! - [`session`]: the sans-IO client: connection state machine, backoff,
 //!   heartbeat, offline edits, save tracking, presence and events.
 //! - [`doc_name`]: which document names are acceptable in a URL and on disk.
+//! - [`update`]: the checks every Yjs update passes before yrs decodes it
+//!   (declared counts, nesting, origins, completeness against a document).
 
 pub mod awareness;
 pub mod close;
@@ -26,6 +28,7 @@ pub mod lib0;
 pub mod message;
 pub mod rich;
 pub mod session;
+pub mod update;
 
 pub use awareness::{AwarenessChange, AwarenessTable, ClientId};
 pub use doc_name::{DocName, DocNameError};

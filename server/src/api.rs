@@ -1,11 +1,14 @@
 //! The HTTP API: document list, snapshot export and import, deletion,
 //! health and metrics. Every error is a JSON body `{"error": {"code",
-//! "message"}}`; a 5xx never reveals internals (they go to the log).
+//! "message"}}`, including what axum's extractors refuse (a body over the
+//! size limit, a path or query that does not parse); a 5xx never reveals
+//! internals (they go to the log).
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +23,9 @@ use crate::document::Document;
 use crate::room::RoomError;
 use crate::snapshot::{self, Format};
 
+/// What `Retry-After` says when a bounded resource is busy, in seconds.
+const RETRY_AFTER_SECS: &str = "1";
+
 /// Every way an API request can fail.
 #[derive(Debug)]
 pub enum AppError {
@@ -33,6 +39,8 @@ pub enum AppError {
     TooLarge(String),
     /// Shutting down, or a document that cannot be loaded right now.
     Unavailable(String),
+    /// A bounded resource is in use; 503 with `Retry-After`.
+    Busy(String),
     /// Anything else; the detail is logged, not returned.
     Internal(String),
 }
@@ -59,6 +67,7 @@ impl IntoResponse for AppError {
             AppError::Unavailable(m) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m.as_str())
             }
+            AppError::Busy(m) => (StatusCode::SERVICE_UNAVAILABLE, "busy", m.as_str()),
             AppError::Internal(detail) => {
                 error!(%detail, "internal error");
                 (
@@ -68,13 +77,20 @@ impl IntoResponse for AppError {
                 )
             }
         };
-        (
+        let mut response = (
             status,
             Json(ErrorBody {
                 error: ErrorDetail { code, message },
             }),
         )
-            .into_response()
+            .into_response();
+        if matches!(self, AppError::Busy(_)) {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
 }
 
@@ -90,6 +106,24 @@ impl From<RoomError> for AppError {
         }
     }
 }
+
+/// An extractor's refusal, in the API's error body: 413 stays "too large",
+/// anything else is the client's mistake.
+macro_rules! rejection_into_app_error {
+    ($($rejection:ty),*) => {$(
+        impl From<$rejection> for AppError {
+            fn from(rejection: $rejection) -> Self {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    AppError::TooLarge(rejection.body_text())
+                } else {
+                    AppError::BadRequest(rejection.body_text())
+                }
+            }
+        }
+    )*};
+}
+
+rejection_into_app_error!(BytesRejection, PathRejection, QueryRejection);
 
 impl From<AuthError> for AppError {
     fn from(err: AuthError) -> Self {
@@ -217,10 +251,11 @@ pub struct SnapshotQuery {
 
 pub async fn export(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
-    Query(query): Query<SnapshotQuery>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<SnapshotQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
+    let (Path(raw), Query(query)) = (path?, query?);
     let name = doc_name(&raw)?;
     authorize(&state, &headers, Some(&name), Permission::Read)?;
     let format = match query.format.as_deref().unwrap_or("yjs") {
@@ -237,6 +272,13 @@ pub async fn export(
         // A live room has the freshest state, pending parts included.
         Some(room) => room.snapshot().await?,
         None => {
+            // Each rebuilds a whole document: only so many at once.
+            let Ok(_permit) = state.cold_exports.clone().try_acquire_owned() else {
+                return Err(AppError::Busy(format!(
+                    "{} exports of documents not in memory are running; try again shortly",
+                    state.config.max_cold_exports
+                )));
+            };
             let doc = name.to_string();
             let stored = blocking(&state.store, move |store| store.load(&doc)).await?;
             let Some(stored) = stored else {
@@ -282,10 +324,11 @@ pub struct ImportResult {
 
 pub async fn import(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ImportResult>, AppError> {
+    let (Path(raw), body) = (path?, body?);
     let name = doc_name(&raw)?;
     authorize(&state, &headers, Some(&name), Permission::Write)?;
     let changed = state
@@ -300,9 +343,10 @@ pub async fn import(
 
 pub async fn delete(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<StatusCode, AppError> {
+    let Path(raw) = path?;
     let name = doc_name(&raw)?;
     authorize(&state, &headers, Some(&name), Permission::Admin)?;
     let doc = name.to_string();

@@ -1,5 +1,7 @@
-//! Server settings. `main.rs` fills them from flags and environment
-//! variables; tests build them directly.
+//! Server settings: one definition for the `quire serve` flags (clap's
+//! `Args`, with their environment variables) and for [`Config::new`],
+//! which tests and tools call. Both take their defaults from [`defaults`],
+//! so the binary and the tests cannot drift apart.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,82 +9,246 @@ use std::time::Duration;
 
 use crate::auth::TokenKey;
 
+/// The default of every setting. Durations are written as `quire serve`
+/// takes them (humantime).
+pub mod defaults {
+    pub const ADDR: &str = "127.0.0.1:8080";
+    pub const DATA: &str = "./quire-data";
+    pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+    pub const ROOM_GRACE: &str = "5s";
+    pub const COMMIT_WINDOW: &str = "2ms";
+    pub const AWARENESS_TIMEOUT: &str = "30s";
+    pub const OUTBOX_CAPACITY: usize = 4096;
+    pub const COMPACT_AFTER: u64 = 1000;
+    pub const PING_INTERVAL: &str = "25s";
+    pub const PING_TIMEOUT: &str = "20s";
+    pub const MAX_DOCUMENT_BYTES: u64 = 128 * 1024 * 1024;
+    pub const FRAGMENT_BYTES: usize = 256 * 1024;
+    pub const CHAT_HISTORY: usize = 50;
+    pub const MAX_CONNECTIONS: usize = 20_000;
+    pub const MAX_CONNECTIONS_PER_IP: usize = 1_000;
+    pub const MAX_ROOMS: usize = 10_000;
+    pub const MAX_MESSAGES_PER_SEC: u32 = 500;
+    pub const MAX_BYTES_PER_SEC: u64 = 8 * 1024 * 1024;
+}
+
+/// Defaults of the abuse-resistance settings (issue 12, connection side).
+pub mod edge_defaults {
+    pub const OUTBOX_BYTES: usize = 8 * 1024 * 1024;
+    pub const HEADER_TIMEOUT: &str = "10s";
+    pub const AUTH_TIMEOUT: &str = "3s";
+    pub const MESSAGE_TIMEOUT: &str = "60s";
+    pub const MAX_COLD_EXPORTS: usize = 4;
+}
+
+/// Shortest ping interval and timeout `quire serve` accepts.
+const MIN_PING: Duration = Duration::from_millis(10);
+
 /// Everything `quire serve` can be told.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Address to listen on.
+    #[arg(long, env = "QUIRE_ADDR", default_value = defaults::ADDR)]
     pub addr: SocketAddr,
-    /// Folder of the embedded sled store.
+    /// Folder of the embedded sled store (the command's global `--data`).
+    #[arg(skip = PathBuf::from(defaults::DATA))]
     pub data: PathBuf,
-    /// Largest WebSocket message accepted; larger ones close the connection (1009).
+    /// Largest WebSocket message or upload, in bytes (1009 / 413 beyond).
+    #[arg(long, env = "QUIRE_MAX_MESSAGE_BYTES", default_value_t = defaults::MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
-    /// How long an empty room stays in memory before it is flushed and evicted.
+    /// How long an empty room stays loaded before it is flushed and evicted (e.g. 5s, 500ms).
+    #[arg(long, env = "QUIRE_ROOM_GRACE", default_value = defaults::ROOM_GRACE, value_parser = humantime::parse_duration)]
     pub room_grace: Duration,
-    /// Longest delay between storing an update and flushing it to disk.
+    /// Longest wait before stored updates are flushed to disk together.
+    #[arg(long, env = "QUIRE_COMMIT_WINDOW", default_value = defaults::COMMIT_WINDOW, value_parser = humantime::parse_duration)]
     pub commit_window: Duration,
-    /// Awareness states not renewed for this long are removed (y-protocols uses 30 s).
+    /// Presence not renewed for this long is removed (y-protocols uses 30 s).
+    #[arg(long, env = "QUIRE_AWARENESS_TIMEOUT", default_value = defaults::AWARENESS_TIMEOUT, value_parser = humantime::parse_duration)]
     pub awareness_timeout: Duration,
-    /// Frames that may wait for one slow client before it is cut off (4408).
+    /// Frames queued for one client before it is cut off as too slow (4408).
+    #[arg(long, env = "QUIRE_OUTBOX_CAPACITY", default_value_t = defaults::OUTBOX_CAPACITY)]
     pub outbox_capacity: usize,
-    /// A room rewrites its log as one state update once it holds this many updates.
+    /// Rewrite a document's log as one update once it holds this many.
+    #[arg(long, env = "QUIRE_COMPACT_AFTER", default_value_t = defaults::COMPACT_AFTER)]
     pub compact_after: u64,
-    /// How often the server checks each connection for life.
+    /// How often each connection is checked for life (e.g. 25s, 500ms).
+    #[arg(long, env = "QUIRE_PING_INTERVAL", default_value = defaults::PING_INTERVAL, value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
     /// How long a ping may go unanswered before the connection is dropped.
+    #[arg(long, env = "QUIRE_PING_TIMEOUT", default_value = defaults::PING_TIMEOUT, value_parser = humantime::parse_duration)]
     pub ping_timeout: Duration,
-    /// Largest document a room serves or grows to (4413 beyond).
+    /// Largest document served or grown to, in bytes (4413 beyond).
+    #[arg(long, env = "QUIRE_MAX_DOCUMENT_BYTES", default_value_t = defaults::MAX_DOCUMENT_BYTES)]
     pub max_document_bytes: u64,
     /// Frames larger than this go to Quire clients in fragments, so that
-    /// pings keep flowing during a large initial sync.
+    /// pings keep flowing during a large initial sync (not a flag).
+    #[arg(skip = defaults::FRAGMENT_BYTES)]
     pub fragment_bytes: usize,
-    /// Chat messages sent to a Quire client when it joins.
+    /// Chat messages sent to a Quire client when it joins (not a flag).
+    #[arg(skip = defaults::CHAT_HISTORY)]
     pub chat_history: usize,
-    /// The built web app (`cargo xtask web`), served at `/` when set.
+    /// The built web app to serve at / (`cargo xtask serve` passes it).
+    #[arg(long, env = "QUIRE_STATIC_DIR")]
     pub static_dir: Option<PathBuf>,
-    /// With a key, every WebSocket and API request needs a signed token.
+    /// Secret that signs access tokens; with it, every request needs one.
+    #[arg(long, env = "QUIRE_AUTH_KEY", hide_env_values = true, value_parser = token_key)]
     pub auth_key: Option<TokenKey>,
-    /// Origins (e.g. `https://docs.example.com`) allowed to open WebSockets
-    /// besides the server's own; requests without an Origin (native clients)
-    /// are allowed.
+    /// An origin allowed to open WebSockets besides this server's own
+    /// (repeatable; e.g. `https://docs.example.com`). Requests without an
+    /// Origin (native clients) are allowed.
+    #[arg(
+        long = "allowed-origin",
+        env = "QUIRE_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
     pub allowed_origins: Vec<String>,
-    /// Open connections, in total (beyond: HTTP 503).
+    /// Open connections in total (HTTP 503 beyond).
+    #[arg(long, env = "QUIRE_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
-    /// Open connections from one IP address (beyond: HTTP 429).
+    /// Open connections from one IP address (HTTP 429 beyond).
+    #[arg(long, env = "QUIRE_MAX_CONNECTIONS_PER_IP", default_value_t = defaults::MAX_CONNECTIONS_PER_IP)]
     pub max_connections_per_ip: usize,
-    /// Documents held in memory at once (beyond: 1013, try again later).
+    /// Documents held in memory at once (1013, try again later, beyond).
+    #[arg(long, env = "QUIRE_MAX_ROOMS", default_value_t = defaults::MAX_ROOMS)]
     pub max_rooms: usize,
-    /// Sustained messages per second one connection may send (it is slowed
-    /// down beyond, never cut off); bursts up to one second's worth.
+    /// Messages per second one connection may send (slowed down beyond,
+    /// never cut off); bursts up to one second's worth.
+    #[arg(long, env = "QUIRE_MAX_MESSAGES_PER_SEC", default_value_t = defaults::MAX_MESSAGES_PER_SEC)]
     pub max_messages_per_sec: u32,
-    /// Sustained bytes per second one connection may send, likewise.
+    /// Bytes per second one connection may send, likewise.
+    #[arg(long, env = "QUIRE_MAX_BYTES_PER_SEC", default_value_t = defaults::MAX_BYTES_PER_SEC)]
     pub max_bytes_per_sec: u64,
+
+    // ----- connection-side limits (issue 12) -----
+    /// Bytes queued for one client before it is cut off as too slow (4408);
+    /// one larger frame (a big initial sync) may wait beyond it at a time.
+    #[arg(long, env = "QUIRE_OUTBOX_BYTES", default_value_t = edge_defaults::OUTBOX_BYTES)]
+    pub outbox_bytes: usize,
+    /// How long a client may take to send a request's headers (HTTP and
+    /// WebSocket upgrades alike); the connection is dropped after it.
+    #[arg(long, env = "QUIRE_HEADER_TIMEOUT", default_value = edge_defaults::HEADER_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// How long a Quire client without a token in its URL has to send it
+    /// in-band (4401 after).
+    #[arg(long, env = "QUIRE_AUTH_TIMEOUT", default_value = edge_defaults::AUTH_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub auth_timeout: Duration,
+    /// How long one WebSocket message may take to arrive once it started
+    /// (4408 after), however alive the heartbeat keeps the link.
+    #[arg(long, env = "QUIRE_MESSAGE_TIMEOUT", default_value = edge_defaults::MESSAGE_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub message_timeout: Duration,
+    /// Host names this server answers to besides IP addresses and
+    /// `localhost` (repeatable; e.g. `docs.example.com`). Any other Host
+    /// header is refused (421), which defeats DNS rebinding.
+    #[arg(
+        long = "public-host",
+        env = "QUIRE_PUBLIC_HOSTS",
+        value_delimiter = ','
+    )]
+    pub public_hosts: Vec<String>,
+    /// Addresses of reverse proxies whose `X-Forwarded-For` names the real
+    /// client for the per-address limit (repeatable). From anyone else the
+    /// header is ignored.
+    #[arg(long = "trust-proxy", env = "QUIRE_TRUST_PROXY", value_delimiter = ',')]
+    pub trust_proxy: Vec<std::net::IpAddr>,
+    /// Exports of documents not in memory built at once (503 with
+    /// Retry-After beyond).
+    #[arg(long, env = "QUIRE_MAX_COLD_EXPORTS", default_value_t = edge_defaults::MAX_COLD_EXPORTS)]
+    pub max_cold_exports: usize,
+}
+
+fn token_key(secret: &str) -> Result<TokenKey, String> {
+    Ok(TokenKey::new(secret))
+}
+
+fn duration(text: &str) -> Duration {
+    humantime::parse_duration(text).expect("the defaults parse")
 }
 
 impl Config {
-    /// Defaults for everything but where to listen and store.
+    /// The defaults for everything but where to listen and store.
     pub fn new(addr: SocketAddr, data: PathBuf) -> Self {
         Self {
             addr,
             data,
-            max_message_bytes: 32 * 1024 * 1024,
-            room_grace: Duration::from_secs(5),
-            commit_window: Duration::from_millis(2),
-            awareness_timeout: Duration::from_secs(30),
-            outbox_capacity: 4096,
-            compact_after: 1000,
-            ping_interval: Duration::from_secs(25),
-            ping_timeout: Duration::from_secs(20),
-            max_document_bytes: 128 * 1024 * 1024,
-            fragment_bytes: 256 * 1024,
-            chat_history: 50,
+            max_message_bytes: defaults::MAX_MESSAGE_BYTES,
+            room_grace: duration(defaults::ROOM_GRACE),
+            commit_window: duration(defaults::COMMIT_WINDOW),
+            awareness_timeout: duration(defaults::AWARENESS_TIMEOUT),
+            outbox_capacity: defaults::OUTBOX_CAPACITY,
+            compact_after: defaults::COMPACT_AFTER,
+            ping_interval: duration(defaults::PING_INTERVAL),
+            ping_timeout: duration(defaults::PING_TIMEOUT),
+            max_document_bytes: defaults::MAX_DOCUMENT_BYTES,
+            fragment_bytes: defaults::FRAGMENT_BYTES,
+            chat_history: defaults::CHAT_HISTORY,
             static_dir: None,
             auth_key: None,
             allowed_origins: Vec::new(),
-            max_connections: 20_000,
-            max_connections_per_ip: 1_000,
-            max_rooms: 10_000,
-            max_messages_per_sec: 500,
-            max_bytes_per_sec: 8 * 1024 * 1024,
+            max_connections: defaults::MAX_CONNECTIONS,
+            max_connections_per_ip: defaults::MAX_CONNECTIONS_PER_IP,
+            max_rooms: defaults::MAX_ROOMS,
+            max_messages_per_sec: defaults::MAX_MESSAGES_PER_SEC,
+            max_bytes_per_sec: defaults::MAX_BYTES_PER_SEC,
+            outbox_bytes: edge_defaults::OUTBOX_BYTES,
+            header_timeout: duration(edge_defaults::HEADER_TIMEOUT),
+            auth_timeout: duration(edge_defaults::AUTH_TIMEOUT),
+            message_timeout: duration(edge_defaults::MESSAGE_TIMEOUT),
+            public_hosts: Vec::new(),
+            trust_proxy: Vec::new(),
+            max_cold_exports: edge_defaults::MAX_COLD_EXPORTS,
         }
+    }
+
+    /// Raises settings the server cannot work with to the least it can: a
+    /// queue of at least one frame, pings at least 10 ms apart.
+    pub fn clamped(self) -> Self {
+        Self {
+            outbox_capacity: self.outbox_capacity.max(1),
+            outbox_bytes: self.outbox_bytes.max(1),
+            max_cold_exports: self.max_cold_exports.max(1),
+            ping_interval: self.ping_interval.max(MIN_PING),
+            ping_timeout: self.ping_timeout.max(MIN_PING),
+            ..self
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Args, FromArgMatches};
+
+    use super::*;
+
+    /// The flags' defaults, ignoring any QUIRE_* variable set around the test.
+    fn parsed(args: &[&str]) -> Config {
+        let command =
+            Config::augment_args(clap::Command::new("quire")).mut_args(|arg| arg.env(None::<&str>));
+        let matches = command
+            .try_get_matches_from(std::iter::once("quire").chain(args.iter().copied()))
+            .expect("the flags parse");
+        Config::from_arg_matches(&matches).expect("a config")
+    }
+
+    #[test]
+    fn the_flags_and_config_new_share_their_defaults() {
+        let flags = parsed(&[]);
+        let new = Config::new(defaults::ADDR.parse().unwrap(), defaults::DATA.into());
+        assert_eq!(format!("{flags:?}"), format!("{new:?}"));
+    }
+
+    #[test]
+    fn flags_set_what_they_name() {
+        let config = parsed(&[
+            "--room-grace",
+            "250ms",
+            "--allowed-origin",
+            "https://a.example,https://b.example",
+            "--outbox-capacity",
+            "0",
+        ])
+        .clamped();
+        assert_eq!(config.room_grace, Duration::from_millis(250));
+        assert_eq!(config.allowed_origins.len(), 2);
+        assert_eq!(config.outbox_capacity, 1);
     }
 }

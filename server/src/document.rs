@@ -12,7 +12,7 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{ClientID, Doc, ReadTxn, StateVector, Transact, Update};
 
-use crate::items::{self, Footprint, Levels, Refusal};
+use quire_protocol::update::{self as items, Footprint, Levels, Refusal};
 
 #[derive(Debug, Error)]
 pub enum DocumentError {
@@ -44,6 +44,24 @@ pub struct Applied {
     /// complete updates, so this is a safety net: the room then stores the
     /// update as it came, so that what it acknowledges is on disk whole.
     pub held_back: bool,
+}
+
+impl Applied {
+    /// Whether the update changed what the document holds (integrated or
+    /// held back): whether there is anything to store.
+    pub fn changed(&self) -> bool {
+        self.delta.is_some() || self.held_back
+    }
+
+    /// What to append to the document's log for `update` (the bytes this
+    /// was applied from), in order: the delta, then the update as it came
+    /// if yrs kept part of it out of the delta, so that an acknowledged
+    /// update is on disk whole.
+    pub fn into_log_entries(self, update: &[u8]) -> impl Iterator<Item = Vec<u8>> {
+        self.delta
+            .into_iter()
+            .chain(self.held_back.then(|| update.to_vec()))
+    }
 }
 
 /// A yrs document plus the discipline around it.

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{Args, FromArgMatches, Parser, Subcommand};
 use quire_protocol::DocName;
 use quire_server::auth::{Claims, Permission, TokenKey};
+use quire_server::config::defaults;
 use quire_server::document::Document;
 use quire_server::snapshot::{self, Format};
 use quire_server::{AppState, Config, open_store};
@@ -26,7 +27,7 @@ struct Cli {
     #[arg(
         long,
         env = "QUIRE_DATA",
-        default_value = "./quire-data",
+        default_value = defaults::DATA,
         global = true
     )]
     data: PathBuf,
@@ -37,7 +38,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (the default).
-    Serve(ServeArgs),
+    Serve(Box<Config>),
     /// Print or save a document (the server must not be running on the folder).
     Export {
         doc: String,
@@ -53,9 +54,12 @@ enum Command {
     Ls,
     /// Print a signed access token (needs --auth-key or QUIRE_AUTH_KEY).
     Token {
-        /// A document name, or a prefix followed by `*` (`*` for all).
+        /// Exactly this document (any name, `*` included).
+        #[arg(long, required_unless_present = "prefix", conflicts_with = "prefix")]
+        doc: Option<String>,
+        /// Every document whose name starts with this (`--prefix ''` for all).
         #[arg(long)]
-        doc: String,
+        prefix: Option<String>,
         #[arg(long, value_enum)]
         perm: Permission,
         /// How long it is valid (e.g. 1h, 30m, 7d).
@@ -65,12 +69,14 @@ enum Command {
         auth_key: String,
     },
     /// Print a document from a running server once (e.g. `quire cat http://127.0.0.1:8080 notes`).
+    #[cfg(feature = "remote")]
     Cat {
         /// The server, as http://host:port or ws://host:port.
         url: String,
         doc: String,
     },
     /// Print a document from a running server, then its changes live, until Ctrl-C.
+    #[cfg(feature = "remote")]
     Watch {
         /// The server, as http://host:port or ws://host:port.
         url: String,
@@ -78,66 +84,11 @@ enum Command {
     },
 }
 
-#[derive(Parser, Clone)]
-struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "QUIRE_ADDR", default_value = "127.0.0.1:8080")]
-    addr: SocketAddr,
-    /// Largest WebSocket message or upload, in bytes.
-    #[arg(long, env = "QUIRE_MAX_MESSAGE_BYTES", default_value_t = 32 * 1024 * 1024)]
-    max_message_bytes: usize,
-    /// How long an empty room stays loaded (e.g. 5s, 500ms).
-    #[arg(long, env = "QUIRE_ROOM_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
-    room_grace: Duration,
-    /// Longest wait before stored updates are flushed to disk together.
-    #[arg(long, env = "QUIRE_COMMIT_WINDOW", default_value = "2ms", value_parser = humantime::parse_duration)]
-    commit_window: Duration,
-    /// Presence not renewed for this long is removed.
-    #[arg(long, env = "QUIRE_AWARENESS_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
-    awareness_timeout: Duration,
-    /// Frames queued for one client before it is cut off as too slow.
-    #[arg(long, env = "QUIRE_OUTBOX_CAPACITY", default_value_t = 4096)]
-    outbox_capacity: usize,
-    /// Rewrite a document's log as one update once it holds this many.
-    #[arg(long, env = "QUIRE_COMPACT_AFTER", default_value_t = 1000)]
-    compact_after: u64,
-    /// How often each connection is checked for life (e.g. 25s, 500ms).
-    #[arg(long, env = "QUIRE_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration)]
-    ping_interval: Duration,
-    /// How long a ping may go unanswered before the connection is dropped.
-    #[arg(long, env = "QUIRE_PING_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
-    ping_timeout: Duration,
-    /// Largest document served, in bytes; larger ones are refused with 4413.
-    #[arg(long, env = "QUIRE_MAX_DOCUMENT_BYTES", default_value_t = 128 * 1024 * 1024)]
-    max_document_bytes: u64,
-    /// The built web app to serve at / (`cargo xtask serve` passes it).
-    #[arg(long, env = "QUIRE_STATIC_DIR")]
-    static_dir: Option<PathBuf>,
-    /// Secret that signs access tokens; with it, every request needs one.
-    #[arg(long, env = "QUIRE_AUTH_KEY", hide_env_values = true)]
-    auth_key: Option<String>,
-    /// An origin allowed to open WebSockets besides this server's own (repeatable).
-    #[arg(
-        long = "allowed-origin",
-        env = "QUIRE_ALLOWED_ORIGINS",
-        value_delimiter = ','
-    )]
-    allowed_origins: Vec<String>,
-    /// Open connections in total.
-    #[arg(long, env = "QUIRE_MAX_CONNECTIONS", default_value_t = 20_000)]
-    max_connections: usize,
-    /// Open connections from one IP address.
-    #[arg(long, env = "QUIRE_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
-    max_connections_per_ip: usize,
-    /// Documents held in memory at once.
-    #[arg(long, env = "QUIRE_MAX_ROOMS", default_value_t = 10_000)]
-    max_rooms: usize,
-    /// Messages per second one connection may send (slowed down beyond).
-    #[arg(long, env = "QUIRE_MAX_MESSAGES_PER_SEC", default_value_t = 500)]
-    max_messages_per_sec: u32,
-    /// Bytes per second one connection may send (slowed down beyond).
-    #[arg(long, env = "QUIRE_MAX_BYTES_PER_SEC", default_value_t = 8 * 1024 * 1024)]
-    max_bytes_per_sec: u64,
+/// `quire` alone: `quire serve` with every flag at its default (or its
+/// environment variable).
+fn serve_by_default() -> Config {
+    let command = Config::augment_args(clap::Command::new("quire"));
+    Config::from_arg_matches(&command.get_matches_from(["quire"])).unwrap_or_else(|e| e.exit())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -151,40 +102,52 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command = cli
         .command
-        .unwrap_or_else(|| Command::Serve(ServeArgs::parse_from(["quire"])));
+        .unwrap_or_else(|| Command::Serve(Box::new(serve_by_default())));
     match command {
-        Command::Serve(args) => serve(cli.data, args),
+        Command::Serve(config) => serve(Config {
+            data: cli.data,
+            ..(*config).clamped()
+        }),
         Command::Export { doc, format, out } => export(cli.data, &doc, format, out),
         Command::Import { doc, file } => import(cli.data, &doc, &file),
         Command::Ls => list(cli.data),
         Command::Token {
             doc,
+            prefix,
             perm,
             ttl,
             auth_key,
         } => {
-            let exp = quire_server::auth::now_secs() + ttl.as_secs();
-            println!(
-                "{}",
-                TokenKey::new(auth_key).sign(&Claims { doc, perm, exp })
-            );
+            let exp = quire_server::auth::now_secs().saturating_add(ttl.as_secs());
+            let claims = match (doc, prefix) {
+                (Some(doc), None) => Claims::doc(doc, perm, exp),
+                (None, Some(prefix)) => Claims::prefix(prefix, perm, exp),
+                _ => anyhow::bail!("give exactly one of --doc NAME and --prefix P"),
+            };
+            println!("{}", TokenKey::new(auth_key).sign(&claims));
             Ok(())
         }
+        #[cfg(feature = "remote")]
         Command::Cat { url, doc } => {
             tokio::runtime::Runtime::new()?.block_on(remote::cat(&url, &doc))
         }
+        #[cfg(feature = "remote")]
         Command::Watch { url, doc } => {
             tokio::runtime::Runtime::new()?.block_on(remote::watch(&url, &doc))
         }
     }
 }
 
-/// `quire cat` and `quire watch`: a native Quire client on a running server.
+/// `quire cat` and `quire watch`: a native Quire client on a running
+/// server. Only the binary has them (feature `remote`, on by default), so
+/// the server library never depends on the client crate.
+#[cfg(feature = "remote")]
 mod remote {
     use std::io::Write;
     use std::time::Duration;
 
     use anyhow::{Context, bail};
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
     use quire_client::NativeClient;
     use quire_protocol::session::Presence;
     use quire_protocol::{Connection, DocName, SessionConfig, SessionEvent};
@@ -207,21 +170,16 @@ mod remote {
         } else {
             format!("ws://{base}")
         };
-        Ok(format!("{base}/ws/{}", encode_path_segment(doc.as_str())))
+        let segment = utf8_percent_encode(doc.as_str(), NOT_UNRESERVED);
+        Ok(format!("{base}/ws/{segment}"))
     }
 
-    /// Percent-encodes everything but RFC 3986's unreserved characters.
-    fn encode_path_segment(segment: &str) -> String {
-        segment
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    }
+    /// Everything but RFC 3986's unreserved characters is percent-encoded.
+    const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
 
     fn start(server: &str, doc: &str) -> anyhow::Result<NativeClient> {
         let url = room_url(server, doc)?;
@@ -329,27 +287,7 @@ mod remote {
     }
 }
 
-fn serve(data: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config {
-        max_message_bytes: args.max_message_bytes,
-        room_grace: args.room_grace,
-        commit_window: args.commit_window,
-        awareness_timeout: args.awareness_timeout,
-        outbox_capacity: args.outbox_capacity.max(1),
-        compact_after: args.compact_after,
-        ping_interval: args.ping_interval.max(Duration::from_millis(10)),
-        ping_timeout: args.ping_timeout.max(Duration::from_millis(10)),
-        max_document_bytes: args.max_document_bytes,
-        static_dir: args.static_dir,
-        auth_key: args.auth_key.as_deref().map(TokenKey::new),
-        allowed_origins: args.allowed_origins,
-        max_connections: args.max_connections,
-        max_connections_per_ip: args.max_connections_per_ip,
-        max_rooms: args.max_rooms,
-        max_messages_per_sec: args.max_messages_per_sec,
-        max_bytes_per_sec: args.max_bytes_per_sec,
-        ..Config::new(args.addr, data)
-    };
+fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let store = open_store(&config)?;
@@ -431,19 +369,12 @@ fn import(data: PathBuf, doc: &str, file: &std::path::Path) -> anyhow::Result<()
     let applied = document
         .apply(&update)
         .context("the file is not a valid Yjs update")?;
-    if applied.delta.is_none() && !applied.held_back {
+    if !applied.changed() {
         println!("{doc} already had everything in {}", file.display());
         return Ok(());
     }
-    // Parts yrs holds back (waiting for updates the document lacks) are
-    // kept as they came, as the room does.
-    for entry in applied
-        .delta
-        .iter()
-        .map(Vec::as_slice)
-        .chain(applied.held_back.then_some(update.as_slice()))
-    {
-        store.append(doc.as_str(), entry)?;
+    for entry in applied.into_log_entries(&update) {
+        store.append(doc.as_str(), &entry)?;
     }
     store.flush()?;
     println!("imported into {doc}");

@@ -16,12 +16,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use quire_protocol::DocName;
 use quire_storage::DocStore;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::room::{Room, RoomError, RoomHandle};
+use crate::room::{Departure, Room, RoomContext, RoomError, RoomHandle};
 
 /// How often an operation is retried after racing with an eviction.
 const GONE_RETRIES: usize = 5;
@@ -31,11 +31,11 @@ pub struct Rooms {
     shared: Arc<Shared>,
 }
 
+/// What every room of this registry is given.
 struct Shared {
-    /// Live rooms. Only open, list and evict take this lock.
-    map: Mutex<HashMap<DocName, RoomHandle>>,
-    /// Signalled whenever a room leaves, so shutdown can wait for none.
-    emptied: Notify,
+    /// Live rooms and the signal that one left; what rooms see of the
+    /// registry (as [`Departure`]).
+    registry: Arc<Registry>,
     /// Flipped once at shutdown; every room watches it.
     shutdown: watch::Sender<bool>,
     store: Arc<dyn DocStore>,
@@ -43,12 +43,42 @@ struct Shared {
     metrics: Arc<Metrics>,
 }
 
+/// The map of live rooms.
+struct Registry {
+    /// Live rooms. Only open, list and a room leaving take this lock.
+    map: Mutex<HashMap<DocName, RoomHandle>>,
+    /// Signalled whenever a room leaves, so shutdown can wait for none.
+    emptied: Notify,
+}
+
+impl Registry {
+    fn map(&self) -> MutexGuard<'_, HashMap<DocName, RoomHandle>> {
+        // A panic elsewhere while holding this lock leaves the map intact.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Departure for Registry {
+    fn leave_if(&self, name: &DocName, still_idle: &mut dyn FnMut() -> bool) -> bool {
+        let mut map = self.map();
+        if !still_idle() {
+            return false;
+        }
+        map.remove(name);
+        drop(map);
+        self.emptied.notify_waiters();
+        true
+    }
+}
+
 impl Rooms {
     pub fn new(store: Arc<dyn DocStore>, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
         Self {
             shared: Arc::new(Shared {
-                map: Mutex::new(HashMap::new()),
-                emptied: Notify::new(),
+                registry: Arc::new(Registry {
+                    map: Mutex::new(HashMap::new()),
+                    emptied: Notify::new(),
+                }),
                 shutdown: watch::Sender::new(false),
                 store,
                 config,
@@ -70,8 +100,17 @@ impl Rooms {
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<DocName, RoomHandle>> {
-        // A panic elsewhere while holding this lock leaves the map intact.
-        self.shared.map.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.registry.map()
+    }
+
+    /// What a room of this registry is given.
+    fn context(&self) -> RoomContext {
+        RoomContext {
+            store: self.shared.store.clone(),
+            config: self.shared.config.clone(),
+            metrics: self.shared.metrics.clone(),
+            registry: self.shared.registry.clone(),
+        }
     }
 
     /// The live room of `name`, if any.
@@ -91,7 +130,7 @@ impl Rooms {
         if map.len() >= self.shared.config.max_rooms {
             return Err(RoomError::Busy);
         }
-        let (room, handle) = Room::new(name.clone(), self.clone());
+        let (room, handle) = Room::new(name.clone(), self.context());
         map.insert(name.clone(), handle.clone());
         drop(map);
         self.shared.metrics.rooms.inc();
@@ -124,40 +163,12 @@ impl Rooms {
             .collect()
     }
 
-    /// Removes the room of `name` if its mailbox is empty and `idle` holds;
-    /// closes the mailbox so later sends fail with `Gone`.
-    pub(crate) fn evict_if_idle(
-        &self,
-        name: &DocName,
-        rx: &mut mpsc::Receiver<impl Send>,
-        idle: bool,
-    ) -> bool {
-        let mut map = self.map();
-        if !idle || !rx.is_empty() {
-            return false;
-        }
-        map.remove(name);
-        rx.close();
-        drop(map);
-        self.shared.emptied.notify_waiters();
-        true
-    }
-
-    /// Removes the room of `name` unconditionally (shutdown, deletion).
-    pub(crate) fn evict(&self, name: &DocName, rx: &mut mpsc::Receiver<impl Send>) {
-        let mut map = self.map();
-        map.remove(name);
-        rx.close();
-        drop(map);
-        self.shared.emptied.notify_waiters();
-    }
-
     /// Tells every room to close its connections (1001), flush and leave;
     /// waits until all have. No room opens afterwards.
     pub async fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
         loop {
-            let emptied = self.shared.emptied.notified();
+            let emptied = self.shared.registry.emptied.notified();
             let empty = {
                 let mut map = self.map();
                 // A room whose task died (it cannot, but if) must not hold us up.

@@ -245,6 +245,17 @@ impl SledStore {
     /// Opens the log tree of an existing document (`None` if it has no meta
     /// record); never creates one, so probing unknown names leaves no trace.
     fn existing_tree(&self, doc: &str) -> Result<Option<sled::Tree>, StoreError> {
+        self.existing(doc, tree_name(doc), "document")
+    }
+
+    /// Opens the tree `tree` (the document's `what`: log or chat) of an
+    /// existing document, as [`Self::existing_tree`].
+    fn existing(
+        &self,
+        doc: &str,
+        tree: String,
+        what: &str,
+    ) -> Result<Option<sled::Tree>, StoreError> {
         let exists = self
             .shared
             .meta
@@ -256,8 +267,8 @@ impl SledStore {
         let tree = self
             .shared
             .db
-            .open_tree(tree_name(doc))
-            .map_err(io_err(format_args!("opening document {doc:?}")))?;
+            .open_tree(tree)
+            .map_err(io_err(format_args!("opening {what} {doc:?}")))?;
         Ok(Some(tree))
     }
 
@@ -503,19 +514,9 @@ impl DocStore for SledStore {
 
     fn recent_chat(&self, doc: &str, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
         let _trees = self.read_lock();
-        let exists = self
-            .shared
-            .meta
-            .contains_key(doc)
-            .map_err(io_err(format_args!("reading metadata of {doc:?}")))?;
-        if !exists {
+        let Some(tree) = self.existing(doc, chat_tree_name(doc), "the chat of")? else {
             return Ok(Vec::new());
-        }
-        let tree = self
-            .shared
-            .db
-            .open_tree(chat_tree_name(doc))
-            .map_err(io_err(format_args!("opening the chat of {doc:?}")))?;
+        };
         let mut records = tree
             .iter()
             .rev()

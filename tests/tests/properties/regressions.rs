@@ -1,118 +1,53 @@
-//! Regression tests for bugs found by the fuzz targets (`fuzz/`) and by the
-//! properties, each named after its bug. Those still open are `#[ignore]`d
-//! with the reason; run them with `cargo test -p quire-tests --test
-//! properties -- --ignored`. Each asserts the correct behaviour, so it
-//! passes once the bug is fixed (then drop the `#[ignore]`).
+//! Regression tests, one per bug, each named after the bug it pins: bugs
+//! the fuzz targets (`fuzz/`, artifacts under `fuzz/artifacts/`) and the
+//! property tests (`schedule.rs`) found in the room, in `Document` and in
+//! `SyncSession`. Each asserts the correct behaviour, and the outcome of
+//! every branch it takes; one still open would be `#[ignore]`d with the
+//! reason (none is today).
 //!
-//! The room-level ones drive the real room actor (`quire_server::room`)
-//! through `AppState` on a real sled store in a temporary folder, without
-//! sockets: what `fuzz/src/room.rs` does on an in-memory store.
+//! The room-level ones drive the real room core (`quire_server::room_core`)
+//! through its synchronous harness, the one `fuzz/src/room.rs` and
+//! `sim.rs` use: an in-memory store durable at once, no sockets, no tasks.
+//! When a call returns, the room has done everything that input causes, so
+//! "nothing arrives" is read straight from the member's queue, with no
+//! timed wait.
 
-use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
 use quire_protocol::ext::Ext;
-use quire_protocol::{DocName, Message, SyncMessage};
+use quire_protocol::{Message, SyncMessage, close};
 use quire_server::document::{Applied, Document, DocumentError};
-use quire_server::room::{Close, ConnId, Inbound, MemberChannels, RoomHandle};
-use quire_server::{AppState, Config};
-use quire_storage::{DocStore, SledStore};
-use tokio::sync::mpsc;
-use yrs::{Doc, Map, ReadTxn, Text, Transact};
+use quire_server::room_core::Inbound;
+use quire_server::room_core::harness::Harness;
+use yrs::{Doc, GetString, Map, ReadTxn, Text, Transact};
 
 use crate::sim::{Dir, Sim};
 
-const DOC: &str = "regression";
-
-/// A room on a fresh sled store, reached through its handle.
-struct Scene {
-    _dir: tempfile::TempDir,
-    state: AppState,
-    store: Arc<SledStore>,
-    room: RoomHandle,
+/// A room on an empty in-memory store.
+fn room() -> Harness {
+    Harness::new(Harness::config())
 }
 
-/// One member's queues, as a connection task holds them.
-struct Member {
-    frames: mpsc::Receiver<Bytes>,
-    close: mpsc::Receiver<Close>,
-}
-
-impl Scene {
-    async fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = Config::new(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            dir.path().join("data"),
+/// What the room sent `conn` since the last read: the highest `Saved`, if
+/// any, and whether it sent a sync step 1 (asked for what it lacks).
+fn read(room: &mut Harness, conn: u64) -> (Option<u64>, bool) {
+    let (mut through, mut asked) = (None, false);
+    for frame in room.frames(conn) {
+        if let Ok(Ext::Saved { through: n }) = Ext::decode(&frame) {
+            through = Some(n);
+        }
+        asked |= matches!(
+            Message::decode(&frame),
+            Ok(Message::Sync(SyncMessage::Step1(_)))
         );
-        let store = quire_server::open_store(&config).expect("open store");
-        let state = AppState::new(config, store.clone());
-        let room = state
-            .rooms
-            .open(&DocName::parse(DOC).expect("name"))
-            .expect("room opens");
-        Self {
-            _dir: dir,
-            state,
-            store,
-            room,
-        }
     }
-
-    async fn join(&self, conn: ConnId, can_write: bool) -> Member {
-        let (frames_tx, frames) = mpsc::channel(256);
-        let (close_tx, close) = mpsc::channel(1);
-        let member = MemberChannels {
-            frames: frames_tx,
-            close: close_tx,
-            extensions: true,
-            can_write,
-        };
-        self.room.join(conn, member).await.expect("join");
-        Member { frames, close }
-    }
-
-    async fn send(&self, conn: ConnId, update: &[u8]) {
-        let inbound = Inbound::Update(Bytes::copy_from_slice(update));
-        self.room.deliver(conn, inbound).await.expect("room alive");
-    }
-
-    /// The stored log, merged as the room merges it when loading.
-    fn stored(&self) -> Document {
-        let log = self.store.load(DOC).expect("load").unwrap_or_default();
-        Document::from_updates(log.updates.iter().map(Vec::as_slice)).expect("the log merges")
-    }
-
-    async fn shutdown(self) {
-        self.state.rooms.shutdown().await;
-    }
+    (through, asked)
 }
 
-impl Member {
-    /// The highest `Saved` received within `wait`, if any.
-    async fn saved_within(&mut self, wait: Duration) -> Option<u64> {
-        self.read_within(wait).await.0
-    }
-
-    /// The highest `Saved` received within `wait`, and whether the room
-    /// sent a sync step 1 (asked for what it lacks).
-    async fn read_within(&mut self, wait: Duration) -> (Option<u64>, bool) {
-        let (mut through, mut asked) = (None, false);
-        let deadline = tokio::time::Instant::now() + wait;
-        while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, self.frames.recv()).await {
-            if let Ok(Ext::Saved { through: n }) = Ext::decode(&frame) {
-                through = Some(n);
-            }
-            asked |= matches!(
-                Message::decode(&frame),
-                Ok(Message::Sync(SyncMessage::Step1(_)))
-            );
-        }
-        (through, asked)
-    }
+/// Joins a Quire client; its first frames (step 1) are read away.
+fn join(room: &mut Harness, conn: u64, can_write: bool) {
+    room.join(conn, true, can_write).expect("join");
+    room.frames(conn);
 }
 
 /// Whether the document already holds all of `update` (integrated or
@@ -149,28 +84,24 @@ fn dependent_edits() -> (Vec<u8>, Vec<u8>) {
 /// Now such an update is dropped, the room asks for what it lacks (sync
 /// step 1), and no `Saved` is sent until the client's answer filled the
 /// gap and is stored.
-#[tokio::test]
-async fn saved_ack_for_pending_update() {
-    let scene = Scene::new().await;
-    let mut member = scene.join(1, true).await;
+#[test]
+fn saved_ack_for_pending_update() {
+    let mut room = room();
+    join(&mut room, 1, true);
     let (first, second) = dependent_edits();
-    scene.send(1, &second).await; // update message 1: past a gap
-    let (saved, asked) = member.read_within(Duration::from_millis(300)).await;
+    room.send_update(1, &second); // update message 1: past a gap
+    let (saved, asked) = read(&mut room, 1);
     assert_eq!(saved, None, "acknowledged an update it could not apply");
     assert!(asked, "the room did not ask for what it lacks");
     // The first alone does not fill the gap the dropped message left.
-    scene.send(1, &first).await; // update message 2
-    assert_eq!(member.saved_within(Duration::from_millis(300)).await, None);
+    room.send_update(1, &first); // update message 2
+    assert_eq!(read(&mut room, 1).0, None);
     // The client's answer to the step 1 carries both.
     let answer = yrs::merge_updates_v1([first.as_slice(), second.as_slice()]).expect("merges");
-    scene.send(1, &answer).await; // update message 3
-    assert_eq!(
-        member.saved_within(Duration::from_millis(300)).await,
-        Some(3)
-    );
-    let mut stored = scene.stored();
+    room.send_update(1, &answer); // update message 3
+    assert_eq!(read(&mut room, 1).0, Some(3));
+    let mut stored = room.stored();
     assert!(holds(&mut stored, &first) && holds(&mut stored, &second));
-    scene.shutdown().await;
 }
 
 /// Fuzz (`room_sequence`, with a read-only connection whose token is then
@@ -182,10 +113,10 @@ async fn saved_ack_for_pending_update() {
 /// through: 1 }` acknowledges its first counted message, which is the
 /// client's second: the client marks its refused message 1 (its offline
 /// edits, sent as the handshake's step 2) saved although it was dropped.
-#[tokio::test]
-async fn read_only_refusals_shift_saved_numbers() {
-    let scene = Scene::new().await;
-    let mut member = scene.join(1, false).await;
+#[test]
+fn read_only_refusals_shift_saved_numbers() {
+    let mut room = room();
+    join(&mut room, 1, false);
     let (refused, _) = dependent_edits();
     let other = {
         let doc = Doc::with_client_id(8);
@@ -194,27 +125,18 @@ async fn read_only_refusals_shift_saved_numbers() {
         text.insert(&mut txn, 0, "later");
         txn.encode_update_v1()
     };
-    scene.send(1, &refused).await; // client's update message 1: refused
-    scene
-        .room
-        .deliver(1, Inbound::SetWritable(true))
-        .await
-        .expect("room alive");
-    scene.send(1, &other).await; // client's update message 2: applied
-    let through = member
-        .saved_within(Duration::from_millis(300))
-        .await
-        .unwrap_or(0);
-    let sent = [&refused, &other];
-    let mut stored = scene.stored();
-    for (n, update) in sent.iter().enumerate().take(through as usize) {
-        assert!(
-            holds(&mut stored, update),
-            "Saved {{ through: {through} }} covers the client's update message {}, which is not stored",
-            n + 1
-        );
-    }
-    scene.shutdown().await;
+    room.send_update(1, &refused); // client's update message 1: refused
+    room.deliver(1, Inbound::SetWritable(true));
+    room.send_update(1, &other); // client's update message 2: applied
+    let mut stored = room.stored();
+    assert!(holds(&mut stored, &other), "the writable update is stored");
+    assert!(!holds(&mut stored, &refused), "the refused update is not");
+    // Any Saved would cover message 1, which was refused: none may come.
+    let (saved, _) = read(&mut room, 1);
+    assert_eq!(
+        saved, None,
+        "Saved covers the client's refused update message 1"
+    );
 }
 
 /// Updates found by `room_sequence` (minimized): three edits of client 100
@@ -256,30 +178,27 @@ fn encode_state_survives_unmergeable_pending_updates() {
 /// content, which yrs misreads) is refused before yrs sees it and its
 /// sender closed; nothing unmergeable reaches the document and the room
 /// goes on answering.
-#[tokio::test]
-async fn unmergeable_pending_update_kills_the_room() {
-    let scene = Scene::new().await;
-    let mut member = scene.join(1, true).await;
+#[test]
+fn unmergeable_pending_update_kills_the_room() {
+    let mut room = room();
+    join(&mut room, 1, true);
     for update in &UNMERGEABLE_PENDING[..3] {
-        scene.send(1, update).await;
+        room.send_update(1, update);
     }
-    let (saved, asked) = member.read_within(Duration::from_millis(300)).await;
+    let (saved, asked) = read(&mut room, 1);
     assert_eq!(
         saved,
         Some(2),
         "only the two updates that applied are saved"
     );
     assert!(asked, "the room did not ask for what it lacks");
-    scene.send(1, UNMERGEABLE_PENDING[3]).await;
-    let close = tokio::time::timeout(Duration::from_secs(5), member.close.recv())
-        .await
-        .expect("the sender is closed")
-        .expect("close reason");
-    assert_eq!(close.code, quire_protocol::close::INVALID_PAYLOAD);
-    let snapshot = scene.room.snapshot().await.expect("the room answers");
+    room.send_update(1, UNMERGEABLE_PENDING[3]);
+    let close = room.close_of(1).expect("the sender is closed");
+    assert_eq!(close.code, close::INVALID_PAYLOAD);
+    let snapshot = room.snapshot().expect("the room answers");
     let live = Document::from_updates([snapshot.as_slice()]).expect("snapshot loads");
     assert!(live.encode_whole().is_some());
-    let mut stored = scene.stored();
+    let mut stored = room.stored();
     assert!(stored.encode_whole().is_some());
     for update in &UNMERGEABLE_PENDING[..2] {
         assert!(
@@ -287,7 +206,6 @@ async fn unmergeable_pending_update_kills_the_room() {
             "an accepted update is not stored"
         );
     }
-    scene.shutdown().await;
 }
 
 /// Fuzz (`room_sequence`, after the pending-update fixes): an edit like the
@@ -297,8 +215,8 @@ async fn unmergeable_pending_update_kills_the_room() {
 /// acknowledged the message, so the edit lived only in memory. Now an
 /// update past a gap is never applied, and never acknowledged before what
 /// it carries is stored.
-#[tokio::test]
-async fn block_integrated_behind_a_gap_is_stored_before_it_is_acknowledged() {
+#[test]
+fn block_integrated_behind_a_gap_is_stored_before_it_is_acknowledged() {
     // Client 100 types, then sets a map key (an item with no neighbours,
     // which yrs integrates behind a gap).
     let doc = Doc::with_client_id(100);
@@ -319,24 +237,22 @@ async fn block_integrated_behind_a_gap_is_stored_before_it_is_acknowledged() {
         meta.insert(&mut txn, "k0", 7);
         txn.encode_update_v1()
     };
-    let scene = Scene::new().await;
-    let mut member = scene.join(1, true).await;
-    scene.send(1, &first).await;
-    scene.send(1, &map_set).await; // past the typing the room has not seen
-    let (saved, asked) = member.read_within(Duration::from_millis(300)).await;
+    let mut room = room();
+    join(&mut room, 1, true);
+    room.send_update(1, &first);
+    room.send_update(1, &map_set); // past the typing the room has not seen
+    let (saved, asked) = read(&mut room, 1);
     assert_eq!(saved, Some(1), "Saved covers the update past the gap");
     assert!(asked, "the room did not ask for what it lacks");
     // The client's answer to the step 1: everything after what the room has.
     let answer = doc.transact().encode_diff_v1(&typed);
-    scene.send(1, &answer).await;
-    assert_eq!(
-        member.saved_within(Duration::from_millis(300)).await,
-        Some(3)
-    );
-    assert!(holds(&mut scene.stored(), &map_set));
+    room.send_update(1, &answer);
+    assert_eq!(read(&mut room, 1).0, Some(3));
+    assert!(holds(&mut room.stored(), &map_set));
     // The shutdown compaction keeps it too.
-    scene.state.rooms.shutdown().await;
-    assert!(holds(&mut scene.stored(), &map_set));
+    room.shutdown();
+    assert_eq!(room.log().len(), 1, "the shutdown compacted the log");
+    assert!(holds(&mut room.stored(), &map_set));
 }
 
 /// An update continuing a client past a gap is refused with what it carries,
@@ -387,7 +303,7 @@ fn update_sent_before_handshake_step2_is_claimed_saved() {
     let saved = sim.peers[0].edits.len() - unsaved;
     for (n, edit) in sim.peers[0].edits[..saved].iter().enumerate() {
         assert!(
-            sim.server.is_known(edit),
+            sim.server().is_known(edit),
             "edit {} shown saved ({unsaved} unsaved) but the server lacks it",
             n + 1
         );
@@ -414,10 +330,23 @@ const GARBAGE_THEN_VALID: [&[u8]; 2] = [
 #[test]
 fn rejected_update_leaves_the_document_unchanged() {
     let mut document = Document::new();
-    let _ = document.apply(GARBAGE_THEN_VALID[0]);
+    let garbage = document.apply(GARBAGE_THEN_VALID[0]);
     let before = crate::sim::clocks(document.doc());
     match document.apply(GARBAGE_THEN_VALID[1]) {
-        Ok(_) | Err(quire_server::document::DocumentError::Poisoned) => {}
+        // What happens since every update is walked first: the garbage is
+        // refused before yrs keeps any of it, so the valid edit applies
+        // cleanly, alone.
+        Ok(Applied { delta, .. }) => {
+            assert!(
+                garbage.is_err(),
+                "the corrupted update was accepted: {garbage:?}"
+            );
+            assert!(delta.is_some(), "the valid edit added nothing");
+            let content = document.doc().get_or_insert_text("content");
+            assert_eq!(content.get_string(&document.doc().transact()), "c é");
+        }
+        // Also correct: the room then rebuilds the document from storage.
+        Err(DocumentError::Poisoned) => {}
         Err(err) => assert_eq!(
             crate::sim::clocks(document.doc()),
             before,
@@ -439,11 +368,20 @@ fn rejected_update_leaves_the_document_unchanged() {
 fn apply_never_returns_an_empty_update() {
     let ahead: &[u8] = b"\x01\x01d\x0b(\x01\x04meta\x02k0\x01}\x01\0";
     let mut document = Document::new();
-    if let Ok(Applied {
-        delta: Some(delta), ..
-    }) = document.apply(ahead)
-    {
-        assert_ne!(delta, [0, 0], "apply reported a change that holds nothing");
+    let before = document.encode_state().unwrap();
+    match document.apply(ahead) {
+        Ok(Applied { delta, .. }) => assert_ne!(
+            delta.as_deref(),
+            Some(&[0u8, 0][..]),
+            "apply reported a change that holds nothing"
+        ),
+        // What happens since the completeness rule: the entry is ahead of
+        // its client's clock, so it is refused and changes nothing.
+        Err(DocumentError::Incomplete { carries, .. }) => {
+            assert_eq!(carries.reach, [(100, 12)].into());
+            assert_eq!(document.encode_state().unwrap(), before);
+        }
+        Err(err) => panic!("a valid (if early) update was refused as {err}"),
     }
 }
 
@@ -501,11 +439,11 @@ fn tiny_state_vector_cannot_claim_millions_of_entries() {
 /// document holds it; a client that keeps sending such updates (here one
 /// deleting 70,000 ranges of items nobody has) would grow it without
 /// bound. It is cut off instead.
-#[tokio::test]
-async fn incomplete_updates_cannot_grow_the_room_without_bound() {
+#[test]
+fn incomplete_updates_cannot_grow_the_room_without_bound() {
     use quire_protocol::lib0::write_var_uint;
-    let scene = Scene::new().await;
-    let mut member = scene.join(1, true).await;
+    let mut room = room();
+    join(&mut room, 1, true);
     let mut update = vec![0, 1]; // no blocks; deletions of one client
     write_var_uint(&mut update, 9);
     write_var_uint(&mut update, 70_000);
@@ -513,13 +451,9 @@ async fn incomplete_updates_cannot_grow_the_room_without_bound() {
         write_var_uint(&mut update, 2 * i);
         write_var_uint(&mut update, 1);
     }
-    scene.send(1, &update).await;
-    let close = tokio::time::timeout(Duration::from_secs(5), member.close.recv())
-        .await
-        .expect("the sender is closed")
-        .expect("close reason");
-    assert_eq!(close.code, quire_protocol::close::INVALID_PAYLOAD);
+    room.send_update(1, &update);
+    let close = room.close_of(1).expect("the sender is closed");
+    assert_eq!(close.code, close::INVALID_PAYLOAD);
     assert!(close.reason.contains("too many"), "{}", close.reason);
-    scene.room.snapshot().await.expect("the room answers");
-    scene.shutdown().await;
+    room.snapshot().expect("the room answers");
 }

@@ -99,9 +99,9 @@ fn run(sim: &mut Sim, op: &Op, in_order: bool, edit_while_syncing: bool) {
 /// After the network came to rest: every replica equals the server's.
 fn assert_converged(sim: &Sim) -> Result<(), TestCaseError> {
     let text = sim.server_text();
-    let server_clocks = clocks(sim.server.doc());
+    let server_clocks = clocks(sim.server().doc());
     prop_assert!(
-        !has_pending(sim.server.doc()),
+        !has_pending(sim.server().doc()),
         "the server holds pending updates"
     );
     for (i, peer) in sim.peers.iter().enumerate() {
@@ -135,7 +135,7 @@ fn assert_claims_hold(sim: &Sim) -> Result<(), TestCaseError> {
         let saved = peer.edits.len() - unsaved;
         for (n, edit) in peer.edits[..saved].iter().enumerate() {
             prop_assert!(
-                sim.server.is_known(edit),
+                sim.server().is_known(edit),
                 "client {} shows edit {} of {} saved, but the server lacks it (unsaved = {})",
                 i,
                 n + 1,

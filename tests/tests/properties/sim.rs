@@ -1,21 +1,21 @@
-//! A sans-IO network: N `SyncSession`s and a simulated server built from
-//! `quire_server::document::Document`, joined by message queues the test
-//! schedules by hand (deliver, deliver twice, deliver out of order, drop a
-//! link, reconnect, let time pass).
+//! A sans-IO network: N `SyncSession`s and the server's real room core
+//! (`quire_server::room_core`, through its synchronous harness), joined by
+//! message queues the test schedules by hand (deliver, deliver twice,
+//! deliver out of order, drop a link, reconnect, let time pass).
 //!
-//! The simulated server does what a room does with a sync exchange: it
-//! answers step 1 with the difference, applies step 2 and updates,
-//! relays what was new to the other connections, and acknowledges update
-//! message *n* of a connection with `Saved { through: n }` once applied
-//! (the room waits for its group commit; here "applied" is "durable").
+//! The server side is what a connection and its room do: the connection
+//! sends the Welcome, answers application pings and decodes frames; the
+//! room core does everything else (step 1 on join, sync answers, updates,
+//! relays, presence, `Saved`). Its store is in memory and durable as soon
+//! as it is written, so `Saved` follows a stored update at once.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
+use bytes::Bytes;
 use quire_protocol::ext::{Ext, Welcome};
 use quire_protocol::session::{Action, Connection, SessionConfig, SyncSession};
-use quire_protocol::{Message, SyncMessage};
-use quire_server::document::{Document, DocumentError};
-use quire_server::items::Footprint;
+use quire_server::document::Document;
+use quire_server::room_core::harness::{Framed, Harness};
 use yrs::{GetString, ReadTxn, StateVector, Text, Transact};
 
 /// The root text every client edits.
@@ -45,20 +45,10 @@ pub struct Peer {
     pub edits: Vec<Vec<u8>>,
 }
 
-/// Per-connection state of the simulated server.
-#[derive(Default)]
-struct ServerConn {
-    /// Update messages (step 2 and update) received on this connection.
-    updates: u64,
-    /// What the updates dropped as incomplete carried; no `Saved` until
-    /// the document holds it (as the room does).
-    ahead: Option<Footprint>,
-}
-
 pub struct Sim {
-    pub server: Document,
+    /// The room, with its members' outbound queues.
+    room: Harness,
     pub peers: Vec<Peer>,
-    conns: BTreeMap<u64, (usize, ServerConn)>,
     next_conn: u64,
     pub now: u64,
 }
@@ -83,10 +73,12 @@ impl Sim {
                 }
             })
             .collect();
+        let mut config = Harness::config();
+        // Every frame fits: the simulated network never cuts a slow reader.
+        config.outbox_capacity = usize::MAX;
         let mut sim = Self {
-            server: Document::new(),
+            room: Harness::new(config),
             peers,
-            conns: BTreeMap::new(),
             next_conn: 1,
             now: 0,
         };
@@ -119,13 +111,19 @@ impl Sim {
         }
     }
 
+    /// The server's live document.
+    pub fn server(&self) -> &Document {
+        self.room
+            .document()
+            .expect("the room never fails in memory")
+    }
+
     /// The socket opens: the server joins the connection, the session
     /// sends its step 1; Welcome and the server's step 1 are on their way.
     fn open(&mut self, i: usize) {
         self.cut_link(i);
         let conn = self.next_conn;
         self.next_conn += 1;
-        self.conns.insert(conn, (i, ServerConn::default()));
         let peer = &mut self.peers[i];
         peer.link = Some(conn);
         peer.session.on_open(self.now);
@@ -138,16 +136,29 @@ impl Sim {
             max_document_bytes: 1 << 30,
         });
         peer.down.push_back(welcome.encode());
-        let sv = self.server.state_vector();
-        peer.down
-            .push_back(Message::Sync(SyncMessage::Step1(&sv)).encode());
+        self.room
+            .join(conn, true, true)
+            .expect("the room takes every connection");
+        self.collect();
+    }
+
+    /// Moves what the room queued for each connection onto its link.
+    fn collect(&mut self) {
+        for peer in &mut self.peers {
+            if let Some(conn) = peer.link {
+                peer.down
+                    .extend(self.room.frames(conn).into_iter().map(Vec::from));
+            }
+        }
     }
 
     /// The link is gone: the server forgets the connection, frames in
     /// flight are lost.
     fn cut_link(&mut self, i: usize) {
         if let Some(conn) = self.peers[i].link.take() {
-            self.conns.remove(&conn);
+            self.room.leave(conn);
+            self.room.forget(conn);
+            self.collect();
         }
         self.peers[i].up.clear();
         self.peers[i].down.clear();
@@ -249,66 +260,15 @@ impl Sim {
         let Some(conn) = self.peers[i].link else {
             return;
         };
-        if Ext::is_ext(frame) {
-            if let Ok(Ext::Ping(nonce)) = Ext::decode(frame) {
-                self.peers[i].down.push_back(Ext::Pong(nonce).encode());
-            }
-            return;
+        match self
+            .room
+            .send_frame(conn, &Bytes::copy_from_slice(frame), true)
+        {
+            Framed::Delivered | Framed::Ignored => {}
+            Framed::Ping(nonce) => self.peers[i].down.push_back(Ext::Pong(nonce).encode()),
+            Framed::Refused(close) => panic!("sessions send valid frames: {close:?}"),
         }
-        let message = Message::decode(frame).expect("sessions send valid frames");
-        match message {
-            Message::Sync(SyncMessage::Step1(sv)) => {
-                let diff = self
-                    .server
-                    .diff(sv)
-                    .expect("sessions send valid state vectors");
-                self.peers[i]
-                    .down
-                    .push_back(Message::Sync(SyncMessage::Step2(&diff)).encode());
-            }
-            Message::Sync(SyncMessage::Step2(update) | SyncMessage::Update(update)) => {
-                let applied = match self.server.apply(update) {
-                    Ok(applied) => Some(applied),
-                    // Reordered delivery: the room drops it and asks for
-                    // what it lacks.
-                    Err(DocumentError::Incomplete { carries, .. }) => {
-                        let state = &mut self.conns.get_mut(&conn).expect("open connection").1;
-                        state
-                            .ahead
-                            .get_or_insert_with(Footprint::default)
-                            .merge(carries);
-                        let step1 = self.server.state_vector();
-                        self.peers[i]
-                            .down
-                            .push_back(Message::Sync(SyncMessage::Step1(&step1)).encode());
-                        None
-                    }
-                    Err(err) => panic!("sessions send valid updates: {err}"),
-                };
-                if let Some(delta) = applied.and_then(|a| a.delta) {
-                    let frame = Message::Sync(SyncMessage::Update(&delta)).encode();
-                    for (&other, (j, _)) in &self.conns {
-                        if other != conn {
-                            self.peers[*j].down.push_back(frame.clone());
-                        }
-                    }
-                }
-                let state = &mut self.conns.get_mut(&conn).expect("open connection").1;
-                state.updates += 1;
-                if let Some(carried) = &state.ahead {
-                    if !self.server.holds(carried) {
-                        return;
-                    }
-                    state.ahead = None;
-                }
-                let saved = Ext::Saved {
-                    through: state.updates,
-                }
-                .encode();
-                self.peers[i].down.push_back(saved);
-            }
-            Message::Awareness(_) | Message::QueryAwareness | Message::PermissionDenied(_) => {}
-        }
+        self.collect();
     }
 
     /// Runs the network to rest: every client online, every frame
@@ -343,8 +303,8 @@ impl Sim {
     }
 
     pub fn server_text(&self) -> String {
-        let text = self.server.doc().get_or_insert_text(TEXT);
-        text.get_string(&self.server.doc().transact())
+        let doc = self.server().doc();
+        doc.get_or_insert_text(TEXT).get_string(&doc.transact())
     }
 
     pub fn text(&self, i: usize) -> String {

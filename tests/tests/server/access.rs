@@ -13,13 +13,17 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const KEY: &str = "test-secret";
 
+fn expiry(ttl_secs: i64) -> u64 {
+    (quire_server::auth::now_secs() as i64 + ttl_secs).max(0) as u64
+}
+
 fn token(doc: &str, perm: Permission, ttl_secs: i64) -> String {
-    let exp = (quire_server::auth::now_secs() as i64 + ttl_secs).max(0) as u64;
-    TokenKey::new(KEY).sign(&Claims {
-        doc: doc.into(),
-        perm,
-        exp,
-    })
+    TokenKey::new(KEY).sign(&Claims::doc(doc, perm, expiry(ttl_secs)))
+}
+
+/// A token for every document whose name starts with `prefix`.
+fn prefix_token(prefix: &str, perm: Permission, ttl_secs: i64) -> String {
+    TokenKey::new(KEY).sign(&Claims::prefix(prefix, perm, expiry(ttl_secs)))
 }
 
 async fn guarded_server() -> TestServer {
@@ -48,11 +52,8 @@ async fn websocket_tokens_are_required_and_checked() {
         "stock clients get y-protocols' permission-denied message"
     );
     assert_eq!(refused(format!("{url}?token=garbage")).await.0, 4401);
-    let forged = TokenKey::new("wrong key").sign(&Claims {
-        doc: "vault".into(),
-        perm: Permission::Admin,
-        exp: u64::MAX / 2,
-    });
+    let forged =
+        TokenKey::new("wrong key").sign(&Claims::doc("vault", Permission::Admin, u64::MAX / 2));
     assert_eq!(refused(format!("{url}?token={forged}")).await.0, 4401);
     let expired = token("vault", Permission::Write, -10);
     let (code, reason, _) = refused(format!("{url}?token={expired}")).await;
@@ -63,7 +64,7 @@ async fn websocket_tokens_are_required_and_checked() {
     let good = token("vault", Permission::Write, 60);
     let mut writer = Client::connect_synced(format!("{url}?token={good}")).await;
     writer.push("inside");
-    let pattern = token("va*", Permission::Read, 60);
+    let pattern = prefix_token("va", Permission::Read, 60);
     let mut reader = Client::connect_synced(format!("{url}?token={pattern}")).await;
     reader.wait_text("inside").await;
 
@@ -102,14 +103,33 @@ async fn an_expiring_connection_is_closed_unless_its_token_is_refreshed() {
         token: Some(token("lease", Permission::Write, 2)),
         ..SessionConfig::default()
     };
+    // No earlier than the first token's expiry (it was signed before).
+    let first_expiry = quire_server::auth::now_secs() + 2;
     let refreshed = NativeClient::start(url, config);
     refreshed.wait_synced(WAIT).await.unwrap();
     // Before expiry the client presents a new token on the open connection.
     refreshed.set_token(token("lease", Permission::Write, 600));
+    // The server reads a connection's frames in order: once an event sent
+    // after the token is acknowledged, the server has taken the token.
+    refreshed
+        .emit_with_ack("after-refresh", "{}", WAIT)
+        .await
+        .expect("acknowledged on the open connection");
 
     let (code, reason) = short.wait_closed().await;
     assert_eq!((code, reason.as_str()), (4401, "the token expired"));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The server counts a token's life in whole seconds from when it
+    // checked it, so the first token's expiry has passed one second after
+    // `first_expiry`; a round trip after that shows the connection was not
+    // closed at it.
+    let past_first_expiry = std::time::UNIX_EPOCH + Duration::from_secs(first_expiry + 1);
+    if let Ok(left) = past_first_expiry.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(left).await;
+    }
+    refreshed
+        .emit_with_ack("after-expiry", "{}", WAIT)
+        .await
+        .expect("acknowledged after the first token's expiry");
     assert_eq!(refreshed.status().await.connection, Connection::Synced);
     assert_eq!(
         server.state.metrics.connections_opened.get(),
@@ -128,6 +148,13 @@ async fn the_http_api_needs_a_bearer_token() {
     ))
     .await;
     writer.push("plan");
+    // The snapshot below must find it: wait until another client sees it.
+    let mut reader = Client::connect_synced(format!(
+        "{}?token={writer_token}",
+        server.ws_url("team-plan")
+    ))
+    .await;
+    reader.wait_text("plan").await;
     let other = token("secret-doc", Permission::Write, 60);
     let mut secret =
         Client::connect_synced(format!("{}?token={other}", server.ws_url("secret-doc"))).await;
@@ -137,22 +164,19 @@ async fn the_http_api_needs_a_bearer_token() {
     check.wait_text("hidden").await;
 
     let bearer = |method: &str, path: &str, token: Option<&str>| {
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let addr = server.addr;
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
-        );
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let (method, path, addr) = (method.to_owned(), path.to_owned(), server.addr);
         async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            stream.write_all(head.as_bytes()).await.unwrap();
-            let mut raw = Vec::new();
-            stream.read_to_end(&mut raw).await.unwrap();
-            let text = String::from_utf8_lossy(&raw).into_owned();
-            let status: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
-            (status, text)
+            let headers: Vec<(&str, &str)> = auth
+                .as_deref()
+                .map(|auth| ("authorization", auth))
+                .into_iter()
+                .collect();
+            let response = http::request_with(addr, &method, &path, &headers, &[]).await;
+            (
+                response.status,
+                String::from_utf8_lossy(&response.body).into_owned(),
+            )
         }
     };
     assert_eq!(bearer("GET", "/api/docs", None).await.0, 401);
@@ -162,7 +186,7 @@ async fn the_http_api_needs_a_bearer_token() {
             .0,
         401
     );
-    let team_reader = token("team-*", Permission::Read, 60);
+    let team_reader = prefix_token("team-", Permission::Read, 60);
     let (status, body) = bearer("GET", "/api/docs", Some(&team_reader)).await;
     assert_eq!(status, 200);
     assert!(

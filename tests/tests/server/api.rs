@@ -239,6 +239,37 @@ async fn errors_are_json_with_the_right_status() {
     assert_eq!(bad_name.json()["error"]["code"], "bad_request");
 }
 
+/// What axum's extractors refuse gets the same JSON body as every other
+/// error: an upload over `--max-message-bytes`, a path that is not UTF-8,
+/// a query that does not parse.
+#[tokio::test]
+async fn refused_requests_get_the_json_error_body_too() {
+    let server = TestServer::start_with(|c| c.max_message_bytes = 1_000).await;
+    let too_large = request(
+        server.addr,
+        "PUT",
+        "/api/docs/big/snapshot",
+        &vec![0; 2_000],
+    )
+    .await;
+    assert_eq!(too_large.status, 413);
+    assert_eq!(too_large.json()["error"]["code"], "too_large");
+
+    let not_utf8 = http::get(server.addr, "/api/docs/%FF/snapshot").await;
+    assert_eq!(not_utf8.status, 400);
+    assert_eq!(not_utf8.json()["error"]["code"], "bad_request");
+
+    let twice = http::get(server.addr, "/api/docs/x/snapshot?format=text&format=json").await;
+    assert_eq!(twice.status, 400);
+    assert_eq!(twice.json()["error"]["code"], "bad_request");
+    assert!(
+        !twice.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
+}
+
 #[tokio::test]
 async fn health_and_metrics_are_served() {
     let server = TestServer::start().await;

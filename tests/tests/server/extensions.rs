@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use quire_client::NativeClient;
-use quire_protocol::ext::{CHAT_EVENT, CHAT_HISTORY_EVENT, Ext};
+use quire_protocol::ext::{self, CHAT_EVENT, CHAT_HISTORY_EVENT, Ext};
 use quire_protocol::{Connection, SessionConfig, SessionEvent};
 use quire_tests::{Client, TestServer, WAIT};
 use serde_json::Value;
@@ -347,4 +347,112 @@ async fn regression_close_code_survives_unread_client_input() {
         let (code, reason) = raw.wait_closed().await;
         assert_eq!(code, 4413, "{reason}");
     }
+}
+
+/// Every extension message, as the wire has it: kind number (encoded) and
+/// name. The match is exhaustive, so a new message does not compile until
+/// it is listed here, and then the two tables below must list it too.
+fn every_extension() -> Vec<(u64, &'static str)> {
+    let welcome = quire_protocol::ext::Welcome {
+        conn_id: 1,
+        server_time_ms: 2,
+        ping_interval_ms: 3,
+        ping_timeout_ms: 4,
+        max_message_bytes: 5,
+        max_document_bytes: 6,
+    };
+    let samples = [
+        Ext::Welcome(welcome),
+        Ext::Ping(1),
+        Ext::Pong(1),
+        Ext::Saved { through: 1 },
+        Ext::Emit {
+            name: "n",
+            payload: "{}",
+            ack: 1,
+        },
+        Ext::Event {
+            name: "n",
+            payload: "{}",
+            sender: 1,
+            sender_name: "s",
+            at_ms: 1,
+        },
+        Ext::EmitAck {
+            ack: 1,
+            delivered: 1,
+        },
+        Ext::Error {
+            code: 1,
+            message: "m",
+        },
+        Ext::Fragment {
+            total: 1,
+            data: b"d",
+        },
+        Ext::Auth { token: "t" },
+    ];
+    samples
+        .iter()
+        .map(|ext| {
+            let name = match ext {
+                Ext::Welcome(_) => "Welcome",
+                Ext::Ping(_) => "Ping",
+                Ext::Pong(_) => "Pong",
+                Ext::Saved { .. } => "Saved",
+                Ext::Emit { .. } => "Emit",
+                Ext::Event { .. } => "Event",
+                Ext::EmitAck { .. } => "EmitAck",
+                Ext::Error { .. } => "Error",
+                Ext::Fragment { .. } => "Fragment",
+                Ext::Auth { .. } => "Auth",
+            };
+            let frame = ext.encode();
+            let mut cursor = quire_protocol::lib0::Cursor::new(&frame);
+            assert_eq!(cursor.read_var_uint("type").unwrap(), ext::MSG_QUIRE);
+            (cursor.read_var_uint("kind").unwrap(), name)
+        })
+        .collect()
+}
+
+/// The `kind name` rows of a table: lines whose first two cells are a
+/// number and a word, from `from` to the next heading or code fence.
+fn table_rows(text: &str, from: &str, cells: impl Fn(&str) -> Vec<String>) -> Vec<(u64, String)> {
+    let start = text
+        .find(from)
+        .unwrap_or_else(|| panic!("{from:?} not found"));
+    text[start..]
+        .lines()
+        .skip(1)
+        .map(|line| line.trim_start_matches("//!").trim_start())
+        .take_while(|line| !line.starts_with('#') && !line.starts_with("```"))
+        .filter_map(|line| {
+            let cells = cells(line);
+            Some((cells.first()?.parse().ok()?, cells.get(1)?.clone()))
+        })
+        .collect()
+}
+
+/// ARCHITECTURE.md's extension table and ext.rs's own say what the code
+/// encodes: the same kinds, numbers and names.
+#[test]
+fn the_extension_tables_match_the_code() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let code: Vec<(u64, String)> = every_extension()
+        .into_iter()
+        .map(|(kind, name)| (kind, name.to_owned()))
+        .collect();
+    let architecture = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let documented = table_rows(&architecture, "### Quire extensions", |line| {
+        line.split('|')
+            .map(|c| c.trim().to_owned())
+            .skip(1)
+            .collect()
+    });
+    assert_eq!(documented, code, "ARCHITECTURE.md's extension table");
+    let source = std::fs::read_to_string(root.join("protocol/src/ext.rs")).unwrap();
+    let in_source = table_rows(&source, "//! kind  name", |line| {
+        line.split_whitespace().map(str::to_owned).collect()
+    });
+    assert_eq!(in_source, code, "the table in protocol/src/ext.rs");
 }
