@@ -23,13 +23,19 @@ use crate::widgets::{Avatar, Brand, UserMenu, input_value};
 /// some edits not yet confirmed), "Offline (N unsaved changes)" (not
 /// connected, N local edits not on the server; "change" when N is 1),
 /// "Reconnecting in Ns" (not connected, nothing unsaved), "Connecting…"
-/// (first attempt) or "Offline" (stopped for good, nothing unsaved).
+/// (first attempt) or "Offline" (stopped for good, nothing unsaved); and
+/// while the server says it cannot save, "Not saved: the server cannot
+/// store changes right now" whatever the count.
 pub fn status_text(status: Option<&Status>, now: u64) -> (String, &'static str) {
     let Some(status) = status else {
         return ("Connecting…".into(), "connecting");
     };
     let unsaved = status.unsaved;
     match &status.connection {
+        Connection::Syncing | Connection::Synced if status.saves_stalled => (
+            "Not saved: the server cannot store changes right now".into(),
+            "offline",
+        ),
         Connection::Synced if status.all_saved() => ("All changes saved".into(), "saved"),
         Connection::Syncing | Connection::Synced => ("Online".into(), "online"),
         _ if unsaved > 0 => (
@@ -597,7 +603,22 @@ mod tests {
             connection,
             unsaved,
             extensions: true,
+            saves_stalled: false,
         }
+    }
+
+    #[test]
+    fn a_save_stall_is_never_all_saved() {
+        let stalled = Status {
+            saves_stalled: true,
+            ..status(Connection::Synced, 0)
+        };
+        let (words, class) = status_text(Some(&stalled), 0);
+        assert_eq!(
+            words,
+            "Not saved: the server cannot store changes right now"
+        );
+        assert_eq!(class, "offline");
     }
 
     #[test]

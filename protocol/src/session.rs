@@ -112,12 +112,17 @@ pub struct Status {
     pub unsaved: u64,
     /// Whether the server speaks Quire's extensions (acks, heartbeat, events).
     pub extensions: bool,
+    /// The server said it cannot save right now ([`SAVES_STALLED`]); until
+    /// its next `Saved`, nothing is "all saved", not even with no local edit
+    /// waiting (others' changes are not on disk either).
+    pub saves_stalled: bool,
 }
 
 impl Status {
-    /// True only when the server confirmed every local edit durable.
+    /// True only when the server confirmed every local edit durable and is
+    /// not stalled.
     pub fn all_saved(&self) -> bool {
-        self.unsaved == 0
+        self.unsaved == 0 && !self.saves_stalled
     }
 }
 
@@ -310,6 +315,7 @@ impl SyncSession {
             connection: self.connection.clone(),
             unsaved: self.local_edits - self.saved_edits,
             extensions: self.extensions,
+            saves_stalled: self.saves_stalled,
         }
     }
 

@@ -205,7 +205,9 @@ mod remote {
     pub async fn cat(server: &str, doc: &str) -> anyhow::Result<()> {
         let client = start(server, doc)?;
         synced(&client).await?;
-        std::io::stdout().write_all(client.text().as_bytes())?;
+        // The text whichever model the document uses (rich or plain).
+        let text = quire_protocol::rich::plain_text(&yrs::Transact::transact(client.doc()));
+        std::io::stdout().write_all(text.as_bytes())?;
         client.stop().await;
         Ok(())
     }

@@ -16,9 +16,6 @@ use yrs::{
 
 use crate::document::{Document, DocumentError};
 
-/// The root `Y.Text` that editors bind to; the `text` format exports it.
-pub const TEXT_ROOT: &str = "content";
-
 /// Export formats of `GET /api/docs/{doc}/snapshot` and `quire export`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -59,10 +56,7 @@ pub fn render(state: Vec<u8>, format: Format) -> Result<Vec<u8>, DocumentError> 
     let txn = doc.transact();
     Ok(match format {
         Format::Yjs => unreachable!("returned above"),
-        Format::Text => match txn.root_refs().find(|(name, _)| *name == TEXT_ROOT) {
-            Some((_, value)) => render_text(&txn, value).into_bytes(),
-            None => Vec::new(),
-        },
+        Format::Text => quire_protocol::rich::plain_text(&txn).into_bytes(),
         Format::Json => {
             let roots: Map<String, Value> = txn
                 .root_refs()
@@ -74,14 +68,6 @@ pub fn render(state: Vec<u8>, format: Format) -> Result<Vec<u8>, DocumentError> 
             bytes
         }
     })
-}
-
-/// The text of a root, whatever kind it turns out to be.
-fn render_text<T: ReadTxn>(txn: &T, value: Out) -> String {
-    match render_json(txn, value) {
-        Value::String(text) => text,
-        other => other.to_string(),
-    }
 }
 
 /// One root as JSON: texts and XML as strings, maps and arrays as JSON.

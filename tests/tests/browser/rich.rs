@@ -643,11 +643,7 @@ async fn a_read_only_link_shows_the_document_and_cannot_change_it() {
     let base = format!("http://{}", server.addr);
     let token = |perm| {
         let exp = quire_server::auth::now_secs() + 3_600;
-        TokenKey::new(KEY).sign(&Claims {
-            doc: "guarded".into(),
-            perm,
-            exp,
-        })
+        TokenKey::new(KEY).sign(&Claims::doc("guarded", perm, exp))
     };
     let (write, read) = (token(Permission::Write), token(Permission::Read));
     let browser = Browser::start().await;
