@@ -13,6 +13,11 @@
 //! wasm size (raw and gzip) of the build measured and, when
 //! `QUIRE_BENCH_WASM_BEFORE` names another dist (the textarea-only app),
 //! of that one.
+//!
+//! Every DevTools call, tab step and wait has a deadline and an error that
+//! names it: a stuck browser fails the run, it never hangs it. With
+//! `QUIRE_BENCH_EDITOR_PROFILE=FILE`, one more rich pass (not counted)
+//! runs under V8's sampling profiler and FILE gets its top functions.
 
 use std::future::Future;
 use std::io::Write;
@@ -540,7 +545,60 @@ async fn rounds(
             let _ = cdp.call("Page.close", json!({})).await;
         }
     }
+    if let Some(out) = std::env::var_os("QUIRE_BENCH_EDITOR_PROFILE") {
+        profile(chrome, addr, text_bytes, keystrokes, &PathBuf::from(out)).await?;
+    }
     Ok(runs)
+}
+
+/// For investigations (`QUIRE_BENCH_EDITOR_PROFILE=FILE`): one more rich
+/// pass, after the measured ones and not counted in them, under the V8
+/// sampling profiler; writes the functions with the most self time.
+async fn profile(
+    chrome: &Chromium,
+    addr: &str,
+    text_bytes: usize,
+    keystrokes: usize,
+    out: &std::path::Path,
+) -> Result<(), String> {
+    let mut cdp = page(chrome, &format!("http://{addr}/d/bench-rich")).await?;
+    cdp.wait_for(
+        "the rich editor is ready",
+        "(() => { const e = document.querySelector('#editor'); return !!e && e.dataset.ready === 'true'; })()",
+    )
+    .await?;
+    cdp.call("Profiler.enable", json!({})).await?;
+    cdp.call("Profiler.setSamplingInterval", json!({"interval": 200}))
+        .await?;
+    cdp.call("Profiler.start", json!({})).await?;
+    measure(&mut cdp, "rich", text_bytes, keystrokes).await?;
+    let profile = cdp.call("Profiler.stop", json!({})).await?;
+    let _ = cdp.call("Page.close", json!({})).await;
+    let mut hits: std::collections::HashMap<String, u64> = Default::default();
+    let mut total = 0;
+    for node in profile["profile"]["nodes"].as_array().into_iter().flatten() {
+        let n = node["hitCount"].as_u64().unwrap_or(0);
+        let name = node["callFrame"]["functionName"].as_str().unwrap_or("");
+        let name = if name.is_empty() { "(anonymous)" } else { name };
+        *hits.entry(name.to_owned()).or_default() += n;
+        total += n;
+    }
+    let mut top: Vec<_> = hits.into_iter().collect();
+    top.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+    let mut text =
+        format!("self samples of {total} (interval 200 µs), rich editor, {keystrokes} keys\n");
+    for (name, n) in top.iter().take(40) {
+        text += &format!(
+            "{:6.2} %  {name}\n",
+            100.0 * *n as f64 / total.max(1) as f64
+        );
+    }
+    std::fs::write(out, text).map_err(|e| format!("{}: {e}", out.display()))?;
+    println!(
+        "  profile of one more rich pass written to {}",
+        out.display()
+    );
+    Ok(())
 }
 
 pub async fn run(ctx: &Ctx) -> Result<Value, String> {
