@@ -272,6 +272,18 @@ pub struct Server {
 
 /// Attaches `perf record` (software cpu-clock sampling, so it works in VMs
 /// without hardware counters) to `pid`, writing `<dir>/<n>.perf.data`.
+/// Makes a child the bench starts die with it: `PR_SET_PDEATHSIG`, so
+/// that even a `kill -9` of the bench takes the child along.
+pub fn die_with_bench(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 fn attach_perf(pid: u32) -> Option<Child> {
     let dir = std::env::var_os("QUIRE_BENCH_PERF")?;
     static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -296,13 +308,7 @@ fn attach_perf(pid: u32) -> Option<Child> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true);
-    // SAFETY: prctl only.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    die_with_bench(&mut command);
     let child = command.spawn().ok()?;
     println!("  (perf recording Quire into {})", out.display());
     Some(child)
@@ -425,13 +431,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        die_with_bench(&mut command);
         let mut child = command
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", kind.label()))?;

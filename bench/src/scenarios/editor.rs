@@ -13,7 +13,13 @@
 //! wasm size (raw and gzip) of the build measured and, when
 //! `QUIRE_BENCH_WASM_BEFORE` names another dist (the textarea-only app),
 //! of that one.
+//!
+//! Every DevTools call, tab step and wait has a deadline and an error that
+//! names it: a stuck browser fails the run, it never hangs it. With
+//! `QUIRE_BENCH_EDITOR_PROFILE=FILE`, one more rich pass (not counted)
+//! runs under V8's sampling profiler and FILE gets its top functions.
 
+use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -160,6 +166,23 @@ fn encode_plain(text: &str) -> Vec<u8> {
         .encode_state_as_update_v1(&StateVector::default())
 }
 
+/// Runs one step of the scenario under a deadline; the error names the
+/// step, so a stall reports where it happened instead of hanging the run.
+async fn step<T>(
+    what: &str,
+    limit: Duration,
+    work: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, work).await {
+        Ok(result) => result.map_err(|e| format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {} s", limit.as_secs())),
+    }
+}
+
+/// One HTTP/1.1 request. The answer ends after `Content-Length` bytes of
+/// body, not at end of stream: Chromium's DevTools HTTP server ignores
+/// `Connection: close` and keeps the connection open, so reading to the
+/// end of the stream waited forever (the stall of the first runs).
 async fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> Result<(u16, String), String> {
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
@@ -174,21 +197,37 @@ async fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> Result<(u16,
         .map_err(|e| e.to_string())?;
     stream.write_all(body).await.map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .await
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+            let length = head.lines().find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.trim()
+                    .eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            });
+            let body_start = end + 4;
+            if length.is_some_and(|n| raw.len() >= body_start + n) {
+                let n = length.unwrap_or(0);
+                let status = head
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                let body = String::from_utf8_lossy(&raw[body_start..body_start + n]).into_owned();
+                return Ok((status, body));
+            }
+        }
+        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err(format!(
+                "{method} {path}: connection closed before a complete answer ({} bytes)",
+                raw.len()
+            ));
+        }
+        raw.extend_from_slice(&chunk[..n]);
+    }
 }
 
 type Ws =
@@ -204,28 +243,28 @@ impl Cdp {
         let id = self.next;
         self.next += 1;
         let msg = json!({"id": id, "method": method, "params": params}).to_string();
-        self.ws
-            .send(Message::text(msg))
-            .await
-            .map_err(|e| e.to_string())?;
-        let wait = async {
+        let exchange = async {
+            self.ws
+                .send(Message::text(msg))
+                .await
+                .map_err(|e| e.to_string())?;
             while let Some(frame) = self.ws.next().await {
-                let Ok(Message::Text(text)) = frame else {
-                    continue;
+                let text = match frame.map_err(|e| e.to_string())? {
+                    Message::Text(text) => text,
+                    Message::Close(_) => break,
+                    _ => continue,
                 };
                 let v: Value = serde_json::from_str(text.as_str()).map_err(|e| e.to_string())?;
                 if v["id"] == id {
                     if let Some(err) = v.get("error") {
-                        return Err(format!("{method}: {err}"));
+                        return Err(err.to_string());
                     }
                     return Ok(v["result"].clone());
                 }
             }
-            Err("DevTools closed".to_owned())
+            Err("DevTools closed the connection".to_owned())
         };
-        tokio::time::timeout(Duration::from_secs(60), wait)
-            .await
-            .map_err(|_| format!("{method} timed out"))?
+        step(&format!("DevTools {method}"), CDP_DEADLINE, exchange).await
     }
 
     async fn eval(&mut self, expr: &str) -> Result<Value, String> {
@@ -235,25 +274,56 @@ impl Cdp {
                 json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
             )
             .await?;
+        if let Some(exception) = r.get("exceptionDetails") {
+            return Err(format!(
+                "script threw: {}",
+                exception["exception"]["description"]
+                    .as_str()
+                    .unwrap_or(&exception["text"].to_string())
+            ));
+        }
         Ok(r["result"]["value"].clone())
     }
 
     async fn wait_for(&mut self, what: &str, expr: &str) -> Result<(), String> {
         let started = std::time::Instant::now();
-        while started.elapsed() < Duration::from_secs(120) {
+        while started.elapsed() < READY_DEADLINE {
             if self.eval(expr).await? == json!(true) {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(format!("timed out waiting until {what}"))
+        Err(format!(
+            "waited {} s and still not {what}",
+            READY_DEADLINE.as_secs()
+        ))
     }
 }
 
+/// The longest a single DevTools call may take (a keystroke, an evaluate).
+const CDP_DEADLINE: Duration = Duration::from_secs(30);
+/// The longest a page may take to load its document and become editable.
+const READY_DEADLINE: Duration = Duration::from_secs(120);
+/// The longest one step of opening a tab may take.
+const TAB_DEADLINE: Duration = Duration::from_secs(20);
+
+/// One headless Chromium for the whole run.
 struct Chromium {
+    /// Killed on drop too, so an early error never leaves it running.
     child: tokio::process::Child,
-    _profile: PathBuf,
+    /// A fresh profile, removed when the browser has stopped.
+    profile: PathBuf,
+    /// Its DevTools port (it chose it: `--remote-debugging-port=0`).
     port: u16,
+}
+
+impl Chromium {
+    /// Stops the browser and waits for it, then removes its profile.
+    async fn close(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
 }
 
 async fn chromium(ctx: &Ctx) -> Result<Chromium, String> {
@@ -264,7 +334,8 @@ async fn chromium(ctx: &Ctx) -> Result<Chromium, String> {
     let profile = ctx.env.tmp.join("editor-chromium-profile");
     let _ = std::fs::remove_dir_all(&profile);
     std::fs::create_dir_all(&profile).map_err(|e| e.to_string())?;
-    let child = tokio::process::Command::new(binary)
+    let mut command = tokio::process::Command::new(binary);
+    command
         .args([
             "--headless=new",
             "--no-sandbox",
@@ -281,7 +352,9 @@ async fn chromium(ctx: &Ctx) -> Result<Chromium, String> {
         .arg(format!("--user-data-dir={}", profile.display()))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
+        .kill_on_drop(true);
+    crate::servers::die_with_bench(&mut command);
+    let child = command
         .spawn()
         .map_err(|e| format!("start chromium: {e}"))?;
     let file = profile.join("DevToolsActivePort");
@@ -300,23 +373,36 @@ async fn chromium(ctx: &Ctx) -> Result<Chromium, String> {
     };
     Ok(Chromium {
         child,
-        _profile: profile,
+        profile,
         port,
     })
 }
 
+/// Opens a tab on `url` and connects to it; each step has a deadline.
 async fn page(chrome: &Chromium, url: &str) -> Result<Cdp, String> {
     let addr = format!("127.0.0.1:{}", chrome.port);
-    let (_, body) = http(&addr, "PUT", &format!("/json/new?{url}"), b"").await?;
-    let target: Value =
-        serde_json::from_str(&body).map_err(|e| format!("DevTools new target: {e}: {body}"))?;
-    let ws_url = target["webSocketDebuggerUrl"]
+    let (status, body) = step(
+        "DevTools: open a tab (PUT /json/new)",
+        TAB_DEADLINE,
+        http(&addr, "PUT", &format!("/json/new?{url}"), b""),
+    )
+    .await?;
+    let target: Value = serde_json::from_str(&body)
+        .map_err(|e| format!("DevTools: open a tab: {status} {e}: {body}"))?;
+    let id = target["id"]
         .as_str()
-        .ok_or("no DevTools URL")?;
-    let (ws, _) = tokio_tungstenite::connect_async(ws_url)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(Cdp { ws, next: 1 })
+        .ok_or_else(|| format!("DevTools: open a tab: no target id in {body}"))?;
+    let ws_url = format!("ws://{addr}/devtools/page/{id}");
+    let (ws, _) = step("DevTools: connect to the tab", TAB_DEADLINE, async {
+        tokio_tungstenite::connect_async(&ws_url)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await?;
+    let mut cdp = Cdp { ws, next: 1 };
+    // Keystrokes go to the focused tab: the one measured.
+    cdp.call("Page.bringToFront", json!({})).await?;
+    Ok(cdp)
 }
 
 const INSTRUMENT: &str = r#"(() => {
@@ -412,6 +498,109 @@ fn wasm_size(dist: &std::path::Path) -> Result<(u64, u64), String> {
     Err("no wasm in the dist".into())
 }
 
+/// CPU used by everything on the machine over `span`, in % of one core.
+async fn background_load(span: Duration) -> f64 {
+    let (busy0, _) = crate::sys::machine_cpu();
+    let started = std::time::Instant::now();
+    tokio::time::sleep(span).await;
+    let (busy1, _) = crate::sys::machine_cpu();
+    100.0 * (busy1 - busy0) / started.elapsed().as_secs_f64()
+}
+
+/// Both editors in the same browser, one after the other, twice
+/// (interleaved), each in a fresh tab.
+async fn rounds(
+    chrome: &Chromium,
+    addr: &str,
+    text_bytes: usize,
+    keystrokes: usize,
+) -> Result<Vec<Run>, String> {
+    let mut runs = Vec::new();
+    for round in 0..2 {
+        for (editor, doc) in [("rich", "bench-rich"), ("textarea", "bench-plain")] {
+            let mut cdp = page(chrome, &format!("http://{addr}/d/{doc}"))
+                .await
+                .map_err(|e| format!("round {round} {editor}: {e}"))?;
+            let run = async {
+                cdp.wait_for(
+                    "the editor is ready and saved",
+                    "(() => { const e = document.querySelector('#editor'); const s = document.querySelector('#status');\
+                     return !!e && !!s && s.textContent.trim() === 'All changes saved' && (e.tagName === 'TEXTAREA' ? !e.readOnly : e.dataset.ready === 'true'); })()",
+                )
+                .await?;
+                measure(&mut cdp, editor, text_bytes, keystrokes).await
+            }
+            .await
+            .map_err(|e| format!("round {round} {editor}: {e}"))?;
+            println!(
+                "  round {round} {editor}: beforeinput→DOM p50 {:.2} ms p95 {:.2} ms; →socket p50 {:.2} ms p95 {:.2} ms ({} keys, {} missing)",
+                run.dom_p50_ms,
+                run.dom_p95_ms,
+                run.send_p50_ms,
+                run.send_p95_ms,
+                run.keystrokes,
+                run.missing
+            );
+            runs.push(run);
+            let _ = cdp.call("Page.close", json!({})).await;
+        }
+    }
+    if let Some(out) = std::env::var_os("QUIRE_BENCH_EDITOR_PROFILE") {
+        profile(chrome, addr, text_bytes, keystrokes, &PathBuf::from(out)).await?;
+    }
+    Ok(runs)
+}
+
+/// For investigations (`QUIRE_BENCH_EDITOR_PROFILE=FILE`): one more rich
+/// pass, after the measured ones and not counted in them, under the V8
+/// sampling profiler; writes the functions with the most self time.
+async fn profile(
+    chrome: &Chromium,
+    addr: &str,
+    text_bytes: usize,
+    keystrokes: usize,
+    out: &std::path::Path,
+) -> Result<(), String> {
+    let mut cdp = page(chrome, &format!("http://{addr}/d/bench-rich")).await?;
+    cdp.wait_for(
+        "the rich editor is ready",
+        "(() => { const e = document.querySelector('#editor'); return !!e && e.dataset.ready === 'true'; })()",
+    )
+    .await?;
+    cdp.call("Profiler.enable", json!({})).await?;
+    cdp.call("Profiler.setSamplingInterval", json!({"interval": 200}))
+        .await?;
+    cdp.call("Profiler.start", json!({})).await?;
+    measure(&mut cdp, "rich", text_bytes, keystrokes).await?;
+    let profile = cdp.call("Profiler.stop", json!({})).await?;
+    let _ = cdp.call("Page.close", json!({})).await;
+    let mut hits: std::collections::HashMap<String, u64> = Default::default();
+    let mut total = 0;
+    for node in profile["profile"]["nodes"].as_array().into_iter().flatten() {
+        let n = node["hitCount"].as_u64().unwrap_or(0);
+        let name = node["callFrame"]["functionName"].as_str().unwrap_or("");
+        let name = if name.is_empty() { "(anonymous)" } else { name };
+        *hits.entry(name.to_owned()).or_default() += n;
+        total += n;
+    }
+    let mut top: Vec<_> = hits.into_iter().collect();
+    top.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+    let mut text =
+        format!("self samples of {total} (interval 200 µs), rich editor, {keystrokes} keys\n");
+    for (name, n) in top.iter().take(40) {
+        text += &format!(
+            "{:6.2} %  {name}\n",
+            100.0 * *n as f64 / total.max(1) as f64
+        );
+    }
+    std::fs::write(out, text).map_err(|e| format!("{}: {e}", out.display()))?;
+    println!(
+        "  profile of one more rich pass written to {}",
+        out.display()
+    );
+    Ok(())
+}
+
 pub async fn run(ctx: &Ctx) -> Result<Value, String> {
     let dist = dist()?;
     let bytes = ctx.pick(1_000_000, 200_000);
@@ -428,45 +617,35 @@ pub async fn run(ctx: &Ctx) -> Result<Value, String> {
     )
     .await?;
     for (name, update) in [("bench-rich", &rich_update), ("bench-plain", &plain_update)] {
-        let (status, body) = http(
-            &server.addr,
-            "PUT",
-            &format!("/api/docs/{name}/snapshot?format=yjs"),
-            update,
+        let (status, body) = step(
+            &format!("storing {name} on the server"),
+            Duration::from_secs(120),
+            http(
+                &server.addr,
+                "PUT",
+                &format!("/api/docs/{name}/snapshot?format=yjs"),
+                update,
+            ),
         )
         .await?;
         if status >= 300 {
             return Err(format!("storing {name}: {status} {body}"));
         }
     }
-    let chrome = chromium(ctx).await?;
-    let mut runs = Vec::new();
-    // Both editors in one run, in the same browser, one after the other, twice (interleaved).
-    for round in 0..2 {
-        for (editor, doc) in [("rich", "bench-rich"), ("textarea", "bench-plain")] {
-            let mut cdp = page(&chrome, &format!("http://{}/d/{doc}", server.addr)).await?;
-            cdp.wait_for(
-                "the editor is ready and saved",
-                "(() => { const e = document.querySelector('#editor'); const s = document.querySelector('#status');\
-                 return !!e && !!s && s.textContent.trim() === 'All changes saved' && (e.tagName === 'TEXTAREA' ? !e.readOnly : e.dataset.ready === 'true'); })()",
-            )
-            .await?;
-            let run = measure(&mut cdp, editor, text.len(), keystrokes).await?;
-            println!(
-                "  round {round} {editor}: beforeinput→DOM p50 {:.2} ms p95 {:.2} ms; →socket p50 {:.2} ms p95 {:.2} ms ({} keys, {} missing)",
-                run.dom_p50_ms,
-                run.dom_p95_ms,
-                run.send_p50_ms,
-                run.send_p95_ms,
-                run.keystrokes,
-                run.missing
-            );
-            runs.push(run);
-            let _ = cdp.call("Page.close", json!({})).await;
+    // Other work on the machine over a short idle span before the browser
+    // starts (the server is idle then): the runs' figures carry it.
+    let background_cpu_pct = background_load(Duration::from_secs(3)).await;
+    println!("  other work on the machine: ≈ {background_cpu_pct:.0} % of a core");
+    let measured = match chromium(ctx).await {
+        Ok(chrome) => {
+            let runs = rounds(&chrome, &server.addr, text.len(), keystrokes).await;
+            chrome.close().await;
+            runs
         }
-    }
-    drop(chrome.child);
+        Err(e) => Err(e),
+    };
     server.stop(STOP_GRACE).await;
+    let runs = measured?;
     let (raw, gzip) = wasm_size(&dist)?;
     // The size before (a build of the textarea-only web app, e.g. main's),
     // when `QUIRE_BENCH_WASM_BEFORE` names its dist.
@@ -486,6 +665,7 @@ pub async fn run(ctx: &Ctx) -> Result<Value, String> {
         &runs,
         &wasm,
         before.as_ref(),
+        background_cpu_pct,
     );
     Ok(json!({
         "quick": ctx.quick,
@@ -495,7 +675,8 @@ pub async fn run(ctx: &Ctx) -> Result<Value, String> {
         "runs": runs,
         "wasm": wasm,
         "wasm_before": before,
-        "note": "latency in one headless Chromium on a shared, loaded 2-core machine",
+        "usage": {"background_cpu_pct": background_cpu_pct},
+        "note": "latency in one headless Chromium on a shared 2-core machine; usage.background_cpu_pct is the CPU other work used just before",
         "report_md": report_md,
     }))
 }
@@ -510,14 +691,21 @@ fn report(
     runs: &[Run],
     wasm: &Value,
     before: Option<&Value>,
+    background_cpu_pct: f64,
 ) -> String {
     let mut out = format!(
         "Keystroke latency in headless Chromium, {} KB of text ({blocks} blocks) in the rich editor and the same \
-         text in the textarea editor, interleaved in one run{}. Machine shared with other work (2 cores, loaded).\n\n\
+         text in the textarea editor, interleaved in one run{}. Machine shared with other work (2 cores): other \
+         work used ≈ {background_cpu_pct:.0} % of a core just before the browser started{}.\n\n\
          | round | editor | keys | beforeinput→DOM p50 | p95 | →socket p50 | p95 | missing |\n|---|---|---|---|---|---|---|---|\n",
         text_bytes / 1000,
         if quick {
             " (**quick**: decides no target)"
+        } else {
+            ""
+        },
+        if background_cpu_pct > 50.0 {
+            " (**loaded**)"
         } else {
             ""
         }
