@@ -109,6 +109,18 @@ pub struct Config {
     /// Bytes per second one connection may send, likewise.
     #[arg(long, env = "QUIRE_MAX_BYTES_PER_SEC", default_value_t = defaults::MAX_BYTES_PER_SEC)]
     pub max_bytes_per_sec: u64,
+
+    // ----- cluster mode (issue 15) -----
+    /// Store documents in this PostgreSQL database instead of the sled
+    /// folder (`postgres://user:password@host:port/db`); several nodes may
+    /// share it.
+    #[arg(long, env = "QUIRE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Fan updates, presence, events and chat out to the other nodes
+    /// through this Redis 7 server (`redis://host:port`); needs
+    /// --database-url.
+    #[arg(long, env = "QUIRE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
 }
 
 fn token_key(secret: &str) -> Result<TokenKey, String> {
@@ -144,7 +156,22 @@ impl Config {
             max_rooms: defaults::MAX_ROOMS,
             max_messages_per_sec: defaults::MAX_MESSAGES_PER_SEC,
             max_bytes_per_sec: defaults::MAX_BYTES_PER_SEC,
+            database_url: None,
+            redis_url: None,
         }
+    }
+
+    /// Refuses settings that cannot work together: fan-out between nodes
+    /// that do not share a database would let them diverge.
+    pub fn check(&self) -> Result<(), String> {
+        if self.redis_url.is_some() && self.database_url.is_none() {
+            return Err(
+                "--redis-url needs --database-url: the nodes of a cluster share their \
+                        documents in PostgreSQL (sled is one node's own folder)"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     /// Raises settings the server cannot work with to the least it can: a
@@ -196,5 +223,20 @@ mod tests {
         assert_eq!(config.room_grace, Duration::from_millis(250));
         assert_eq!(config.allowed_origins.len(), 2);
         assert_eq!(config.outbox_capacity, 1);
+    }
+
+    #[test]
+    fn redis_without_a_database_is_refused() {
+        let config = parsed(&["--redis-url", "redis://127.0.0.1:1"]);
+        let refused = config.check().expect_err("refused");
+        assert!(refused.contains("--database-url"), "{refused}");
+        let both = parsed(&[
+            "--redis-url",
+            "redis://127.0.0.1:1",
+            "--database-url",
+            "postgres://127.0.0.1:1/quire",
+        ]);
+        assert!(both.check().is_ok());
+        assert!(parsed(&[]).check().is_ok());
     }
 }

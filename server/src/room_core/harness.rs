@@ -380,6 +380,9 @@ impl Harness {
                     self.core.reloaded(restored, self.now());
                 }
                 Output::Evict => self.evictions += 1,
+                // A harness room is one node: the core hands these out
+                // only when told it is clustered.
+                Output::Publish(_) | Output::Resync => {}
             }
         }
     }
