@@ -518,8 +518,17 @@ impl Run {
                         conn.saved = through;
                     }
                     Ext::Event { .. } | Ext::EmitAck { .. } => {}
-                    // Read-only refusals (updates, chat).
-                    Ext::Error { code, .. } if code == u64::from(close::FORBIDDEN) => {}
+                    // Refused events (read-only; a chat message too long or
+                    // past the size limit) and a save stall: the member stays.
+                    Ext::Error { code, .. }
+                        if [
+                            close::FORBIDDEN,
+                            close::MESSAGE_TOO_BIG,
+                            close::DOCUMENT_TOO_LARGE,
+                            quire_protocol::session::SAVES_STALLED,
+                        ]
+                        .map(u64::from)
+                        .contains(&code) => {}
                     other => panic!("the room queued {other:?}"),
                 }
                 continue;

@@ -14,23 +14,80 @@
 //!
 //! Time is an argument (`now_ms`), never read here, so the table can be
 //! driven by a paused clock in tests and by `Date.now()` in a browser.
+//!
+//! On a server every entry has an [`Owner`], the connection that
+//! introduced it ([`AwarenessTable::apply_as`]): only that connection may
+//! change or remove it (entries naming another connection's client are
+//! ignored, so nobody can erase or impersonate others' presence), entries
+//! are bounded per owner and in all ([`Bounds`]), and when the connection
+//! leaves exactly its entries go ([`AwarenessTable::remove_owner`]). A
+//! removed entry keeps its clock (so a stale re-announcement cannot
+//! resurrect it) only while its owner is connected; a removal of a client
+//! never listed is not recorded at all.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::lib0::{Cursor, DecodeError, write_var_string, write_var_uint};
 
 /// A Yjs client id (a random 32-bit number in practice, up to 53 bits allowed).
 pub type ClientId = u64;
 
+/// Who introduced an entry: a connection id on a server. [`NO_OWNER`] is
+/// the one owner of a table that does not track owners (a client's view of
+/// the room, through [`AwarenessTable::apply`]).
+pub type Owner = u64;
+
+/// The owner of entries merged with [`AwarenessTable::apply`].
+pub const NO_OWNER: Owner = u64::MAX;
+
 #[derive(Debug, Clone)]
 struct Entry {
-    /// Last clock seen for this client; kept after removal so that a stale
-    /// re-announcement cannot resurrect the client.
+    /// Last clock seen for this client; kept after removal (while the
+    /// owner is connected) so that a stale re-announcement cannot
+    /// resurrect the client.
     clock: u64,
     /// JSON text of the state, `None` once removed.
     state: Option<String>,
     /// When the entry was last renewed, for the 30 s outdated sweep.
     updated_ms: u64,
+    /// The connection that introduced it, the only one that may change it.
+    owner: Owner,
+}
+
+/// How much presence a table takes ([`AwarenessTable::apply_as`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Entries (live or removed) one owner may have.
+    pub per_owner: usize,
+    /// Entries in the whole table.
+    pub total: usize,
+    /// Bytes of one entry's JSON state.
+    pub state_bytes: usize,
+}
+
+impl Bounds {
+    /// No bounds at all (a client's own view of the room).
+    pub const NONE: Bounds = Bounds {
+        per_owner: usize::MAX,
+        total: usize::MAX,
+        state_bytes: usize::MAX,
+    };
+}
+
+/// Why an awareness update was refused; a refused update changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AwarenessError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The sender would have more entries than [`Bounds::per_owner`].
+    #[error("one connection may announce at most {0} awareness clients")]
+    TooManyForOwner(usize),
+    /// The table would have more entries than [`Bounds::total`].
+    #[error("this document lists its maximum of {0} awareness clients")]
+    TooManyInTable(usize),
+    /// A state is larger than [`Bounds::state_bytes`].
+    #[error("awareness state of client {client} is larger than {limit} bytes")]
+    StateTooLarge { client: ClientId, limit: usize },
 }
 
 /// What one [`AwarenessTable::apply`] call changed.
@@ -41,6 +98,8 @@ pub struct AwarenessChange {
     pub removed: Vec<ClientId>,
     /// Entries that only renewed their clock with an identical state.
     pub renewed: Vec<ClientId>,
+    /// Entries ignored because another owner introduced that client.
+    pub foreign: Vec<ClientId>,
 }
 
 impl AwarenessChange {
@@ -63,6 +122,8 @@ impl AwarenessChange {
 #[derive(Debug, Default)]
 pub struct AwarenessTable {
     entries: HashMap<ClientId, Entry>,
+    /// Entries (live or removed) per owner, for [`Bounds::per_owner`].
+    owned: HashMap<Owner, usize>,
 }
 
 impl AwarenessTable {
@@ -73,6 +134,11 @@ impl AwarenessTable {
     /// Number of clients with a live (non-null) state.
     pub fn len(&self) -> usize {
         self.entries.values().filter(|e| e.state.is_some()).count()
+    }
+
+    /// Entries held, live or removed: what the bounds count.
+    pub fn entries(&self) -> usize {
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -92,8 +158,35 @@ impl AwarenessTable {
             .map(|(id, _)| *id)
     }
 
-    /// Merges an encoded awareness update. Invalid input changes nothing.
+    /// Client ids with a live state that `owner` introduced.
+    pub fn clients_of(&self, owner: Owner) -> impl Iterator<Item = ClientId> + '_ {
+        self.entries
+            .iter()
+            .filter(move |(_, e)| e.owner == owner && e.state.is_some())
+            .map(|(id, _)| *id)
+    }
+
+    /// Merges an encoded awareness update, tracking no owner and bounding
+    /// nothing (a client's view of the room). Invalid input changes nothing.
     pub fn apply(&mut self, update: &[u8], now_ms: u64) -> Result<AwarenessChange, DecodeError> {
+        self.apply_as(update, NO_OWNER, Bounds::NONE, now_ms)
+            .map_err(|err| match err {
+                AwarenessError::Decode(err) => err,
+                _ => unreachable!("unbounded"),
+            })
+    }
+
+    /// Merges an encoded awareness update sent by `owner`: entries of
+    /// clients another owner introduced are ignored (reported in
+    /// [`AwarenessChange::foreign`]); new clients become `owner`'s. Refused
+    /// whole, changing nothing, if it is invalid or passes `bounds`.
+    pub fn apply_as(
+        &mut self,
+        update: &[u8],
+        owner: Owner,
+        bounds: Bounds,
+        now_ms: u64,
+    ) -> Result<AwarenessChange, AwarenessError> {
         // Decode and validate everything first so that a bad entry in the
         // middle of an update cannot leave the table half-applied.
         let mut cursor = Cursor::new(update);
@@ -103,17 +196,43 @@ impl AwarenessTable {
             let client = cursor.read_var_uint("awareness client id")?;
             let clock = cursor.read_var_uint("awareness clock")?;
             let json = cursor.read_var_string("awareness state")?;
+            if json.len() > bounds.state_bytes {
+                return Err(AwarenessError::StateTooLarge {
+                    client,
+                    limit: bounds.state_bytes,
+                });
+            }
             if serde_json::from_str::<serde_json::value::Value>(json).is_err() {
-                return Err(DecodeError::InvalidAwarenessJson(client));
+                return Err(DecodeError::InvalidAwarenessJson(client).into());
             }
             let state = (json.trim() != "null").then_some(json);
             incoming.push((client, clock, state));
         }
         cursor.finish()?;
+        // Clients this update would add to the table: a first state
+        // (a removal of a client never listed is not recorded).
+        let new: HashSet<ClientId> = incoming
+            .iter()
+            .filter(|(client, clock, state)| {
+                state.is_some() && *clock > 0 && !self.entries.contains_key(client)
+            })
+            .map(|(client, _, _)| *client)
+            .collect();
+        let owned = self.owned.get(&owner).copied().unwrap_or(0);
+        if owned + new.len() > bounds.per_owner {
+            return Err(AwarenessError::TooManyForOwner(bounds.per_owner));
+        }
+        if self.entries.len() + new.len() > bounds.total {
+            return Err(AwarenessError::TooManyInTable(bounds.total));
+        }
 
         let mut change = AwarenessChange::default();
         for (client, clock, state) in incoming {
             let known = self.entries.get(&client);
+            if known.is_some_and(|e| e.owner != owner) {
+                change.foreign.push(client);
+                continue;
+            }
             let known_clock = known.map_or(0, |e| e.clock);
             let listed = known.is_some_and(|e| e.state.is_some());
             // Exactly y-protocols' rule (so a first state at clock 0 is not
@@ -127,17 +246,24 @@ impl AwarenessTable {
                 (Some(_), None) => change.removed.push(client),
                 (Some(old), Some(new)) if old != new => change.updated.push(client),
                 (Some(_), Some(_)) => change.renewed.push(client),
-                // A removal of a client we never listed: remember its clock only.
-                (None, None) => {}
+                // A removal of a client not listed: a known entry only
+                // moves its clock; an unknown one is not recorded.
+                (None, None) => {
+                    if let Some(entry) = self.entries.get_mut(&client) {
+                        entry.clock = clock;
+                    }
+                    continue;
+                }
             }
-            self.entries.insert(
-                client,
-                Entry {
-                    clock,
-                    state: state.map(str::to_owned),
-                    updated_ms: now_ms,
-                },
-            );
+            let entry = Entry {
+                clock,
+                state: state.map(str::to_owned),
+                updated_ms: now_ms,
+                owner,
+            };
+            if self.entries.insert(client, entry).is_none() {
+                *self.owned.entry(owner).or_default() += 1;
+            }
         }
         Ok(change)
     }
@@ -159,6 +285,34 @@ impl AwarenessTable {
             }
         }
         removed
+    }
+
+    /// `owner` left: deletes every entry it introduced, live or removed.
+    /// Returns an update announcing the live ones gone (`null` at their
+    /// clock), `None` if there were none.
+    pub fn remove_owner(&mut self, owner: Owner) -> Option<Vec<u8>> {
+        self.owned.remove(&owner)?;
+        let mut gone = Vec::new();
+        self.entries.retain(|&client, entry| {
+            if entry.owner != owner {
+                return true;
+            }
+            if entry.state.is_some() {
+                gone.push((client, entry.clock));
+            }
+            false
+        });
+        if gone.is_empty() {
+            return None;
+        }
+        let mut buf = Vec::new();
+        write_var_uint(&mut buf, gone.len() as u64);
+        for (client, clock) in gone {
+            write_var_uint(&mut buf, client);
+            write_var_uint(&mut buf, clock);
+            write_var_string(&mut buf, "null");
+        }
+        Some(buf)
     }
 
     /// Removes states not renewed for `timeout_ms` (clients renew every 15 s;
@@ -283,5 +437,94 @@ mod tests {
             Err(DecodeError::InvalidAwarenessJson(2))
         );
         assert!(table.is_empty());
+    }
+
+    const BOUNDS: Bounds = Bounds {
+        per_owner: 2,
+        total: 3,
+        state_bytes: 16,
+    };
+
+    /// Issue 12, finding 2: removals of clients never seen were recorded,
+    /// so a few bytes per entry grew the table for good.
+    #[test]
+    fn a_removal_of_an_unknown_client_is_not_recorded() {
+        let mut table = AwarenessTable::new();
+        let nulls: Vec<(ClientId, u64, &str)> = (1..=100).map(|id| (id, 1, "null")).collect();
+        assert!(table.apply(&update(&nulls), 0).unwrap().is_empty());
+        assert_eq!(table.entries(), 0);
+    }
+
+    /// Issue 12, finding 2: anyone could erase or rewrite anyone's presence.
+    #[test]
+    fn only_the_owner_changes_or_removes_its_clients() {
+        let mut table = AwarenessTable::new();
+        let ann = r#"{"n":"ann"}"#;
+        table
+            .apply_as(&update(&[(7, 1, ann)]), 1, BOUNDS, 0)
+            .unwrap();
+        let forged = update(&[(7, 2, r#"{"n":"eve"}"#), (7, 3, "null")]);
+        let change = table.apply_as(&forged, 2, BOUNDS, 1).unwrap();
+        assert!(change.is_empty());
+        assert_eq!(change.foreign, [7, 7]);
+        assert_eq!(table.state(7), Some(ann));
+        let change = table
+            .apply_as(&update(&[(7, 2, "null")]), 1, BOUNDS, 2)
+            .unwrap();
+        assert_eq!(change.removed, [7]);
+    }
+
+    /// Issue 12, finding 2: one connection could list any number of clients.
+    #[test]
+    fn entries_are_bounded_per_owner_in_all_and_in_bytes() {
+        let mut table = AwarenessTable::new();
+        let three = update(&[(1, 1, "{}"), (2, 1, "{}"), (3, 1, "{}")]);
+        assert_eq!(
+            table.apply_as(&three, 1, BOUNDS, 0),
+            Err(AwarenessError::TooManyForOwner(2))
+        );
+        assert_eq!(table.entries(), 0, "a refused update changes nothing");
+        table
+            .apply_as(&update(&[(1, 1, "{}"), (2, 1, "{}")]), 1, BOUNDS, 0)
+            .unwrap();
+        // Renewing and removing its own clients is always allowed.
+        table
+            .apply_as(&update(&[(1, 2, "{}"), (2, 2, "null")]), 1, BOUNDS, 0)
+            .unwrap();
+        table
+            .apply_as(&update(&[(4, 1, "{}")]), 2, BOUNDS, 0)
+            .unwrap();
+        assert_eq!(
+            table.apply_as(&update(&[(5, 1, "{}")]), 3, BOUNDS, 0),
+            Err(AwarenessError::TooManyInTable(3))
+        );
+        let big = update(&[(6, 1, r#"{"name":"a long name"}"#)]);
+        assert!(matches!(
+            table.apply_as(&big, 3, BOUNDS, 0),
+            Err(AwarenessError::StateTooLarge { client: 6, .. })
+        ));
+    }
+
+    #[test]
+    fn an_owner_leaving_takes_exactly_its_entries() {
+        let mut table = AwarenessTable::new();
+        table
+            .apply_as(&update(&[(1, 4, "{}"), (2, 1, "{}")]), 1, BOUNDS, 0)
+            .unwrap();
+        table
+            .apply_as(&update(&[(2, 2, "null")]), 1, BOUNDS, 0)
+            .unwrap();
+        table
+            .apply_as(&update(&[(3, 1, "{}")]), 2, BOUNDS, 0)
+            .unwrap();
+        assert_eq!(table.remove_owner(1), Some(update(&[(1, 4, "null")])));
+        assert_eq!(table.entries(), 1, "the removed entry went too");
+        assert_eq!(table.clients().collect::<Vec<_>>(), [3]);
+        assert_eq!(table.remove_owner(1), None);
+        // Its clients may be introduced afresh by another connection.
+        table
+            .apply_as(&update(&[(1, 5, "{}")]), 2, BOUNDS, 0)
+            .unwrap();
+        assert_eq!(table.clients_of(2).count(), 2);
     }
 }

@@ -121,6 +121,12 @@ impl Status {
     }
 }
 
+/// The code of the server's `Error` frame saying saving has stalled: its
+/// storage stopped confirming writes, so no `Saved` comes until it
+/// resumes (the first `Saved` after it says so). The connection stays.
+/// See [`SyncSession::saves_stalled`].
+pub const SAVES_STALLED: u16 = 4503;
+
 /// What the driver must do with the transport.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -214,6 +220,9 @@ pub struct SyncSession {
     /// On this connection, every local edit up to this one has been sent.
     sent_through: u64,
     reassembly: Reassembly,
+    /// Set by the server's [`SAVES_STALLED`] error, cleared by the next
+    /// `Saved` or a new connection (whose room says so again if needed).
+    saves_stalled: bool,
     // Presence.
     remote: AwarenessTable,
     local_state: Option<String>,
@@ -268,6 +277,7 @@ impl SyncSession {
             unacked: VecDeque::new(),
             sent_through: 0,
             reassembly: Reassembly::default(),
+            saves_stalled: false,
             remote: AwarenessTable::new(),
             local_state: None,
             local_clock: 0,
@@ -301,6 +311,13 @@ impl SyncSession {
             unsaved: self.local_edits - self.saved_edits,
             extensions: self.extensions,
         }
+    }
+
+    /// Whether the server said it cannot save right now ([`SAVES_STALLED`]):
+    /// a badge must then say the changes are not saved, even with nothing
+    /// unsaved locally (others' changes are not on disk either).
+    pub fn saves_stalled(&self) -> bool {
+        self.saves_stalled
     }
 
     pub fn stats(&self) -> &SessionStats {
@@ -590,6 +607,7 @@ impl SyncSession {
         self.transmit.clear();
         self.unacked.clear();
         self.reassembly.clear();
+        self.saves_stalled = false;
         self.extensions = false;
         let left: Vec<ClientId> = self.remote.clients().collect();
         self.remote = AwarenessTable::new();
@@ -748,6 +766,7 @@ impl SyncSession {
             Ext::Ping(nonce) => self.send(Ext::Pong(nonce).encode()),
             Ext::Pong(_) => {}
             Ext::Saved { through } => {
+                self.saves_stalled = false;
                 while let Some(&(number, covered)) = self.unacked.front() {
                     if number > through {
                         break;
@@ -778,6 +797,9 @@ impl SyncSession {
                 }
             }
             Ext::Error { code, message } => {
+                if code == u64::from(SAVES_STALLED) {
+                    self.saves_stalled = true;
+                }
                 self.events.push_back(SessionEvent::ServerError {
                     code: u16::try_from(code).unwrap_or(close::INTERNAL_ERROR),
                     message: message.to_owned(),
@@ -991,6 +1013,24 @@ mod tests {
         s.tick(2_500);
         assert!(matches!(s.poll_action(), Some(Action::Disconnect { .. })));
         assert!(matches!(s.status().connection, Connection::Offline { .. }));
+    }
+
+    #[test]
+    fn a_stalled_save_is_remembered_until_the_next_saved() {
+        let mut s = synced();
+        assert!(!s.saves_stalled());
+        let stalled = Ext::Error {
+            code: u64::from(SAVES_STALLED),
+            message: "stalled",
+        };
+        s.on_message(&stalled.encode(), 10);
+        assert!(s.saves_stalled());
+        assert!(
+            s.status().connection == Connection::Synced,
+            "the link stays"
+        );
+        s.on_message(&Ext::Saved { through: 0 }.encode(), 20);
+        assert!(!s.saves_stalled());
     }
 
     #[test]

@@ -23,6 +23,9 @@ use crate::document::Document;
 use crate::room::RoomError;
 use crate::snapshot::{self, Format};
 
+/// What `Retry-After` says when a bounded resource is busy, in seconds.
+const RETRY_AFTER_SECS: &str = "1";
+
 /// Every way an API request can fail.
 #[derive(Debug)]
 pub enum AppError {
@@ -36,6 +39,8 @@ pub enum AppError {
     TooLarge(String),
     /// Shutting down, or a document that cannot be loaded right now.
     Unavailable(String),
+    /// A bounded resource is in use; 503 with `Retry-After`.
+    Busy(String),
     /// Anything else; the detail is logged, not returned.
     Internal(String),
 }
@@ -62,6 +67,7 @@ impl IntoResponse for AppError {
             AppError::Unavailable(m) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m.as_str())
             }
+            AppError::Busy(m) => (StatusCode::SERVICE_UNAVAILABLE, "busy", m.as_str()),
             AppError::Internal(detail) => {
                 error!(%detail, "internal error");
                 (
@@ -71,13 +77,20 @@ impl IntoResponse for AppError {
                 )
             }
         };
-        (
+        let mut response = (
             status,
             Json(ErrorBody {
                 error: ErrorDetail { code, message },
             }),
         )
-            .into_response()
+            .into_response();
+        if matches!(self, AppError::Busy(_)) {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
 }
 
@@ -259,6 +272,13 @@ pub async fn export(
         // A live room has the freshest state, pending parts included.
         Some(room) => room.snapshot().await?,
         None => {
+            // Each rebuilds a whole document: only so many at once.
+            let Ok(_permit) = state.cold_exports.clone().try_acquire_owned() else {
+                return Err(AppError::Busy(format!(
+                    "{} exports of documents not in memory are running; try again shortly",
+                    state.config.max_cold_exports
+                )));
+            };
             let doc = name.to_string();
             let stored = blocking(&state.store, move |store| store.load(&doc)).await?;
             let Some(stored) = stored else {

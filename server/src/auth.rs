@@ -2,10 +2,15 @@
 //!
 //! With `--auth-key`, every WebSocket and API request needs a token. A
 //! token is `base64url(claims JSON) "." base64url(HMAC-SHA256(key, first
-//! part))`; the claims name a document or a prefix pattern (`"team-*"`, or
-//! `"*"` for all), a permission and an expiry (Unix seconds). The signature is
-//! checked in constant time by the `hmac` crate; nothing here is hand-rolled
-//! cryptography. Verification takes `now` as an argument.
+//! part))`; the claims name **either** one document exactly (`"doc"`) **or**
+//! a prefix of document names (`"prefix"`; `""` for all), never both, so a
+//! document named `*` or `a*` is just a name. They also carry a permission,
+//! an expiry (Unix seconds) and the format version `"v": 2`. Tokens of the
+//! first format (no `v`, a trailing `*` in `doc` meaning a prefix) are
+//! refused with [`AuthError::OldFormat`]: what they grant is ambiguous.
+//! The signature is checked in constant time by the `hmac` crate; nothing
+//! here is hand-rolled cryptography. Verification takes `now` as an
+//! argument.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -17,6 +22,9 @@ use thiserror::Error;
 use quire_protocol::close;
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// The claims format this server mints and accepts.
+pub const TOKEN_VERSION: u32 = 2;
 
 /// What a token allows; each level includes the ones below it.
 #[derive(
@@ -32,23 +40,87 @@ pub enum Permission {
     Admin,
 }
 
+/// Which documents a token covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Exactly the document of this name (whatever characters it holds).
+    Doc(String),
+    /// Every document whose name starts with this (`""`: all of them).
+    Prefix(String),
+}
+
 /// The signed part of a token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {
-    /// A document name, or a prefix followed by `*`.
-    pub doc: String,
+    pub scope: Scope,
     pub perm: Permission,
     /// Expiry, Unix seconds.
     pub exp: u64,
 }
 
+/// The claims as JSON: `doc` and `prefix` are separate fields so that no
+/// character of a name can turn it into a pattern.
+#[derive(Serialize, Deserialize)]
+struct WireClaims {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    v: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    doc: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prefix: Option<String>,
+    perm: Permission,
+    exp: u64,
+}
+
 impl Claims {
-    /// Whether the token's pattern covers `doc`.
+    /// A token for exactly the document `name`.
+    pub fn doc(name: impl Into<String>, perm: Permission, exp: u64) -> Self {
+        let scope = Scope::Doc(name.into());
+        Self { scope, perm, exp }
+    }
+
+    /// A token for every document whose name starts with `prefix`.
+    pub fn prefix(prefix: impl Into<String>, perm: Permission, exp: u64) -> Self {
+        let scope = Scope::Prefix(prefix.into());
+        Self { scope, perm, exp }
+    }
+
+    /// Whether the token covers `doc`.
     pub fn covers(&self, doc: &str) -> bool {
-        match self.doc.strip_suffix('*') {
-            Some(prefix) => doc.starts_with(prefix),
-            None => self.doc == doc,
+        match &self.scope {
+            Scope::Doc(name) => name == doc,
+            Scope::Prefix(prefix) => doc.starts_with(prefix.as_str()),
         }
+    }
+
+    fn to_wire(&self) -> WireClaims {
+        let (doc, prefix) = match &self.scope {
+            Scope::Doc(name) => (Some(name.clone()), None),
+            Scope::Prefix(prefix) => (None, Some(prefix.clone())),
+        };
+        WireClaims {
+            v: Some(TOKEN_VERSION),
+            doc,
+            prefix,
+            perm: self.perm,
+            exp: self.exp,
+        }
+    }
+
+    fn from_wire(wire: WireClaims) -> Result<Self, AuthError> {
+        if wire.v != Some(TOKEN_VERSION) {
+            return Err(AuthError::OldFormat);
+        }
+        let scope = match (wire.doc, wire.prefix) {
+            (Some(name), None) => Scope::Doc(name),
+            (None, Some(prefix)) => Scope::Prefix(prefix),
+            _ => return Err(AuthError::Malformed),
+        };
+        Ok(Self {
+            scope,
+            perm: wire.perm,
+            exp: wire.exp,
+        })
     }
 }
 
@@ -59,6 +131,11 @@ pub enum AuthError {
     Missing,
     #[error("the token is malformed")]
     Malformed,
+    #[error(
+        "the token is of the old format, whose document patterns are ambiguous; \
+         mint a new one with `quire token --doc NAME` or `--prefix P`"
+    )]
+    OldFormat,
     #[error("the token's signature is wrong")]
     BadSignature,
     #[error("the token expired")]
@@ -102,7 +179,13 @@ impl TokenKey {
     }
 
     pub fn sign(&self, claims: &Claims) -> String {
-        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialise"));
+        let json = serde_json::to_vec(&claims.to_wire()).expect("claims serialise");
+        self.sign_json(&json)
+    }
+
+    /// Signs claims already in JSON.
+    fn sign_json(&self, json: &[u8]) -> String {
+        let body = URL_SAFE_NO_PAD.encode(json);
         let mut mac = self.mac();
         mac.update(body.as_bytes());
         let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
@@ -122,7 +205,8 @@ impl TokenKey {
         let json = URL_SAFE_NO_PAD
             .decode(body)
             .map_err(|_| AuthError::Malformed)?;
-        let claims: Claims = serde_json::from_slice(&json).map_err(|_| AuthError::Malformed)?;
+        let wire: WireClaims = serde_json::from_slice(&json).map_err(|_| AuthError::Malformed)?;
+        let claims = Claims::from_wire(wire)?;
         if claims.exp <= now_secs {
             return Err(AuthError::Expired);
         }
@@ -158,11 +242,7 @@ mod tests {
     use super::*;
 
     fn claims(doc: &str, perm: Permission, exp: u64) -> Claims {
-        Claims {
-            doc: doc.into(),
-            perm,
-            exp,
-        }
+        Claims::doc(doc, perm, exp)
     }
 
     #[test]
@@ -181,7 +261,8 @@ mod tests {
             TokenKey::new("other").verify(&token, 0),
             Err(AuthError::BadSignature)
         );
-        let forged_body = URL_SAFE_NO_PAD.encode(br#"{"doc":"*","perm":"admin","exp":9999999999}"#);
+        let forged_body =
+            URL_SAFE_NO_PAD.encode(br#"{"v":2,"prefix":"","perm":"admin","exp":9999999999}"#);
         let signature = token.split_once('.').unwrap().1;
         assert_eq!(
             key.verify(&format!("{forged_body}.{signature}"), 0),
@@ -194,7 +275,7 @@ mod tests {
     #[test]
     fn patterns_and_permissions() {
         let key = TokenKey::new("k");
-        let team = key.sign(&claims("team-*", Permission::Read, 10));
+        let team = key.sign(&Claims::prefix("team-", Permission::Read, 10));
         assert!(
             key.authorize(Some(&team), "team-plan", Permission::Read, 0)
                 .is_ok()
@@ -211,12 +292,79 @@ mod tests {
             key.authorize(None, "team-plan", Permission::Read, 0),
             Err(AuthError::Missing)
         );
-        let all = key.sign(&claims("*", Permission::Admin, 10));
+        let all = key.sign(&Claims::prefix("", Permission::Admin, 10));
         assert!(
             key.authorize(Some(&all), "anything", Permission::Admin, 0)
                 .is_ok()
         );
         assert_eq!(AuthError::Missing.close_code(), 4401);
         assert_eq!(AuthError::WrongDocument.close_code(), 4403);
+    }
+
+    #[test]
+    fn a_document_named_star_is_only_itself() {
+        let key = TokenKey::new("k");
+        for name in ["*", "a*"] {
+            let token = key.sign(&claims(name, Permission::Write, 10));
+            assert!(
+                key.authorize(Some(&token), name, Permission::Write, 0)
+                    .is_ok()
+            );
+            for other in ["a", "ab", "anything", "", "**", "a**"] {
+                assert_eq!(
+                    key.authorize(Some(&token), other, Permission::Read, 0),
+                    Err(AuthError::WrongDocument),
+                    "a token for {name:?} opened {other:?}"
+                );
+            }
+        }
+        // A prefix token for "a*" covers names starting with "a*" only.
+        let token = key.sign(&Claims::prefix("a*", Permission::Read, 10));
+        assert!(
+            key.authorize(Some(&token), "a*b", Permission::Read, 0)
+                .is_ok()
+        );
+        assert_eq!(
+            key.authorize(Some(&token), "ab", Permission::Read, 0),
+            Err(AuthError::WrongDocument)
+        );
+    }
+
+    #[test]
+    fn old_format_and_ambiguous_tokens_are_refused() {
+        let key = TokenKey::new("k");
+        // The first format: no version, a trailing `*` meant a prefix.
+        for old in [
+            r#"{"doc":"*","perm":"admin","exp":9999999999}"#,
+            r#"{"doc":"notes","perm":"read","exp":9999999999}"#,
+            r#"{"v":1,"doc":"notes","perm":"read","exp":9999999999}"#,
+        ] {
+            let token = key.sign_json(old.as_bytes());
+            assert_eq!(key.verify(&token, 0), Err(AuthError::OldFormat), "{old}");
+            assert_eq!(AuthError::OldFormat.close_code(), 4401);
+        }
+        // Both or neither of `doc` and `prefix`.
+        for odd in [
+            r#"{"v":2,"doc":"a","prefix":"a","perm":"read","exp":9999999999}"#,
+            r#"{"v":2,"perm":"read","exp":9999999999}"#,
+        ] {
+            assert_eq!(
+                key.verify(&key.sign_json(odd.as_bytes()), 0),
+                Err(AuthError::Malformed),
+                "{odd}"
+            );
+        }
+        let json = String::from_utf8(
+            URL_SAFE_NO_PAD
+                .decode(
+                    key.sign(&claims("*", Permission::Read, 10))
+                        .split_once('.')
+                        .unwrap()
+                        .0,
+                )
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(json, r#"{"v":2,"doc":"*","perm":"read","exp":10}"#);
     }
 }

@@ -30,6 +30,23 @@ pub mod defaults {
     pub const MAX_ROOMS: usize = 10_000;
     pub const MAX_MESSAGES_PER_SEC: u32 = 500;
     pub const MAX_BYTES_PER_SEC: u64 = 8 * 1024 * 1024;
+
+    // ----- room limits (issue 12, room side) -----
+    pub const SAVE_STALL_TIMEOUT: &str = "5s";
+    pub const MAX_PRESENCE_PER_CONNECTION: usize = 16;
+    pub const MAX_PRESENCE_PER_ROOM: usize = 10_000;
+    pub const MAX_PRESENCE_STATE_BYTES: usize = 64 * 1024;
+    pub const MAX_CHAT_MESSAGE_BYTES: usize = 4 * 1024;
+    pub const CHAT_HISTORY_BYTES: u64 = 64 * 1024;
+}
+
+/// Defaults of the abuse-resistance settings (issue 12, connection side).
+pub mod edge_defaults {
+    pub const OUTBOX_BYTES: usize = 8 * 1024 * 1024;
+    pub const HEADER_TIMEOUT: &str = "10s";
+    pub const AUTH_TIMEOUT: &str = "3s";
+    pub const MESSAGE_TIMEOUT: &str = "60s";
+    pub const MAX_COLD_EXPORTS: usize = 4;
 }
 
 /// Shortest ping interval and timeout `quire serve` accepts.
@@ -110,6 +127,66 @@ pub struct Config {
     #[arg(long, env = "QUIRE_MAX_BYTES_PER_SEC", default_value_t = defaults::MAX_BYTES_PER_SEC)]
     pub max_bytes_per_sec: u64,
 
+    // ----- connection-side limits (issue 12) -----
+    /// Bytes queued for one client before it is cut off as too slow (4408);
+    /// one larger frame (a big initial sync) may wait beyond it at a time.
+    #[arg(long, env = "QUIRE_OUTBOX_BYTES", default_value_t = edge_defaults::OUTBOX_BYTES)]
+    pub outbox_bytes: usize,
+    /// How long a client may take to send a request's headers (HTTP and
+    /// WebSocket upgrades alike); the connection is dropped after it.
+    #[arg(long, env = "QUIRE_HEADER_TIMEOUT", default_value = edge_defaults::HEADER_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// How long a Quire client without a token in its URL has to send it
+    /// in-band (4401 after).
+    #[arg(long, env = "QUIRE_AUTH_TIMEOUT", default_value = edge_defaults::AUTH_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub auth_timeout: Duration,
+    /// How long one WebSocket message may take to arrive once it started
+    /// (4408 after), however alive the heartbeat keeps the link.
+    #[arg(long, env = "QUIRE_MESSAGE_TIMEOUT", default_value = edge_defaults::MESSAGE_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub message_timeout: Duration,
+    /// Host names this server answers to besides IP addresses and
+    /// `localhost` (repeatable; e.g. `docs.example.com`). Any other Host
+    /// header is refused (421), which defeats DNS rebinding.
+    #[arg(
+        long = "public-host",
+        env = "QUIRE_PUBLIC_HOSTS",
+        value_delimiter = ','
+    )]
+    pub public_hosts: Vec<String>,
+    /// Addresses of reverse proxies whose `X-Forwarded-For` names the real
+    /// client for the per-address limit (repeatable). From anyone else the
+    /// header is ignored.
+    #[arg(long = "trust-proxy", env = "QUIRE_TRUST_PROXY", value_delimiter = ',')]
+    pub trust_proxy: Vec<std::net::IpAddr>,
+    /// Exports of documents not in memory built at once (503 with
+    /// Retry-After beyond).
+    #[arg(long, env = "QUIRE_MAX_COLD_EXPORTS", default_value_t = edge_defaults::MAX_COLD_EXPORTS)]
+    pub max_cold_exports: usize,
+
+    // ----- room limits (issue 12, room side) -----
+    /// How long written changes may wait for the disk before Quire clients
+    /// are told saving has stalled (no `Saved` is sent meanwhile).
+    #[arg(long, env = "QUIRE_SAVE_STALL_TIMEOUT", default_value = defaults::SAVE_STALL_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub save_stall_timeout: Duration,
+    /// Awareness clients one connection may introduce, counting removed
+    /// ones until it leaves (1007 beyond).
+    #[arg(long, env = "QUIRE_MAX_PRESENCE_PER_CONNECTION", default_value_t = defaults::MAX_PRESENCE_PER_CONNECTION)]
+    pub max_presence_per_connection: usize,
+    /// Awareness clients one document lists (1013 for the connection that
+    /// would pass it).
+    #[arg(long, env = "QUIRE_MAX_PRESENCE_PER_ROOM", default_value_t = defaults::MAX_PRESENCE_PER_ROOM)]
+    pub max_presence_per_room: usize,
+    /// Bytes of one awareness state (1009 beyond).
+    #[arg(long, env = "QUIRE_MAX_PRESENCE_STATE_BYTES", default_value_t = defaults::MAX_PRESENCE_STATE_BYTES)]
+    pub max_presence_state_bytes: usize,
+    /// Bytes of text in one chat message (refused beyond, Error 1009).
+    #[arg(long, env = "QUIRE_MAX_CHAT_MESSAGE_BYTES", default_value_t = defaults::MAX_CHAT_MESSAGE_BYTES)]
+    pub max_chat_message_bytes: usize,
+    /// Bytes of chat a document keeps (oldest dropped beyond; at most the
+    /// last 50 messages too), sent in one frame to a joining Quire client.
+    #[arg(long, env = "QUIRE_CHAT_HISTORY_BYTES", default_value_t = defaults::CHAT_HISTORY_BYTES, value_parser = clap::value_parser!(u64).range(..=MAX_CHAT_HISTORY_BYTES))]
+    pub chat_history_bytes: u64,
+
     // ----- cluster mode (issue 15) -----
     /// Store documents in this PostgreSQL database instead of the sled
     /// folder (`postgres://user:password@host:port/db`); several nodes may
@@ -122,6 +199,10 @@ pub struct Config {
     #[arg(long, env = "QUIRE_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 }
+
+/// Most chat history a document may keep: its one join frame stays far
+/// below what Quire clients reassemble (256 MiB by default).
+const MAX_CHAT_HISTORY_BYTES: u64 = 16 * 1024 * 1024;
 
 fn token_key(secret: &str) -> Result<TokenKey, String> {
     Ok(TokenKey::new(secret))
@@ -156,6 +237,20 @@ impl Config {
             max_rooms: defaults::MAX_ROOMS,
             max_messages_per_sec: defaults::MAX_MESSAGES_PER_SEC,
             max_bytes_per_sec: defaults::MAX_BYTES_PER_SEC,
+            outbox_bytes: edge_defaults::OUTBOX_BYTES,
+            header_timeout: duration(edge_defaults::HEADER_TIMEOUT),
+            auth_timeout: duration(edge_defaults::AUTH_TIMEOUT),
+            message_timeout: duration(edge_defaults::MESSAGE_TIMEOUT),
+            public_hosts: Vec::new(),
+            trust_proxy: Vec::new(),
+            max_cold_exports: edge_defaults::MAX_COLD_EXPORTS,
+            // room limits (issue 12, room side)
+            save_stall_timeout: duration(defaults::SAVE_STALL_TIMEOUT),
+            max_presence_per_connection: defaults::MAX_PRESENCE_PER_CONNECTION,
+            max_presence_per_room: defaults::MAX_PRESENCE_PER_ROOM,
+            max_presence_state_bytes: defaults::MAX_PRESENCE_STATE_BYTES,
+            max_chat_message_bytes: defaults::MAX_CHAT_MESSAGE_BYTES,
+            chat_history_bytes: defaults::CHAT_HISTORY_BYTES,
             database_url: None,
             redis_url: None,
         }
@@ -179,6 +274,8 @@ impl Config {
     pub fn clamped(self) -> Self {
         Self {
             outbox_capacity: self.outbox_capacity.max(1),
+            outbox_bytes: self.outbox_bytes.max(1),
+            max_cold_exports: self.max_cold_exports.max(1),
             ping_interval: self.ping_interval.max(MIN_PING),
             ping_timeout: self.ping_timeout.max(MIN_PING),
             ..self

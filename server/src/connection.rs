@@ -28,6 +28,7 @@
 //! Stock y-websocket clients get WebSocket ping frames and no extension
 //! message ever; Quire clients (subprotocol `quire.v1`) get the extensions.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -43,7 +44,8 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::auth::{self, AuthError, Permission};
-use crate::limits::{Admitted, RateLimit};
+use crate::limits::{Admitted, MessageProgress, RateLimit, ReadMeter};
+use crate::outbox::{OutboxReceiver, outbox};
 use crate::room::{Close, ConnId, Inbound, MemberChannels, RoomError, RoomHandle};
 use crate::{AppState, unix_ms};
 
@@ -60,9 +62,6 @@ pub(crate) const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Bytes a socket's writer gathers before writing (it also writes on flush,
 /// after every batch).
 pub(crate) const WRITE_BUFFER_BYTES: usize = 16 * 1024;
-
-/// How long a Quire client has to present its token in-band.
-const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -90,6 +89,9 @@ pub enum Ending {
     /// No answer to a ping within the timeout, in milliseconds (4000).
     #[error("no answer to ping within {0} ms")]
     PingTimeout(u128),
+    /// A message still incomplete after the timeout, in milliseconds (4408).
+    #[error("a message was not completed within {0} ms")]
+    MessageTimeout(u128),
 }
 
 impl Ending {
@@ -103,6 +105,7 @@ impl Ending {
             Ending::TooBig(_) => close::MESSAGE_TOO_BIG,
             Ending::Undecodable(_) => close::INVALID_PAYLOAD,
             Ending::PingTimeout(_) => close::PING_TIMEOUT,
+            Ending::MessageTimeout(_) => close::TOO_SLOW,
         };
         Close::new(code, self.to_string())
     }
@@ -117,16 +120,27 @@ impl Ending {
     }
 }
 
-/// Serves one upgraded WebSocket for document `raw_name` until it closes.
-/// `token` is the `?token=` of the URL; `admitted` holds the connection's
-/// place under the connection limits until it ends.
-pub async fn serve(
-    socket: WebSocket,
-    raw_name: String,
-    token: Option<String>,
-    admitted: Admitted,
-    state: AppState,
-) {
+/// What the upgrade request settled about a WebSocket.
+pub struct Opening {
+    /// The document name as the URL gave it.
+    pub raw_name: String,
+    /// The `?token=` of the URL.
+    pub token: Option<String>,
+    /// The connection's place under the connection limits until it ends.
+    pub admitted: Admitted,
+    /// Bytes read from its socket (`None` when the router runs without
+    /// `serve`: then no message timeout applies).
+    pub meter: Option<Arc<ReadMeter>>,
+}
+
+/// Serves one upgraded WebSocket until it closes.
+pub async fn serve(socket: WebSocket, opening: Opening, state: AppState) {
+    let Opening {
+        raw_name,
+        token,
+        admitted,
+        meter,
+    } = opening;
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let extensions = socket
         .protocol()
@@ -135,7 +149,7 @@ pub async fn serve(
     async move {
         state.metrics.connections.inc();
         state.metrics.connections_opened.inc();
-        run(socket, conn, extensions, &raw_name, token, &state).await;
+        run(socket, conn, extensions, &raw_name, token, meter, &state).await;
         drop(admitted);
         state.metrics.connections.dec();
         debug!("connection closed");
@@ -151,6 +165,7 @@ async fn run(
     extensions: bool,
     raw_name: &str,
     token: Option<String>,
+    meter: Option<Arc<ReadMeter>>,
     state: &AppState,
 ) {
     let (mut sink, mut stream) = socket.split();
@@ -194,7 +209,8 @@ async fn run(
         control_tx: joined.control_tx,
         state,
     };
-    link.read_loop(stream, writer).await;
+    let progress = meter.map(|meter| MessageProgress::new(meter, state.config.message_timeout));
+    link.read_loop(stream, writer, progress).await;
 }
 
 /// Closes a connection that never joined its room (with a typed error
@@ -238,7 +254,7 @@ async fn handshake(
 /// What joining set up.
 struct Joined {
     room: RoomHandle,
-    frames: mpsc::Receiver<Bytes>,
+    frames: OutboxReceiver,
     close: mpsc::Receiver<Close>,
     close_tx: mpsc::Sender<Close>,
     control: mpsc::Receiver<WsMessage>,
@@ -253,7 +269,11 @@ async fn join(
     state: &AppState,
 ) -> Result<Joined, Ending> {
     let config = &state.config;
-    let (frames_tx, frames) = mpsc::channel::<Bytes>(config.outbox_capacity);
+    let (frames_tx, frames) = outbox(
+        config.outbox_capacity,
+        config.outbox_bytes,
+        state.metrics.clone(),
+    );
     let (close_tx, close) = mpsc::channel::<Close>(1);
     let (control_tx, control) = mpsc::channel::<WsMessage>(CONTROL_CAPACITY);
     if extensions {
@@ -308,7 +328,12 @@ impl Link<'_> {
     /// Step 3: reads until the client leaves, the link dies, the token
     /// expires or the input is refused; then leaves the room and lets the
     /// writer send its close.
-    async fn read_loop(mut self, mut stream: SplitStream<WebSocket>, mut writer: JoinHandle<()>) {
+    async fn read_loop(
+        mut self,
+        mut stream: SplitStream<WebSocket>,
+        mut writer: JoinHandle<()>,
+        mut progress: Option<MessageProgress>,
+    ) {
         let config = &self.state.config;
         // Set once the writer has ended (it sent a close or the socket
         // failed), so it is not awaited twice.
@@ -320,6 +345,10 @@ impl Link<'_> {
         let mut unanswered_since: Option<Instant> = None;
         let mut messages = RateLimit::per_second(f64::from(config.max_messages_per_sec));
         let mut bytes_rate = RateLimit::per_second(config.max_bytes_per_sec as f64);
+        // A message in progress must complete in time (the heartbeat alone
+        // does not keep it open); checked this often.
+        let check_every = progress.as_ref().map(MessageProgress::check_every);
+        let mut next_check = check_every.map(|every| Instant::now() + every);
         loop {
             let ping_deadline = unanswered_since.map(|t| t + config.ping_timeout);
             let expiry = self.access.expires_at;
@@ -348,6 +377,15 @@ impl Link<'_> {
                     self.end(Ending::Access(AuthError::Expired));
                     break;
                 }
+                _ = sleep_until(next_check.unwrap_or_else(Instant::now)), if next_check.is_some() => {
+                    let now = Instant::now();
+                    if progress.as_mut().is_some_and(|p| p.stalled(now)) {
+                        self.end(Ending::MessageTimeout(config.message_timeout.as_millis()));
+                        break;
+                    }
+                    next_check = check_every.map(|every| now + every);
+                    continue;
+                }
                 _ = sleep_until(ping_deadline.unwrap_or_else(Instant::now)), if ping_deadline.is_some() => {
                     self.end(Ending::PingTimeout(config.ping_timeout.as_millis()));
                     break;
@@ -355,6 +393,15 @@ impl Link<'_> {
             };
             // Anything from the client proves the link is alive.
             unanswered_since = None;
+            if let (Some(progress), Some(Ok(message))) = (progress.as_mut(), &frame) {
+                let (len, data) = match message {
+                    WsMessage::Binary(bytes) => (bytes.len(), true),
+                    WsMessage::Text(text) => (text.len(), true),
+                    WsMessage::Ping(bytes) | WsMessage::Pong(bytes) => (bytes.len(), false),
+                    WsMessage::Close(_) => (0, false),
+                };
+                progress.delivered(len, data);
+            }
             let bytes = match frame {
                 None | Some(Ok(WsMessage::Close(_))) => break,
                 Some(Ok(WsMessage::Binary(bytes))) => bytes,
@@ -455,7 +502,7 @@ impl Link<'_> {
 /// The sending half of the socket and its three queues.
 struct Writer {
     sink: SplitSink<WebSocket, WsMessage>,
-    frames: mpsc::Receiver<Bytes>,
+    frames: OutboxReceiver,
     close: mpsc::Receiver<Close>,
     control: mpsc::Receiver<WsMessage>,
     extensions: bool,
@@ -506,7 +553,7 @@ impl Writer {
             }
             batched += 1;
             if batched < BATCH_FRAMES && self.control.is_empty() && self.close.is_empty() {
-                next = self.frames.try_recv().ok();
+                next = self.frames.try_recv();
             }
         }
         self.sink.flush().await.is_ok()
@@ -613,7 +660,8 @@ fn check_token(state: &AppState, token: Option<&str>, doc: &DocName) -> Result<A
     let left = Duration::from_secs(claims.exp.saturating_sub(now));
     Ok(Access {
         can_write: claims.perm >= Permission::Write,
-        expires_at: Some(Instant::now() + left),
+        // An expiry beyond what the clock can represent never comes.
+        expires_at: Instant::now().checked_add(left),
     })
 }
 
@@ -629,7 +677,7 @@ async fn authenticate(
     if state.config.auth_key.is_none() || token.is_some() || !extensions {
         return check_token(state, token.as_deref(), doc);
     }
-    let first = tokio::time::timeout(AUTH_TIMEOUT, stream.next()).await;
+    let first = tokio::time::timeout(state.config.auth_timeout, stream.next()).await;
     let token = match first {
         Ok(Some(Ok(WsMessage::Binary(frame)))) => match Ext::decode(&frame) {
             Ok(Ext::Auth { token }) => Some(token.to_owned()),

@@ -5,6 +5,8 @@
 //! so [`DocumentError::Poisoned`] tells the owner to drop it and rebuild it
 //! from storage (which only ever received updates that applied cleanly).
 
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use thiserror::Error;
@@ -70,6 +72,63 @@ pub struct Document {
     /// The nesting level of every block, for refusing updates that would
     /// nest shared types past `items::MAX_NESTING`.
     levels: Levels,
+    /// What the document has deleted, kept up to date by `apply`: yrs only
+    /// tells by walking every block (`snapshot`), and read-only or
+    /// incomplete updates are checked against it per range
+    /// ([`Self::is_known`], [`Self::holds`]), in time logarithmic in it.
+    deleted: Deleted,
+    /// The document's state vector, kept with `deleted`: the same checks
+    /// read it without building a new one per update.
+    have: StateVector,
+}
+
+/// Deleted clock ranges per client, merged: start → end.
+#[derive(Debug, Default)]
+struct Deleted(HashMap<u64, BTreeMap<u32, u32>>);
+
+impl Deleted {
+    /// Everything `set` lists (from a snapshot or a transaction).
+    fn add_set(&mut self, set: &yrs::IdSet) {
+        for (client, ranges) in set.iter() {
+            for range in ranges.iter() {
+                self.add(client.get(), range.clone());
+            }
+        }
+    }
+
+    fn add(&mut self, client: u64, range: Range<u32>) {
+        if range.is_empty() {
+            return;
+        }
+        let ranges = self.0.entry(client).or_default();
+        let (mut start, mut end) = (range.start, range.end);
+        // A range starting before that reaches this one merges with it...
+        if let Some((&s, &e)) = ranges.range(..=start).next_back()
+            && e >= start
+        {
+            start = s;
+            end = end.max(e);
+        }
+        // ...and so do those starting inside it or right after it.
+        let absorbed: Vec<(u32, u32)> = ranges.range(start..=end).map(|(&s, &e)| (s, e)).collect();
+        for (s, e) in absorbed {
+            ranges.remove(&s);
+            end = end.max(e);
+        }
+        ranges.insert(start, end);
+    }
+
+    /// Whether all of `wanted` of `client` is deleted.
+    fn covers(&self, client: u64, wanted: Range<u32>) -> bool {
+        if wanted.is_empty() {
+            return true;
+        }
+        // Ranges are merged, so one range must hold all of it.
+        self.0
+            .get(&client)
+            .and_then(|ranges| ranges.range(..=wanted.start).next_back())
+            .is_some_and(|(_, &end)| end >= wanted.end)
+    }
 }
 
 impl Default for Document {
@@ -85,6 +144,8 @@ impl Document {
         Self {
             doc: Doc::new(),
             levels: Levels::default(),
+            deleted: Deleted::default(),
+            have: StateVector::default(),
         }
     }
 
@@ -116,12 +177,11 @@ impl Document {
                 Ok(())
             })?;
         }
-        document.levels = Levels::of_state(
-            &document
-                .doc
-                .transact()
-                .encode_diff_v1(&StateVector::default()),
-        );
+        let txn = document.doc.transact();
+        document.levels = Levels::of_state(&txn.encode_diff_v1(&StateVector::default()));
+        document.deleted.add_set(&txn.snapshot().delete_set);
+        document.have = txn.state_vector();
+        drop(txn);
         Ok(document)
     }
 
@@ -134,14 +194,15 @@ impl Document {
         // Counts that do not fit the bytes (yrs reserves memory for them),
         // nesting that would overflow yrs' recursion, impossible origins,
         // references to what the document lacks.
-        let have = self.doc.transact().state_vector();
         let runs =
-            items::check_against(bytes, &have, &self.levels).map_err(|refusal| match refusal {
-                Refusal::Invalid(why) => DocumentError::InvalidUpdate(why),
-                Refusal::Incomplete { carries, reason } => {
-                    DocumentError::Incomplete { carries, reason }
-                }
-            })?;
+            items::check_against(bytes, &self.have, &self.levels).map_err(
+                |refusal| match refusal {
+                    Refusal::Invalid(why) => DocumentError::InvalidUpdate(why),
+                    Refusal::Incomplete { carries, reason } => {
+                        DocumentError::Incomplete { carries, reason }
+                    }
+                },
+            )?;
         // A panic while decoding leaves the document untouched: plain rejection.
         let update = guarded(|| {
             Update::decode_v1(bytes).map_err(|e| DocumentError::InvalidUpdate(e.to_string()))
@@ -154,6 +215,8 @@ impl Document {
         })?;
         let doc = &self.doc;
         let levels = &mut self.levels;
+        let deleted = &mut self.deleted;
+        let have_now = &mut self.have;
         guarded(|| {
             let insertions = update.insertions(true);
             // Where each client's blocks in the update end, and whether it
@@ -185,6 +248,8 @@ impl Document {
                         // state vector to clock 0 without integrating anything.
                         .filter(|delta| delta.as_slice() != EMPTY_UPDATE);
                     levels.record(&runs);
+                    deleted.add_set(txn.delete_set());
+                    *have_now = have;
                     Ok(Applied { delta, held_back })
                 }
             }
@@ -199,26 +264,23 @@ impl Document {
         if items::check(bytes).is_err() {
             return false;
         }
-        let doc = &self.doc;
+        // Linear in the update, logarithmic in the document.
         guarded(|| {
             let update = Update::decode_v1(bytes)
                 .map_err(|e| DocumentError::InvalidUpdate(e.to_string()))?;
-            let txn = doc.transact();
-            let have = txn.state_vector();
             // Any block reaching past what the document has is news
             // (including blocks ahead of a gap, which yrs would hold back).
             let beyond = update.insertions(true).iter().any(|(client, ranges)| {
-                let clock = have.get(client);
+                let clock = self.have.get(client);
                 ranges.iter().any(|r| r.end > clock)
             });
             if beyond {
                 return Ok(false);
             }
-            let deleted = txn.snapshot().delete_set;
             Ok(update.delete_set().iter().all(|(client, ranges)| {
                 ranges
                     .iter()
-                    .all(|wanted| deletes(&deleted, client.get(), wanted.clone()))
+                    .all(|wanted| self.deleted.covers(client.get(), wanted.clone()))
             }))
         })
         .unwrap_or(false)
@@ -226,29 +288,25 @@ impl Document {
 
     /// This document's state vector, encoded (the payload of sync step 1).
     pub fn state_vector(&self) -> Vec<u8> {
-        self.doc.transact().state_vector().encode_v1()
+        self.have.encode_v1()
     }
 
     /// Whether this document holds everything `footprint` describes: every
     /// client up to the clock it reaches, and every range it deletes
     /// deleted.
     pub fn holds(&self, footprint: &Footprint) -> bool {
-        let txn = self.doc.transact();
-        let have = txn.state_vector();
+        // Linear in the footprint, logarithmic in the document.
         let reached = footprint
             .reach
             .iter()
-            .all(|(&client, &clock)| u64::from(have.get(&ClientID::new(client))) >= clock);
-        if !reached || footprint.deleted.is_empty() {
-            return reached;
-        }
-        let deleted = txn.snapshot().delete_set;
-        footprint.deleted.iter().all(|&(client, start, end)| {
-            let (Ok(start), Ok(end)) = (u32::try_from(start), u32::try_from(end)) else {
-                return false;
-            };
-            deletes(&deleted, client, start..end)
-        })
+            .all(|(&client, &clock)| u64::from(self.have.get(&ClientID::new(client))) >= clock);
+        reached
+            && footprint.deleted.iter().all(|&(client, start, end)| {
+                let (Ok(start), Ok(end)) = (u32::try_from(start), u32::try_from(end)) else {
+                    return false;
+                };
+                self.deleted.covers(client, start..end)
+            })
     }
 
     /// What a peer with state vector `sv` lacks (the payload of sync step 2).
@@ -320,32 +378,6 @@ fn changed(txn: &yrs::TransactionMut) -> bool {
     txn.after_state()
         .iter()
         .any(|(client, &clock)| clock > before.get(client))
-}
-
-/// Whether the delete set `deleted` holds all of `wanted` for `client`.
-fn deletes(deleted: &yrs::IdSet, client: u64, wanted: std::ops::Range<u32>) -> bool {
-    let mut have: Vec<std::ops::Range<u32>> = deleted
-        .iter()
-        .filter(|(c, _)| c.get() == client)
-        .flat_map(|(_, r)| r.iter().cloned().collect::<Vec<_>>())
-        .collect();
-    have.sort_by_key(|r| r.start);
-    covered(&have, wanted)
-}
-
-/// Whether the sorted ranges `have` cover all of `wanted`.
-fn covered(have: &[std::ops::Range<u32>], wanted: std::ops::Range<u32>) -> bool {
-    let mut next = wanted.start;
-    for range in have {
-        if next >= wanted.end {
-            break;
-        }
-        if range.start > next {
-            return false;
-        }
-        next = next.max(range.end);
-    }
-    next >= wanted.end
 }
 
 /// Runs `f`, turning a panic inside yrs into [`DocumentError::Poisoned`].
@@ -503,5 +535,237 @@ mod tests {
             rebuilt.encode_state().unwrap(),
             stepwise.encode_state().unwrap()
         );
+    }
+
+    /// Issue 12, finding 4: the deletions `is_known` and `holds` read are
+    /// kept by `apply`, no longer rebuilt from yrs per update: they must
+    /// stay what yrs' own snapshot says, through random edits.
+    #[test]
+    fn the_deletion_index_matches_yrs_through_random_edits() {
+        let mut rng = fastrand::Rng::with_seed(12);
+        let writers: Vec<Doc> = (1..=3).map(Doc::with_client_id).collect();
+        let mut document = Document::new();
+        for round in 0..300 {
+            let writer = &writers[rng.usize(..writers.len())];
+            let text = writer.get_or_insert_text("content");
+            let update = {
+                let mut txn = writer.transact_mut();
+                let len = text.len(&txn);
+                if len > 4 && rng.bool() {
+                    let at = rng.u32(..len - 2);
+                    text.remove_range(&mut txn, at, rng.u32(1..3));
+                } else {
+                    text.insert(&mut txn, rng.u32(..=len), "abc");
+                }
+                txn.encode_update_v1()
+            };
+            document.apply(&update).unwrap();
+            // Keep the writers in step (through the room's document).
+            let state = document.encode_state().unwrap();
+            for other in &writers {
+                let update = Update::decode_v1(&state).unwrap();
+                other.transact_mut().apply_update(update).unwrap();
+            }
+            let mut expected = Deleted::default();
+            expected.add_set(&document.doc.transact().snapshot().delete_set);
+            expected.0.retain(|_, ranges| !ranges.is_empty());
+            assert_eq!(document.deleted.0, expected.0, "round {round}");
+            assert_eq!(document.have, document.doc.transact().state_vector());
+        }
+        let reloaded =
+            Document::from_updates([document.encode_state().unwrap().as_slice()]).unwrap();
+        assert_eq!(reloaded.deleted.0, document.deleted.0);
+    }
+
+    #[test]
+    fn deleted_ranges_merge_and_cover() {
+        let mut deleted = Deleted::default();
+        for range in [5..7, 1..3, 3..4, 10..12, 6..10] {
+            deleted.add(1, range);
+        }
+        assert_eq!(deleted.0[&1], [(1, 4), (5, 12)].into());
+        assert!(deleted.covers(1, 5..12));
+        assert!(deleted.covers(1, 2..3));
+        assert!(!deleted.covers(1, 3..6));
+        assert!(!deleted.covers(2, 0..1));
+        assert!(deleted.covers(2, 4..4));
+    }
+
+    /// What yrs (and Quire's own loading and rendering) handles of nested
+    /// shared types, for `MAX_NESTING`: the whole life of a document
+    /// `depth` levels deep (`kind`: XmlElements as a rich-text outline
+    /// nests, or Y.Maps) on a 2 MiB stack, a tokio worker's: built,
+    /// encoded, loaded as the server loads, applied under a deep observer,
+    /// rendered as a snapshot in every format, deleted, dropped. Returns
+    /// the milliseconds each step took.
+    fn nesting_probe(kind: &str, depth: u32) -> Vec<(&'static str, u128)> {
+        use std::time::Instant;
+        use yrs::{
+            DeepObservable, Map, MapPrelim, MapRef, WriteTxn, XmlElementPrelim, XmlFragment,
+            XmlTextPrelim,
+        };
+        let mut steps = Vec::new();
+        let mut step = |name, started: Instant| steps.push((name, started.elapsed().as_millis()));
+        let xml = kind == "xml";
+        let t = Instant::now();
+        let doc = Doc::with_client_id(1);
+        {
+            let mut txn = doc.transact_mut();
+            if xml {
+                let fragment = txn.get_or_insert_xml_fragment("default");
+                let mut element =
+                    fragment.insert(&mut txn, 0, XmlElementPrelim::empty("blockquote"));
+                for _ in 1..depth {
+                    element = element.insert(&mut txn, 0, XmlElementPrelim::empty("blockquote"));
+                }
+                element.insert(&mut txn, 0, XmlTextPrelim::new("deep"));
+            } else {
+                let root = txn.get_or_insert_map("m");
+                let mut map: MapRef = root.insert(&mut txn, "k", MapPrelim::default());
+                for _ in 1..depth {
+                    map = map.insert(&mut txn, "k", MapPrelim::default());
+                }
+            }
+        }
+        step("build", t);
+        let t = Instant::now();
+        let state = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        step("encode", t);
+        let t = Instant::now();
+        let loaded = Document::from_updates([state.as_slice()]).unwrap();
+        step("load", t);
+        let t = Instant::now();
+        let other = Doc::new();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = seen.clone();
+        let observe = move |_: &yrs::TransactionMut, events: &yrs::types::Events| {
+            for event in events.iter() {
+                count.fetch_add(event.path().len() + 1, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
+        if xml {
+            (other.get_or_insert_xml_fragment("default")).observe_deep("probe", observe);
+        } else {
+            (other.get_or_insert_map("m")).observe_deep("probe", observe);
+        }
+        let update = Update::decode_v1(&state).unwrap();
+        other.transact_mut().apply_update(update).unwrap();
+        step("apply+observe", t);
+        for format in [Format::Text, Format::Json] {
+            let t = Instant::now();
+            crate::snapshot::render(state.clone(), format).unwrap();
+            step(
+                if format == Format::Text {
+                    "render text"
+                } else {
+                    "render json"
+                },
+                t,
+            );
+        }
+        let t = Instant::now();
+        {
+            let mut txn = doc.transact_mut();
+            if xml {
+                txn.get_or_insert_xml_fragment("default")
+                    .remove_range(&mut txn, 0, 1);
+            } else {
+                txn.get_or_insert_map("m").remove(&mut txn, "k");
+            }
+        }
+        let _ = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        step("delete", t);
+        let t = Instant::now();
+        drop((doc, other, loaded));
+        step("drop", t);
+        steps
+    }
+
+    use crate::snapshot::Format;
+
+    /// A tokio worker's stack (and a blocking thread's).
+    const WORKER_STACK: usize = 2 << 20;
+
+    /// The child side of `measure_nesting_yrs_handles`: runs one probe
+    /// named by `QUIRE_NESTING_PROBE` (`kind:depth`), else nothing.
+    #[test]
+    fn nesting_probe_child() {
+        let Ok(spec) = std::env::var("QUIRE_NESTING_PROBE") else {
+            return;
+        };
+        let (kind, depth) = spec.split_once(':').unwrap();
+        let (kind, depth) = (kind.to_owned(), depth.parse().unwrap());
+        let steps = std::thread::Builder::new()
+            .stack_size(WORKER_STACK)
+            .spawn(move || nesting_probe(&kind, depth))
+            .unwrap()
+            .join()
+            .unwrap();
+        println!("PROBE {steps:?}");
+    }
+
+    /// Runs `nesting_probe(kind, depth)` in a child process (a stack
+    /// overflow aborts the process): whether it ran, and its steps' times.
+    fn probe_in_child(kind: &str, depth: u32) -> (bool, String) {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "document::tests::nesting_probe_child",
+                "--nocapture",
+            ])
+            .env("QUIRE_NESTING_PROBE", format!("{kind}:{depth}"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let steps = text.lines().find(|l| l.starts_with("PROBE"));
+        (out.status.success(), steps.unwrap_or_default().to_owned())
+    }
+
+    /// Issue 12, finding 11: a document nested as deep as `MAX_NESTING`
+    /// allows lives its whole life on a worker's stack, with room to spare
+    /// (the limit is under a quarter of what `measure_nesting_yrs_handles`
+    /// found in a debug build, whose frames are the larger).
+    #[test]
+    fn shared_types_nested_to_the_limit_run_on_a_worker_stack() {
+        for kind in ["xml", "map"] {
+            let (ran, steps) = probe_in_child(kind, items::MAX_NESTING);
+            assert!(
+                ran && steps.starts_with("PROBE"),
+                "{kind} nested {} deep: {steps}",
+                items::MAX_NESTING
+            );
+        }
+    }
+
+    /// Issue 12, finding 11: how deep yrs nests shared types before one of
+    /// the steps of `nesting_probe` overflows a worker's stack, found by
+    /// bisection, each depth in a child process. Slow, so run by hand:
+    /// `cargo test -p quire-server --lib measure_nesting -- --ignored --nocapture`
+    /// (add `--release` for the server's own build).
+    #[test]
+    #[ignore = "a measurement: run by hand"]
+    fn measure_nesting_yrs_handles() {
+        let probe = probe_in_child;
+        for kind in ["xml", "map"] {
+            let (mut ok, mut bad) = (items::MAX_NESTING, 1_000_000u32);
+            assert!(probe(kind, ok).0, "{kind} at the limit");
+            while bad - ok > ok / 50 {
+                let mid = ok + (bad - ok) / 2;
+                if probe(kind, mid).0 {
+                    ok = mid
+                } else {
+                    bad = mid
+                }
+            }
+            let (_, steps) = probe(kind, ok);
+            eprintln!("{kind}: {ok} levels run on a 2 MiB stack, {bad} do not; at {ok}: {steps}");
+            for depth in [100, items::MAX_NESTING, 1_000] {
+                eprintln!("{kind} at {depth}: {}", probe(kind, depth).1);
+            }
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! - [`config`]: every setting `quire serve` takes.
 //! - [`connection`]: one WebSocket; decodes frames, forwards them to its
 //!   room, writes what the room queues, closes with a clear code.
+//! - [`outbox`]: a connection's queue of room frames, bounded in bytes.
 //! - [`room_core`]: how a room behaves: membership, sync, updates, saves,
 //!   presence, chat, compaction; no I/O, no tasks, no clock.
 //! - [`fanout`]: the seam to the other nodes of a cluster (Redis Streams,
@@ -38,6 +39,7 @@ pub mod items {
 }
 pub mod limits;
 pub mod metrics;
+pub mod outbox;
 pub mod room;
 pub mod room_core;
 pub mod rooms;
@@ -45,27 +47,31 @@ pub mod snapshot;
 pub mod web;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::serve::ListenerExt;
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use quire_storage::{DocStore, SledOptions, SledStore, StoreError};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tower_http::compression::CompressionLayer;
 use tower_http::trace::TraceLayer;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use config::Config;
 use fanout::Fanout;
 use metrics::Metrics;
 use rooms::Rooms;
+
+/// Longest header-read timeout of a connection the limits refused.
+const REFUSED_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long shutdown waits for connections to send their close frames.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -83,6 +89,9 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Connection counts, for the total and per-address limits.
     pub admission: Arc<limits::Admission>,
+    /// Exports of documents not in memory running now, at most
+    /// `--max-cold-exports` (each rebuilds a whole document).
+    pub cold_exports: Arc<tokio::sync::Semaphore>,
     /// The other nodes of a cluster (readiness: `is_ready`).
     pub fanout: Arc<dyn Fanout>,
 }
@@ -110,6 +119,7 @@ impl AppState {
                 config.max_connections,
                 config.max_connections_per_ip,
             ),
+            cold_exports: Arc::new(tokio::sync::Semaphore::new(config.max_cold_exports.max(1))),
             store,
             metrics,
             config,
@@ -148,8 +158,76 @@ pub fn app(state: AppState) -> Router {
         .merge(web::routes(state.config.static_dir.as_deref()))
         .layer(DefaultBodyLimit::max(state.config.max_message_bytes))
         .layer(CompressionLayer::new())
-        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn_with_state(state.clone(), check_host))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
+}
+
+/// The span of one request, as tower-http's default (debug level) but with
+/// the token in the query redacted, so debug logs hold no credentials.
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    tracing::debug_span!(
+        "request",
+        method = %request.method(),
+        uri = %redacted(request.uri()),
+        version = ?request.version(),
+    )
+}
+
+/// `uri` with the value of every `token` query parameter replaced.
+fn redacted(uri: &Uri) -> String {
+    let Some(query) = uri.query() else {
+        return uri.to_string();
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some(("token", _)) => "token=[redacted]".to_owned(),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{}?{}", uri.path(), query.join("&"))
+}
+
+/// DNS-rebinding guard, for HTTP and WebSocket alike: a page whose host
+/// name was rebound to this server's address sends its own name as Host.
+/// Accepted: IP literals (no name to rebind), `localhost`, and the names
+/// given with `--public-host`; a request without Host (not a browser)
+/// passes too.
+async fn check_host(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(host) = request.headers().get(header::HOST) {
+        let host = host.to_str().unwrap_or("");
+        if !host_allowed(host, &state.config.public_hosts) {
+            warn!(
+                host,
+                "refusing a request for a host this server does not serve"
+            );
+            let text = format!(
+                "this server does not answer to the host name {host:?}; \
+                 its operator can add it with --public-host"
+            );
+            return (StatusCode::MISDIRECTED_REQUEST, text).into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Whether a Host header names this server (see [`check_host`]).
+fn host_allowed(host: &str, public_hosts: &[String]) -> bool {
+    let authority = match host.parse::<axum::http::uri::Authority>() {
+        Ok(authority) => authority,
+        Err(_) => return false,
+    };
+    let name = authority.host();
+    let name = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || public_hosts.iter().any(|public| {
+            public.eq_ignore_ascii_case(name) || public.eq_ignore_ascii_case(authority.as_str())
+        })
 }
 
 /// Query parameters of `/ws/{doc}`; anything else after `?` is ignored.
@@ -158,11 +236,50 @@ struct RoomQuery {
     token: Option<String>,
 }
 
+/// A TCP connection's place under the connection limits, put on each of
+/// its requests by [`serve`]: a WebSocket upgrade takes it for the
+/// WebSocket's lifetime; otherwise the connection frees it as it ends.
+#[derive(Clone, Debug)]
+pub struct ConnectionSlot {
+    admitted: Arc<Mutex<Option<limits::Admitted>>>,
+    /// Bytes read from the socket, for the WebSocket's message timeout.
+    meter: Arc<limits::ReadMeter>,
+}
+
+impl ConnectionSlot {
+    fn take(&self) -> Option<limits::Admitted> {
+        self.admitted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    fn put_back(&self, admitted: limits::Admitted) {
+        *self.admitted.lock().unwrap_or_else(|p| p.into_inner()) = Some(admitted);
+    }
+}
+
+/// The answer to a connection the limits refuse.
+fn refusal_response(refusal: &limits::Refusal) -> Response {
+    let (status, text) = match refusal {
+        limits::Refusal::Full(n) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the server holds its maximum of {n} connections"),
+        ),
+        limits::Refusal::TooManyFromAddress(n) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("at most {n} connections per address"),
+        ),
+    };
+    (status, text).into_response()
+}
+
 async fn ws_upgrade(
     ws: WebSocketUpgrade,
     Path(doc): Path<String>,
     Query(query): Query<RoomQuery>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    slot: Option<Extension<ConnectionSlot>>,
     headers: HeaderMap,
     State(state): State<AppState>,
 ) -> Response {
@@ -170,21 +287,29 @@ async fn ws_upgrade(
         warn!(%refused, "refusing a cross-site WebSocket");
         return (StatusCode::FORBIDDEN, refused).into_response();
     }
-    let admitted = match state.admission.admit(peer.ip()) {
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let client = limits::client_ip(peer.ip(), forwarded, &state.config.trust_proxy);
+    // The connection's own place (taken when it was accepted), or a new
+    // one when the router runs without `serve` (tests driving `app`).
+    let meter = slot.as_ref().map(|Extension(slot)| slot.meter.clone());
+    let admitted = match slot.as_ref().and_then(|Extension(slot)| slot.take()) {
+        Some(mut admitted) => match admitted.attribute(client) {
+            Ok(()) => Ok(admitted),
+            Err(refusal) => {
+                // The TCP connection goes on (keep-alive) and keeps its place.
+                if let Some(Extension(slot)) = &slot {
+                    slot.put_back(admitted);
+                }
+                Err(refusal)
+            }
+        },
+        None => state.admission.admit(client),
+    };
+    let admitted = match admitted {
         Ok(admitted) => admitted,
         Err(refusal) => {
-            warn!(?refusal, %peer, "refusing a connection");
-            let (status, text) = match refusal {
-                limits::Refusal::Full(n) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the server holds its maximum of {n} connections"),
-                ),
-                limits::Refusal::TooManyFromAddress(n) => (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!("at most {n} connections per address"),
-                ),
-            };
-            return (status, text).into_response();
+            warn!(?refusal, %peer, %client, "refusing a connection");
+            return refusal_response(&refusal);
         }
     };
     let limit = state.config.max_message_bytes;
@@ -193,7 +318,15 @@ async fn ws_upgrade(
         .write_buffer_size(connection::WRITE_BUFFER_BYTES)
         .max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| connection::serve(socket, doc, query.token, admitted, state))
+        .on_upgrade(move |socket| {
+            let opening = connection::Opening {
+                raw_name: doc,
+                token: query.token,
+                admitted,
+                meter,
+            };
+            connection::serve(socket, opening, state)
+        })
 }
 
 /// Cross-site WebSocket hijacking guard: a browser always sends `Origin`;
@@ -222,6 +355,12 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), String> {
 /// Serves on `listener` until `shutdown` completes, then closes every room
 /// (connections get 1001), waits for their connections to end and flushes
 /// storage.
+///
+/// Each TCP connection is admitted under the connection limits as it is
+/// accepted (refused ones get 503/429 and are closed), then served by
+/// hyper's HTTP/1 with a header-read timeout (`--header-timeout`), so a
+/// client that never finishes its request neither holds a task forever
+/// nor escapes the limits.
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
@@ -236,26 +375,34 @@ pub async fn serve(
         }
     });
 
-    let rooms = state.rooms.clone();
     let router = app(state.clone());
-    // Every frame is latency-sensitive (a keystroke); Nagle's algorithm
-    // would hold small frames back waiting for an ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        info!("shutting down: closing rooms");
-        rooms.shutdown().await;
-    })
-    .await?;
+    // Set once shutdown begins: connections finish their request and close.
+    let (stopping_tx, stopping) = watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let connection = serve_connection(tcp, peer, router.clone(), &state);
+                tokio::spawn(connection.with_stop(stopping.clone()));
+            }
+            // Out of file descriptors and the like: back off a moment.
+            Err(err) => {
+                warn!(%err, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(listener);
+    info!("shutting down: closing rooms");
+    state.rooms.shutdown().await;
+    let _ = stopping_tx.send(true);
 
-    // Upgraded WebSockets outlive axum's graceful shutdown; give them a
-    // moment to send their close frames. The last one to end signals it.
+    // Upgraded WebSockets and requests in flight get a moment to finish and
+    // send their close frames. The last one to end signals it.
     let closing = state.admission.all_closed();
     if tokio::time::timeout(CLOSE_GRACE, closing).await.is_err() {
         warn!("connections still open after {CLOSE_GRACE:?}; stopping anyway");
@@ -268,4 +415,204 @@ pub async fn serve(
         Err(err) => warn!(%err, "final flush panicked"),
     }
     Ok(())
+}
+
+/// One accepted TCP connection, before it is run.
+struct Accepted {
+    tcp: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    /// Its place under the limits, or why it has none.
+    slot: Result<ConnectionSlot, limits::Refusal>,
+    header_timeout: std::time::Duration,
+}
+
+/// Admits a TCP connection (a trusted proxy's counts for its clients later,
+/// per request) and prepares it to be served.
+fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    state: &AppState,
+) -> Accepted {
+    // Every frame is latency-sensitive (a keystroke); Nagle's algorithm
+    // would hold small frames back waiting for an ACK.
+    let _ = tcp.set_nodelay(true);
+    let admitted = if state.config.trust_proxy.contains(&peer.ip()) {
+        state.admission.admit_unattributed()
+    } else {
+        state.admission.admit(peer.ip())
+    };
+    Accepted {
+        tcp,
+        peer,
+        router,
+        slot: admitted.map(|admitted| ConnectionSlot {
+            admitted: Arc::new(Mutex::new(Some(admitted))),
+            meter: Arc::default(),
+        }),
+        header_timeout: state.config.header_timeout,
+    }
+}
+
+impl Accepted {
+    /// Serves the connection's requests until it closes, or until
+    /// `stopping` is set and the request in flight is done.
+    async fn with_stop(self, mut stopping: watch::Receiver<bool>) {
+        let Accepted {
+            tcp,
+            peer,
+            router,
+            slot,
+            header_timeout,
+        } = self;
+        if let Err(refusal) = &slot {
+            warn!(?refusal, %peer, "refusing a connection");
+        }
+        let meter = slot
+            .as_ref()
+            .map_or_else(|_| Arc::default(), |slot| slot.meter.clone());
+        // A refused connection holds no place, but a socket: it gets only
+        // a moment to say what it wanted.
+        let header_timeout = match &slot {
+            Ok(_) => header_timeout,
+            Err(_) => header_timeout.min(REFUSED_HEADER_TIMEOUT),
+        };
+        let service =
+            hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
+                let mut router = router.clone();
+                let slot = slot.clone();
+                async move {
+                    let slot = match slot {
+                        Ok(slot) => slot,
+                        // Refused: answered properly (the request read), then closed.
+                        Err(refusal) => {
+                            let mut response = refusal_response(&refusal);
+                            response.headers_mut().insert(
+                                header::CONNECTION,
+                                "close".parse().expect("a header value"),
+                            );
+                            return Ok(response);
+                        }
+                    };
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    request.extensions_mut().insert(slot);
+                    tower_service::Service::call(&mut router, request).await
+                }
+            });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        let io = TokioIo::new(limits::Metered::new(tcp, meter));
+        let connection = builder.serve_connection(io, service).with_upgrades();
+        let mut connection = std::pin::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(err) = result {
+                    debug!(%err, %peer, "HTTP connection ended");
+                }
+            }
+            () = async { drop(stopping.wait_for(|stopping| *stopping).await) } => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Log output captured for one test.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn hosts_are_ip_addresses_localhost_or_configured_names() {
+        let public = ["docs.example".to_owned()];
+        for host in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "[::1]:8080",
+            "10.1.2.3:80",
+            "localhost:8080",
+            "LOCALHOST",
+            "docs.example",
+            "docs.example:443",
+        ] {
+            assert!(host_allowed(host, &public), "{host}");
+        }
+        for host in ["attacker.example:8080", "docs.example.evil", "", "a b"] {
+            assert!(!host_allowed(host, &public), "{host}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_redacted_from_request_uris() {
+        let uri: Uri = "/ws/notes?a=1&token=SECRET&b=2".parse().unwrap();
+        assert_eq!(redacted(&uri), "/ws/notes?a=1&token=[redacted]&b=2");
+        let uri: Uri = "/ws/notes".parse().unwrap();
+        assert_eq!(redacted(&uri), "/ws/notes");
+    }
+
+    /// Regression (issue 12): `?token=` appeared in debug-level request spans.
+    #[tokio::test]
+    async fn debug_logs_of_a_request_hold_no_token() {
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer({
+                let captured = captured.clone();
+                move || captured.clone()
+            })
+            .finish();
+        // A current-thread runtime: the server's tasks log through this too.
+        let _default = tracing::subscriber::set_default(subscriber);
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::new(SocketAddr::from(([127, 0, 0, 1], 0)), dir.path().join("d"));
+        let store = open_store(&config).unwrap();
+        let listener = TcpListener::bind(config.addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(AppState::new(config, store), listener, async {
+            let _ = stopped.await;
+        }));
+        for path in [
+            "/ws/notes?token=SECRET-TOKEN",
+            "/api/docs?token=SECRET-TOKEN",
+        ] {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            let request =
+                format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+            tcp.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            tcp.read_to_end(&mut answer).await.unwrap();
+            assert!(answer.starts_with(b"HTTP/1.1 "));
+        }
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            log.contains("token=[redacted]"),
+            "the request spans are logged: {log}"
+        );
+        assert!(!log.contains("SECRET-TOKEN"), "{log}");
+    }
 }

@@ -1,11 +1,19 @@
-//! Admission limits (connections in total and per IP address) and the
-//! per-connection rate limit.
+//! Admission limits (connections in total and per IP address), the
+//! client address behind a trusted proxy, and the per-connection rate
+//! limit.
+//!
+//! Every TCP connection is admitted as it is accepted, before a byte of it
+//! is read: HTTP requests and WebSockets alike hold a place until they
+//! end. A connection from a trusted proxy (`--trust-proxy`) counts toward
+//! the total at once and toward its real client's address once a request
+//! names that client in `X-Forwarded-For` ([`Admitted::attribute`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -34,7 +42,8 @@ pub enum Refusal {
 #[derive(Debug)]
 pub struct Admitted {
     admission: Arc<Admission>,
-    ip: IpAddr,
+    /// The address it counts against (`None`: only the total, so far).
+    ip: Option<IpAddr>,
 }
 
 impl Admission {
@@ -47,47 +56,254 @@ impl Admission {
         })
     }
 
+    /// Admits a connection from `ip`, counted in the total and for `ip`.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refusal> {
-        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let mut per_ip = self.per_ip();
+        self.check_total()?;
+        self.count_ip(&mut per_ip, ip)?;
+        self.open.send_modify(|open| *open += 1);
+        Ok(Admitted {
+            admission: self.clone(),
+            ip: Some(ip),
+        })
+    }
+
+    /// Admits a connection counted only in the total until
+    /// [`Admitted::attribute`] names its client (a trusted proxy's).
+    pub fn admit_unattributed(self: &Arc<Self>) -> Result<Admitted, Refusal> {
+        let _per_ip = self.per_ip();
+        self.check_total()?;
+        self.open.send_modify(|open| *open += 1);
+        Ok(Admitted {
+            admission: self.clone(),
+            ip: None,
+        })
+    }
+
+    fn per_ip(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.per_ip.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check_total(&self) -> Result<(), Refusal> {
         if *self.open.borrow() >= self.max_total {
             return Err(Refusal::Full(self.max_total));
         }
+        Ok(())
+    }
+
+    fn count_ip(&self, per_ip: &mut HashMap<IpAddr, usize>, ip: IpAddr) -> Result<(), Refusal> {
         let count = per_ip.entry(ip).or_default();
         if *count >= self.max_per_ip {
             return Err(Refusal::TooManyFromAddress(self.max_per_ip));
         }
         *count += 1;
-        self.open.send_modify(|open| *open += 1);
-        Ok(Admitted {
-            admission: self.clone(),
-            ip,
-        })
+        Ok(())
+    }
+}
+
+impl Admitted {
+    /// Counts a connection admitted by [`Admission::admit_unattributed`]
+    /// for its client `ip` too (no change if it already counts for one).
+    pub fn attribute(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        if self.ip.is_some() {
+            return Ok(());
+        }
+        let admission = &self.admission;
+        admission.count_ip(&mut admission.per_ip(), ip)?;
+        self.ip = Some(ip);
+        Ok(())
     }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut per_ip = self
-            .admission
-            .per_ip
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = per_ip.get_mut(&self.ip) {
+        let mut per_ip = self.admission.per_ip();
+        if let Some(ip) = self.ip
+            && let Some(count) = per_ip.get_mut(&ip)
+        {
             *count -= 1;
             if *count == 0 {
-                per_ip.remove(&self.ip);
+                per_ip.remove(&ip);
             }
         }
+        drop(per_ip);
         self.admission.open.send_modify(|open| *open -= 1);
     }
 }
 
+/// The client a request comes from: its peer, or, when the peer is one of
+/// the `trusted` proxies, the nearest address in `X-Forwarded-For` that is
+/// not itself a trusted proxy (proxies append the peer they saw, so the
+/// entries left of that one are whatever the client claimed).
+pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    forwarded_for
+        .into_iter()
+        .flat_map(|list| list.rsplit(','))
+        .map_while(|entry| entry.trim().parse::<IpAddr>().ok())
+        .find(|ip| !trusted.contains(ip))
+        .unwrap_or(peer)
+}
+
 impl Admission {
+    /// Connections holding a place now.
+    pub fn open(&self) -> usize {
+        *self.open.borrow()
+    }
+
     /// Completes once no admitted connection is left.
     pub async fn all_closed(&self) {
         let mut open = self.open.subscribe();
         // The sender lives in `self`, so the watch cannot close under us.
         let _ = open.wait_for(|&open| open == 0).await;
+    }
+}
+
+/// Bytes read from one TCP connection so far, counted below the HTTP and
+/// WebSocket layers: the difference from what they delivered is what they
+/// hold unfinished (a message still arriving).
+#[derive(Debug, Default)]
+pub struct ReadMeter(std::sync::atomic::AtomicU64);
+
+impl ReadMeter {
+    pub fn bytes(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A socket whose reads are counted in a [`ReadMeter`].
+#[derive(Debug)]
+pub struct Metered<T> {
+    inner: T,
+    meter: Arc<ReadMeter>,
+}
+
+impl<T> Metered<T> {
+    pub fn new(inner: T, meter: Arc<ReadMeter>) -> Self {
+        Self { inner, meter }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        self.meter
+            .0
+            .fetch_add(read, std::sync::atomic::Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bytes: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, bytes)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Whether a WebSocket message has been arriving for too long: bytes read
+/// from the socket beyond the messages delivered (and the read-ahead a
+/// message boundary allows) mean one is in progress, and it must complete
+/// within the timeout however alive the heartbeat keeps the link.
+#[derive(Debug)]
+pub struct MessageProgress {
+    meter: Arc<ReadMeter>,
+    /// Wire bytes of the messages delivered, brought up to the meter (less
+    /// the read-ahead) at each data message, which also absorbs the headers
+    /// of fragmented messages that are not counted.
+    delivered: u64,
+    /// Since when a message has been in progress.
+    since: Option<Instant>,
+    timeout: Duration,
+}
+
+/// Bytes read past a message boundary that are not yet a message: the
+/// socket's read buffer and a header.
+const READ_AHEAD: u64 = 8 * 1024;
+
+impl MessageProgress {
+    /// Starts counting from what `meter` read so far (the upgrade request,
+    /// an in-band token): all of it was delivered.
+    pub fn new(meter: Arc<ReadMeter>, timeout: Duration) -> Self {
+        Self {
+            delivered: meter.bytes(),
+            meter,
+            since: None,
+            timeout,
+        }
+    }
+
+    /// A message of `len` payload bytes arrived; `data` unless a control frame.
+    pub fn delivered(&mut self, len: usize, data: bool) {
+        let len = len as u64;
+        let header = 2
+            + 4
+            + if len < 126 {
+                0
+            } else if len < 65_536 {
+                2
+            } else {
+                8
+            };
+        self.delivered += header + len;
+        if data {
+            self.delivered = self
+                .delivered
+                .max(self.meter.bytes().saturating_sub(READ_AHEAD));
+            self.since = None;
+        }
+    }
+
+    /// Whether a message has been in progress for longer than the timeout.
+    pub fn stalled(&mut self, now: Instant) -> bool {
+        if self.meter.bytes().saturating_sub(self.delivered) <= READ_AHEAD {
+            self.since = None;
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        now.saturating_duration_since(since) >= self.timeout
+    }
+
+    /// How often [`Self::stalled`] should be asked.
+    pub fn check_every(&self) -> Duration {
+        (self.timeout / 4).max(Duration::from_millis(10))
     }
 }
 
@@ -147,6 +363,39 @@ mod tests {
         assert_eq!(admission.admit(b).unwrap_err(), Refusal::Full(3));
         drop(first);
         assert!(admission.admit(a).is_ok());
+    }
+
+    #[test]
+    fn a_proxied_connection_counts_for_its_client_once_named() {
+        let admission = Admission::new(3, 1);
+        let client = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7));
+        let mut proxied = admission.admit_unattributed().unwrap();
+        let mut other = admission.admit_unattributed().unwrap();
+        proxied.attribute(client).unwrap();
+        assert_eq!(
+            other.attribute(client).unwrap_err(),
+            Refusal::TooManyFromAddress(1)
+        );
+        drop(proxied);
+        other.attribute(client).unwrap();
+        assert_eq!(admission.admit_unattributed().map(drop), Ok(()));
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_from_trusted_proxies() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let inner: IpAddr = "10.0.0.2".parse().unwrap();
+        let client: IpAddr = "203.0.113.9".parse().unwrap();
+        let trusted = [proxy, inner];
+        // From a stranger the header is ignored.
+        assert_eq!(client_ip(client, Some("1.2.3.4"), &trusted), client);
+        // The nearest untrusted entry wins; what the client prepended does not.
+        assert_eq!(
+            client_ip(proxy, Some("6.6.6.6, 203.0.113.9, 10.0.0.2"), &trusted),
+            client
+        );
+        assert_eq!(client_ip(proxy, None, &trusted), proxy);
+        assert_eq!(client_ip(proxy, Some("garbage"), &trusted), proxy);
     }
 
     #[tokio::test]

@@ -57,9 +57,12 @@ enum Command {
     Ls,
     /// Print a signed access token (needs --auth-key or QUIRE_AUTH_KEY).
     Token {
-        /// A document name, or a prefix followed by `*` (`*` for all).
+        /// Exactly this document (any name, `*` included).
+        #[arg(long, required_unless_present = "prefix", conflicts_with = "prefix")]
+        doc: Option<String>,
+        /// Every document whose name starts with this (`--prefix ''` for all).
         #[arg(long)]
-        doc: String,
+        prefix: Option<String>,
         #[arg(long, value_enum)]
         perm: Permission,
         /// How long it is valid (e.g. 1h, 30m, 7d).
@@ -113,15 +116,18 @@ fn main() -> anyhow::Result<()> {
         Command::Ls => list(cli.data),
         Command::Token {
             doc,
+            prefix,
             perm,
             ttl,
             auth_key,
         } => {
-            let exp = quire_server::auth::now_secs() + ttl.as_secs();
-            println!(
-                "{}",
-                TokenKey::new(auth_key).sign(&Claims { doc, perm, exp })
-            );
+            let exp = quire_server::auth::now_secs().saturating_add(ttl.as_secs());
+            let claims = match (doc, prefix) {
+                (Some(doc), None) => Claims::doc(doc, perm, exp),
+                (None, Some(prefix)) => Claims::prefix(prefix, perm, exp),
+                _ => anyhow::bail!("give exactly one of --doc NAME and --prefix P"),
+            };
+            println!("{}", TokenKey::new(auth_key).sign(&claims));
             Ok(())
         }
         #[cfg(feature = "remote")]

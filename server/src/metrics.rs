@@ -26,6 +26,10 @@ pub struct Metrics {
     pub messages_out: Counter,
     /// Bytes of frames queued to clients.
     pub bytes_out: Counter,
+    /// Bytes waiting in connections' outbound queues now (all connections).
+    pub outbound_queued_bytes: Gauge,
+    /// The most bytes one connection's outbound queue ever held.
+    pub outbound_queue_peak_bytes: Gauge,
     /// Connections closed for sending bad input (malformed, invalid, too big).
     pub rejected_inputs: Counter,
     /// Connections cut because they did not read fast enough.
@@ -37,6 +41,12 @@ pub struct Metrics {
     /// Duration of one group-commit flush, in seconds.
     pub persist_seconds: Histogram,
     registry: Registry,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics(..)")
+    }
 }
 
 impl Default for Metrics {
@@ -56,6 +66,8 @@ impl Metrics {
             bytes_in: Counter::default(),
             messages_out: Counter::default(),
             bytes_out: Counter::default(),
+            outbound_queued_bytes: Gauge::default(),
+            outbound_queue_peak_bytes: Gauge::default(),
             rejected_inputs: Counter::default(),
             slow_consumers_cut: Counter::default(),
             throttled: Counter::default(),
@@ -98,6 +110,16 @@ impl Metrics {
             "bytes_out",
             "Bytes of frames queued to clients",
             metrics.bytes_out.clone(),
+        );
+        registry.register(
+            "outbound_queued_bytes",
+            "Bytes waiting in connections' outbound queues",
+            metrics.outbound_queued_bytes.clone(),
+        );
+        registry.register(
+            "outbound_queue_peak_bytes",
+            "The most bytes one connection's outbound queue ever held",
+            metrics.outbound_queue_peak_bytes.clone(),
         );
         registry.register(
             "rejected_inputs",

@@ -40,9 +40,10 @@ use tracing::{debug, error, info, warn};
 use crate::config::Config;
 use crate::fanout::{Fanout, Incoming, NodeMessage};
 use crate::metrics::Metrics;
+use crate::outbox::OutboxSender;
 use crate::room_core::pop_settled;
 pub use crate::room_core::{
-    Close, ConnId, Inbound, Joining, MemberQueue, Now, Output, Pushed, Restored, RoomCore,
+    Answer, Close, ConnId, Inbound, Joining, MemberQueue, Now, Output, Pushed, Restored, RoomCore,
     RoomError,
 };
 use crate::unix_ms;
@@ -50,6 +51,11 @@ use crate::unix_ms;
 /// Commands a room accepts. Capacity of the channel bounds how far a busy
 /// room can fall behind before senders wait.
 pub const ROOM_CHANNEL_CAPACITY: usize = 256;
+
+/// An input whose work grows with this many bytes (an update this large,
+/// a diff or snapshot of a document this large) runs under
+/// `block_in_place`: see [`Room::heavy`].
+const HEAVY_BYTES: u64 = 64 * 1024;
 
 /// How long a leaving room waits for its last writes to reach the disk.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -90,8 +96,8 @@ pub trait Departure: Send + Sync {
 /// The two queues a connection hands to the room when it joins.
 #[derive(Debug, Clone)]
 pub struct MemberChannels {
-    /// Encoded frames to write to the socket, in order.
-    pub frames: mpsc::Sender<Bytes>,
+    /// Encoded frames to write to the socket, in order (bounded in bytes).
+    pub frames: OutboxSender,
     /// A close to perform; capacity 1, and one close is all that matters.
     pub close: mpsc::Sender<Close>,
     /// Whether the client negotiated Quire's extensions (acks, events, ...).
@@ -102,25 +108,24 @@ pub struct MemberChannels {
 
 /// A member's queues as the core sees them.
 pub struct Outbound {
-    /// The connection's bounded frame queue: full means too slow.
-    frames: mpsc::Sender<Bytes>,
+    /// The connection's frame queue, bounded in bytes: full means too slow
+    /// (it counts what it queues in the metrics).
+    frames: OutboxSender,
     /// Where a close goes (the connection's writer sends it first).
     close: mpsc::Sender<Close>,
-    /// Frames and bytes queued to clients are counted here.
-    metrics: Arc<Metrics>,
 }
 
 impl MemberQueue for Outbound {
     fn push(&mut self, frame: Bytes) -> Pushed {
-        let len = frame.len();
-        match self.frames.try_send(frame) {
-            Ok(()) => {
-                self.metrics.record_out(len);
-                Pushed::Queued
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => Pushed::Full,
-            Err(mpsc::error::TrySendError::Closed(_)) => Pushed::Closed,
-        }
+        self.frames.push(frame)
+    }
+
+    fn push_answer(&mut self, answer: Answer, frame: Bytes) -> Pushed {
+        self.frames.push_answer(answer, frame)
+    }
+
+    fn answer_pending(&self, answer: &Answer) -> bool {
+        self.frames.answer_pending(answer)
     }
 
     fn close(&mut self, close: Close) {
@@ -290,7 +295,8 @@ impl Room {
         // an empty document while the real one is still on disk.
         let restored = self.load().await;
         let chat = load_chat(&self.ctx.store, &self.name, self.ctx.config.chat_history).await;
-        self.core.loaded(restored, chat);
+        let stored_before = self.core.loaded(restored, chat);
+        self.await_ticket(stored_before);
         // Re-arming a timer takes the timer driver's lock; a busy room's
         // deadline moves only once per presence sweep.
         let mut timer = Timer {
@@ -315,7 +321,7 @@ impl Room {
                         self.try_to_leave().await;
                     }
                 }
-                Ok(()) = self.durability.changed(), if self.core.saves_pending() || self.core.publishes_pending() => self.feed_durability(),
+                Ok(()) = self.durability.changed(), if self.core.waits_for_disk() || self.core.publishes_pending() => self.feed_durability(),
                 incoming = feed.recv() => self.on_incoming(incoming).await,
                 _ = sleep_until(self.resync_at.unwrap_or_else(Instant::now)), if self.resync_at.is_some() => {
                     self.resync().await;
@@ -362,7 +368,6 @@ impl Room {
                     queue: Outbound {
                         frames: member.frames,
                         close: member.close,
-                        metrics: self.ctx.metrics.clone(),
                     },
                     extensions: member.extensions,
                     can_write: member.can_write,
@@ -377,24 +382,43 @@ impl Room {
             }
             Command::Message { conn, message } => {
                 self.feed_durability();
-                self.core.receive(conn, message, self.now());
+                let now = self.now();
+                let heavy = match &message {
+                    Inbound::Update(update) => update.len() as u64 >= HEAVY_BYTES,
+                    Inbound::StateVector(_) => self.core.stored_bytes() >= HEAVY_BYTES,
+                    _ => false,
+                };
+                let core = &mut self.core;
+                heavily(heavy, || core.receive(conn, message, now));
                 self.carry_out().await;
             }
             Command::Snapshot { reply } => {
-                let snapshot = self.core.snapshot();
+                let heavy = self.core.stored_bytes() >= HEAVY_BYTES;
+                let core = &mut self.core;
+                let snapshot = heavily(heavy, || core.snapshot());
                 self.carry_out().await;
                 let _ = reply.send(snapshot);
             }
             Command::Import { update, reply } => {
                 self.feed_durability();
-                let imported = self.core.import(&update);
+                let core = &mut self.core;
+                let imported = heavily(update.len() as u64 >= HEAVY_BYTES, || core.import(&update));
                 self.carry_out().await;
                 let imported = match (imported, self.core.unavailable()) {
                     // Storage failed on what the import added.
                     (Ok(_), Some(reason)) => Err(RoomError::Unavailable(reason.to_owned())),
                     (imported, _) => imported,
                 };
-                let _ = reply.send(imported);
+                if matches!(imported, Ok(true)) {
+                    // Answered once what it added is on disk, without
+                    // holding up the room meanwhile.
+                    let durable = self.durable_from_here();
+                    tokio::spawn(async move {
+                        let _ = reply.send(durable.await.map(|()| true));
+                    });
+                } else {
+                    let _ = reply.send(imported);
+                }
             }
             Command::Delete { reply } => {
                 self.core.delete(self.now());
@@ -437,11 +461,24 @@ impl Room {
                     {
                         warn!(%err, "could not store a chat message");
                     }
+                    // Off the room's task: a shared store answers over the network.
+                    let store = self.ctx.store.clone();
+                    let name = self.name.to_string();
+                    let (keep, bytes) = (
+                        self.ctx.config.chat_history,
+                        self.ctx.config.chat_history_bytes,
+                    );
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(err) = store.trim_chat(&name, keep, bytes) {
+                            warn!(%err, "could not trim the chat log");
+                        }
+                    });
                 }
                 Output::Compact { state } => self.compact(state).await,
                 Output::Reload => {
                     let restored = self.load().await;
-                    self.core.reloaded(restored, self.now());
+                    let stored_before = self.core.reloaded(restored, self.now());
+                    self.await_ticket(stored_before);
                 }
                 Output::Evict => evict = true,
                 Output::Publish(message) => self.ctx.fanout.publish(&self.name, message),
@@ -510,6 +547,16 @@ impl Room {
             }
             Err(join) => error!(%join, "resync panicked"),
         }
+    }
+
+    /// Makes `write` (standing for what the store held when the room
+    /// loaded) wait for the store's newest ticket: an evicted room's last
+    /// writes may still be on their way to the disk.
+    fn await_ticket(&mut self, write: u64) {
+        let ticket = self.ctx.store.last_ticket();
+        self.last_ticket = self.last_ticket.max(ticket);
+        self.tickets.push_back((write, ticket));
+        self.feed_durability();
     }
 
     /// Tells the core which writes the store has made durable.
@@ -589,10 +636,29 @@ impl Room {
         }
     }
 
+    /// A future that completes once everything appended so far is on disk
+    /// (an error after [`FLUSH_TIMEOUT`]).
+    fn durable_from_here(&self) -> impl Future<Output = Result<(), RoomError>> + Send + 'static {
+        let ticket = self.last_ticket;
+        let mut durability = self.ctx.store.durability();
+        async move {
+            match tokio::time::timeout(FLUSH_TIMEOUT, durability.wait_for(|c| c.ticket >= ticket))
+                .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                _ => Err(RoomError::Unavailable(
+                    "the change was not confirmed on disk in time".into(),
+                )),
+            }
+        }
+    }
+
+    /// Deletes the stored document and answers once the deletion is on
+    /// disk (the store's flush).
     async fn delete(&mut self) -> Result<(), RoomError> {
         let store = self.ctx.store.clone();
         let name = self.name.to_string();
-        tokio::task::spawn_blocking(move || store.delete(&name))
+        tokio::task::spawn_blocking(move || store.delete(&name).and_then(|_| store.flush()))
             .await
             .map_err(|e| RoomError::Unavailable(e.to_string()))?
             .map_err(|e| RoomError::Unavailable(e.to_string()))?;
@@ -658,6 +724,22 @@ fn compact_shared(
         }
     };
     store.compact(name, after.last_seq, &state)
+}
+
+/// Runs `work` on the room's task; if it is `heavy` (it grows with an
+/// update or the document, see [`HEAVY_BYTES`]), under `block_in_place`,
+/// so that the tokio worker's other tasks (other rooms, connections) move
+/// to another worker meanwhile instead of waiting for it. A runtime with
+/// one thread has nowhere to move them: there it simply runs.
+fn heavily<T>(heavy: bool, work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let threaded =
+        || Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if heavy && threaded() {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
 }
 
 /// Recent chat messages of a document, oldest first.

@@ -33,12 +33,14 @@
 //! `harness`) drives it synchronously for tests, the property simulator and
 //! the fuzzer.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use quire_protocol::awareness::{AwarenessError, Bounds};
 use quire_protocol::ext::{CHAT_EVENT, CHAT_HISTORY_EVENT, Ext};
+use quire_protocol::session::SAVES_STALLED;
 use quire_protocol::update::Footprint;
 use quire_protocol::{AwarenessTable, ClientId, Message, SyncMessage, close};
 use tracing::{debug, error, warn};
@@ -70,6 +72,12 @@ pub struct Now {
 /// How much a member's dropped incomplete updates may carry, in clients
 /// plus deleted ranges, before it is cut off (see `Member::ahead`).
 const MAX_AHEAD_ENTRIES: usize = 65_536;
+
+/// The first wait between two sync step 1 a member's incomplete updates
+/// ask for; it doubles up to [`STEP1_BACKOFF_MAX_MS`] while they keep
+/// coming, and starts again once the document has what they referred to.
+const STEP1_BACKOFF_MIN_MS: u64 = 100;
+const STEP1_BACKOFF_MAX_MS: u64 = 10_000;
 
 /// Shortest period between two sweeps of stale presence.
 const MIN_SWEEP_PERIOD: Duration = Duration::from_millis(50);
@@ -166,10 +174,33 @@ pub enum Pushed {
     Closed,
 }
 
+/// A request whose answer depends only on the request and the room's
+/// state: while one answer to it waits unwritten in a member's queue, the
+/// same request again needs no new one (what changes meanwhile reaches the
+/// member after it, as relays).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Sync step 2 for this state vector (as the member sent it).
+    SyncStep2(Bytes),
+    /// The whole presence table (query-awareness).
+    Awareness,
+}
+
 /// One member's way out: its connection's outbound queue. Never waits.
 pub trait MemberQueue {
     /// Queues one frame.
     fn push(&mut self, frame: Bytes) -> Pushed;
+    /// Queues the answer to `answer`'s request.
+    fn push_answer(&mut self, answer: Answer, frame: Bytes) -> Pushed {
+        let _ = answer;
+        self.push(frame)
+    }
+    /// Whether an answer to this request still waits unwritten (then the
+    /// core builds and queues none).
+    fn answer_pending(&self, answer: &Answer) -> bool {
+        let _ = answer;
+        false
+    }
     /// Asks the connection to close (best effort: one close is all that
     /// matters). The core drops the queue right after.
     fn close(&mut self, close: Close);
@@ -191,8 +222,10 @@ pub enum Output {
     /// with `write` (write numbers count up from 1 and must be reported in
     /// order) or [`RoomCore::storage_failed`].
     Append { write: u64, entry: Vec<u8> },
-    /// Append one chat record to the document's chat log; a failure only
-    /// costs the record, so it is logged and not reported.
+    /// Append one chat record to the document's chat log, then trim the
+    /// log to the room's history (`DocStore::trim_chat` with
+    /// `chat_history` and `chat_history_bytes`); a failure only costs the
+    /// record, so it is logged and not reported.
     AppendChat { record: String },
     /// Replace every entry appended so far by `state`, which holds them all.
     Compact { state: Vec<u8> },
@@ -250,8 +283,6 @@ struct Member<Q> {
     queue: Q,
     extensions: bool,
     can_write: bool,
-    /// Awareness client ids this connection announced, removed when it leaves.
-    clients: HashSet<ClientId>,
     /// Update messages (step 2 and update) received, numbered from 1: the
     /// numbers `Saved` acknowledgements refer to.
     update_messages: u64,
@@ -270,6 +301,17 @@ struct Member<Q> {
     /// the document has all that, no `Saved` is sent, as it would claim the
     /// dropped message too.
     ahead: Option<(u64, Footprint)>,
+    /// No sync step 1 for incomplete updates before this time (ms): one
+    /// was sent and its answer is on the way. See [`STEP1_BACKOFF_MIN_MS`].
+    step1_not_before: u64,
+    /// The current wait between two such step 1 (0: none sent yet).
+    step1_backoff: u64,
+    /// An incomplete update arrived while step 1 waited: one is owed, sent
+    /// when the wait is over ([`RoomCore::tick`]) or as soon as this member
+    /// sends something that changes the document (the answer to the last
+    /// one, likely) and the document still lacks what was dropped, so that
+    /// nothing dropped is left unasked for.
+    step1_owed: bool,
 }
 
 /// Where the room's document stands.
@@ -305,12 +347,22 @@ pub struct RoomCore<Q> {
     members: HashMap<ConnId, Member<Q>>,
     awareness: AwarenessTable,
     state: State,
-    /// Recent chat messages (JSON), oldest first, sent to joining clients.
+    /// Recent chat messages (JSON), oldest first, sent to joining clients:
+    /// at most `chat_history` of them and `chat_history_bytes` together,
+    /// as the store keeps them ([`Output::AppendChat`] trims it).
     chat: VecDeque<String>,
+    /// Bytes of `chat`: counted with the document's for the size limit.
+    chat_bytes: u64,
     /// The number of the last write handed out.
     last_write: u64,
     /// Every write up to this one is on disk.
     durable: u64,
+    /// Since when (monotonic ms) some handed-out write has waited for the
+    /// disk without any progress; `None` while everything is durable.
+    undurable_since: Option<u64>,
+    /// Whether the Quire members were told saving has stalled (and not
+    /// yet that it resumed).
+    stall_told: bool,
     /// Stored updates waiting for [`RoomCore::appended`] to be relayed.
     unstored: VecDeque<Unstored>,
     /// Storage work not yet taken by [`RoomCore::poll_output`].
@@ -342,8 +394,11 @@ impl<Q: MemberQueue> RoomCore<Q> {
             awareness: AwarenessTable::new(),
             state: State::Failed("not loaded yet".into()),
             chat: VecDeque::new(),
+            chat_bytes: 0,
             last_write: 0,
             durable: 0,
+            undurable_since: None,
+            stall_told: false,
             unstored: VecDeque::new(),
             outputs: VecDeque::new(),
             reloading: false,
@@ -360,7 +415,14 @@ impl<Q: MemberQueue> RoomCore<Q> {
     /// The stored log was read: `restored` is the document, or why it could
     /// not be had (the room then serves nobody). `chat`: the recent chat
     /// records, oldest first.
-    pub fn loaded(&mut self, restored: Result<Restored, String>, chat: Vec<String>) {
+    ///
+    /// Returns the write number that stands for everything stored before
+    /// the room loaded: earlier writes to the document (an evicted room's,
+    /// say) may not be on disk yet, so nothing is acknowledged until the
+    /// caller reports this write to [`Self::durable`], once the store's
+    /// ticket at load time (`DocStore::last_ticket`) is durable.
+    pub fn loaded(&mut self, restored: Result<Restored, String>, chat: Vec<String>) -> u64 {
+        self.last_write += 1;
         self.state = match restored {
             Ok(restored) => Self::ready(restored),
             Err(reason) => {
@@ -368,15 +430,19 @@ impl<Q: MemberQueue> RoomCore<Q> {
                 State::Failed(reason)
             }
         };
-        self.chat = chat.into();
-        while self.chat.len() > self.config.chat_history {
-            self.chat.pop_front();
+        self.chat = VecDeque::new();
+        self.chat_bytes = 0;
+        for record in chat {
+            self.keep_chat(record);
         }
+        self.last_write
     }
 
-    /// The answer to [`Output::Reload`].
-    pub fn reloaded(&mut self, restored: Result<Restored, String>, now: Now) {
+    /// The answer to [`Output::Reload`]. Returns the write number standing
+    /// for what was stored before, as [`Self::loaded`] does.
+    pub fn reloaded(&mut self, restored: Result<Restored, String>, now: Now) -> u64 {
         self.reloading = false;
+        self.last_write += 1;
         match restored {
             Ok(restored) => self.state = Self::ready(restored),
             Err(reason) => {
@@ -387,24 +453,17 @@ impl<Q: MemberQueue> RoomCore<Q> {
         for (conn, code, reason) in std::mem::take(&mut self.after_reload) {
             self.reject(conn, code, reason, now);
         }
+        self.last_write
     }
 
     /// Adds a connection and sends it sync step 1, everyone's presence and
     /// (Quire clients) the recent chat. Refused when the document is
-    /// unavailable or over the size limit.
+    /// unavailable (never for its size: only writes are refused past it).
     pub fn join(&mut self, conn: ConnId, joining: Joining<Q>, now: Now) -> Result<(), RoomError> {
+        // A document past the size limit is still served (its writes are
+        // refused): what yrs stores can outgrow what was checked.
         let document = match &self.state {
-            State::Ready {
-                document, bytes, ..
-            } => {
-                let limit = self.config.max_document_bytes;
-                if *bytes > limit {
-                    return Err(RoomError::TooLarge(format!(
-                        "the document is {bytes} bytes, over this server's limit of {limit}"
-                    )));
-                }
-                document
-            }
+            State::Ready { document, .. } => document,
             State::Failed(reason) => return Err(RoomError::Unavailable(reason.clone())),
         };
         let extensions = joining.extensions;
@@ -416,16 +475,21 @@ impl<Q: MemberQueue> RoomCore<Q> {
                 queue: joining.queue,
                 extensions,
                 can_write: joining.can_write,
-                clients: HashSet::new(),
                 update_messages: 0,
                 pending_saves: VecDeque::new(),
                 told_read_only: false,
                 refused_from: None,
                 ahead: None,
+                step1_not_before: 0,
+                step1_backoff: 0,
+                step1_owed: false,
             },
         );
         self.empty_since = None;
         self.send(Target::One(conn), &step1, now);
+        if extensions && self.stall_told {
+            self.send(Target::One(conn), &stalled_frame(), now);
+        }
         if !self.awareness.is_empty() {
             let states = Bytes::from(Message::Awareness(&self.awareness.encode_all()).encode());
             self.send(Target::One(conn), &states, now);
@@ -459,9 +523,13 @@ impl<Q: MemberQueue> RoomCore<Q> {
         let Some(member) = self.members.remove(&conn) else {
             return;
         };
-        let removed = self.awareness.remove(member.clients, now.ms);
-        self.announce_awareness(None, &removed, now);
-        self.publish_awareness(&removed);
+        drop(member);
+        // Exactly the presence this connection introduced goes with it.
+        if let Some(gone) = self.awareness.remove_owner(conn) {
+            let frame = Bytes::from(Message::Awareness(&gone).encode());
+            self.send(Target::AllBut(None), &frame, now);
+            self.publish_presence(gone);
+        }
         if self.members.is_empty() {
             self.empty_since = Some(now.ms);
         }
@@ -478,10 +546,13 @@ impl<Q: MemberQueue> RoomCore<Q> {
                 let State::Ready { document, .. } = &self.state else {
                     return;
                 };
+                if self.answer_pending(conn, &Answer::SyncStep2(sv.clone())) {
+                    return;
+                }
                 match document.diff(&sv) {
                     Ok(diff) => {
                         let frame = Message::Sync(SyncMessage::Step2(&diff)).encode();
-                        self.send(Target::One(conn), &frame.into(), now);
+                        self.send_answer(conn, Answer::SyncStep2(sv), frame.into(), now);
                     }
                     Err(err) => self.reject(conn, close::INVALID_PAYLOAD, err.to_string(), now),
                 }
@@ -495,7 +566,12 @@ impl<Q: MemberQueue> RoomCore<Q> {
                 }
             }
             Inbound::Update(update) => match self.apply_update(Some(conn), &update) {
-                Ok(_) => self.acknowledge(conn, now),
+                Ok(changed) => {
+                    self.acknowledge(conn, now);
+                    if changed {
+                        self.pay_owed_step1(Some(conn), now);
+                    }
+                }
                 Err(RoomError::Incomplete { carries, reason }) => {
                     self.ask_for_missing(conn, carries, &reason, now)
                 }
@@ -511,34 +587,39 @@ impl<Q: MemberQueue> RoomCore<Q> {
                 Err(_) => {}
             },
             Inbound::Emit { name, payload, ack } => self.on_emit(conn, &name, &payload, ack, now),
-            Inbound::Awareness(update) => match self.awareness.apply(&update, now.ms) {
-                Ok(change) => {
-                    if let Some(member) = self.members.get_mut(&conn) {
-                        member.clients.extend(
-                            change
-                                .added
-                                .iter()
-                                .chain(&change.updated)
-                                .chain(&change.renewed),
-                        );
-                        for id in &change.removed {
-                            member.clients.remove(id);
+            Inbound::Awareness(update) => {
+                let bounds = Bounds {
+                    per_owner: self.config.max_presence_per_connection,
+                    total: self.config.max_presence_per_room,
+                    state_bytes: self.config.max_presence_state_bytes,
+                };
+                match self.awareness.apply_as(&update, conn, bounds, now.ms) {
+                    Ok(change) => {
+                        if !change.foreign.is_empty() {
+                            debug!(conn, foreign = ?change.foreign, "ignoring presence of clients another connection introduced");
                         }
+                        let accepted: Vec<ClientId> = change.accepted().collect();
+                        self.announce_awareness(Some(conn), &accepted, now);
+                        self.publish_awareness(&accepted);
                     }
-                    let accepted: Vec<ClientId> = change.accepted().collect();
-                    self.announce_awareness(Some(conn), &accepted, now);
-                    self.publish_awareness(&accepted);
+                    Err(err) => {
+                        let code = match err {
+                            AwarenessError::Decode(_) | AwarenessError::TooManyForOwner(_) => {
+                                close::INVALID_PAYLOAD
+                            }
+                            AwarenessError::TooManyInTable(_) => close::TRY_AGAIN_LATER,
+                            AwarenessError::StateTooLarge { .. } => close::MESSAGE_TOO_BIG,
+                        };
+                        self.reject(conn, code, format!("awareness update refused: {err}"), now)
+                    }
                 }
-                Err(err) => self.reject(
-                    conn,
-                    close::INVALID_PAYLOAD,
-                    format!("invalid awareness update: {err}"),
-                    now,
-                ),
-            },
+            }
             Inbound::QueryAwareness => {
+                if self.answer_pending(conn, &Answer::Awareness) {
+                    return;
+                }
                 let states = Message::Awareness(&self.awareness.encode_all()).encode();
-                self.send(Target::One(conn), &states.into(), now);
+                self.send_answer(conn, Answer::Awareness, states.into(), now);
             }
         }
     }
@@ -587,6 +668,9 @@ impl<Q: MemberQueue> RoomCore<Q> {
     /// Storage took every write up to `write` (reported in order): relay
     /// what those updates added.
     pub fn appended(&mut self, write: u64, now: Now) {
+        if write > self.durable {
+            self.undurable_since.get_or_insert(now.ms);
+        }
         while self.unstored.front().is_some_and(|u| u.write <= write) {
             let Some(Unstored { relay, origin, .. }) = self.unstored.pop_front() else {
                 break;
@@ -613,8 +697,30 @@ impl<Q: MemberQueue> RoomCore<Q> {
             return;
         }
         self.durable = write;
+        // Progress restarts the stall clock; a stall ends once all is on disk.
+        let resumed = write >= self.last_write && self.stall_told;
+        if write >= self.last_write {
+            self.undurable_since = None;
+            self.stall_told = false;
+        } else {
+            self.undurable_since = Some(now.ms);
+        }
         self.publish_durable();
         let mut acks = Vec::new();
+        if resumed {
+            // Members told of the stall with nothing waiting learn it is
+            // over from a `Saved` for what they already had acknowledged.
+            for (&conn, member) in &self.members {
+                if member.extensions
+                    && member.pending_saves.is_empty()
+                    && member.refused_from.is_none()
+                    && member.ahead.is_none()
+                {
+                    acks.push((conn, member.update_messages));
+                }
+            }
+            warn!("the store confirms writes again; saving resumed");
+        }
         for (&conn, member) in &mut self.members {
             if let Some(through) = pop_settled(&mut member.pending_saves, write) {
                 acks.push((conn, through));
@@ -633,10 +739,23 @@ impl<Q: MemberQueue> RoomCore<Q> {
     /// timeout, and ask for eviction once the room was empty for the grace
     /// period.
     pub fn tick(&mut self, now: Now) {
+        self.pay_owed_step1(None, now);
+        if self.durable < self.last_write {
+            // The write standing for the stored log has no `appended`.
+            self.undurable_since.get_or_insert(now.ms);
+        }
         if now.ms >= self.next_sweep {
             let timeout = self.config.awareness_timeout.as_millis() as u64;
             self.sweep_awareness(now, timeout);
             self.next_sweep = now.ms + self.sweep_period();
+        }
+        if self.stall_at().is_some_and(|at| now.ms >= at) {
+            self.stall_told = true;
+            error!(
+                waiting_since_ms = self.undurable_since,
+                "the store has not confirmed writes in time; saves stalled"
+            );
+            self.send(Target::ExtensionsBut(None), &stalled_frame(), now);
         }
         if self.evict_at().is_some_and(|at| now.ms >= at) {
             self.outputs.push_back(Output::Evict);
@@ -653,13 +772,27 @@ impl<Q: MemberQueue> RoomCore<Q> {
 
     /// When [`Self::tick`] has something to do next ([`Now::ms`]).
     pub fn deadline(&self) -> u64 {
-        self.evict_at()
-            .map_or(self.next_sweep, |at| at.min(self.next_sweep))
+        let owed = self
+            .members
+            .values()
+            .filter(|m| m.step1_owed)
+            .map(|m| m.step1_not_before)
+            .min();
+        [self.evict_at(), self.stall_at(), owed]
+            .into_iter()
+            .flatten()
+            .fold(self.next_sweep, u64::min)
     }
 
     /// Whether some `Saved` waits for [`Self::durable`].
     pub fn saves_pending(&self) -> bool {
         self.members.values().any(|m| !m.pending_saves.is_empty())
+    }
+
+    /// Whether some write handed out (or the stored log the room loaded)
+    /// is not known to be on disk: the caller reports [`Self::durable`].
+    pub fn waits_for_disk(&self) -> bool {
+        self.durable < self.last_write
     }
 
     /// Connections in the room.
@@ -678,6 +811,25 @@ impl<Q: MemberQueue> RoomCore<Q> {
             State::Ready { .. } => None,
             State::Failed(reason) => Some(reason),
         }
+    }
+
+    /// Estimated encoded size of the document (its stored log), 0 while
+    /// the room is out of service: how heavy a diff or snapshot is.
+    pub fn stored_bytes(&self) -> u64 {
+        match &self.state {
+            State::Ready { bytes, .. } => *bytes,
+            State::Failed(_) => 0,
+        }
+    }
+
+    /// Bytes of the chat history the room keeps.
+    pub fn chat_bytes(&self) -> u64 {
+        self.chat_bytes
+    }
+
+    /// The presence table.
+    pub fn presence(&self) -> &AwarenessTable {
+        &self.awareness
     }
 
     /// The live document, unless the room is out of service.
@@ -709,6 +861,15 @@ impl<Q: MemberQueue> RoomCore<Q> {
         self.empty_since.map(|since| since + grace)
     }
 
+    /// When saving counts as stalled, unless the store confirms writes first.
+    fn stall_at(&self) -> Option<u64> {
+        if self.stall_told {
+            return None;
+        }
+        let timeout = self.config.save_stall_timeout.as_millis() as u64;
+        self.undurable_since.map(|since| since + timeout)
+    }
+
     fn request_reload(&mut self) {
         self.reloading = true;
         self.outputs.push_back(Output::Reload);
@@ -718,23 +879,21 @@ impl<Q: MemberQueue> RoomCore<Q> {
     /// `origin` is the member it came from (not echoed back), `None` for an
     /// import. `Ok(false)`: it held nothing new.
     fn apply_update(&mut self, origin: Option<ConnId>, update: &[u8]) -> Result<bool, RoomError> {
-        let limit = self.config.max_document_bytes;
-        let State::Ready {
-            document, bytes, ..
-        } = &mut self.state
-        else {
-            let State::Failed(reason) = &self.state else {
-                unreachable!()
-            };
+        if let State::Failed(reason) = &self.state {
             return Err(RoomError::Unavailable(reason.clone()));
-        };
-        // The raw size bounds what is new (sync sends differences, so the
-        // two are close); an update holding nothing new never counts.
-        if *bytes + update.len() as u64 > limit && !document.is_known(update) {
-            return Err(RoomError::TooLarge(format!(
-                "this update would take the document past this server's limit of {limit} bytes"
-            )));
         }
+        // The raw size bounds what is new (sync sends differences, so the
+        // two are close; the delta stored can be a little larger, so a
+        // document may end past the limit, still served, its writes
+        // refused); an update holding nothing new never counts.
+        if let Some(refusal) = self.over_size_limit(update.len() as u64)
+            && !self.document().is_some_and(|d| d.is_known(update))
+        {
+            return Err(RoomError::TooLarge(refusal));
+        }
+        let State::Ready { document, .. } = &mut self.state else {
+            unreachable!("checked above")
+        };
         let applied = match document.apply(update) {
             // Whatever yrs holds back must still merge into the whole
             // document, or the log could never be compacted again (yrs
@@ -779,6 +938,22 @@ impl<Q: MemberQueue> RoomCore<Q> {
             origin,
         });
         Ok(true)
+    }
+
+    /// Why writing `more` bytes is refused, if it is: the stored log and
+    /// the chat history together may not pass `max_document_bytes`.
+    fn over_size_limit(&self, more: u64) -> Option<String> {
+        let State::Ready { bytes, .. } = &self.state else {
+            return None;
+        };
+        let limit = self.config.max_document_bytes;
+        let stored = *bytes + self.chat_bytes;
+        (stored + more > limit).then(|| {
+            format!(
+                "this document holds {stored} bytes (with its chat); \
+                 writing {more} more would pass this server's limit of {limit}"
+            )
+        })
     }
 
     /// Hands one entry to storage and accounts for it.
@@ -833,11 +1008,6 @@ impl<Q: MemberQueue> RoomCore<Q> {
         if removed.is_empty() {
             return;
         }
-        for member in self.members.values_mut() {
-            for id in &removed {
-                member.clients.remove(id);
-            }
-        }
         debug!(?removed, "awareness timed out");
         self.announce_awareness(None, &removed, now);
     }
@@ -873,18 +1043,40 @@ impl<Q: MemberQueue> RoomCore<Q> {
             }
         }
         for conn in too_slow {
-            warn!(conn, "outbound queue full; cutting the connection off");
-            self.metrics.slow_consumers_cut.inc();
-            self.remove(
-                conn,
-                Close::new(
-                    close::TOO_SLOW,
-                    "connection too slow to keep up; reconnect to resync",
-                ),
-                now,
-            );
+            self.cut_too_slow(conn, now);
         }
         delivered
+    }
+
+    /// Whether member `conn` still has an answer to this request queued.
+    fn answer_pending(&self, conn: ConnId, answer: &Answer) -> bool {
+        self.members
+            .get(&conn)
+            .is_some_and(|member| member.queue.answer_pending(answer))
+    }
+
+    /// Queues the answer to one request of member `conn` (cut off if full).
+    fn send_answer(&mut self, conn: ConnId, answer: Answer, frame: Bytes, now: Now) {
+        let Some(member) = self.members.get_mut(&conn) else {
+            return;
+        };
+        if member.queue.push_answer(answer, frame) == Pushed::Full {
+            self.cut_too_slow(conn, now);
+        }
+    }
+
+    /// Cuts off a member whose queue is full (4408; it resyncs on reconnect).
+    fn cut_too_slow(&mut self, conn: ConnId, now: Now) {
+        warn!(conn, "outbound queue full; cutting the connection off");
+        self.metrics.slow_consumers_cut.inc();
+        self.remove(
+            conn,
+            Close::new(
+                close::TOO_SLOW,
+                "connection too slow to keep up; reconnect to resync",
+            ),
+            now,
+        );
     }
 
     /// Closes one connection for bad input.
@@ -948,6 +1140,9 @@ impl<Q: MemberQueue> RoomCore<Q> {
                 return;
             }
             member.ahead = None;
+            member.step1_backoff = 0;
+            member.step1_not_before = 0;
+            member.step1_owed = false;
         }
         let number = member.update_messages;
         if required <= self.durable && member.pending_saves.is_empty() {
@@ -964,10 +1159,9 @@ impl<Q: MemberQueue> RoomCore<Q> {
     /// step 2) carries the dropped message's content along with what it
     /// referred to.
     fn ask_for_missing(&mut self, conn: ConnId, carries: Footprint, reason: &str, now: Now) {
-        let State::Ready { document, .. } = &self.state else {
+        if !matches!(self.state, State::Ready { .. }) {
             return;
-        };
-        let step1 = Message::Sync(SyncMessage::Step1(&document.state_vector())).encode();
+        }
         let Some(member) = self.members.get_mut(&conn) else {
             return;
         };
@@ -994,7 +1188,47 @@ impl<Q: MemberQueue> RoomCore<Q> {
             );
             return;
         }
+        // A client that keeps sending them gets step 1 with backoff: its
+        // answer to the last one most likely carries what these lack too,
+        // and if not, the step 1 owed goes out later.
+        if now.ms < member.step1_not_before {
+            member.step1_owed = true;
+            return;
+        }
+        self.ask_with_step1(conn, now);
+    }
+
+    /// Sends `conn` sync step 1 for its dropped incomplete updates and
+    /// doubles the wait before the next.
+    fn ask_with_step1(&mut self, conn: ConnId, now: Now) {
+        let State::Ready { document, .. } = &self.state else {
+            return;
+        };
+        let Some(member) = self.members.get_mut(&conn) else {
+            return;
+        };
+        member.step1_owed = false;
+        member.step1_backoff =
+            (member.step1_backoff * 2).clamp(STEP1_BACKOFF_MIN_MS, STEP1_BACKOFF_MAX_MS);
+        member.step1_not_before = now.ms + member.step1_backoff;
+        let step1 = Message::Sync(SyncMessage::Step1(&document.state_vector())).encode();
         self.send(Target::One(conn), &step1.into(), now);
+    }
+
+    /// The members owed a step 1 whose wait is over (`changed`: also
+    /// `conn`, whose last message changed the document), sent it.
+    fn pay_owed_step1(&mut self, changed: Option<ConnId>, now: Now) {
+        let due: Vec<ConnId> = self
+            .members
+            .iter()
+            .filter(|(conn, m)| {
+                m.step1_owed && (Some(**conn) == changed || now.ms >= m.step1_not_before)
+            })
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in due {
+            self.ask_with_step1(conn, now);
+        }
     }
 
     /// A named event: relayed to the other Quire clients; `chat` is also
@@ -1010,12 +1244,11 @@ impl<Q: MemberQueue> RoomCore<Q> {
             );
             return;
         };
-        if name == CHAT_EVENT && !self.can_write(conn) {
-            let error = Ext::Error {
-                code: u64::from(close::FORBIDDEN),
-                message: "read-only access: chat messages are not sent",
-            };
-            self.send(Target::One(conn), &error.encode().into(), now);
+        if !self.can_write(conn) {
+            // The read permission covers watching and one's own presence;
+            // events (chat included) need write.
+            let message = "read-only access: events are not sent";
+            self.refuse_event(conn, close::FORBIDDEN, message, ack, now);
             return;
         }
         if name == CHAT_HISTORY_EVENT {
@@ -1043,7 +1276,17 @@ impl<Q: MemberQueue> RoomCore<Q> {
                 );
                 return;
             };
+            let limit = self.config.max_chat_message_bytes;
+            if text.len() > limit {
+                let message = format!("a chat message holds at most {limit} bytes of text");
+                self.refuse_event(conn, close::MESSAGE_TOO_BIG, &message, ack, now);
+                return;
+            }
             let record = serde_json::json!({ "user": sender_name, "text": text, "at_ms": at_ms, "sender": conn }).to_string();
+            if let Some(refusal) = self.over_size_limit(record.len() as u64) {
+                self.refuse_event(conn, close::DOCUMENT_TOO_LARGE, &refusal, ack, now);
+                return;
+            }
             self.outputs.push_back(Output::AppendChat {
                 record: record.clone(),
             });
@@ -1056,7 +1299,7 @@ impl<Q: MemberQueue> RoomCore<Q> {
             }
             .encode();
             self.publish_event(name, &record, conn, &sender_name, at_ms);
-            self.remember_chat(record);
+            self.keep_chat(record);
             (frame, Target::ExtensionsBut(None))
         } else {
             let frame = Ext::Event {
@@ -1073,6 +1316,35 @@ impl<Q: MemberQueue> RoomCore<Q> {
         let delivered = self.send(target, &frame.into(), now);
         if ack != 0 {
             let frame = Ext::EmitAck { ack, delivered }.encode();
+            self.send(Target::One(conn), &frame.into(), now);
+        }
+    }
+
+    /// Adds a chat record to the recent history, dropping the oldest past
+    /// its count or bytes.
+    fn keep_chat(&mut self, record: String) {
+        self.chat_bytes += record.len() as u64;
+        self.chat.push_back(record);
+        while self.chat.len() > self.config.chat_history
+            || self.chat_bytes > self.config.chat_history_bytes
+        {
+            let Some(oldest) = self.chat.pop_front() else {
+                break;
+            };
+            self.chat_bytes -= oldest.len() as u64;
+        }
+    }
+
+    /// Refuses an event to its sender with a typed error (the member
+    /// stays); an ack it asked for says nobody received it.
+    fn refuse_event(&mut self, conn: ConnId, code: u16, message: &str, ack: u64, now: Now) {
+        let error = Ext::Error {
+            code: u64::from(code),
+            message,
+        };
+        self.send(Target::One(conn), &error.encode().into(), now);
+        if ack != 0 {
+            let frame = Ext::EmitAck { ack, delivered: 0 }.encode();
             self.send(Target::One(conn), &frame.into(), now);
         }
     }
@@ -1124,11 +1396,9 @@ impl<Q: MemberQueue> RoomCore<Q> {
     /// A connection's user name, from its presence (`user.name`, the
     /// y-protocols convention), or "anonymous".
     fn display_name(&self, conn: ConnId) -> String {
-        self.members
-            .get(&conn)
-            .into_iter()
-            .flat_map(|m| m.clients.iter())
-            .filter_map(|&client| self.awareness.state(client))
+        self.awareness
+            .clients_of(conn)
+            .filter_map(|client| self.awareness.state(client))
             .filter_map(|json| serde_json::from_str::<serde_json::Value>(json).ok())
             .find_map(|v| {
                 v.pointer("/user/name")
@@ -1137,6 +1407,19 @@ impl<Q: MemberQueue> RoomCore<Q> {
             })
             .unwrap_or_else(|| "anonymous".to_owned())
     }
+}
+
+/// What Quire members are told when the store stops confirming writes:
+/// their edits are kept (in the room and in their tab) but not on disk, so
+/// no `Saved` comes until it resumes.
+fn stalled_frame() -> Bytes {
+    Ext::Error {
+        code: u64::from(SAVES_STALLED),
+        message: "the server cannot save changes right now: its storage is not confirming writes; \
+                  your edits are kept, keep this tab open",
+    }
+    .encode()
+    .into()
 }
 
 /// Pops the `(number, needed)` pairs at the front of `queue` whose

@@ -746,6 +746,33 @@ impl DocStore for PgStore {
         Ok(records)
     }
 
+    fn trim_chat(&self, doc: &str, keep: usize, max_bytes: u64) -> Result<(), StoreError> {
+        let pool = self.pool.clone();
+        let name = doc.to_owned();
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+        self.block_on(async move {
+            let client = connection(&pool).await?;
+            // Newest first, the running count and size of what is kept;
+            // everything older than the oldest kept message goes.
+            client
+                .execute(
+                    "DELETE FROM quire_chat WHERE doc = $1 AND seq < COALESCE((
+                         SELECT min(seq) FROM (
+                             SELECT seq,
+                                    row_number() OVER (ORDER BY seq DESC) AS n,
+                                    sum(length(data)) OVER (ORDER BY seq DESC) AS total
+                             FROM quire_chat WHERE doc = $1
+                         ) newest WHERE n <= $2 AND total <= $3
+                     ), 9223372036854775807)",
+                    &[&name, &keep, &max_bytes],
+                )
+                .await
+                .map_err(db_error(format_args!("trimming the chat of {name:?}")))?;
+            Ok(())
+        })
+    }
+
     fn delete(&self, doc: &str) -> Result<bool, StoreError> {
         check_name(doc)?;
         let wait = self.shared.options.wait_timeout;

@@ -531,6 +531,31 @@ impl DocStore for SledStore {
         Ok(records)
     }
 
+    fn trim_chat(&self, doc: &str, keep: usize, max_bytes: u64) -> Result<(), StoreError> {
+        let _trees = self.read_lock();
+        let Some(tree) = self.existing(doc, chat_tree_name(doc), "the chat of")? else {
+            return Ok(());
+        };
+        let (mut kept, mut bytes) = (0usize, 0u64);
+        let mut dropped = 0;
+        for entry in tree.iter().rev() {
+            let (key, value) =
+                entry.map_err(io_err(format_args!("reading the chat of {doc:?}")))?;
+            bytes += value.len() as u64;
+            if kept < keep && bytes <= max_bytes {
+                kept += 1;
+                continue;
+            }
+            tree.remove(key)
+                .map_err(io_err(format_args!("trimming the chat of {doc:?}")))?;
+            dropped += 1;
+        }
+        if dropped > 0 {
+            self.take_ticket();
+        }
+        Ok(())
+    }
+
     fn info(&self, doc: &str) -> Result<Option<DocInfo>, StoreError> {
         let raw = self
             .shared
@@ -599,6 +624,12 @@ impl DocStore for SledStore {
 
     fn durability(&self) -> watch::Receiver<Committed> {
         self.shared.committed.subscribe()
+    }
+
+    /// The newest ticket taken, flushed or not: a room loading a document
+    /// an evicted room wrote a moment ago waits for this one.
+    fn last_ticket(&self) -> u64 {
+        self.shared.tickets.load(Ordering::SeqCst)
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -7,6 +7,7 @@
 
 pub mod browser;
 pub mod client;
+pub mod held_store;
 pub mod http;
 pub mod process;
 pub mod proxy;
@@ -56,10 +57,22 @@ impl TestServer {
 
     /// Starts a server on an existing data folder.
     pub async fn start_in(data: std::path::PathBuf, tune: impl FnOnce(&mut Config)) -> Self {
+        Self::start_on(data, tune, |store| store).await
+    }
+
+    /// Starts a server whose sled store is first wrapped by `wrap` (e.g. in
+    /// a [`held_store::HeldStore`]).
+    pub async fn start_on(
+        data: std::path::PathBuf,
+        tune: impl FnOnce(&mut Config),
+        wrap: impl FnOnce(
+            std::sync::Arc<quire_storage::SledStore>,
+        ) -> std::sync::Arc<dyn quire_storage::DocStore>,
+    ) -> Self {
         let mut config = Config::new(SocketAddr::from(([127, 0, 0, 1], 0)), data.clone());
         config.room_grace = Duration::from_millis(200);
         tune(&mut config);
-        let store = quire_server::open_store(&config).expect("open store");
+        let store = wrap(quire_server::open_store(&config).expect("open store"));
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
             .expect("bind");

@@ -93,6 +93,10 @@ pub struct Harness {
     hold: bool,
     /// The last write storage took.
     appended: u64,
+    /// Whether some stored write is not durable yet (held back, see
+    /// [`Harness::hold_durability`]); a room reopened on the log then
+    /// waits for [`Harness::flush`] too.
+    unflushed: bool,
     /// Set by [`Harness::fail_next_append`].
     fail_next: Option<String>,
     /// How often the core asked to be evicted.
@@ -113,9 +117,16 @@ impl Harness {
     /// A room whose store holds `log` and `chat` (oldest first), as a room
     /// that opens on an existing document.
     pub fn on_log(config: Config, log: Vec<Vec<u8>>, chat: Vec<String>) -> Self {
+        let mut harness = Self::empty(config, log, chat);
+        harness.load();
+        harness
+    }
+
+    /// A harness whose core is not loaded yet.
+    fn empty(config: Config, log: Vec<Vec<u8>>, chat: Vec<String>) -> Self {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
-        let mut harness = Self {
+        Self {
             core: RoomCore::new(config.clone(), metrics.clone()),
             config,
             metrics,
@@ -125,22 +136,41 @@ impl Harness {
             ms: 0,
             hold: false,
             appended: 0,
+            unflushed: false,
             fail_next: None,
             evictions: 0,
-        };
-        harness.load();
-        harness
+        }
     }
 
-    /// A fresh room on what this one stored (as after an eviction).
+    /// A fresh room on what this one stored (as after an eviction). Writes
+    /// not durable yet stay so: the new room waits for [`Self::flush`]
+    /// (and keeps holding durability) as the old one did.
     pub fn reopen(&self) -> Self {
-        Self::on_log((*self.config).clone(), self.log.clone(), self.chat.clone())
+        let config = (*self.config).clone();
+        if !self.unflushed {
+            return Self::on_log(config, self.log.clone(), self.chat.clone());
+        }
+        let mut reopened = Self::empty(config, self.log.clone(), self.chat.clone());
+        reopened.hold = true;
+        reopened.unflushed = true;
+        reopened.load();
+        reopened
     }
 
     fn load(&mut self) {
         let recent = self.chat.len().saturating_sub(self.config.chat_history);
         let chat = self.chat[recent..].to_vec();
-        self.core.loaded(Restored::from_log(&self.log), chat);
+        let stored_before = self.core.loaded(Restored::from_log(&self.log), chat);
+        self.stored_before(stored_before);
+    }
+
+    /// The write standing for what the store held at a (re)load is durable
+    /// at once, unless writes were held back.
+    fn stored_before(&mut self, write: u64) {
+        self.appended = write;
+        if !self.unflushed {
+            self.core.durable(write, self.now());
+        }
     }
 
     // ----- members -----------------------------------------------------
@@ -312,6 +342,7 @@ impl Harness {
 
     /// Makes every stored write durable.
     pub fn flush(&mut self) {
+        self.unflushed = false;
         self.core.durable(self.appended, self.now());
         self.settle();
     }
@@ -356,6 +387,23 @@ impl Harness {
         &self.metrics
     }
 
+    /// Drops the oldest stored chat records past the history's count or
+    /// bytes, as `DocStore::trim_chat` does.
+    fn trim_chat(&mut self) {
+        let (mut kept, mut bytes) = (0, 0u64);
+        let keep = self
+            .chat
+            .iter()
+            .rev()
+            .take_while(|record| {
+                bytes += record.len() as u64;
+                kept += 1;
+                kept <= self.config.chat_history && bytes <= self.config.chat_history_bytes
+            })
+            .count();
+        self.chat.drain(..self.chat.len() - keep);
+    }
+
     /// Carries out what the core handed out, in order, as the shell does.
     fn settle(&mut self) {
         while let Some(output) = self.core.poll_output() {
@@ -369,15 +417,21 @@ impl Harness {
                     self.log.push(entry);
                     self.appended = write;
                     self.core.appended(write, self.now());
-                    if !self.hold {
+                    if self.hold {
+                        self.unflushed = true;
+                    } else {
                         self.core.durable(write, self.now());
                     }
                 }
-                Output::AppendChat { record } => self.chat.push(record),
+                Output::AppendChat { record } => {
+                    self.chat.push(record);
+                    self.trim_chat();
+                }
                 Output::Compact { state } => self.log = vec![state],
                 Output::Reload => {
                     let restored = Restored::from_log(&self.log);
-                    self.core.reloaded(restored, self.now());
+                    let stored_before = self.core.reloaded(restored, self.now());
+                    self.stored_before(stored_before);
                 }
                 Output::Evict => self.evictions += 1,
                 // A harness room is one node: the core hands these out

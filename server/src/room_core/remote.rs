@@ -14,6 +14,7 @@
 //!   recent history (its origin stored it).
 
 use bytes::Bytes;
+use quire_protocol::awareness::{Bounds, Owner};
 use quire_protocol::ext::{CHAT_EVENT, Ext};
 use quire_protocol::{ClientId, Message, SyncMessage};
 use tracing::{debug, warn};
@@ -21,6 +22,10 @@ use tracing::{debug, warn};
 use super::{MemberQueue, Now, Output, RoomCore, State, Target};
 use crate::document::DocumentError;
 use crate::fanout::{NodeMessage, RemoteEvent};
+
+/// The owner of presence entries that came from other nodes (connection
+/// ids count up from 1 and `NO_OWNER` is `u64::MAX`).
+const OTHER_NODES: Owner = u64::MAX - 1;
 
 impl<Q: MemberQueue> RoomCore<Q> {
     /// Other nodes serve this document too: publish to them from now on.
@@ -37,23 +42,35 @@ impl<Q: MemberQueue> RoomCore<Q> {
     pub fn remote(&mut self, message: NodeMessage, now: Now) {
         match message {
             NodeMessage::Update(update) => self.apply_remote(&update, now),
-            NodeMessage::Awareness(update) => match self.awareness.apply(&update, now.ms) {
-                Ok(change) => {
-                    let accepted: Vec<ClientId> = change.accepted().collect();
-                    self.announce_awareness(None, &accepted, now);
+            NodeMessage::Awareness(update) => {
+                // Other nodes' clients are one owner here: their own nodes
+                // bound them per connection; the room's total still holds.
+                let bounds = Bounds {
+                    per_owner: usize::MAX,
+                    total: self.config.max_presence_per_room,
+                    state_bytes: self.config.max_presence_state_bytes,
+                };
+                match self
+                    .awareness
+                    .apply_as(&update, OTHER_NODES, bounds, now.ms)
+                {
+                    Ok(change) => {
+                        let accepted: Vec<ClientId> = change.accepted().collect();
+                        self.announce_awareness(None, &accepted, now);
+                    }
+                    Err(err) => warn!(%err, "presence from another node refused"),
                 }
-                Err(err) => warn!(%err, "another node sent a bad awareness update"),
-            },
+            }
             NodeMessage::Event(event) => self.send_remote_event(&event, now),
             NodeMessage::Chat(event) => {
-                self.remember_chat(event.payload.clone());
+                self.keep_chat(event.payload.clone());
                 self.send_remote_event(&event, now);
             }
             NodeMessage::QueryAwareness => {
                 let local: Vec<ClientId> = self
                     .members
-                    .values()
-                    .flat_map(|m| m.clients.iter().copied())
+                    .keys()
+                    .flat_map(|&conn| self.awareness.clients_of(conn))
                     .collect();
                 self.publish_awareness(&local);
             }
@@ -101,14 +118,6 @@ impl<Q: MemberQueue> RoomCore<Q> {
         self.send(Target::ExtensionsBut(None), &frame.into(), now);
     }
 
-    /// Keeps a chat record in the recent history sent to joining clients.
-    pub(super) fn remember_chat(&mut self, record: String) {
-        self.chat.push_back(record);
-        while self.chat.len() > self.config.chat_history {
-            self.chat.pop_front();
-        }
-    }
-
     /// Publishes the stored updates whose writes are now durable.
     pub(super) fn publish_durable(&mut self) {
         while self
@@ -126,12 +135,18 @@ impl<Q: MemberQueue> RoomCore<Q> {
 
     /// Publishes the current entries of local members' `clients`.
     pub(super) fn publish_awareness(&mut self, clients: &[ClientId]) {
-        if !self.clustered || clients.is_empty() {
-            return;
+        if self.clustered && !clients.is_empty() {
+            let update = self.awareness.encode(clients.iter().copied());
+            self.publish_presence(update);
         }
-        let update = self.awareness.encode(clients.iter().copied());
-        self.outputs
-            .push_back(Output::Publish(NodeMessage::Awareness(update.into())));
+    }
+
+    /// Publishes an encoded presence update of local members.
+    pub(super) fn publish_presence(&mut self, update: Vec<u8>) {
+        if self.clustered {
+            self.outputs
+                .push_back(Output::Publish(NodeMessage::Awareness(update.into())));
+        }
     }
 
     /// Publishes a local member's named event (for chat, `payload` is the

@@ -129,8 +129,11 @@ fn a_joining_member_gets_step1_then_presence_then_chat_history() {
     assert_eq!(got(&mut room, 3).len(), 2);
 }
 
+/// Issue 12, finding 11: a document over the limit was refused at join,
+/// so one that grew past it (the stored delta can outgrow the raw update)
+/// became unjoinable. It is served; its writes are refused.
 #[test]
-fn a_document_over_the_limit_is_refused_at_join() {
+fn a_document_over_the_limit_is_joined_but_not_written() {
     let source = Doc::with_client_id(5);
     let big = edit(&source, &"x".repeat(2_000));
     let mut room = Harness::on_log(
@@ -141,10 +144,16 @@ fn a_document_over_the_limit_is_refused_at_join() {
         vec![big],
         Vec::new(),
     );
-    assert!(matches!(
-        room.join(1, true, true),
-        Err(RoomError::TooLarge(_))
-    ));
+    room.join(1, true, true).unwrap();
+    assert_eq!(got(&mut room, 1), [Got::Step1]);
+    room.send_update(1, &[0, 0]);
+    assert_eq!(got(&mut room, 1), [Got::Saved(1)], "nothing new is fine");
+    room.send_update(1, &edit(&source, "more"));
+    assert_eq!(
+        room.close_of(1).map(|c| c.code),
+        Some(close::DOCUMENT_TOO_LARGE)
+    );
+    assert_eq!(room.log().len(), 1, "nothing stored");
 }
 
 #[test]
@@ -329,7 +338,8 @@ fn chat_is_stamped_stored_sent_to_everyone_and_kept_to_the_history_length() {
     for n in 0..3 {
         room.deliver(1, emit(CHAT_EVENT, &format!(r#"{{"text":"m{n}"}}"#), 9));
     }
-    assert_eq!(room.chat().len(), 3, "every message is stored");
+    // Issue 12, finding 3: the store keeps the history's length too.
+    assert_eq!(room.chat().len(), 2, "the oldest is dropped from the store");
     let to_sender = got(&mut room, 1);
     assert_eq!(
         to_sender[1],
@@ -482,3 +492,5 @@ fn step1_is_answered_with_what_the_member_lacks() {
     room.deliver(2, Inbound::StateVector(empty.into()));
     assert_eq!(got(&mut room, 2), [Got::Step2]);
 }
+
+mod abuse;

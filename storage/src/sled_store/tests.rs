@@ -173,6 +173,19 @@ fn durability_advances_past_an_append() {
     assert!(rx.has_changed().unwrap(), "subscribers see the change");
 }
 
+/// Issue 12, finding 6: the default `last_ticket` is the durable one, so
+/// a room reloaded during a long commit window acknowledged too early.
+#[test]
+fn last_ticket_counts_writes_not_yet_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = with_window(dir.path(), Duration::from_secs(2));
+    let appended = store.append("d", b"x").unwrap();
+    assert_eq!(store.last_ticket(), appended.ticket);
+    assert!(store.durability().borrow().ticket < appended.ticket);
+    store.flush().unwrap();
+    assert_eq!(store.durability().borrow().ticket, store.last_ticket());
+}
+
 #[test]
 fn group_commit_batches_appends_within_a_window() {
     let dir = tempfile::tempdir().unwrap();
@@ -370,4 +383,30 @@ fn chat_keeps_the_newest_messages_across_reopen_and_goes_with_the_document() {
     assert!(store.recent_chat("talk", 3).unwrap().is_empty());
     store.append_chat("talk", b"fresh").unwrap();
     assert_eq!(store.recent_chat("talk", 3).unwrap(), [b"fresh".to_vec()]);
+}
+
+/// Issue 12, finding 3: the chat log was kept forever.
+#[test]
+fn trim_chat_keeps_the_newest_within_count_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..10 {
+        store
+            .append_chat("talk", format!("m{i}").as_bytes())
+            .unwrap();
+    }
+    store.trim_chat("talk", 5, 1_000).unwrap();
+    let all = store.recent_chat("talk", 100).unwrap();
+    assert_eq!(
+        all,
+        ["m5", "m6", "m7", "m8", "m9"].map(|m| m.as_bytes().to_vec())
+    );
+    store.trim_chat("talk", 5, 4).unwrap();
+    assert_eq!(
+        store.recent_chat("talk", 100).unwrap().len(),
+        2,
+        "2 bytes each"
+    );
+    store.trim_chat("nope", 5, 4).unwrap();
+    assert!(store.load("nope").unwrap().is_none(), "creates nothing");
 }

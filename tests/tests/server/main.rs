@@ -2,12 +2,15 @@
 //! Every test runs a real server on 127.0.0.1 with real sled files in a
 //! temporary folder and talks to it with real WebSocket clients.
 
+mod abuse_room;
 mod access;
 mod api;
 mod bad_input;
 mod compat;
+mod edge;
 mod extensions;
 mod faults;
+mod outbound;
 mod persistence;
 mod sync;
 mod update_walk;
