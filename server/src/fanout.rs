@@ -44,8 +44,12 @@ pub enum NodeMessage {
     /// A chat message, stamped and stored by the origin node; `payload` is
     /// the stored record.
     Chat(RemoteEvent),
-    /// A room opened on the origin node: send it your members' presence.
-    QueryAwareness,
+    /// A room opened on the origin node: send it your members' presence,
+    /// and read the store past your last seq. (What a node killed between
+    /// its COMMIT and its publish stored reaches the others this way: its
+    /// clients resend it, unacknowledged, to the room that opens for them;
+    /// that room loaded it already and publishes nothing.)
+    RoomOpened,
     /// The document was deleted through the origin node: close every
     /// connection to it.
     Deleted,

@@ -288,8 +288,9 @@ impl Fanout for RedisFanout {
                 },
             );
             shared.wake_reader().await;
-            // The other nodes' rooms answer with their members' presence.
-            self.publish(doc, NodeMessage::QueryAwareness);
+            // The other nodes' rooms answer with their members' presence
+            // and read the store (see `NodeMessage::RoomOpened`).
+            self.publish(doc, NodeMessage::RoomOpened);
             let following = Following {
                 shared: shared.clone(),
                 doc: doc.clone(),
@@ -324,7 +325,7 @@ fn encode(message: &NodeMessage) -> (&'static str, Vec<u8>) {
         NodeMessage::Awareness(update) => ("a", update.to_vec()),
         NodeMessage::Event(event) => ("e", serde_json::to_vec(event).unwrap_or_default()),
         NodeMessage::Chat(event) => ("c", serde_json::to_vec(event).unwrap_or_default()),
-        NodeMessage::QueryAwareness => ("q", Vec::new()),
+        NodeMessage::RoomOpened => ("q", Vec::new()),
         NodeMessage::Deleted => ("d", Vec::new()),
     }
 }
@@ -340,7 +341,7 @@ fn decode(kind: &[u8], data: Vec<u8>) -> Result<Option<NodeMessage>, String> {
         b"a" => NodeMessage::Awareness(Bytes::from(data)),
         b"e" => NodeMessage::Event(event(&data)?),
         b"c" => NodeMessage::Chat(event(&data)?),
-        b"q" => NodeMessage::QueryAwareness,
+        b"q" => NodeMessage::RoomOpened,
         b"d" => NodeMessage::Deleted,
         b"r" => return Ok(None),
         other => {

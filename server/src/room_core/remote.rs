@@ -66,13 +66,16 @@ impl<Q: MemberQueue> RoomCore<Q> {
                 self.keep_chat(event.payload.clone());
                 self.send_remote_event(&event, now);
             }
-            NodeMessage::QueryAwareness => {
+            NodeMessage::RoomOpened => {
                 let local: Vec<ClientId> = self
                     .members
                     .keys()
                     .flat_map(|&conn| self.awareness.clients_of(conn))
                     .collect();
                 self.publish_awareness(&local);
+                if !self.outputs.contains(&Output::Resync) {
+                    self.outputs.push_back(Output::Resync);
+                }
             }
             NodeMessage::Deleted => self.delete(now),
         }
