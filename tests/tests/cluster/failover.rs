@@ -157,3 +157,24 @@ async fn a_node_killed_while_four_clients_type_through_it_loses_no_acknowledged_
     b.stop().await;
     let _ = spawn_blocking(move || drop((pg, redis))).await;
 }
+
+#[tokio::test]
+async fn redis_without_a_database_is_refused_with_a_clear_error() {
+    let data = tempfile::tempdir().unwrap();
+    let (status, _, stderr) = quire_tests::process::run_cli(
+        data.path(),
+        &[
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--redis-url",
+            "redis://127.0.0.1:1",
+        ],
+    )
+    .await;
+    assert!(!status.success(), "started anyway");
+    assert!(
+        stderr.contains("--redis-url needs --database-url"),
+        "{stderr}"
+    );
+}
