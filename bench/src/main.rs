@@ -56,6 +56,7 @@ pub const SCENARIOS: &[&str] = &[
     "idle",
     "coldload",
     "durability",
+    "editor",
 ];
 
 /// The workspace root (this crate's parent folder).

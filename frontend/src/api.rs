@@ -6,7 +6,9 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{RequestCache, RequestInit, Response};
 
-use crate::util::{TOKEN_REFUSED, encode_component, token, window};
+use crate::browser::window;
+use crate::token::{TOKEN_REFUSED, token};
+use crate::urls::encode_component;
 
 /// One row of `GET /api/docs`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

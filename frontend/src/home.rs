@@ -7,11 +7,12 @@ use leptos::prelude::*;
 use quire_protocol::DocName;
 
 use crate::api::{self, DocSummary};
-use crate::app::{Brand, UserMenu, follow, input_value, use_nav};
+use crate::browser::{now_ms, random_u64};
+use crate::format::{format_ago, format_bytes, format_datetime, generated_doc_name};
 use crate::idb;
-use crate::util::{
-    doc_path, format_ago, format_bytes, format_datetime, generated_doc_name, now_ms, random_u64,
-};
+use crate::nav::{follow, use_nav};
+use crate::urls::doc_path;
+use crate::widgets::{Brand, UserMenu, input_value};
 
 const POLL_MS: u64 = 3_000;
 
@@ -89,7 +90,7 @@ pub fn Home() -> impl IntoView {
     state.refresh();
     let poll = move || {
         // A hidden tab need not poll; it refreshes when shown again.
-        if !crate::util::document().hidden() {
+        if !crate::browser::document().hidden() {
             state.refresh();
         }
     };
@@ -199,7 +200,7 @@ pub fn Home() -> impl IntoView {
                     <p class="banner warning" role="alert" id="list-error">
                         {move || {
                             let err = state.error.get().unwrap_or_default();
-                            if err == crate::util::TOKEN_REFUSED {
+                            if err == crate::token::TOKEN_REFUSED {
                                 format!("{err}.")
                             } else {
                                 format!(

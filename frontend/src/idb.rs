@@ -11,7 +11,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{IdbDatabase, IdbRequest, IdbTransactionMode};
 
-use crate::util::window;
+use crate::browser::window;
 
 const DB_NAME: &str = "quire";
 const STORE: &str = "docs";

@@ -5,32 +5,44 @@
 //!
 //! # Layout
 //!
-//! - [`app`]: the shell: routing (`/` and `/d/{doc}`), the user menu.
+//! - [`app`]: the shell: routing between the pages, the service worker.
+//! - [`nav`], [`widgets`]: navigation and the small UI pieces pages share.
 //! - [`home`]: the document list (create, rename, delete, filter).
-//! - [`page`]: the editor page: status badge, presence, export, chat.
-//! - [`runtime`]: one open document: session, textarea, local copy, tabs.
+//! - [`page`]: the editor page: toolbar, status badge, presence, export, chat.
+//! - [`toolbar`]: the formatting toolbar and the link dialog.
+//! - [`runtime`]: one open document: session, editor, local copy, tabs.
 //! - [`net`]: the `WebSocket` + timer driver of a `SyncSession`.
-//! - [`editor`]: the textarea ⇄ `Y.Text` binding (diff, IME, undo, selection).
-//! - [`overlay`]: remote carets and selections (mirror div).
-//! - [`presence`]: local user and remote peers (awareness states).
+//! - [`rich`]: the rich-text editor (contenteditable ⇄ `Y.XmlFragment`).
+//! - [`plain`]: the plain-text editor (textarea ⇄ `Y.Text`), for plain-text documents.
+//! - [`overlay`], [`carets`]: remote carets over the plain and the rich editor.
+//! - [`presence`], [`relpos`]: local user, remote peers, cursor positions.
 //! - [`idb`]: the IndexedDB copy of each document.
 //! - [`tabs`]: `BroadcastChannel` sync between tabs.
 //! - [`api`]: the HTTP API.
-//! - [`diff`], [`util`]: pure helpers.
+//! - [`browser`], [`token`], [`urls`], [`format`], [`diff`]: helpers, one concern each.
 
 pub mod api;
 pub mod app;
+pub mod browser;
+pub mod carets;
 pub mod diff;
-pub mod editor;
+pub mod format;
 pub mod home;
 pub mod idb;
+pub mod nav;
 pub mod net;
 pub mod overlay;
 pub mod page;
+pub mod plain;
 pub mod presence;
+pub mod relpos;
+pub mod rich;
 pub mod runtime;
 pub mod tabs;
-pub mod util;
+pub mod token;
+pub mod toolbar;
+pub mod urls;
+pub mod widgets;
 
 use wasm_bindgen::prelude::*;
 
@@ -38,7 +50,7 @@ use wasm_bindgen::prelude::*;
 #[wasm_bindgen(start)]
 pub fn start() {
     console_error_panic_hook::set_once();
-    util::capture_token();
+    token::capture_token();
     app::register_service_worker();
     leptos::mount::mount_to_body(app::App);
 }

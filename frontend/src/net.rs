@@ -15,7 +15,7 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
 
-use crate::util::{Listener, now_ms, window};
+use crate::browser::{Listener, now_ms, window};
 
 /// Longest wait for a socket to open before the attempt counts as failed.
 const CONNECT_TIMEOUT_MS: u32 = 10_000;

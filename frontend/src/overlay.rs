@@ -22,10 +22,11 @@ use wasm_bindgen::prelude::*;
 use web_sys::{DomRect, HtmlElement, HtmlTextAreaElement};
 use yrs::{Doc, Text, TextRef, Transact};
 
+use crate::browser::document;
 use crate::diff::Splice;
-use crate::editor::{TEXT_NAME, TextChange, resolve_sticky};
+use crate::plain::{TEXT_NAME, TextChange, resolve_sticky};
 use crate::presence::Peer;
-use crate::util::document;
+use serde_json::Value;
 
 /// Paragraphs drawn around the viewport when a selection spans many.
 const VIEW_MARGIN_PX: f64 = 400.0;
@@ -46,8 +47,8 @@ pub struct Overlay {
     stale: Cell<bool>,
     peers: RefCell<Vec<Peer>>,
     /// Each peer's last head and when it last moved (for the name label).
-    moved: RefCell<HashMap<u64, (Option<String>, f64)>>,
-    label_timer: RefCell<Option<crate::util::Timer>>,
+    moved: RefCell<HashMap<u64, (Option<Value>, f64)>>,
+    label_timer: RefCell<Option<crate::browser::Timer>>,
     frame_pending: Cell<bool>,
     this: RefCell<Weak<Overlay>>,
 }
@@ -329,12 +330,12 @@ impl Overlay {
                 let fade = moved_at + LABEL_MS;
                 next_fade = Some(next_fade.map_or(fade, |f: f64| f.min(fade)));
             }
-            let Some(head) = peer.head.as_deref().and_then(|h| resolve_sticky(h, &txn)) else {
+            let Some(head) = peer.head.as_ref().and_then(|h| resolve_sticky(h, &txn)) else {
                 continue;
             };
             let anchor = peer
                 .anchor
-                .as_deref()
+                .as_ref()
                 .and_then(|a| resolve_sticky(a, &txn))
                 .unwrap_or(head);
             let clamp = |v: u32| v.min(len).min(doc_len);
@@ -356,7 +357,7 @@ impl Overlay {
         if let Some(at) = next_fade {
             let weak = self.this.borrow().clone();
             let delay = (at - now).max(0.0) as u32 + 20;
-            *self.label_timer.borrow_mut() = Some(crate::util::Timer::once(delay, move || {
+            *self.label_timer.borrow_mut() = Some(crate::browser::Timer::once(delay, move || {
                 if let Some(overlay) = weak.upgrade() {
                     overlay.schedule();
                 }
@@ -490,7 +491,7 @@ impl Overlay {
     }
 
     fn line_height(&self) -> f64 {
-        crate::util::window()
+        crate::browser::window()
             .get_computed_style(&self.mirror)
             .ok()
             .flatten()

@@ -11,9 +11,12 @@ use quire_protocol::{Connection, Status};
 use send_wrapper::SendWrapper;
 
 use crate::api;
-use crate::app::{Avatar, Brand, UserMenu, follow, input_value, use_nav, use_user};
-use crate::runtime::{Runtime, Ui};
-use crate::util::{download, format_clock, format_datetime, local_get, local_set, now_ms};
+use crate::browser::{download, local_get, local_set, now_ms};
+use crate::format::{format_clock, format_datetime};
+use crate::nav::{follow, use_nav, use_user};
+use crate::runtime::{Mode, Runtime, Surfaces, Ui};
+use crate::toolbar::Toolbar;
+use crate::widgets::{Avatar, Brand, UserMenu, input_value};
 
 /// The badge's words. Exactly one of: "All changes saved" (connected and
 /// every local edit confirmed on the server's disk), "Online" (connected,
@@ -69,14 +72,21 @@ pub fn EditorPage(name: String) -> impl IntoView {
     let textarea = NodeRef::<leptos::html::Textarea>::new();
     let mirror = NodeRef::<leptos::html::Div>::new();
     let layer = NodeRef::<leptos::html::Div>::new();
+    let rich = NodeRef::<leptos::html::Div>::new();
+    let rich_layer = NodeRef::<leptos::html::Div>::new();
 
     // Start once the textarea is in the page.
     let started = Rc::new(Cell::new(false));
     let doc_name = name.clone();
     let flag = cancelled.clone();
     Effect::new(move |_| {
-        let (Some(ta), Some(mirror), Some(layer)) = (textarea.get(), mirror.get(), layer.get())
-        else {
+        let (Some(ta), Some(mirror), Some(layer), Some(rich), Some(rich_layer)) = (
+            textarea.get(),
+            mirror.get(),
+            layer.get(),
+            rich.get(),
+            rich_layer.get(),
+        ) else {
             return;
         };
         if started.replace(true) {
@@ -85,14 +95,21 @@ pub fn EditorPage(name: String) -> impl IntoView {
         let name = doc_name.clone();
         let flag = flag.clone();
         leptos::task::spawn_local(async move {
-            let rt = Runtime::open(name, ta.clone(), mirror.into(), layer.into(), ui).await;
+            let surfaces = Surfaces {
+                textarea: ta,
+                mirror: mirror.into(),
+                layer: layer.into(),
+                rich: rich.into(),
+                rich_layer: rich_layer.into(),
+            };
+            let rt = Runtime::open(name, surfaces, ui).await;
             if flag.get() {
                 rt.close();
                 return;
             }
+            rt.focus();
             runtime.set_value(Some(rt));
             let _ = ready.try_set(true);
-            let _ = ta.focus();
         });
     });
     let flag = SendWrapper::new(cancelled);
@@ -168,30 +185,6 @@ pub fn EditorPage(name: String) -> impl IntoView {
             </div>
             <div class="spacer"></div>
             <Presence ui=ui/>
-            <div class="toolbar" role="group" aria-label="Edit">
-                <button
-                    type="button"
-                    id="undo"
-                    class="icon-button"
-                    aria-label="Undo"
-                    title="Undo (Ctrl+Z)"
-                    on:mousedown=|ev| ev.prevent_default()
-                    on:click=move |_| runtime.with_value(|rt| if let Some(rt) = rt { rt.editor().undo() })
-                >
-                    "↶"
-                </button>
-                <button
-                    type="button"
-                    id="redo"
-                    class="icon-button"
-                    aria-label="Redo"
-                    title="Redo (Ctrl+Shift+Z)"
-                    on:mousedown=|ev| ev.prevent_default()
-                    on:click=move |_| runtime.with_value(|rt| if let Some(rt) = rt { rt.editor().redo() })
-                >
-                    "↷"
-                </button>
-            </div>
             <ExportMenu name=name.clone() runtime=runtime ui=ui/>
             <button
                 type="button"
@@ -225,21 +218,23 @@ pub fn EditorPage(name: String) -> impl IntoView {
             />
         </div>
 
+        <Toolbar ui=ui runtime=runtime/>
+
         <Show when=move || ui.stopped.get().is_some()>
             <StoppedBanner name=name.clone() runtime=runtime ui=ui/>
         </Show>
 
         <main class="editor-layout" class:chat-open=move || ui.chat_open.get()>
-            <div class="paper">
+            <div class="paper" class:rich-mode=move || ui.mode.get() != Mode::Plain>
                 <label for="editor" class="visually-hidden">"Document text"</label>
-                <div class="editor-frame">
+                <div class="editor-frame plain-frame" class:hidden=move || ui.mode.get() != Mode::Plain>
                     <textarea
-                        id="editor"
-                        data-testid="editor"
+                        id=move || if ui.mode.get() == Mode::Plain { "editor" } else { "plain-editor" }
+                        data-testid=move || if ui.mode.get() == Mode::Plain { "editor" } else { "plain-editor" }
                         node_ref=textarea
                         spellcheck="true"
                         autocomplete="off"
-                        readonly=move || !ready.get()
+                        readonly=move || !ready.get() || ui.read_only.get()
                         aria-busy=move || (!ready.get()).to_string()
                         placeholder=move || if ready.get() { "Start writing…" } else { "Loading…" }
                     ></textarea>
@@ -247,6 +242,23 @@ pub fn EditorPage(name: String) -> impl IntoView {
                     <div class="overlay" aria-hidden="true">
                         <div class="overlay-layer" node_ref=layer></div>
                     </div>
+                </div>
+                <div class="editor-frame rich-frame" class:hidden=move || ui.mode.get() == Mode::Plain>
+                    <div
+                        id=move || if ui.mode.get() == Mode::Plain { "rich-editor" } else { "editor" }
+                        data-testid=move || if ui.mode.get() == Mode::Plain { "rich-editor" } else { "editor" }
+                        class="rich-editor"
+                        node_ref=rich
+                        role="textbox"
+                        aria-multiline="true"
+                        aria-label="Document"
+                        spellcheck="true"
+                        aria-busy=move || (!ready.get()).to_string()
+                        data-ready=move || ready.get().to_string()
+                        data-placeholder="Start writing…"
+                        class:read-only=move || ui.read_only.get()
+                    ></div>
+                    <div class="rich-overlay" node_ref=rich_layer aria-hidden="true"></div>
                 </div>
             </div>
             <Chat ui=ui runtime=runtime/>
@@ -309,7 +321,7 @@ fn StoppedBanner(
         leptos::task::spawn_local(async move {
             match api::put_snapshot(&name, &state).await {
                 Ok(()) => {
-                    let _ = crate::util::window().location().reload();
+                    let _ = crate::browser::window().location().reload();
                 }
                 Err(err) => {
                     let _ = restoring.try_set(false);
@@ -324,7 +336,7 @@ fn StoppedBanner(
             <Show
                 when=deleted
                 fallback=|| view! {
-                    <button type="button" class="button small" on:click=|_| { let _ = crate::util::window().location().reload(); }>
+                    <button type="button" class="button small" on:click=|_| { let _ = crate::browser::window().location().reload(); }>
                         "Reload"
                     </button>
                 }

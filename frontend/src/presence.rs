@@ -1,13 +1,13 @@
 //! Who is here: the local user (name and colour, remembered in
 //! localStorage) and the remote peers from awareness states of the form
 //! `{"user":{"name","color"},"cursor":{"anchor","head"}}` (y-protocols
-//! convention), where anchor and head are base64 of yrs `StickyIndex` v1
-//! encodings (see `editor::encode_sticky`).
+//! convention), where anchor and head are Yjs relative positions as JSON,
+//! as y-prosemirror and y-codemirror write them (see [`crate::relpos`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::util::{local_get, local_set, random_u64};
+use crate::browser::{local_get, local_set, random_u64};
 
 const USER_KEY: &str = "quire.user";
 
@@ -52,7 +52,7 @@ impl User {
     }
 
     /// The awareness state to publish.
-    pub fn awareness(&self, cursor: Option<(String, String)>) -> String {
+    pub fn awareness(&self, cursor: Option<(Value, Value)>) -> String {
         let cursor = cursor.map_or(
             Value::Null,
             |(anchor, head)| json!({ "anchor": anchor, "head": head }),
@@ -83,8 +83,8 @@ pub struct Peer {
     pub client: u64,
     pub name: String,
     pub color: String,
-    pub anchor: Option<String>,
-    pub head: Option<String>,
+    pub anchor: Option<Value>,
+    pub head: Option<Value>,
 }
 
 impl Peer {
@@ -107,8 +107,14 @@ impl Peer {
                 .filter(|n| !n.trim().is_empty())
                 .unwrap_or_else(|| "Anonymous".into()),
             color,
-            anchor: text("/cursor/anchor"),
-            head: text("/cursor/head"),
+            anchor: value
+                .pointer("/cursor/anchor")
+                .filter(|v| !v.is_null())
+                .cloned(),
+            head: value
+                .pointer("/cursor/head")
+                .filter(|v| !v.is_null())
+                .cloned(),
         }
     }
 }
@@ -127,11 +133,11 @@ mod tests {
     fn peers_are_read_leniently() {
         let p = Peer::from_state(
             7,
-            r##"{"user":{"name":"Ada","color":"#123abc"},"cursor":{"anchor":"AQ==","head":"Ag=="}}"##,
+            r##"{"user":{"name":"Ada","color":"#123abc"},"cursor":{"anchor":{"item":{"client":1,"clock":2}},"head":{"item":null,"type":{"client":1,"clock":0},"assoc":0}}}"##,
         );
         assert_eq!(p.name, "Ada");
         assert_eq!(p.color, "#123abc");
-        assert_eq!(p.anchor.as_deref(), Some("AQ=="));
+        assert_eq!(p.anchor.as_ref().unwrap()["item"]["clock"], 2);
         let p = Peer::from_state(
             3,
             r#"{"user":{"name":"x","color":"red;background:url(x)"}}"#,
@@ -156,10 +162,12 @@ mod tests {
             name: "Bo".into(),
             color: "#fff".into(),
         };
-        let v: Value =
-            serde_json::from_str(&user.awareness(Some(("a".into(), "h".into())))).unwrap();
+        let v: Value = serde_json::from_str(
+            &user.awareness(Some((json!({"item": null}), json!({"tname": "default"})))),
+        )
+        .unwrap();
         assert_eq!(v["user"]["name"], "Bo");
-        assert_eq!(v["cursor"]["head"], "h");
+        assert_eq!(v["cursor"]["head"]["tname"], "default");
         let v: Value = serde_json::from_str(&user.awareness(None)).unwrap();
         assert!(v["cursor"].is_null());
     }

@@ -1,6 +1,8 @@
-//! One open document: the yrs `Doc`, its `SyncSession` driver, the textarea
-//! binding, remote carets, the IndexedDB copy and the tab channel, wired
-//! together and reporting to the page through signals.
+//! One open document: the yrs `Doc`, its `SyncSession` driver, the editor
+//! (rich or plain text, whichever model the document uses; see
+//! ARCHITECTURE.md, "Rich documents"), remote carets, the IndexedDB copy
+//! and the tab channel, wired together and reporting to the page through
+//! signals.
 //!
 //! Start-up order matters for offline work: the IndexedDB copy is loaded into
 //! the document *before* the session connects, so edits made offline survive
@@ -17,15 +19,20 @@ use quire_protocol::{Connection, SessionConfig, SessionEvent, Status, SyncSessio
 use serde::Deserialize;
 use web_sys::{HtmlElement, HtmlTextAreaElement};
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, GetString, OffsetKind, Options, ReadTxn, StateVector, Transact, Update as YUpdate};
+use yrs::{Doc, OffsetKind, Options, ReadTxn, StateVector, Transact, Update as YUpdate};
 
-use crate::editor::{Editor, Hooks, STORE_ORIGIN, TEXT_NAME};
+use crate::browser::{Listener, Timer, now_ms, random_u64, window};
+use crate::carets::Carets;
 use crate::idb;
 use crate::net::Conn;
 use crate::overlay::Overlay;
+use crate::plain::{Editor, Hooks, LOCAL_ORIGIN, STORE_ORIGIN};
 use crate::presence::{Peer, User};
+use crate::rich::{Format, RichEditor};
 use crate::tabs::Tabs;
-use crate::util::{Listener, Timer, now_ms, random_u64, window, ws_url};
+use crate::urls::ws_url;
+use quire_protocol::rich::Model;
+use quire_protocol::rich::text as rich_text;
 
 /// Local saves wait this long after the last change...
 const SAVE_DEBOUNCE_MS: u32 = 400;
@@ -72,6 +79,24 @@ pub struct Ui {
     pub notices: RwSignal<Vec<Notice>>,
     pub stopped: RwSignal<Option<Stopped>>,
     pub user: RwSignal<User>,
+    /// Which editor shows the document.
+    pub mode: RwSignal<Mode>,
+    /// The rich editor's formatting at the selection (for the toolbar).
+    pub format: RwSignal<Format>,
+    /// The access token only allows reading.
+    pub read_only: RwSignal<bool>,
+    /// The link dialog is open.
+    pub link_dialog: RwSignal<bool>,
+}
+
+/// Which editor the page shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Loading,
+    /// The document is plain text (`Y.Text` `content`): the textarea.
+    Plain,
+    /// The rich editor (rich and new documents).
+    Rich,
 }
 
 impl Ui {
@@ -85,6 +110,10 @@ impl Ui {
             notices: RwSignal::new(Vec::new()),
             stopped: RwSignal::new(None),
             user,
+            mode: RwSignal::new(Mode::Loading),
+            format: RwSignal::new(Format::default()),
+            read_only: RwSignal::new(false),
+            link_dialog: RwSignal::new(false),
         }
     }
 
@@ -174,12 +203,36 @@ impl Saver {
     }
 }
 
+/// The editor showing the document, with its remote carets.
+enum Mounted {
+    None,
+    Plain {
+        editor: Rc<Editor>,
+        overlay: Rc<Overlay>,
+    },
+    Rich {
+        editor: Rc<RichEditor>,
+        carets: Rc<Carets>,
+    },
+}
+
+/// The DOM each kind of editor draws into.
+pub struct Surfaces {
+    pub textarea: HtmlTextAreaElement,
+    pub mirror: HtmlElement,
+    pub layer: HtmlElement,
+    pub rich: HtmlElement,
+    pub rich_layer: HtmlElement,
+}
+
 pub struct Runtime {
     pub name: String,
     doc: Doc,
     conn: Conn,
-    editor: Rc<Editor>,
-    overlay: Rc<Overlay>,
+    mounted: RefCell<Mounted>,
+    surfaces: Surfaces,
+    /// A mode switch is queued (it cannot happen inside a transaction).
+    remount_timer: RefCell<Option<Timer>>,
     saver: Rc<Saver>,
     tabs: RefCell<Option<Rc<Tabs>>>,
     presence_timer: RefCell<Option<Timer>>,
@@ -233,13 +286,7 @@ fn apply(doc: &Doc, state: &[u8]) {
 
 impl Runtime {
     /// Loads the local copy, binds the textarea and connects.
-    pub async fn open(
-        name: String,
-        ta: HtmlTextAreaElement,
-        mirror: HtmlElement,
-        layer: HtmlElement,
-        ui: Ui,
-    ) -> Rc<Self> {
+    pub async fn open(name: String, surfaces: Surfaces, ui: Ui) -> Rc<Self> {
         let doc = new_doc();
         // The local copy normally arrives in milliseconds; if IndexedDB hangs
         // (it can, e.g. while another tab upgrades it), start without it and
@@ -286,7 +333,7 @@ impl Runtime {
             doc.clone(),
             SessionConfig {
                 seed: random_u64(),
-                token: crate::util::token(),
+                token: crate::token::token(),
                 ..SessionConfig::default()
             },
         );
@@ -302,34 +349,6 @@ impl Runtime {
                     rt.on_event(event);
                 }
             });
-            let overlay = Overlay::new(doc.clone(), ta.clone(), mirror, layer);
-            let (w1, w2, w3, w4) = (weak.clone(), weak.clone(), weak.clone(), weak.clone());
-            let editor = Editor::attach(
-                doc.clone(),
-                ta.clone(),
-                Hooks {
-                    local_change: Box::new(move || {
-                        if let Some(rt) = w1.upgrade() {
-                            rt.conn.flush();
-                        }
-                    }),
-                    text_changed: Box::new(move |change| {
-                        if let Some(rt) = w2.upgrade() {
-                            rt.overlay.text_changed(change);
-                        }
-                    }),
-                    selection_changed: Box::new(move || {
-                        if let Some(rt) = w3.upgrade() {
-                            rt.schedule_presence();
-                        }
-                    }),
-                    scrolled: Box::new(move || {
-                        if let Some(rt) = w4.upgrade() {
-                            rt.overlay.layout_changed();
-                        }
-                    }),
-                },
-            );
             let saver = Rc::new(Saver {
                 name: name.clone(),
                 doc: doc.clone(),
@@ -345,8 +364,9 @@ impl Runtime {
                 name: name.clone(),
                 doc: doc.clone(),
                 conn,
-                editor,
-                overlay,
+                mounted: RefCell::new(Mounted::None),
+                surfaces,
+                remount_timer: RefCell::new(None),
                 saver,
                 tabs: RefCell::new(None),
                 presence_timer: RefCell::new(None),
@@ -363,9 +383,10 @@ impl Runtime {
         *late.borrow_mut() = Rc::downgrade(&runtime);
         // Every change, whatever its origin, goes to the local copy.
         let weak = Rc::downgrade(&runtime);
-        let _ = doc.observe_update_v1("quire-saver", move |_, _| {
+        let _ = doc.observe_update_v1("quire-saver", move |txn, _| {
             if let Some(rt) = weak.upgrade() {
                 rt.saver.mark_dirty();
+                rt.model_maybe_changed(txn);
             }
         });
         let weak = Rc::downgrade(&runtime);
@@ -399,15 +420,253 @@ impl Runtime {
         let weak = Rc::downgrade(&runtime);
         let resize = Listener::new(&target, "resize", move |_| {
             if let Some(rt) = weak.upgrade() {
-                rt.overlay.layout_changed();
+                rt.layout_changed();
             }
         });
         *runtime.listeners.borrow_mut() = vec![before_unload, page_hide, resize];
 
+        runtime
+            .ui
+            .read_only
+            .set(crate::token::token().is_some_and(|t| crate::token::is_read_only(&t)));
+        runtime.remount();
         runtime.conn.flush();
         runtime.publish_presence();
         runtime.conn.start();
         runtime
+    }
+
+    /// The editor the document's model calls for (plain text, or rich).
+    fn wanted_mode(&self) -> Mode {
+        match self.doc.try_transact() {
+            Ok(txn) => match rich_text::model(&txn) {
+                Model::Plain => Mode::Plain,
+                Model::Rich | Model::Empty => Mode::Rich,
+            },
+            Err(_) => self.ui.mode.get_untracked(),
+        }
+    }
+
+    /// After any change: switch editors if the model changed, and settle
+    /// concurrent conversions (see `quire_protocol::rich::text`).
+    fn model_maybe_changed(&self, txn: &yrs::TransactionMut) {
+        let wanted = match rich_text::model(txn) {
+            Model::Plain => Mode::Plain,
+            Model::Rich | Model::Empty => Mode::Rich,
+        };
+        let conversions = wanted == Mode::Rich && txn.get_map(rich_text::META).is_some();
+        if wanted == self.ui.mode.get_untracked() && !conversions {
+            return;
+        }
+        let weak = self.this.clone();
+        *self.remount_timer.borrow_mut() = Some(Timer::once(0, move || {
+            if let Some(rt) = weak.upgrade() {
+                rt.settle();
+                rt.remount();
+            }
+        }));
+    }
+
+    fn settle(&self) {
+        if self.ui.read_only.get_untracked() {
+            return;
+        }
+        let deleted = match self.doc.try_transact_mut_with(LOCAL_ORIGIN) {
+            Ok(mut txn) => rich_text::settle_conversions(&mut txn),
+            Err(_) => 0,
+        };
+        if deleted > 0 {
+            self.conn.flush();
+        }
+    }
+
+    /// Mounts the editor the model calls for (nothing if it already is).
+    fn remount(&self) {
+        if self.closed.get() {
+            return;
+        }
+        let wanted = self.wanted_mode();
+        let current = match &*self.mounted.borrow() {
+            Mounted::None => Mode::Loading,
+            Mounted::Plain { .. } => Mode::Plain,
+            Mounted::Rich { .. } => Mode::Rich,
+        };
+        if wanted == current {
+            return;
+        }
+        *self.mounted.borrow_mut() = Mounted::None;
+        let read_only = self.ui.read_only.get_untracked();
+        let s = &self.surfaces;
+        let mounted = match wanted {
+            Mode::Plain | Mode::Loading => {
+                let overlay = Overlay::new(
+                    self.doc.clone(),
+                    s.textarea.clone(),
+                    s.mirror.clone(),
+                    s.layer.clone(),
+                );
+                let (w1, w2, w3, w4) = (
+                    self.this.clone(),
+                    self.this.clone(),
+                    self.this.clone(),
+                    self.this.clone(),
+                );
+                let editor = Editor::attach(
+                    self.doc.clone(),
+                    s.textarea.clone(),
+                    Hooks {
+                        local_change: Box::new(move || {
+                            if let Some(rt) = w1.upgrade() {
+                                rt.conn.flush();
+                            }
+                        }),
+                        text_changed: Box::new(move |change| {
+                            if let Some(rt) = w2.upgrade()
+                                && let Mounted::Plain { overlay, .. } = &*rt.mounted.borrow()
+                            {
+                                overlay.text_changed(change);
+                            }
+                        }),
+                        selection_changed: Box::new(move || {
+                            if let Some(rt) = w3.upgrade() {
+                                rt.schedule_presence();
+                            }
+                        }),
+                        scrolled: Box::new(move || {
+                            if let Some(rt) = w4.upgrade() {
+                                rt.layout_changed();
+                            }
+                        }),
+                    },
+                );
+                s.textarea.set_read_only(read_only);
+                overlay.set_peers(self.ui.peers.get_untracked());
+                Mounted::Plain { editor, overlay }
+            }
+            Mode::Rich => {
+                let (w1, w2, w3, w4) = (
+                    self.this.clone(),
+                    self.this.clone(),
+                    self.this.clone(),
+                    self.this.clone(),
+                );
+                let editor = RichEditor::attach(
+                    self.doc.clone(),
+                    s.rich.clone(),
+                    crate::rich::Hooks {
+                        local_change: Box::new(move || {
+                            if let Some(rt) = w1.upgrade() {
+                                rt.conn.flush();
+                            }
+                        }),
+                        selection_changed: Box::new(move || {
+                            if let Some(rt) = w2.upgrade() {
+                                rt.schedule_presence();
+                                rt.refresh_format();
+                            }
+                        }),
+                        changed: Box::new(move || {
+                            if let Some(rt) = w3.upgrade() {
+                                rt.layout_changed();
+                                rt.refresh_format();
+                            }
+                        }),
+                        link_dialog: Box::new(move || {
+                            if let Some(rt) = w4.upgrade() {
+                                rt.ui.link_dialog.set(true);
+                            }
+                        }),
+                    },
+                );
+                editor.set_read_only(read_only);
+                let carets = Carets::new(&editor, s.rich_layer.clone());
+                carets.set_peers(self.ui.peers.get_untracked());
+                Mounted::Rich { editor, carets }
+            }
+        };
+        *self.mounted.borrow_mut() = mounted;
+        self.ui.mode.set(wanted);
+        self.refresh_format();
+        self.publish_presence();
+    }
+
+    fn refresh_format(&self) {
+        if let Mounted::Rich { editor, .. } = &*self.mounted.borrow() {
+            let format = editor.format();
+            if self.ui.format.get_untracked() != format {
+                self.ui.format.set(format);
+            }
+        }
+    }
+
+    fn layout_changed(&self) {
+        match &*self.mounted.borrow() {
+            Mounted::Plain { overlay, .. } => overlay.layout_changed(),
+            Mounted::Rich { carets, .. } => carets.schedule(),
+            Mounted::None => {}
+        }
+    }
+
+    /// The rich editor, when it is the one showing.
+    pub fn rich(&self) -> Option<Rc<RichEditor>> {
+        match &*self.mounted.borrow() {
+            Mounted::Rich { editor, .. } => Some(editor.clone()),
+            _ => None,
+        }
+    }
+
+    /// The plain-text editor, when it is the one showing.
+    pub fn plain(&self) -> Option<Rc<Editor>> {
+        match &*self.mounted.borrow() {
+            Mounted::Plain { editor, .. } => Some(editor.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn undo(&self) {
+        match &*self.mounted.borrow() {
+            Mounted::Plain { editor, .. } => editor.undo(),
+            Mounted::Rich { editor, .. } => editor.undo(),
+            Mounted::None => {}
+        }
+    }
+
+    pub fn redo(&self) {
+        match &*self.mounted.borrow() {
+            Mounted::Plain { editor, .. } => editor.redo(),
+            Mounted::Rich { editor, .. } => editor.redo(),
+            Mounted::None => {}
+        }
+    }
+
+    pub fn focus(&self) {
+        match &*self.mounted.borrow() {
+            Mounted::Plain { editor, .. } => {
+                let _ = editor.textarea().focus();
+            }
+            Mounted::Rich { editor, .. } => editor.focus(),
+            Mounted::None => {}
+        }
+    }
+
+    /// "Convert to rich text": the plain text becomes paragraphs (once,
+    /// whoever else converts at the same moment).
+    pub fn convert_to_rich(&self) -> bool {
+        if self.ui.read_only.get_untracked() {
+            return false;
+        }
+        if let Some(editor) = self.plain() {
+            editor.sync_local();
+        }
+        let converted = match self.doc.try_transact_mut_with(LOCAL_ORIGIN) {
+            Ok(mut txn) => rich_text::convert(&mut txn),
+            Err(_) => false,
+        };
+        if converted {
+            self.conn.flush();
+            self.remount();
+        }
+        converted
     }
 
     /// Merges a local copy that arrived after start-up.
@@ -417,10 +676,6 @@ impl Runtime {
         }
         apply(&self.doc, state);
         self.conn.flush();
-    }
-
-    pub fn editor(&self) -> &Rc<Editor> {
-        &self.editor
     }
 
     /// Stops everything (the page is going away); the local copy is written.
@@ -433,6 +688,8 @@ impl Runtime {
         self.tabs.borrow_mut().take();
         self.listeners.borrow_mut().clear();
         self.presence_timer.borrow_mut().take();
+        self.remount_timer.borrow_mut().take();
+        *self.mounted.borrow_mut() = Mounted::None;
         let _ = self.doc.unobserve_update_v1("quire-saver");
     }
 
@@ -447,11 +704,9 @@ impl Runtime {
         }
     }
 
-    /// The document's text as this tab has it.
+    /// The document's text as this tab has it (whichever model it uses).
     pub fn local_text(&self) -> String {
-        self.doc
-            .get_or_insert_text(TEXT_NAME)
-            .get_string(&self.doc.transact())
+        rich_text::plain_text(&self.doc.transact())
     }
 
     /// The whole local state as one Yjs update.
@@ -494,7 +749,12 @@ impl Runtime {
     }
 
     fn publish_presence(&self) {
-        let state = self.user.borrow().awareness(self.editor.cursor());
+        let cursor = match &*self.mounted.borrow() {
+            Mounted::Plain { editor, .. } => editor.cursor(),
+            Mounted::Rich { editor, .. } => editor.cursor(),
+            Mounted::None => None,
+        };
+        let state = self.user.borrow().awareness(cursor);
         self.conn.set_awareness(Some(state));
     }
 
@@ -542,7 +802,7 @@ impl Runtime {
                     .to_owned()
             }
             close::BAD_DOCUMENT_NAME => "The server does not accept this document name.".to_owned(),
-            close::UNAUTHORIZED | close::FORBIDDEN => format!("{}.", crate::util::TOKEN_REFUSED),
+            close::UNAUTHORIZED | close::FORBIDDEN => format!("{}.", crate::token::TOKEN_REFUSED),
             _ if reason.is_empty() => format!("The server closed the connection (code {code})."),
             _ => format!("The server closed the connection: {reason} (code {code})."),
         };
@@ -598,7 +858,12 @@ impl Runtime {
                 }
             }
         }
-        self.overlay.set_peers(self.ui.peers.get_untracked());
+        let peers = self.ui.peers.get_untracked();
+        match &*self.mounted.borrow() {
+            Mounted::Plain { overlay, .. } => overlay.set_peers(peers),
+            Mounted::Rich { carets, .. } => carets.set_peers(peers),
+            Mounted::None => {}
+        }
     }
 
     fn chat_message(&self, record: ChatRecord) -> ChatMessage {

@@ -20,7 +20,7 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
-use crate::editor::TAB_ORIGIN;
+use crate::plain::TAB_ORIGIN;
 
 const OBSERVER_KEY: &str = "quire-tabs";
 

@@ -26,6 +26,7 @@ pub mod doc_name;
 pub mod ext;
 pub mod lib0;
 pub mod message;
+pub mod rich;
 pub mod session;
 pub mod update;
 

@@ -156,13 +156,7 @@ pub trait DocStore: Send + Sync + 'static {
     /// remain and they hold at most `max_bytes` together: the chat log is
     /// bounded like the history a room keeps. Messages appended meanwhile
     /// may be left for the next trim.
-    ///
-    /// The default keeps everything: right only for a store that wraps
-    /// another and should pass this on (both real stores trim).
-    fn trim_chat(&self, doc: &str, keep: usize, max_bytes: u64) -> Result<(), StoreError> {
-        let _ = (doc, keep, max_bytes);
-        Ok(())
-    }
+    fn trim_chat(&self, doc: &str, keep: usize, max_bytes: u64) -> Result<(), StoreError>;
     /// Delete a document (its log and its chat); `false` if it did not exist.
     fn delete(&self, doc: &str) -> Result<bool, StoreError>;
     /// Watch the group-commit progress, to acknowledge updates once durable.

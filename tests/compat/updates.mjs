@@ -455,9 +455,9 @@ scenario('documented refusals', { xml: 'xml', map: 'map', deep: 'array' }, ({ re
   for (let i = 0; i < 70; i++) nested = [nested]
   record('a value nested 70 deep (past 64)', transaction(values, () => values.getMap('map').set('deep', nested)), 'refused', 'values nested too deeply')
   const types = writer(14)
-  record('shared types nested 101 deep (past 100)', transaction(types, () => {
+  record('shared types nested 251 deep (past 250)', transaction(types, () => {
     let parent = types.getArray('deep')
-    for (let i = 0; i < 101; i++) {
+    for (let i = 0; i < 251; i++) {
       const inner = new Y.Array()
       parent.insert(0, [inner])
       parent = inner

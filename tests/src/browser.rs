@@ -3,15 +3,23 @@
 //! separate Chromium with a fresh profile (its own IndexedDB, service
 //! workers and BroadcastChannel), so two of them behave like two people;
 //! windows of one browser behave like tabs of one person.
+//!
+//! What WebDriver cannot do (an IME composition) goes through the Chrome
+//! DevTools Protocol: [`Browser::cdp`] connects to the page's DevTools
+//! WebSocket (the port chromedriver opened, read from the profile's
+//! `DevToolsActivePort`) and [`Cdp::call`] sends one command.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use fantoccini::{Client as WebDriver, ClientBuilder, Locator};
-use serde_json::json;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
 use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::WAIT;
 
@@ -52,6 +60,10 @@ pub fn web_dist() -> PathBuf {
 pub struct Browser {
     pub driver: WebDriver,
     chromedriver: Child,
+    /// The Chromium that chromedriver started: killed when the browser is
+    /// dropped, so a test that panics leaves no Chromium behind (killing
+    /// chromedriver alone orphans it, and it runs on).
+    chromium: Option<libc::pid_t>,
     _profile: TempDir,
 }
 
@@ -107,9 +119,15 @@ impl Browser {
                 Err(err) => panic!("could not start Chromium through chromedriver: {err}"),
             }
         };
+        let chromium = driver
+            .capabilities()
+            .and_then(|c| c.get("goog:processID"))
+            .and_then(Value::as_i64)
+            .and_then(|pid| libc::pid_t::try_from(pid).ok());
         Self {
             driver,
             chromedriver,
+            chromium,
             _profile: profile,
         }
     }
@@ -164,8 +182,178 @@ impl Browser {
         path
     }
 
-    pub async fn close(self) {
-        let _ = self.driver.close().await;
-        drop(self.chromedriver);
+    /// A DevTools Protocol connection to the page shown now.
+    pub async fn cdp(&self) -> Cdp {
+        let file = self._profile.path().join("DevToolsActivePort");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let port: u16 = loop {
+            if let Some(port) = std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
+            {
+                break port;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "Chromium wrote no DevToolsActivePort"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let url = self
+            .driver
+            .current_url()
+            .await
+            .expect("current url")
+            .to_string();
+        let targets = devtools_get(port, "/json/list").await;
+        let targets: Vec<Value> = serde_json::from_str(&targets).expect("DevTools target list");
+        let target = targets
+            .iter()
+            .find(|t| t["type"] == "page" && t["url"] == url)
+            .or_else(|| targets.iter().find(|t| t["type"] == "page"))
+            .expect("a page target");
+        let ws_url = target["webSocketDebuggerUrl"]
+            .as_str()
+            .expect("a DevTools WebSocket URL");
+        let (ws, _) = tokio_tungstenite::connect_async(ws_url)
+            .await
+            .expect("connect to DevTools");
+        Cdp { ws, next: 1 }
     }
+
+    /// Ends the WebDriver session (Chromium quits), then stops chromedriver.
+    pub async fn close(mut self) {
+        let _ = self.driver.clone().close().await;
+        if let Some(pid) = self.chromium {
+            // Give Chromium a moment to quit by itself (it saves its profile).
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            // SAFETY: kill with signal 0 only asks whether the process exists.
+            while unsafe { libc::kill(pid, 0) } == 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // SAFETY: as above.
+            if unsafe { libc::kill(pid, 0) } != 0 {
+                self.chromium = None; // gone: never signal a pid that may be reused
+            }
+        }
+        let _ = self.chromedriver.start_kill();
+        let _ = self.chromedriver.wait().await;
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(pid) = self.chromium.take() {
+            // SAFETY: a plain kill(2) of the process this browser started.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// `GET` on the DevTools HTTP endpoint (HTTP/1.1 on loopback). Chromium
+/// keeps the connection open after answering, whatever `Connection: close`
+/// says, so the body is read by its `Content-Length`, never to the end.
+async fn devtools_get(port: u16, path: &str) -> String {
+    tokio::time::timeout(WAIT, async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect to DevTools");
+        let head =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.expect("write");
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .expect("DevTools answers with a Content-Length");
+                if raw.len() >= end + 4 + length {
+                    return String::from_utf8_lossy(&raw[end + 4..end + 4 + length]).into_owned();
+                }
+            }
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "DevTools closed the connection mid-answer");
+            raw.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("a DevTools answer in time")
+}
+
+/// One DevTools Protocol connection to a page.
+pub struct Cdp {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    next: u64,
+}
+
+impl Cdp {
+    /// Sends `method` and waits for its answer (events in between are skipped).
+    pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next;
+        self.next += 1;
+        let message = json!({ "id": id, "method": method, "params": params }).to_string();
+        self.ws
+            .send(Message::text(message))
+            .await
+            .expect("send to DevTools");
+        let answer = tokio::time::timeout(WAIT, async {
+            while let Some(frame) = self.ws.next().await {
+                let Ok(Message::Text(text)) = frame else {
+                    continue;
+                };
+                let value: Value = serde_json::from_str(text.as_str()).expect("DevTools JSON");
+                if value["id"] == id {
+                    return value;
+                }
+            }
+            panic!("DevTools closed the connection");
+        })
+        .await
+        .expect("a DevTools answer in time");
+        assert!(answer.get("error").is_none(), "{method} failed: {answer}");
+        answer["result"].clone()
+    }
+}
+
+/// Runs one scenario of `tests/compat/rich.mjs` (Tiptap's StarterKit schema
+/// with y-prosemirror, from npm) against `server_url` (`ws://ADDR/ws`);
+/// panics with its output unless it reports success; returns its result.
+pub async fn rich_scenario(server_url: &str, scenario: &str, room: &str, arg: &str) -> Value {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("compat");
+    assert!(
+        dir.join("node_modules/@tiptap/core").exists()
+            && dir.join("node_modules/y-prosemirror").exists(),
+        "npm packages missing: run `npm ci` in {} (`cargo xtask test` does it)",
+        dir.display()
+    );
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        Command::new("node")
+            .arg("rich.mjs")
+            .args([server_url, scenario, room, arg])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("the scenario finishes")
+    .expect("node runs (install Node.js 20+)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "rich.mjs {scenario} failed:\n{stdout}\n{stderr}"
+    );
+    let last = stdout.lines().last().expect("a result line");
+    let result: Value = serde_json::from_str(last).expect("a JSON result");
+    assert_eq!(result["ok"], true, "{stdout}");
+    result
 }

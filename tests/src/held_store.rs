@@ -73,6 +73,9 @@ impl DocStore for HeldStore {
     fn recent_chat(&self, doc: &str, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
         self.inner.recent_chat(doc, limit)
     }
+    fn trim_chat(&self, doc: &str, keep: usize, max_bytes: u64) -> Result<(), StoreError> {
+        self.inner.trim_chat(doc, keep, max_bytes)
+    }
     fn delete(&self, doc: &str) -> Result<bool, StoreError> {
         self.inner.delete(doc)
     }

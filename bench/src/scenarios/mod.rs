@@ -3,6 +3,7 @@
 
 pub mod coldload;
 pub mod durability;
+pub mod editor;
 pub mod fanout;
 pub mod idle;
 pub mod traces;
@@ -27,6 +28,7 @@ pub async fn run(name: &str, ctx: &Ctx) -> Result<serde_json::Value, String> {
         "storage" => traces::run_storage(ctx).await,
         "coldload" => coldload::run(ctx).await,
         "durability" => durability::run(ctx).await,
+        "editor" => editor::run(ctx).await,
         other => Err(format!("unknown scenario {other}")),
     }
 }

@@ -2,80 +2,21 @@
 //! Chromium from Debian, driven over WebDriver): several tabs editing one
 //! document; a tab that goes offline, keeps editing and comes back; a
 //! snapshot exported from the server that equals what the editors show.
-//! Plus the home page. Every test saves screenshots under
-//! `$CARGO_TARGET_DIR/browser-screenshots/`.
+//! Plus the home page, and (in the modules) the rich-text editor, plain-text
+//! documents and interop with Tiptap apps. Every test saves screenshots
+//! under `$CARGO_TARGET_DIR/browser-screenshots/`.
 
-use std::time::Duration;
+mod plain;
+mod rich;
+mod support;
+mod tiptap;
 
-use quire_tests::browser::{Browser, web_dist};
+use quire_tests::browser::Browser;
+use quire_tests::http;
 use quire_tests::proxy::FaultProxy;
-use quire_tests::{TestServer, http};
-use serde_json::{Value, json};
+use serde_json::json;
 
-/// A server serving the built app, with a quick heartbeat.
-async fn app_server() -> TestServer {
-    let dist = web_dist();
-    TestServer::start_with(move |c| {
-        c.static_dir = Some(dist);
-        c.ping_interval = Duration::from_secs(1);
-        c.ping_timeout = Duration::from_secs(1);
-    })
-    .await
-}
-
-const EDITOR_TEXT: &str = "return document.querySelector('#editor').value";
-
-async fn editor_text(browser: &Browser) -> String {
-    browser
-        .js(EDITOR_TEXT, vec![])
-        .await
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-async fn wait_status(browser: &Browser, expected: &str) {
-    let script = format!(
-        "return document.querySelector('#status') && document.querySelector('#status').textContent.trim() === {}",
-        json!(expected)
-    );
-    browser
-        .wait_js(&format!("status is {expected}"), &script)
-        .await;
-}
-
-/// Opens the editor of `doc` and waits until it is synced and saved.
-async fn open_editor(browser: &Browser, base: &str, doc: &str, name: &str) {
-    // The name a person would have picked in the app (it remembers it).
-    let current = browser.js("return location.origin", vec![]).await;
-    if current.as_str() != Some(base) {
-        browser.open(base).await;
-    }
-    let user = json!({ "name": name, "color": "#1d72b8" }).to_string();
-    browser
-        .js(
-            "localStorage.setItem('quire.user', arguments[0]); return true",
-            vec![json!(user)],
-        )
-        .await;
-    browser.open(&format!("{base}/d/{doc}")).await;
-    browser.find("#editor").await;
-    wait_status(browser, "All changes saved").await;
-}
-
-/// Puts the caret at `pos` (or the end) and types `text` like a person.
-async fn type_at(browser: &Browser, pos: Option<u32>, text: &str) {
-    let editor = browser.find("#editor").await;
-    editor.click().await.expect("focus the editor");
-    let pos = pos.map(Value::from).unwrap_or(Value::Null);
-    browser
-        .js(
-            "const e = document.querySelector('#editor'); const p = arguments[0] === null ? e.value.length : arguments[0]; e.setSelectionRange(p, p); return true",
-            vec![pos],
-        )
-        .await;
-    editor.send_keys(text).await.expect("type");
-}
+use support::{app_server, caret, editor_text, open_editor, type_at, wait_status, wait_text};
 
 #[tokio::test]
 async fn two_tabs_type_at_the_same_time_and_converge() {
@@ -85,14 +26,7 @@ async fn two_tabs_type_at_the_same_time_and_converge() {
     open_editor(&ann, &base, "together", "Ann").await;
     open_editor(&bob, &base, "together", "Bob").await;
     type_at(&ann, None, "Opening line. ").await;
-    bob.wait_js(
-        "bob sees ann's line",
-        &format!(
-            "return document.querySelector('#editor').value === {}",
-            json!("Opening line. ")
-        ),
-    )
-    .await;
+    wait_text(&bob, "bob sees ann's line", "Opening line. ").await;
 
     // Both type at once: Ann at the end, Bob at the start.
     tokio::join!(
@@ -101,34 +35,16 @@ async fn two_tabs_type_at_the_same_time_and_converge() {
     );
     let expected = "Bob was here. Opening line. Ann adds this.";
     for browser in [&ann, &bob] {
-        browser
-            .wait_js(
-                "both texts converge",
-                &format!(
-                    "return document.querySelector('#editor').value === {}",
-                    json!(expected)
-                ),
-            )
-            .await;
+        wait_text(browser, "both texts converge", expected).await;
     }
     // Each caret stayed where its own user typed, though the other typed too.
-    let ann_caret = ann
-        .js(
-            "return document.querySelector('#editor').selectionStart",
-            vec![],
-        )
-        .await;
+    let ann_caret = caret(&ann).await;
     assert_eq!(
         ann_caret,
         json!(expected.len()),
         "Ann's caret is after her text"
     );
-    let bob_caret = bob
-        .js(
-            "return document.querySelector('#editor').selectionStart",
-            vec![],
-        )
-        .await;
+    let bob_caret = caret(&bob).await;
     assert_eq!(
         bob_caret,
         json!("Bob was here. ".len()),
@@ -161,11 +77,7 @@ async fn a_tab_goes_offline_keeps_typing_and_comes_back() {
     .await;
     open_editor(&home, &format!("http://{}", server.addr), "journey", "Home").await;
     type_at(&traveller, None, "Departure. ").await;
-    home.wait_js(
-        "home sees the departure",
-        "return document.querySelector('#editor').value === 'Departure. '",
-    )
-    .await;
+    wait_text(&home, "home sees the departure", "Departure. ").await;
 
     // Record every badge the traveller shows from now on.
     traveller
@@ -190,15 +102,7 @@ async fn a_tab_goes_offline_keeps_typing_and_comes_back() {
     proxy.heal();
     let expected = "Home note. Departure. Written on the train. ";
     for browser in [&traveller, &home] {
-        browser
-            .wait_js(
-                "both sides converge",
-                &format!(
-                    "return document.querySelector('#editor').value === {}",
-                    json!(expected)
-                ),
-            )
-            .await;
+        wait_text(browser, "both sides converge", expected).await;
     }
     wait_status(&traveller, "All changes saved").await;
     traveller.screenshot("scene2-back").await;
@@ -269,20 +173,23 @@ async fn offline_edits_survive_a_reload_and_offline_tabs_see_each_other() {
         .switch_to_window(first.clone())
         .await
         .unwrap();
-    browser
-        .wait_js(
-            "tab 1 sees tab 2 while the server is unreachable",
-            "return document.querySelector('#editor').value === 'Online start. Typed in tab two. '",
-        )
-        .await;
+    wait_text(
+        &browser,
+        "tab 1 sees tab 2 while the server is unreachable",
+        "Online start. Typed in tab two. ",
+    )
+    .await;
     type_at(&browser, None, "And tab one. ").await;
 
     // Reload while offline: the shell comes from the service worker, the
     // unsent edits from IndexedDB.
     browser.driver.refresh().await.unwrap();
-    browser
-        .wait_js("the reloaded tab still has every edit", "return !!document.querySelector('#editor') && document.querySelector('#editor').value === 'Online start. Typed in tab two. And tab one. '")
-        .await;
+    wait_text(
+        &browser,
+        "the reloaded tab still has every edit",
+        "Online start. Typed in tab two. And tab one. ",
+    )
+    .await;
     browser.screenshot("scene2-reloaded-offline").await;
 
     proxy.heal();

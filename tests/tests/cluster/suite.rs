@@ -134,6 +134,7 @@ for_each_store!(
     flush_makes_everything_durable_concurrently_with_the_flusher,
     list_info_and_delete,
     chat_keeps_the_newest_messages_across_reopen_and_goes_with_the_document,
+    trim_chat_keeps_the_newest_within_count_and_bytes,
     a_flushed_store_reopens_with_everything,
     measure_ten_thousand_appends,
 );
@@ -300,6 +301,35 @@ fn list_info_and_delete(backend: &impl Backend) {
     // A re-created document starts empty.
     store.append("alpha", b"new").unwrap();
     assert_eq!(updates(&*store, "alpha"), vec![b"new".to_vec()]);
+}
+
+/// Issue 12, finding 3: the chat log is bounded like the room's history.
+fn trim_chat_keeps_the_newest_within_count_and_bytes(backend: &impl Backend) {
+    let store = backend.open();
+    let mut last = 0;
+    for i in 0..10 {
+        last = store
+            .append_chat("talk", format!("m{i}").as_bytes())
+            .unwrap()
+            .ticket;
+    }
+    wait_durable(&*store, last);
+    store.trim_chat("talk", 5, 1_000).unwrap();
+    let kept = ["m5", "m6", "m7", "m8", "m9"].map(|m| m.as_bytes().to_vec());
+    assert_eq!(store.recent_chat("talk", 100).unwrap(), kept);
+    store.trim_chat("talk", 5, 4).unwrap();
+    assert_eq!(
+        store.recent_chat("talk", 100).unwrap(),
+        kept[3..],
+        "2 bytes each"
+    );
+    store.trim_chat("talk", 5, 1).unwrap();
+    assert!(
+        store.recent_chat("talk", 100).unwrap().is_empty(),
+        "none fits"
+    );
+    store.trim_chat("nope", 5, 4).unwrap();
+    assert!(store.info("nope").unwrap().is_none(), "creates nothing");
 }
 
 fn chat_keeps_the_newest_messages_across_reopen_and_goes_with_the_document(backend: &impl Backend) {

@@ -12,5 +12,6 @@ mod extensions;
 mod faults;
 mod outbound;
 mod persistence;
+mod rich_compat;
 mod sync;
 mod update_walk;

@@ -427,7 +427,8 @@ fn nest(doc: &Doc, from: Option<yrs::ArrayRef>, depth: usize) -> (Vec<u8>, yrs::
 #[test]
 fn nesting_is_counted_across_updates_and_reloads() {
     let writer = Doc::with_client_id(1);
-    let (first, inner) = nest(&writer, None, 60);
+    let half = quire_protocol::update::MAX_NESTING as usize / 2;
+    let (first, inner) = nest(&writer, None, half);
     let mut document = Document::new();
     document.apply(&first).unwrap();
     let (sibling, _) = nest(&writer, Some(inner.clone()), 1);
@@ -436,7 +437,7 @@ fn nesting_is_counted_across_updates_and_reloads() {
         let mut txn = writer.transact_mut();
         let next = inner.insert(&mut txn, 1, ArrayPrelim::default());
         drop(txn);
-        nest(&writer, Some(next), 50);
+        nest(&writer, Some(next), half + 1);
         writer
             .transact()
             .encode_diff_v1(&document.doc().transact().state_vector())

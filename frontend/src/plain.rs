@@ -31,15 +31,13 @@ use web_sys::{HtmlTextAreaElement, InputEvent, KeyboardEvent};
 use yrs::types::Delta;
 use yrs::types::text::TextEvent;
 use yrs::undo::Options as UndoOptions;
-use yrs::updates::decoder::Decode;
-use yrs::updates::encoder::Encode;
 use yrs::{
     Any, Assoc, Doc, GetString, IndexedSequence, Observable, Origin, Out, ReadTxn, StickyIndex,
     Text, TextRef, Transact, TransactionMut, UndoManager,
 };
 
+use crate::browser::{Listener, document};
 use crate::diff::{self, Op, Splice, map_position, utf16_len};
-use crate::util::{Listener, b64_decode, b64_encode, document};
 
 /// Origin of this tab's typing (the only origin the undo manager tracks).
 pub const LOCAL_ORIGIN: &str = "quire-local";
@@ -165,15 +163,9 @@ fn sticky_at<T: ReadTxn>(text: &TextRef, txn: &T, index: u32, assoc: Assoc) -> S
         .unwrap_or_else(|| StickyIndex::from_type(txn, text, Assoc::After))
 }
 
-/// Encodes a sticky index for presence (base64 of its v1 encoding).
-pub fn encode_sticky(index: &StickyIndex) -> String {
-    b64_encode(&index.encode_v1())
-}
-
-/// Resolves a presence position (base64 of a v1 `StickyIndex`) to a UTF-16 offset.
-pub fn resolve_sticky<T: ReadTxn>(encoded: &str, txn: &T) -> Option<u32> {
-    let bytes = b64_decode(encoded)?;
-    let index = StickyIndex::decode_v1(&bytes).ok()?;
+/// Resolves a presence position (a Yjs relative position as JSON) to a UTF-16 offset.
+pub fn resolve_sticky<T: ReadTxn>(position: &serde_json::Value, txn: &T) -> Option<u32> {
+    let index = crate::relpos::from_json(position)?;
     index.get_offset(txn).map(|o| o.index)
 }
 
@@ -241,13 +233,17 @@ impl Editor {
         &self.doc
     }
 
-    /// The local selection for presence: (anchor, head) as encoded sticky indices.
-    pub fn cursor(&self) -> Option<(String, String)> {
+    /// The local selection for presence: (anchor, head) as Yjs relative positions.
+    pub fn cursor(&self) -> Option<(serde_json::Value, serde_json::Value)> {
         let view = self.view.borrow();
         let (start, end) = view.sticky.as_ref()?;
         let backward = view.selection.2;
         let (anchor, head) = if backward { (end, start) } else { (start, end) };
-        Some((encode_sticky(anchor), encode_sticky(head)))
+        let txn = self.doc.try_transact().ok()?;
+        Some((
+            crate::relpos::to_json(&txn, anchor),
+            crate::relpos::to_json(&txn, head),
+        ))
     }
 
     pub fn textarea(&self) -> HtmlTextAreaElement {
