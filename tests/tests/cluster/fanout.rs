@@ -404,3 +404,27 @@ async fn while_postgres_restarts_nothing_is_acked_and_everything_is_stored_once_
     fresh.stop().await;
     stop_services(pg, redis).await;
 }
+
+/// The stock npm client's `scenario` (`tests/compat/compat.mjs`) on
+/// `node`, in the room `npm-cluster`, with `text`.
+async fn stock(node: &Node, scenario: &str, text: &str) -> serde_json::Value {
+    let url = format!("ws://{}/ws", node.addr);
+    quire_tests::npm_script("compat.mjs", &[&url, scenario, "npm-cluster", text]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stock_npm_yjs_client_on_one_node_is_read_by_the_stock_client_on_another() {
+    let (pg, redis) = services().await;
+    let (a, b) = two_nodes(&pg, &redis).await;
+    let text = "typed by stock Yjs on node A";
+    // A Quire client on node B is in the room while the stock client
+    // writes through node A, so B's room takes it from the stream.
+    let watcher = synced(b.url("npm-cluster")).await;
+    assert_eq!(stock(&a, "write", text).await["text"], text);
+    converge(&[&watcher], "on node B", |t| t == text).await;
+    assert_eq!(stock(&b, "catchup", text).await["text"], text);
+    watcher.stop().await;
+    a.stop().await;
+    b.stop().await;
+    stop_services(pg, redis).await;
+}
