@@ -256,6 +256,11 @@ pub(crate) struct Room {
     read_seq: Seq,
     /// When a resync the store refused is tried again.
     resync_at: Option<Instant>,
+    /// The store read of a resync under way, off the room's task (a
+    /// database that does not answer must not stop the room serving).
+    resyncing: Option<tokio::task::JoinHandle<ResyncRead>>,
+    /// Another resync was asked for while one was under way.
+    resync_again: bool,
 }
 
 impl Room {
@@ -282,6 +287,8 @@ impl Room {
             closed: false,
             read_seq: 0,
             resync_at: None,
+            resyncing: None,
+            resync_again: false,
         };
         (room, handle)
     }
@@ -323,8 +330,10 @@ impl Room {
                 }
                 Ok(()) = self.durability.changed(), if self.core.waits_for_disk() || self.core.publishes_pending() => self.feed_durability(),
                 incoming = feed.recv() => self.on_incoming(incoming).await,
-                _ = sleep_until(self.resync_at.unwrap_or_else(Instant::now)), if self.resync_at.is_some() => {
-                    self.resync().await;
+                _ = sleep_until(self.resync_at.unwrap_or_else(Instant::now)), if self.resync_at.is_some() => self.resync(),
+                read = async { self.resyncing.as_mut().expect("guarded").await }, if self.resyncing.is_some() => {
+                    self.resyncing = None;
+                    self.resynced(read);
                     self.carry_out().await;
                 }
                 Ok(()) = shutdown.changed() => {
@@ -482,7 +491,7 @@ impl Room {
                 }
                 Output::Evict => evict = true,
                 Output::Publish(message) => self.ctx.fanout.publish(&self.name, message),
-                Output::Resync => self.resync().await,
+                Output::Resync => self.resync(),
             }
         }
         self.member_count
@@ -513,26 +522,34 @@ impl Room {
                 self.core.remote(message, self.now());
                 self.carry_out().await;
             }
-            Incoming::Resync => {
-                self.resync().await;
-                self.carry_out().await;
-            }
+            Incoming::Resync => self.resync(),
         }
     }
 
-    /// Reads what the store holds past the last seq this room read and
-    /// hands it to the core as if another node had sent it (what the room
-    /// already has merges to nothing); the caller carries out what the core
-    /// then hands out. A refusal is retried shortly.
-    async fn resync(&mut self) {
+    /// Starts reading what the store holds past the last seq this room
+    /// read, off the room's task; [`Self::resynced`] takes the answer.
+    /// Asked again meanwhile, it reads again once this read is done.
+    fn resync(&mut self) {
         self.resync_at = None;
+        if self.resyncing.is_some() {
+            self.resync_again = true;
+            return;
+        }
         let store = self.ctx.store.clone();
         let name = self.name.to_string();
         let after = self.read_seq;
-        let read = tokio::task::spawn_blocking(move || store.load_after(&name, after)).await;
+        self.resyncing = Some(tokio::task::spawn_blocking(move || {
+            store.load_after(&name, after)
+        }));
+    }
+
+    /// Hands what a resync read to the core as if another node had sent it
+    /// (what the room already has merges to nothing); the caller carries
+    /// out what the core then hands out. A refusal is retried shortly.
+    fn resynced(&mut self, read: Result<ResyncRead, tokio::task::JoinError>) {
         match read {
             Ok(Ok(Some(StoredDoc { updates, last_seq }))) => {
-                debug!(entries = updates.len(), after, "resynced from the store");
+                debug!(entries = updates.len(), "resynced from the store");
                 for update in updates {
                     self.core
                         .remote(NodeMessage::Update(update.into()), self.now());
@@ -546,6 +563,9 @@ impl Room {
                 self.resync_at = Some(Instant::now() + RESYNC_RETRY);
             }
             Err(join) => error!(%join, "resync panicked"),
+        }
+        if std::mem::take(&mut self.resync_again) {
+            self.resync();
         }
     }
 
@@ -693,6 +713,9 @@ impl Room {
         }
     }
 }
+
+/// What a resync's store read returns.
+type ResyncRead = Result<Option<StoredDoc>, quire_storage::StoreError>;
 
 /// Compaction when other nodes write the same log: bounded by what this
 /// room *read*, never its own latest append, which other nodes' commits may
