@@ -428,3 +428,30 @@ async fn the_stock_npm_yjs_client_on_one_node_is_read_by_the_stock_client_on_ano
     b.stop().await;
     stop_services(pg, redis).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_on_node_a_and_readers_on_nodes_b_and_c_converge() {
+    let (pg, redis) = services().await;
+    let (a, b) = two_nodes(&pg, &redis).await;
+    let c = Node::start(pg.url(), Some(redis.url())).await;
+    let writers = [synced(a.url("three")).await, synced(a.url("three")).await];
+    let readers = [synced(b.url("three")).await, synced(c.url("three")).await];
+    for i in 0..30 {
+        writers[i % 2].push(&format!("w{i} "));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let all: Vec<&NativeClient> = writers.iter().chain(&readers).collect();
+    let text = converge(&all, "three nodes", |t| t.matches(' ').count() == 30).await;
+    for writer in &writers {
+        writer.wait_saved(WAIT).await.expect("saved");
+    }
+    let snapshot = http::get(c.addr, "/api/docs/three/snapshot?format=text").await;
+    assert_eq!(snapshot.text(), text, "node C's snapshot");
+    for client in writers.into_iter().chain(readers) {
+        client.stop().await;
+    }
+    for node in [a, b, c] {
+        node.stop().await;
+    }
+    stop_services(pg, redis).await;
+}
