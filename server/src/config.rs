@@ -186,6 +186,18 @@ pub struct Config {
     /// last 50 messages too), sent in one frame to a joining Quire client.
     #[arg(long, env = "QUIRE_CHAT_HISTORY_BYTES", default_value_t = defaults::CHAT_HISTORY_BYTES, value_parser = clap::value_parser!(u64).range(..=MAX_CHAT_HISTORY_BYTES))]
     pub chat_history_bytes: u64,
+
+    // ----- cluster mode (issue 15) -----
+    /// Store documents in this PostgreSQL database instead of the sled
+    /// folder (`postgres://user:password@host:port/db`); several nodes may
+    /// share it.
+    #[arg(long, env = "QUIRE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Fan updates, presence, events and chat out to the other nodes
+    /// through this Redis 7 server (`redis://host:port`); needs
+    /// --database-url.
+    #[arg(long, env = "QUIRE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
 }
 
 /// Most chat history a document may keep: its one join frame stays far
@@ -239,7 +251,22 @@ impl Config {
             max_presence_state_bytes: defaults::MAX_PRESENCE_STATE_BYTES,
             max_chat_message_bytes: defaults::MAX_CHAT_MESSAGE_BYTES,
             chat_history_bytes: defaults::CHAT_HISTORY_BYTES,
+            database_url: None,
+            redis_url: None,
         }
+    }
+
+    /// Refuses settings that cannot work together: fan-out between nodes
+    /// that do not share a database would let them diverge.
+    pub fn check(&self) -> Result<(), String> {
+        if self.redis_url.is_some() && self.database_url.is_none() {
+            return Err(
+                "--redis-url needs --database-url: the nodes of a cluster share their \
+                        documents in PostgreSQL (sled is one node's own folder)"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     /// Raises settings the server cannot work with to the least it can: a
@@ -293,5 +320,20 @@ mod tests {
         assert_eq!(config.room_grace, Duration::from_millis(250));
         assert_eq!(config.allowed_origins.len(), 2);
         assert_eq!(config.outbox_capacity, 1);
+    }
+
+    #[test]
+    fn redis_without_a_database_is_refused() {
+        let config = parsed(&["--redis-url", "redis://127.0.0.1:1"]);
+        let refused = config.check().expect_err("refused");
+        assert!(refused.contains("--database-url"), "{refused}");
+        let both = parsed(&[
+            "--redis-url",
+            "redis://127.0.0.1:1",
+            "--database-url",
+            "postgres://127.0.0.1:1/quire",
+        ]);
+        assert!(both.check().is_ok());
+        assert!(parsed(&[]).check().is_ok());
     }
 }

@@ -9,6 +9,8 @@
 //! - [`outbox`]: a connection's queue of room frames, bounded in bytes.
 //! - [`room_core`]: how a room behaves: membership, sync, updates, saves,
 //!   presence, chat, compaction; no I/O, no tasks, no clock.
+//! - [`fanout`]: the seam to the other nodes of a cluster (Redis Streams,
+//!   or nothing on one node).
 //! - [`room`]: the tokio task around one document's core: its mailbox,
 //!   its storage calls, its timers; the only writer of that document's log.
 //! - [`rooms`]: the registry of live rooms; opens, evicts, shuts down.
@@ -31,6 +33,7 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod document;
+pub mod fanout;
 pub mod items {
     pub use quire_protocol::update::*;
 }
@@ -63,6 +66,7 @@ use tower_http::trace::TraceLayer;
 use tracing::{debug, info, warn};
 
 pub use config::Config;
+use fanout::Fanout;
 use metrics::Metrics;
 use rooms::Rooms;
 
@@ -88,14 +92,29 @@ pub struct AppState {
     /// Exports of documents not in memory running now, at most
     /// `--max-cold-exports` (each rebuilds a whole document).
     pub cold_exports: Arc<tokio::sync::Semaphore>,
+    /// The other nodes of a cluster (readiness: `is_ready`).
+    pub fanout: Arc<dyn Fanout>,
 }
 
 impl AppState {
+    /// One node on `store`.
     pub fn new(config: Config, store: Arc<dyn DocStore>) -> Self {
+        Self::with_fanout(config, store, fanout::single_node())
+    }
+
+    /// A node of a cluster: `store` is shared with the other nodes, which
+    /// `fanout` reaches.
+    pub fn with_fanout(config: Config, store: Arc<dyn DocStore>, fanout: Arc<dyn Fanout>) -> Self {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
         Self {
-            rooms: Rooms::new(store.clone(), config.clone(), metrics.clone()),
+            rooms: Rooms::new(
+                store.clone(),
+                config.clone(),
+                metrics.clone(),
+                fanout.clone(),
+            ),
+            fanout,
             admission: limits::Admission::new(
                 config.max_connections,
                 config.max_connections_per_ip,

@@ -11,9 +11,12 @@ use quire_protocol::DocName;
 use quire_server::auth::{Claims, Permission, TokenKey};
 use quire_server::config::defaults;
 use quire_server::document::Document;
+use quire_server::fanout::Fanout;
+use quire_server::fanout::redis::RedisFanout;
 use quire_server::snapshot::{self, Format};
 use quire_server::{AppState, Config, open_store};
-use quire_storage::DocStore;
+use quire_storage::{DocStore, PgOptions, PgStore};
+use std::sync::Arc;
 use tracing::{info, warn};
 
 #[derive(Parser)]
@@ -290,24 +293,53 @@ mod remote {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
+    config.check().map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let store = open_store(&config)?;
+        let (store, fanout) = open_cluster(&config).await?;
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.addr))?;
         let addr = listener.local_addr()?;
-        info!(data = %config.data.display(), "storage ready");
+        match &config.database_url {
+            None => info!(data = %config.data.display(), "storage ready"),
+            Some(_) => info!("storage ready on PostgreSQL"),
+        }
         if config.auth_key.is_none() {
             warn!("NO --auth-key: Quire runs OPEN; anyone who can reach {addr} can read, change and delete every document");
         } else {
             info!("access tokens required (--auth-key set)");
         }
         info!("Quire listening on http://{addr} (WebSocket rooms at ws://{addr}/ws/<doc>)");
-        let state = AppState::new(config, store);
+        let state = AppState::with_fanout(config, store, fanout);
         quire_server::serve(state, listener, shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// The store and fan-out the flags ask for: sled and one node by default;
+/// PostgreSQL with `--database-url`; Redis Streams with `--redis-url`.
+async fn open_cluster(config: &Config) -> anyhow::Result<(Arc<dyn DocStore>, Arc<dyn Fanout>)> {
+    let store: Arc<dyn DocStore> = match config.database_url.clone() {
+        None => open_store(config)?,
+        Some(url) => {
+            let options = PgOptions {
+                commit_window: config.commit_window,
+                ..PgOptions::default()
+            };
+            let store = tokio::task::spawn_blocking(move || PgStore::open(&url, options))
+                .await?
+                .context("cannot open the PostgreSQL store")?;
+            Arc::new(store)
+        }
+    };
+    let fanout = match &config.redis_url {
+        None => quire_server::fanout::single_node(),
+        Some(url) => RedisFanout::connect(url)
+            .await
+            .map_err(anyhow::Error::msg)?,
+    };
+    Ok((store, fanout))
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -19,7 +19,11 @@
 //!   (monotonic, since the room started) and the wall clock; the core says
 //!   when it next needs [`RoomCore::tick`];
 //! - **leaving**: on eviction, shutdown or deletion it finishes storage and
-//!   leaves the registry through [`RoomContext::registry`].
+//!   leaves the registry through [`RoomContext::registry`];
+//! - **other nodes** (cluster mode): the room follows its document on the
+//!   [`Fanout`] *before* loading, hands the core's [`Output::Publish`] to
+//!   it, feeds what other nodes publish to [`RoomCore::remote`], and on a
+//!   [`Incoming::Resync`] reads the store past the last seq it read.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -34,6 +38,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
+use crate::fanout::{Fanout, Incoming, NodeMessage};
 use crate::metrics::Metrics;
 use crate::outbox::OutboxSender;
 use crate::room_core::pop_settled;
@@ -55,6 +60,9 @@ const HEAVY_BYTES: u64 = 64 * 1024;
 /// How long a leaving room waits for its last writes to reach the disk.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a room waits before retrying a resync the store refused.
+const RESYNC_RETRY: Duration = Duration::from_secs(1);
+
 /// The room's one timer, moved only when the core's deadline moves.
 struct Timer {
     sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
@@ -74,6 +82,8 @@ pub struct RoomContext {
     pub metrics: Arc<Metrics>,
     /// How the room takes itself out of the registry.
     pub registry: Arc<dyn Departure>,
+    /// The other nodes serving documents (a no-op on a single node).
+    pub fanout: Arc<dyn Fanout>,
 }
 
 /// The registry's side of a room leaving it (`rooms.rs` implements it).
@@ -241,6 +251,16 @@ pub(crate) struct Room {
     compaction: Option<tokio::task::JoinHandle<()>>,
     /// Set once the room has left the registry: the task ends.
     closed: bool,
+    /// The newest seq read from the store (load, resync): where a resync
+    /// reads from, and the compaction bound in cluster mode.
+    read_seq: Seq,
+    /// When a resync the store refused is tried again.
+    resync_at: Option<Instant>,
+    /// The store read of a resync under way, off the room's task (a
+    /// database that does not answer must not stop the room serving).
+    resyncing: Option<tokio::task::JoinHandle<ResyncRead>>,
+    /// Another resync was asked for while one was under way.
+    resync_again: bool,
 }
 
 impl Room {
@@ -265,11 +285,19 @@ impl Room {
             last_seq: 0,
             compaction: None,
             closed: false,
+            read_seq: 0,
+            resync_at: None,
+            resyncing: None,
+            resync_again: false,
         };
         (room, handle)
     }
 
     pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        // Follow the other nodes before loading: what they publish from
+        // here on comes through the feed, what came before is in the store.
+        let mut feed = self.ctx.fanout.follow(&self.name).await;
+        self.core.set_clustered(self.ctx.fanout.is_clustered());
         // Load before reading the mailbox: no sync message is answered from
         // an empty document while the real one is still on disk.
         let restored = self.load().await;
@@ -300,7 +328,14 @@ impl Room {
                         self.try_to_leave().await;
                     }
                 }
-                Ok(()) = self.durability.changed(), if self.core.waits_for_disk() => self.feed_durability(),
+                Ok(()) = self.durability.changed(), if self.core.waits_for_disk() || self.core.publishes_pending() => self.feed_durability(),
+                incoming = feed.recv() => self.on_incoming(incoming).await,
+                _ = sleep_until(self.resync_at.unwrap_or_else(Instant::now)), if self.resync_at.is_some() => self.resync(),
+                read = async { self.resyncing.as_mut().expect("guarded").await }, if self.resyncing.is_some() => {
+                    self.resyncing = None;
+                    self.resynced(read);
+                    self.carry_out().await;
+                }
                 Ok(()) = shutdown.changed() => {
                     let now = self.now();
                     self.core.shutdown(now);
@@ -399,13 +434,8 @@ impl Room {
                 self.carry_out().await;
                 let deleted = self.delete().await;
                 if deleted.is_ok() {
-                    // A deleted document starts afresh in a new room.
-                    let rx = &mut self.rx;
-                    self.ctx.registry.leave_if(&self.name, &mut || {
-                        rx.close();
-                        true
-                    });
-                    self.closed = true;
+                    self.ctx.fanout.publish(&self.name, NodeMessage::Deleted);
+                    self.leave_deleted();
                 }
                 let _ = reply.send(deleted);
             }
@@ -460,11 +490,83 @@ impl Room {
                     self.await_ticket(stored_before);
                 }
                 Output::Evict => evict = true,
+                Output::Publish(message) => self.ctx.fanout.publish(&self.name, message),
+                Output::Resync => self.resync(),
             }
         }
         self.member_count
             .store(self.core.member_count(), Ordering::Relaxed);
         evict
+    }
+
+    /// A deleted document starts afresh in a new room: this one leaves.
+    fn leave_deleted(&mut self) {
+        let rx = &mut self.rx;
+        self.ctx.registry.leave_if(&self.name, &mut || {
+            rx.close();
+            true
+        });
+        self.closed = true;
+    }
+
+    /// Something from another node's room of this document.
+    async fn on_incoming(&mut self, incoming: Incoming) {
+        match incoming {
+            Incoming::Message(NodeMessage::Deleted) => {
+                info!("document deleted through another node");
+                self.core.remote(NodeMessage::Deleted, self.now());
+                self.carry_out().await;
+                self.leave_deleted();
+            }
+            Incoming::Message(message) => {
+                self.core.remote(message, self.now());
+                self.carry_out().await;
+            }
+            Incoming::Resync => self.resync(),
+        }
+    }
+
+    /// Starts reading what the store holds past the last seq this room
+    /// read, off the room's task; [`Self::resynced`] takes the answer.
+    /// Asked again meanwhile, it reads again once this read is done.
+    fn resync(&mut self) {
+        self.resync_at = None;
+        if self.resyncing.is_some() {
+            self.resync_again = true;
+            return;
+        }
+        let store = self.ctx.store.clone();
+        let name = self.name.to_string();
+        let after = self.read_seq;
+        self.resyncing = Some(tokio::task::spawn_blocking(move || {
+            store.load_after(&name, after)
+        }));
+    }
+
+    /// Hands what a resync read to the core as if another node had sent it
+    /// (what the room already has merges to nothing); the caller carries
+    /// out what the core then hands out. A refusal is retried shortly.
+    fn resynced(&mut self, read: Result<ResyncRead, tokio::task::JoinError>) {
+        match read {
+            Ok(Ok(Some(StoredDoc { updates, last_seq }))) => {
+                debug!(entries = updates.len(), "resynced from the store");
+                for update in updates {
+                    self.core
+                        .remote(NodeMessage::Update(update.into()), self.now());
+                }
+                self.read_seq = self.read_seq.max(last_seq);
+            }
+            // Deleted meanwhile: its deletion entry closes the room.
+            Ok(Ok(None)) => {}
+            Ok(Err(err)) => {
+                warn!(%err, "could not resync from the store; trying again");
+                self.resync_at = Some(Instant::now() + RESYNC_RETRY);
+            }
+            Err(join) => error!(%join, "resync panicked"),
+        }
+        if std::mem::take(&mut self.resync_again) {
+            self.resync();
+        }
     }
 
     /// Makes `write` (standing for what the store held when the room
@@ -515,8 +617,13 @@ impl Room {
         let store = self.ctx.store.clone();
         let name = self.name.to_string();
         let upto = self.last_seq;
+        let read_seq = self.ctx.fanout.is_clustered().then_some(self.read_seq);
         self.compaction = Some(tokio::task::spawn_blocking(move || {
-            if let Err(err) = store.compact(&name, upto, &state) {
+            let compacted = match read_seq {
+                None => store.compact(&name, upto, &state),
+                Some(read_seq) => compact_shared(&*store, &name, read_seq, state),
+            };
+            if let Err(err) = compacted {
                 // An optimisation only: the log is still whole.
                 warn!(%err, "compaction failed");
             }
@@ -595,6 +702,7 @@ impl Room {
         match loaded {
             Ok(Ok((restored, last_seq))) => {
                 self.last_seq = last_seq;
+                self.read_seq = last_seq;
                 Ok(restored)
             }
             Ok(Err(reason)) => Err(reason),
@@ -604,6 +712,41 @@ impl Room {
             }
         }
     }
+}
+
+/// What a resync's store read returns.
+type ResyncRead = Result<Option<StoredDoc>, quire_storage::StoreError>;
+
+/// Compaction when other nodes write the same log: bounded by what this
+/// room *read*, never its own latest append, which other nodes' commits may
+/// precede. `state` holds every entry up to `read_seq`; the entries the
+/// store holds past it are merged in, so the state written at their last
+/// seq holds everything it replaces.
+fn compact_shared(
+    store: &dyn DocStore,
+    name: &str,
+    read_seq: Seq,
+    state: Vec<u8>,
+) -> Result<(), quire_storage::StoreError> {
+    let Some(after) = store.load_after(name, read_seq)? else {
+        return Ok(());
+    };
+    let state = if after.updates.is_empty() {
+        state
+    } else {
+        let all = std::iter::once(state.as_slice()).chain(after.updates.iter().map(Vec::as_slice));
+        match crate::document::Document::from_updates(all)
+            .ok()
+            .and_then(|merged| merged.encode_whole())
+        {
+            Some(merged) => merged,
+            None => {
+                warn!("could not merge the log for compaction; leaving it");
+                return Ok(());
+            }
+        }
+    };
+    store.compact(name, after.last_seq, &state)
 }
 
 /// Runs `work` on the room's task; if it is `heavy` (it grows with an

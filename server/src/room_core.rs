@@ -14,6 +14,7 @@
 //! | [`RoomCore::durable`] | writes up to *n* are on disk |
 //! | [`RoomCore::tick`] | time passed (every input carries its [`Now`]) |
 //! | [`RoomCore::shutdown`], [`RoomCore::prepare_to_close`] | the server stops, the room leaves |
+//! | [`RoomCore::remote`] | another node's room of this document said something (`remote.rs`) |
 //!
 //! It answers in two ways. Frames and closes go straight into each member's
 //! [`MemberQueue`], which never waits: a full queue cuts that member off
@@ -46,10 +47,12 @@ use tracing::{debug, error, warn};
 
 use crate::config::Config;
 use crate::document::{Document, DocumentError};
+use crate::fanout::NodeMessage;
 use crate::metrics::Metrics;
 
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
+mod remote;
 #[cfg(test)]
 mod tests;
 
@@ -233,6 +236,13 @@ pub enum Output {
     /// leave the registry (or, if something arrived meanwhile, carry on; the
     /// core asks again a grace period later).
     Evict,
+    /// Hand this to the other nodes' rooms of the document (cluster mode
+    /// only): updates once durable, presence, events and chat at once.
+    Publish(NodeMessage),
+    /// An update from another node did not fit the document (it refers to
+    /// what the room lacks): read the store past the last seq read and
+    /// hand each entry to [`RoomCore::remote`].
+    Resync,
 }
 
 /// A document rebuilt from its stored log, ready for the room.
@@ -366,6 +376,11 @@ pub struct RoomCore<Q> {
     empty_since: Option<u64>,
     /// When stale presence is next swept.
     next_sweep: u64,
+    /// Whether other nodes serve this document too: then updates, presence,
+    /// events and chat are also handed out as [`Output::Publish`].
+    clustered: bool,
+    /// (write, delta) of stored updates to publish once that write is durable.
+    unpublished: VecDeque<(u64, Bytes)>,
 }
 
 impl<Q: MemberQueue> RoomCore<Q> {
@@ -390,6 +405,8 @@ impl<Q: MemberQueue> RoomCore<Q> {
             after_reload: Vec::new(),
             empty_since: Some(0),
             next_sweep: 0,
+            clustered: false,
+            unpublished: VecDeque::new(),
         }
     }
 
@@ -511,6 +528,7 @@ impl<Q: MemberQueue> RoomCore<Q> {
         if let Some(gone) = self.awareness.remove_owner(conn) {
             let frame = Bytes::from(Message::Awareness(&gone).encode());
             self.send(Target::AllBut(None), &frame, now);
+            self.publish_presence(gone);
         }
         if self.members.is_empty() {
             self.empty_since = Some(now.ms);
@@ -582,6 +600,7 @@ impl<Q: MemberQueue> RoomCore<Q> {
                         }
                         let accepted: Vec<ClientId> = change.accepted().collect();
                         self.announce_awareness(Some(conn), &accepted, now);
+                        self.publish_awareness(&accepted);
                     }
                     Err(err) => {
                         let code = match err {
@@ -686,6 +705,7 @@ impl<Q: MemberQueue> RoomCore<Q> {
         } else {
             self.undurable_since = Some(now.ms);
         }
+        self.publish_durable();
         let mut acks = Vec::new();
         if resumed {
             // Members told of the stall with nothing waiting learn it is
@@ -905,6 +925,10 @@ impl<Q: MemberQueue> RoomCore<Q> {
         }
         let relay = (applied.delta.as_deref())
             .map(|delta| Bytes::from(Message::Sync(SyncMessage::Update(delta)).encode()));
+        if let (true, Some(delta)) = (self.clustered, &applied.delta) {
+            self.unpublished
+                .push_back((self.last_write + 1, Bytes::copy_from_slice(delta)));
+        }
         for entry in applied.into_log_entries(update) {
             self.store(entry);
         }
@@ -1085,6 +1109,7 @@ impl<Q: MemberQueue> RoomCore<Q> {
         error!(%reason, "document unavailable");
         self.outputs.clear();
         self.unstored.clear();
+        self.unpublished.clear();
         self.close_all(
             Close::new(
                 close::INTERNAL_ERROR,
@@ -1273,6 +1298,7 @@ impl<Q: MemberQueue> RoomCore<Q> {
                 at_ms,
             }
             .encode();
+            self.publish_event(name, &record, conn, &sender_name, at_ms);
             self.keep_chat(record);
             (frame, Target::ExtensionsBut(None))
         } else {
@@ -1284,6 +1310,7 @@ impl<Q: MemberQueue> RoomCore<Q> {
                 at_ms,
             }
             .encode();
+            self.publish_event(name, payload, conn, &sender_name, at_ms);
             (frame, Target::ExtensionsBut(Some(conn)))
         };
         let delivered = self.send(target, &frame.into(), now);

@@ -7,8 +7,10 @@
 //! that loads what the old one left on disk. A caller that raced with an
 //! eviction sees [`RoomError::Gone`] and looks up again.
 //!
-//! This is the seam for several Quire nodes: a registry that knows which
-//! node owns a document would route here instead of spawning locally.
+//! Several Quire nodes may each have a live room of the same document
+//! (correctness never depends on routing): each room follows its document
+//! on the [`Fanout`] from before it loads until it ends, so a node's
+//! stream reader reads exactly the streams of its live rooms.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,6 +22,7 @@ use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 use crate::room::{Departure, Room, RoomContext, RoomError, RoomHandle};
 
@@ -41,6 +44,9 @@ struct Shared {
     store: Arc<dyn DocStore>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    /// The other nodes; every room follows its document there while it is
+    /// open (the reader reads the streams of exactly the live rooms).
+    fanout: Arc<dyn Fanout>,
 }
 
 /// The map of live rooms.
@@ -72,7 +78,12 @@ impl Departure for Registry {
 }
 
 impl Rooms {
-    pub fn new(store: Arc<dyn DocStore>, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        store: Arc<dyn DocStore>,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        fanout: Arc<dyn Fanout>,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 registry: Arc::new(Registry {
@@ -83,6 +94,7 @@ impl Rooms {
                 store,
                 config,
                 metrics,
+                fanout,
             }),
         }
     }
@@ -110,6 +122,7 @@ impl Rooms {
             config: self.shared.config.clone(),
             metrics: self.shared.metrics.clone(),
             registry: self.shared.registry.clone(),
+            fanout: self.shared.fanout.clone(),
         }
     }
 

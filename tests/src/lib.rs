@@ -149,3 +149,39 @@ pub async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
     }
     condition()
 }
+
+/// Runs `node <script> <args…>` in `tests/compat/` (the npm clients: stock
+/// Yjs in `compat.mjs`, Tiptap/y-prosemirror in `rich.mjs`; `npm ci` there
+/// first, `cargo xtask test` does it) and returns its JSON result line;
+/// panics with the script's output unless it reports success. (The one
+/// runner the server and browser tests' own copies can call.)
+pub async fn npm_script(script: &str, args: &[&str]) -> serde_json::Value {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("compat");
+    assert!(
+        dir.join("node_modules/yjs").exists(),
+        "npm packages missing: run `npm ci` in {} (`cargo xtask test` does it)",
+        dir.display()
+    );
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("node")
+            .arg(script)
+            .args(args)
+            .current_dir(&dir)
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("the script finishes")
+    .expect("node runs (install Node.js 20+)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    let last = stdout.lines().last().expect("a result line");
+    let result: serde_json::Value = serde_json::from_str(last).expect("a JSON result");
+    assert_eq!(result["ok"], true, "{stdout}");
+    result
+}

@@ -101,6 +101,10 @@ pub struct Harness {
     fail_next: Option<String>,
     /// How often the core asked to be evicted.
     evictions: u64,
+    /// What the core published to other nodes (cluster mode), in order.
+    published: Vec<crate::fanout::NodeMessage>,
+    /// How often the core asked to resync from the store.
+    resyncs: u64,
 }
 
 impl Harness {
@@ -139,6 +143,8 @@ impl Harness {
             unflushed: false,
             fail_next: None,
             evictions: 0,
+            published: Vec::new(),
+            resyncs: 0,
         }
     }
 
@@ -372,6 +378,29 @@ impl Harness {
         self.evictions
     }
 
+    // ----- cluster mode ------------------------------------------------
+
+    /// Makes the room one of several nodes' rooms of its document.
+    pub fn cluster(&mut self) {
+        self.core.set_clustered(true);
+    }
+
+    /// A message from another node's room.
+    pub fn remote(&mut self, message: crate::fanout::NodeMessage) {
+        self.core.remote(message, self.now());
+        self.settle();
+    }
+
+    /// What the room published to other nodes since the last call.
+    pub fn published(&mut self) -> Vec<crate::fanout::NodeMessage> {
+        std::mem::take(&mut self.published)
+    }
+
+    /// How often the room asked to resync from the store.
+    pub fn resyncs(&self) -> u64 {
+        self.resyncs
+    }
+
     /// The core itself, to read what it holds.
     pub fn core(&self) -> &RoomCore<TestQueue> {
         &self.core
@@ -434,6 +463,10 @@ impl Harness {
                     self.stored_before(stored_before);
                 }
                 Output::Evict => self.evictions += 1,
+                // Cluster mode (`clustered`): what would go to the other
+                // nodes, and resyncs asked for (the store is this one log).
+                Output::Publish(message) => self.published.push(message),
+                Output::Resync => self.resyncs += 1,
             }
         }
     }

@@ -494,3 +494,175 @@ fn step1_is_answered_with_what_the_member_lacks() {
 }
 
 mod abuse;
+
+// ----- cluster mode (room_core/remote.rs) -----------------------------------
+
+mod cluster {
+    use super::*;
+    use crate::fanout::{NodeMessage, RemoteEvent};
+
+    fn clustered() -> Harness {
+        let mut room = room();
+        room.cluster();
+        room
+    }
+
+    fn updates(published: &[NodeMessage]) -> usize {
+        published
+            .iter()
+            .filter(|m| matches!(m, NodeMessage::Update(_)))
+            .count()
+    }
+
+    #[test]
+    fn an_update_is_published_to_other_nodes_only_once_durable() {
+        let mut room = clustered();
+        room.join(1, true, true).unwrap();
+        room.hold_durability(true);
+        room.send_update(1, &edit(&Doc::with_client_id(7), "hi"));
+        assert_eq!(updates(&room.published()), 0, "published before durable");
+        room.hold_durability(false);
+        room.flush();
+        assert_eq!(updates(&room.published()), 1);
+    }
+
+    #[test]
+    fn a_single_node_room_publishes_nothing() {
+        let mut room = room();
+        room.join(1, true, true).unwrap();
+        room.send_update(1, &edit(&Doc::with_client_id(7), "hi"));
+        room.deliver(1, awareness(10, 1, r#"{"user":{"name":"ann"}}"#));
+        assert!(room.published().is_empty());
+    }
+
+    #[test]
+    fn an_update_from_another_node_is_relayed_to_every_member_and_never_stored() {
+        let mut room = clustered();
+        room.join(1, true, true).unwrap();
+        room.join(2, false, true).unwrap();
+        room.frames(1);
+        room.frames(2);
+        let log_before = room.log().len();
+        room.remote(NodeMessage::Update(
+            edit(&Doc::with_client_id(7), "remote").into(),
+        ));
+        assert_eq!(text_of(&room), "remote");
+        assert_eq!(got(&mut room, 1), vec![Got::Update]);
+        assert_eq!(got(&mut room, 2), vec![Got::Update]);
+        assert_eq!(
+            room.log().len(),
+            log_before,
+            "stored by its origin, not here"
+        );
+        assert!(room.published().is_empty(), "never published back");
+        // The same update again holds nothing new: nothing relayed.
+        room.remote(NodeMessage::Update(
+            edit(&Doc::with_client_id(7), "remote").into(),
+        ));
+        assert!(got(&mut room, 1).is_empty(), "a duplicate is not relayed");
+    }
+
+    #[test]
+    fn an_update_from_another_node_that_needs_what_the_room_lacks_asks_for_a_resync() {
+        let mut room = clustered();
+        let source = Doc::with_client_id(7);
+        let _missed = edit(&source, "first ");
+        let after = edit(&source, "second");
+        room.remote(NodeMessage::Update(after.into()));
+        assert_eq!(room.resyncs(), 1);
+        assert_eq!(text_of(&room), "", "nothing applied");
+    }
+
+    #[test]
+    fn presence_events_and_chat_cross_nodes_and_a_dead_nodes_presence_is_swept() {
+        let mut room = room_with(|c| c.awareness_timeout = Duration::from_secs(1));
+        room.cluster();
+        room.join(1, true, true).unwrap();
+        room.deliver(1, awareness(10, 1, r#"{"user":{"name":"ann"}}"#));
+        room.deliver(1, emit("cursor", r#"{"at":1}"#, 0));
+        room.deliver(1, emit(CHAT_EVENT, r#"{"text":"hi"}"#, 0));
+        let published = room.published();
+        assert!(matches!(&published[0], NodeMessage::Awareness(_)));
+        assert!(matches!(&published[1], NodeMessage::Event(e) if e.name == "cursor"));
+        assert!(matches!(&published[2], NodeMessage::Chat(e) if e.payload.contains("hi")));
+        room.frames(1);
+
+        // From another node: presence, an event and chat reach the member.
+        let mut presence = Vec::new();
+        write_var_uint(&mut presence, 1);
+        write_var_uint(&mut presence, 20);
+        write_var_uint(&mut presence, 1);
+        write_var_string(&mut presence, r#"{"user":{"name":"bob"}}"#);
+        room.remote(NodeMessage::Awareness(presence.into()));
+        let event = RemoteEvent {
+            name: "cursor".into(),
+            payload: r#"{"at":2}"#.into(),
+            sender: 99,
+            sender_name: "bob".into(),
+            at_ms: 1,
+        };
+        room.remote(NodeMessage::Event(event.clone()));
+        room.remote(NodeMessage::Chat(RemoteEvent {
+            name: CHAT_EVENT.into(),
+            payload: r#"{"user":"bob","text":"yo"}"#.into(),
+            ..event
+        }));
+        let received = got(&mut room, 1);
+        assert_eq!(
+            received[0],
+            Got::Awareness(vec![(20, r#"{"user":{"name":"bob"}}"#.into())])
+        );
+        assert!(matches!(&received[1], Got::Event { name, .. } if name == "cursor"));
+        assert!(matches!(&received[2], Got::Event { name, .. } if name == CHAT_EVENT));
+
+        // Bob's node dies: nobody refreshes his presence; it is swept.
+        // Ann renews hers (her client would), so only Bob's goes.
+        room.advance(600);
+        room.deliver(1, awareness(10, 2, r#"{"user":{"name":"ann"}}"#));
+        room.frames(1);
+        room.advance(600);
+        let swept = got(&mut room, 1);
+        assert!(
+            swept.contains(&Got::Awareness(vec![(20, "null".into())])),
+            "{swept:?}"
+        );
+    }
+
+    #[test]
+    fn a_room_opening_elsewhere_gets_this_nodes_presence_and_makes_this_room_resync() {
+        let mut room = clustered();
+        room.join(1, true, true).unwrap();
+        room.deliver(1, awareness(10, 1, r#"{"user":{"name":"ann"}}"#));
+        room.published();
+        room.remote(NodeMessage::RoomOpened);
+        let published = room.published();
+        assert_eq!(published.len(), 1);
+        assert!(matches!(&published[0], NodeMessage::Awareness(_)));
+        assert_eq!(room.resyncs(), 1);
+    }
+
+    #[test]
+    fn a_member_leaving_publishes_its_presence_removal() {
+        let mut room = clustered();
+        room.join(1, true, true).unwrap();
+        room.deliver(1, awareness(10, 1, r#"{"user":{"name":"ann"}}"#));
+        room.published();
+        room.leave(1);
+        let published = room.published();
+        assert!(
+            matches!(&published[..], [NodeMessage::Awareness(_)]),
+            "{published:?}"
+        );
+    }
+
+    #[test]
+    fn a_deletion_through_another_node_closes_every_member() {
+        let mut room = clustered();
+        room.join(1, true, true).unwrap();
+        room.remote(NodeMessage::Deleted);
+        assert_eq!(
+            room.close_of(1).map(|c| c.code),
+            Some(close::DOCUMENT_DELETED)
+        );
+    }
+}

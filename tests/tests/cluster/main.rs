@@ -6,6 +6,9 @@
 //! Every server binds a free 127.0.0.1 port in a folder of its own and is
 //! stopped (and its folder removed) when the test ends.
 
+mod failover;
+mod fanout;
+mod node;
 mod pg_store;
 mod server;
 mod services;

@@ -1,0 +1,182 @@
+//! The room's side of the other nodes (cluster mode): what it hands out as
+//! [`Output::Publish`] and what it does with [`RoomCore::remote`]. Kept
+//! apart from the single-node rules; the fan-out itself (Redis) is the
+//! shell's and `fanout`'s business, never the core's.
+//!
+//! - An update another node stored is applied and relayed to the local
+//!   members, never stored or acknowledged here (its origin did both). One
+//!   that refers to what this room lacks (it missed something) asks the
+//!   shell to read the store ([`Output::Resync`]).
+//! - Presence from other nodes joins the table without belonging to a
+//!   member: it goes when its node announces the removal, or when it is no
+//!   longer refreshed (a dead node) and the sweep removes it.
+//! - Events and chat are sent to the local Quire clients; chat joins the
+//!   recent history (its origin stored it).
+
+use bytes::Bytes;
+use quire_protocol::awareness::{Bounds, Owner};
+use quire_protocol::ext::{CHAT_EVENT, Ext};
+use quire_protocol::{ClientId, Message, SyncMessage};
+use tracing::{debug, warn};
+
+use super::{MemberQueue, Now, Output, RoomCore, State, Target};
+use crate::document::DocumentError;
+use crate::fanout::{NodeMessage, RemoteEvent};
+
+/// The owner of presence entries that came from other nodes (connection
+/// ids count up from 1 and `NO_OWNER` is `u64::MAX`).
+const OTHER_NODES: Owner = u64::MAX - 1;
+
+impl<Q: MemberQueue> RoomCore<Q> {
+    /// Other nodes serve this document too: publish to them from now on.
+    pub fn set_clustered(&mut self, clustered: bool) {
+        self.clustered = clustered;
+    }
+
+    /// Whether stored updates wait for [`Self::durable`] to be published.
+    pub fn publishes_pending(&self) -> bool {
+        !self.unpublished.is_empty()
+    }
+
+    /// A message from another node's room of this document.
+    pub fn remote(&mut self, message: NodeMessage, now: Now) {
+        match message {
+            NodeMessage::Update(update) => self.apply_remote(&update, now),
+            NodeMessage::Awareness(update) => {
+                // Other nodes' clients are one owner here: their own nodes
+                // bound them per connection; the room's total still holds.
+                let bounds = Bounds {
+                    per_owner: usize::MAX,
+                    total: self.config.max_presence_per_room,
+                    state_bytes: self.config.max_presence_state_bytes,
+                };
+                match self
+                    .awareness
+                    .apply_as(&update, OTHER_NODES, bounds, now.ms)
+                {
+                    Ok(change) => {
+                        let accepted: Vec<ClientId> = change.accepted().collect();
+                        self.announce_awareness(None, &accepted, now);
+                    }
+                    Err(err) => warn!(%err, "presence from another node refused"),
+                }
+            }
+            NodeMessage::Event(event) => self.send_remote_event(&event, now),
+            NodeMessage::Chat(event) => {
+                self.keep_chat(event.payload.clone());
+                self.send_remote_event(&event, now);
+            }
+            NodeMessage::RoomOpened => {
+                let local: Vec<ClientId> = self
+                    .members
+                    .keys()
+                    .flat_map(|&conn| self.awareness.clients_of(conn))
+                    .collect();
+                self.publish_awareness(&local);
+                if !self.outputs.contains(&Output::Resync) {
+                    self.outputs.push_back(Output::Resync);
+                }
+            }
+            NodeMessage::Deleted => self.delete(now),
+        }
+    }
+
+    fn apply_remote(&mut self, update: &[u8], now: Now) {
+        let State::Ready {
+            document, bytes, ..
+        } = &mut self.state
+        else {
+            return;
+        };
+        match document.apply(update) {
+            Ok(applied) => {
+                let Some(delta) = applied.delta else { return };
+                *bytes += delta.len() as u64;
+                let frame = Bytes::from(Message::Sync(SyncMessage::Update(&delta)).encode());
+                self.relay(None, &frame, now);
+            }
+            Err(DocumentError::Incomplete { reason, .. }) => {
+                debug!(%reason, "an update from another node needs what this room lacks");
+                if !self.outputs.contains(&Output::Resync) {
+                    self.outputs.push_back(Output::Resync);
+                }
+            }
+            Err(DocumentError::Poisoned) => {
+                warn!("an update from another node left the document half-changed; reloading");
+                self.request_reload();
+            }
+            Err(err) => warn!(%err, "another node sent an update this room refuses"),
+        }
+    }
+
+    fn send_remote_event(&mut self, event: &RemoteEvent, now: Now) {
+        let frame = Ext::Event {
+            name: &event.name,
+            payload: &event.payload,
+            sender: event.sender,
+            sender_name: &event.sender_name,
+            at_ms: event.at_ms,
+        }
+        .encode();
+        self.send(Target::ExtensionsBut(None), &frame.into(), now);
+    }
+
+    /// Publishes the stored updates whose writes are now durable.
+    pub(super) fn publish_durable(&mut self) {
+        while self
+            .unpublished
+            .front()
+            .is_some_and(|(write, _)| *write <= self.durable)
+        {
+            let Some((_, delta)) = self.unpublished.pop_front() else {
+                break;
+            };
+            self.outputs
+                .push_back(Output::Publish(NodeMessage::Update(delta)));
+        }
+    }
+
+    /// Publishes the current entries of local members' `clients`.
+    pub(super) fn publish_awareness(&mut self, clients: &[ClientId]) {
+        if self.clustered && !clients.is_empty() {
+            let update = self.awareness.encode(clients.iter().copied());
+            self.publish_presence(update);
+        }
+    }
+
+    /// Publishes an encoded presence update of local members.
+    pub(super) fn publish_presence(&mut self, update: Vec<u8>) {
+        if self.clustered {
+            self.outputs
+                .push_back(Output::Publish(NodeMessage::Awareness(update.into())));
+        }
+    }
+
+    /// Publishes a local member's named event (for chat, `payload` is the
+    /// stamped record).
+    pub(super) fn publish_event(
+        &mut self,
+        name: &str,
+        payload: &str,
+        sender: u64,
+        sender_name: &str,
+        at_ms: u64,
+    ) {
+        if !self.clustered {
+            return;
+        }
+        let event = RemoteEvent {
+            name: name.to_owned(),
+            payload: payload.to_owned(),
+            sender,
+            sender_name: sender_name.to_owned(),
+            at_ms,
+        };
+        self.outputs
+            .push_back(Output::Publish(if name == CHAT_EVENT {
+                NodeMessage::Chat(event)
+            } else {
+                NodeMessage::Event(event)
+            }));
+    }
+}
