@@ -6,18 +6,14 @@
 //! Redraws happen at most once per animation frame.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 
-use serde_json::Value;
 use web_sys::{DomRect, HtmlElement};
 
 use crate::browser::{Timer, document};
-use crate::presence::Peer;
+use crate::presence::{CaretMoves, Peer};
 use crate::rich::RichEditor;
 
-/// A caret's name label shows this long after the caret last moved.
-const LABEL_MS: f64 = 3_000.0;
 /// At most this many boxes are drawn for one selection.
 const MAX_BOXES: u32 = 400;
 
@@ -26,7 +22,7 @@ pub struct Carets {
     layer: HtmlElement,
     peers: RefCell<Vec<Peer>>,
     /// Each peer's last head and when it last moved (for the name label).
-    moved: RefCell<HashMap<u64, (Option<Value>, f64)>>,
+    moved: RefCell<CaretMoves>,
     label_timer: RefCell<Option<Timer>>,
     frame_pending: Cell<bool>,
     this: Weak<Carets>,
@@ -43,7 +39,7 @@ impl Carets {
             editor: Rc::downgrade(editor),
             layer,
             peers: RefCell::new(Vec::new()),
-            moved: RefCell::new(HashMap::new()),
+            moved: RefCell::new(CaretMoves::default()),
             label_timer: RefCell::new(None),
             frame_pending: Cell::new(false),
             this: this.clone(),
@@ -52,16 +48,7 @@ impl Carets {
 
     pub fn set_peers(&self, peers: Vec<Peer>) {
         let now = js_sys::Date::now();
-        {
-            let mut moved = self.moved.borrow_mut();
-            moved.retain(|client, _| peers.iter().any(|p| p.client == *client));
-            for peer in &peers {
-                let entry = moved.entry(peer.client).or_insert((None, now));
-                if entry.0 != peer.head {
-                    *entry = (peer.head.clone(), now);
-                }
-            }
-        }
+        self.moved.borrow_mut().update(&peers, now);
         *self.peers.borrow_mut() = peers;
         self.schedule();
     }
@@ -95,10 +82,9 @@ impl Carets {
             let Some((a, h)) = editor.resolve_cursor(anchor, head) else {
                 continue;
             };
-            let moved_at = self.moved.borrow().get(&peer.client).map_or(0.0, |m| m.1);
-            let labelled = now - moved_at < LABEL_MS;
-            if labelled {
-                let fade = moved_at + LABEL_MS;
+            let label_until = self.moved.borrow().label_until(peer.client, now);
+            let labelled = label_until.is_some();
+            if let Some(fade) = label_until {
                 next_fade = Some(next_fade.map_or(fade, |f: f64| f.min(fade)));
             }
             let Ok(range) = document().create_range() else {

@@ -13,7 +13,6 @@
 //! per animation frame.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 
 use js_sys::JsString;
@@ -25,13 +24,10 @@ use yrs::{Doc, Text, TextRef, Transact};
 use crate::browser::document;
 use crate::diff::Splice;
 use crate::plain::{TEXT_NAME, TextChange, resolve_sticky};
-use crate::presence::Peer;
-use serde_json::Value;
+use crate::presence::{CaretMoves, Peer};
 
 /// Paragraphs drawn around the viewport when a selection spans many.
 const VIEW_MARGIN_PX: f64 = 400.0;
-/// A caret's name label shows this long after the caret last moved.
-const LABEL_MS: f64 = 3_000.0;
 
 pub struct Overlay {
     doc: Doc,
@@ -47,7 +43,7 @@ pub struct Overlay {
     stale: Cell<bool>,
     peers: RefCell<Vec<Peer>>,
     /// Each peer's last head and when it last moved (for the name label).
-    moved: RefCell<HashMap<u64, (Option<Value>, f64)>>,
+    moved: RefCell<CaretMoves>,
     label_timer: RefCell<Option<crate::browser::Timer>>,
     frame_pending: Cell<bool>,
     this: RefCell<Weak<Overlay>>,
@@ -102,7 +98,7 @@ impl Overlay {
             starts: RefCell::new(Vec::new()),
             stale: Cell::new(true),
             peers: RefCell::new(Vec::new()),
-            moved: RefCell::new(HashMap::new()),
+            moved: RefCell::new(CaretMoves::default()),
             label_timer: RefCell::new(None),
             frame_pending: Cell::new(false),
             this: RefCell::new(Weak::new()),
@@ -113,16 +109,7 @@ impl Overlay {
 
     pub fn set_peers(&self, peers: Vec<Peer>) {
         let now = js_sys::Date::now();
-        {
-            let mut moved = self.moved.borrow_mut();
-            moved.retain(|client, _| peers.iter().any(|p| p.client == *client));
-            for peer in &peers {
-                let entry = moved.entry(peer.client).or_insert((None, now));
-                if entry.0 != peer.head {
-                    *entry = (peer.head.clone(), now);
-                }
-            }
-        }
+        self.moved.borrow_mut().update(&peers, now);
         *self.peers.borrow_mut() = peers;
         self.schedule();
     }
@@ -324,10 +311,9 @@ impl Overlay {
         let now = js_sys::Date::now();
         let mut next_fade: Option<f64> = None;
         for peer in peers.iter() {
-            let moved_at = self.moved.borrow().get(&peer.client).map_or(0.0, |m| m.1);
-            let labelled = now - moved_at < LABEL_MS;
-            if labelled {
-                let fade = moved_at + LABEL_MS;
+            let label_until = self.moved.borrow().label_until(peer.client, now);
+            let labelled = label_until.is_some();
+            if let Some(fade) = label_until {
                 next_fade = Some(next_fade.map_or(fade, |f: f64| f.min(fade)));
             }
             let Some(head) = peer.head.as_ref().and_then(|h| resolve_sticky(h, &txn)) else {

@@ -4,6 +4,8 @@
 //! convention), where anchor and head are Yjs relative positions as JSON,
 //! as y-prosemirror and y-codemirror write them (see [`crate::relpos`]).
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -170,5 +172,34 @@ mod tests {
         assert_eq!(v["cursor"]["head"]["tname"], "default");
         let v: Value = serde_json::from_str(&user.awareness(None)).unwrap();
         assert!(v["cursor"].is_null());
+    }
+}
+
+/// A remote caret's name label shows this long after the caret last moved.
+pub const LABEL_MS: f64 = 3_000.0;
+
+/// When each peer's caret last moved, for the name labels that fade after
+/// [`LABEL_MS`]; both editors' caret layers keep one.
+#[derive(Default)]
+pub struct CaretMoves(HashMap<u64, (Option<Value>, f64)>);
+
+impl CaretMoves {
+    /// Takes the peers' new carets at `now`: forgets peers that left and
+    /// restarts the label of every caret whose head moved.
+    pub fn update(&mut self, peers: &[Peer], now: f64) {
+        self.0
+            .retain(|client, _| peers.iter().any(|p| p.client == *client));
+        for peer in peers {
+            let entry = self.0.entry(peer.client).or_insert((None, now));
+            if entry.0 != peer.head {
+                *entry = (peer.head.clone(), now);
+            }
+        }
+    }
+
+    /// When `client`'s label stops showing, if it shows at `now`.
+    pub fn label_until(&self, client: u64, now: f64) -> Option<f64> {
+        let moved_at = self.0.get(&client).map_or(0.0, |m| m.1);
+        (now - moved_at < LABEL_MS).then_some(moved_at + LABEL_MS)
     }
 }
