@@ -41,6 +41,8 @@ pub enum AppError {
     Unavailable(String),
     /// A bounded resource is in use; 503 with `Retry-After`.
     Busy(String),
+    /// The request (its body) did not arrive in time; 408.
+    Timeout(String),
     /// Anything else; the detail is logged, not returned.
     Internal(String),
 }
@@ -68,6 +70,7 @@ impl IntoResponse for AppError {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m.as_str())
             }
             AppError::Busy(m) => (StatusCode::SERVICE_UNAVAILABLE, "busy", m.as_str()),
+            AppError::Timeout(m) => (StatusCode::REQUEST_TIMEOUT, "timeout", m.as_str()),
             AppError::Internal(detail) => {
                 error!(%detail, "internal error");
                 (

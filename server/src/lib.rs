@@ -40,6 +40,7 @@ pub mod items {
 pub mod limits;
 pub mod metrics;
 pub mod outbox;
+pub mod request_body;
 pub mod room;
 pub mod room_core;
 pub mod rooms;
@@ -157,6 +158,10 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(api::metrics))
         .merge(web::routes(state.config.static_dir.as_deref()))
         .layer(DefaultBodyLimit::max(state.config.max_message_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_body::read_in_time,
+        ))
         .layer(CompressionLayer::new())
         .layer(middleware::from_fn_with_state(state.clone(), check_host))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
