@@ -288,9 +288,20 @@ pub async fn export(
             "unknown format {asked:?}; use yjs, text, json, markdown (md) or html"
         )));
     };
-    let state_update = match state.rooms.get(&name) {
+    let title = name.to_string();
+    let body = match state.rooms.get(&name) {
         // A live room has the freshest state, pending parts included.
-        Some(room) => room.snapshot().await?,
+        Some(room) => {
+            let state_update = room.snapshot().await?;
+            tokio::task::spawn_blocking(move || {
+                let body = snapshot::render_titled(state_update, format, &title);
+                import::release_freed_memory_after(body.as_ref().map_or(0, Vec::len));
+                body
+            })
+            .await
+            .map_err(|e| AppError::Internal(e.to_string()))?
+            .map_err(|e| AppError::Internal(e.to_string()))?
+        }
         None => {
             // Each rebuilds a whole document: only so many at once.
             let Ok(_permit) = state.cold_exports.clone().try_acquire_owned() else {
@@ -304,23 +315,22 @@ pub async fn export(
             let Some(stored) = stored else {
                 return Err(AppError::NotFound(format!("no document named {name:?}")));
             };
+            // One thread builds the document and renders it: one copy, and
+            // what it frees stays in one allocator arena.
             tokio::task::spawn_blocking(move || {
-                Document::from_updates(stored.updates.iter().map(Vec::as_slice))
-                    .and_then(|d| d.encode_state())
+                let body = Document::from_updates(stored.updates.iter().map(Vec::as_slice))
+                    .and_then(|document| snapshot::render_document(&document, format, &title));
+                drop(stored);
+                import::release_freed_memory_after(body.as_ref().map_or(0, Vec::len));
+                body
             })
             .await
             .map_err(|e| AppError::Internal(e.to_string()))?
             .map_err(|e| {
-                AppError::Internal(format!("stored document {name} does not merge: {e}"))
+                AppError::Internal(format!("stored document {name} does not render: {e}"))
             })?
         }
     };
-    let title = name.to_string();
-    let body =
-        tokio::task::spawn_blocking(move || snapshot::render_titled(state_update, format, &title))
-            .await
-            .map_err(|e| AppError::Internal(e.to_string()))?
-            .map_err(|e| AppError::Internal(e.to_string()))?;
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -407,18 +417,27 @@ async fn import_into(
             .rooms
             .with_room(name, |room| async move { room.snapshot().await })
             .await?;
-        tokio::task::spawn_blocking(move || import::to_update(Some(&current), format, &body))
-            .await
-            .map_err(|e| AppError::Internal(e.to_string()))??
-            .into()
+        tokio::task::spawn_blocking(move || {
+            let update = import::to_update(Some(&current), format, &body);
+            import::release_freed_memory_after(body.len());
+            update
+        })
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))??
+        .into()
     };
-    Ok(state
+    let size = update.len();
+    let changed = state
         .rooms
         .with_room(name, |room| {
             let update = update.clone();
             async move { room.import(update).await }
         })
-        .await?)
+        .await;
+    drop(update);
+    // What the room's apply freed (the decoded update, its delta).
+    tokio::task::spawn_blocking(move || import::release_freed_memory_after(size));
+    Ok(changed?)
 }
 
 /// Names being created by `POST /api/docs` right now: a name is claimed

@@ -15,7 +15,10 @@
 //! (`markdown::blocks`); each block is kept only in a compact JSON form
 //! until all are written, last first at one index (yrs walks a parent's
 //! children from the start for every insert, so appending in order would
-//! be quadratic). The replica is dropped before the update goes to the room.
+//! be quadratic). The replica is dropped before the update goes to the room,
+//! and [`release_freed_memory_after`] hands what it used back to the system:
+//! glibc keeps freed memory in the arena of the thread that freed it (here
+//! a blocking thread), where the room's worker thread would never reuse it.
 
 use std::str::FromStr;
 
@@ -140,6 +143,23 @@ pub fn to_update(
     }
     let update = doc.transact().encode_state_as_update_v1(&before);
     Ok(update)
+}
+
+/// Work on this many bytes or more is big enough to trim after.
+const BIG_BYTES: usize = 1024 * 1024;
+
+/// After work on `bytes` (an import, an export), returns the memory it
+/// freed to the system (glibc's `malloc_trim`; elsewhere nothing), when
+/// it was big enough to matter.
+pub fn release_freed_memory_after(bytes: usize) {
+    if bytes < BIG_BYTES {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free pages of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Appends `addition` to `content`, on a line of its own.

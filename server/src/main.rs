@@ -396,7 +396,7 @@ fn export(data: PathBuf, doc: &str, format: Format, out: Option<PathBuf>) -> any
     let Some(document) = load(store.as_ref(), &doc)? else {
         bail!("no document named {doc:?}");
     };
-    let bytes = snapshot::render_titled(document.encode_state()?, format, doc.as_str())?;
+    let bytes = snapshot::render_document(&document, format, doc.as_str())?;
     match out {
         Some(path) => std::fs::write(&path, &bytes)
             .with_context(|| format!("cannot write {}", path.display()))?,

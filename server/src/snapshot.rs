@@ -86,7 +86,19 @@ pub fn render_titled(
     if format == Format::Yjs {
         return Ok(state);
     }
-    let document = Document::from_updates([state.as_slice()])?;
+    render_document(&Document::from_updates([state.as_slice()])?, format, title)
+}
+
+/// Renders a document already in memory (a cold export, `quire export`):
+/// no second copy is built.
+pub fn render_document(
+    document: &Document,
+    format: Format,
+    title: &str,
+) -> Result<Vec<u8>, DocumentError> {
+    if format == Format::Yjs {
+        return document.encode_state();
+    }
     let doc = document.doc();
     let txn = doc.transact();
     Ok(match format {
