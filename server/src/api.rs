@@ -512,7 +512,13 @@ pub async fn create(
     let stored = blocking(&state.store, move |store| store.info(&doc))
         .await?
         .is_some();
-    if stored || state.rooms.get(&name).is_some() {
+    // Live: open in an editor (a room left by a refused import, with no
+    // one in it and nothing stored, does not count).
+    let live = state
+        .rooms
+        .get(&name)
+        .is_some_and(|room| room.members() > 0);
+    if stored || live {
         return Err(taken());
     }
     import_into(&state, &name, format, body).await?;

@@ -20,8 +20,6 @@
 //! glibc keeps freed memory in the arena of the thread that freed it (here
 //! a blocking thread), where the room's worker thread would never reuse it.
 
-use std::str::FromStr;
-
 use quire_protocol::rich::json::{self, Node};
 use quire_protocol::rich::text::paragraphs;
 use quire_protocol::rich::{FRAGMENT, LEGACY_TEXT, Model, html, markdown, model, node_text};
@@ -88,14 +86,6 @@ impl ImportFormat {
             "yjs" => ImportFormat::Yjs,
             _ => return None,
         })
-    }
-}
-
-impl FromStr for ImportFormat {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        <Self as clap::ValueEnum>::from_str(s, true)
     }
 }
 

@@ -361,6 +361,22 @@ async fn post_creates_a_document_once() {
         409
     );
 
+    // A refused create leaves the name free.
+    let garbage = post(
+        &server,
+        "?name=retry",
+        "application/octet-stream",
+        b"\x01\x02no",
+    )
+    .await;
+    assert_eq!(garbage.status, 400);
+    assert_eq!(
+        post(&server, "?name=retry", "text/plain", b"x")
+            .await
+            .status,
+        201
+    );
+
     let nameless = post(&server, "", "text/plain", b"x").await;
     assert_eq!(nameless.status, 400);
     assert_eq!(nameless.json()["error"]["code"], "bad_request");
