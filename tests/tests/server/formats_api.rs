@@ -558,3 +558,40 @@ async fn the_cli_exports_and_imports_every_format_on_a_data_folder() {
     assert!(markdown.starts_with(SAMPLE), "{markdown}");
     assert_eq!(to_markdown(&from_markdown(&markdown)), markdown);
 }
+
+#[tokio::test]
+async fn what_imports_write_tiptap_reads_as_valid_starter_kit_content() {
+    let server = TestServer::start().await;
+    let html = "<h3>From HTML</h3><ul><li>item<ol start=\"2\"><li><p>inner</p></li></ol></li>stray</ul>\
+                <blockquote>q<pre><code class=\"language-js\">x()</code></pre></blockquote>\
+                <p><a href=\"https://a.example/\"><b>bold link</b></a><br><u>u</u><s>s</s><code>c</code></p>";
+    for (content_type, body) in [
+        ("text/markdown", SAMPLE.as_bytes()),
+        ("text/html", html.as_bytes()),
+        ("text/plain", b"one\n\nthree".as_slice()),
+    ] {
+        let response = put(&server, "tiptap", content_type, body).await;
+        assert_eq!(response.status, 200, "{content_type}: {}", response.text());
+    }
+    // The npm scenario reads the fragment with y-prosemirror and checks it
+    // with `schema.nodeFromJSON(json).check()` (StarterKit 3.x).
+    let read = quire_tests::browser::rich_scenario(
+        &format!("ws://{}/ws", server.addr),
+        "read",
+        "tiptap",
+        "",
+    )
+    .await;
+    let ours = stored_fragment(&stored(&server, "tiptap").await);
+    let theirs: Node = serde_json::from_value(read["json"].clone()).unwrap();
+    assert_eq!(theirs.content.len(), ours.content.len());
+    assert_eq!(
+        plain_text_of(&theirs),
+        plain_text_of(&ours),
+        "Tiptap reads the same text"
+    );
+}
+
+fn plain_text_of(doc: &Node) -> String {
+    quire_protocol::rich::node_text(doc)
+}
