@@ -198,7 +198,7 @@ fn inline(nodes: &[Node], out: &mut String) {
 }
 
 /// Escapes text for element content and quoted attribute values.
-fn escape_into(text: &str, out: &mut String) {
+pub fn escape_into(text: &str, out: &mut String) {
     for c in text.chars() {
         match c {
             '&' => out.push_str("&amp;"),
