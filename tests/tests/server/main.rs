@@ -13,5 +13,6 @@ mod faults;
 mod outbound;
 mod persistence;
 mod rich_compat;
+mod stock_clients;
 mod sync;
 mod update_walk;
