@@ -94,6 +94,9 @@ pub struct AppState {
     pub cold_exports: Arc<tokio::sync::Semaphore>,
     /// The other nodes of a cluster (readiness: `is_ready`).
     pub fanout: Arc<dyn Fanout>,
+    /// Set once the node was ready (`/healthz`, see `api::healthz`): its
+    /// fan-out reader connected and its store confirming writes.
+    pub has_been_ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {
@@ -115,6 +118,7 @@ impl AppState {
                 fanout.clone(),
             ),
             fanout,
+            has_been_ready: Arc::default(),
             admission: limits::Admission::new(
                 config.max_connections,
                 config.max_connections_per_ip,
