@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::services::{Haproxy, Postgres, QuireNode, Redis, Result};
+use crate::services::{Haproxy, Postgres, QuireNode, Redis, Result, postgres_can_use};
 
 /// Nodes in a cluster (the number `server/haproxy.cfg` names).
 pub const NODES: usize = 3;
@@ -29,7 +29,7 @@ impl Cluster {
     /// second start finds the documents again). Each node also gets
     /// `node_args`.
     pub fn start_in(quire: &Path, dir: &Path, node_args: &[&str]) -> Result<Self> {
-        let postgres = Postgres::start_in(dir.join("postgres"))?;
+        let postgres = Postgres::start_in(Self::postgres_dir(dir))?;
         let redis = Redis::start_in(dir.join("redis"))?;
         let mut args: Vec<String> = [
             "--database-url",
@@ -65,7 +65,11 @@ impl Cluster {
     /// The folders and addresses, for people.
     pub fn describe(&self) -> String {
         let mut lines = vec![
-            format!("PostgreSQL  {}", self.postgres.url()),
+            format!(
+                "PostgreSQL  {} (data in {})",
+                self.postgres.url(),
+                self.postgres.dir().display()
+            ),
             format!("Redis       {}", self.redis.url()),
         ];
         for (n, node) in self.nodes.iter().enumerate() {
@@ -75,8 +79,20 @@ impl Cluster {
         lines.join("\n")
     }
 
-    /// The data folder of the cluster under `target` (a target dir).
-    pub fn default_dir(target: &Path) -> PathBuf {
-        target.join("quire-cluster")
+    /// PostgreSQL's folder: `dir/postgres`, unless the `postgres` account
+    /// cannot reach it (a target dir under `/root`, which is 0700, when
+    /// running as root); then a folder of the same name under the temporary
+    /// folder, kept too.
+    pub fn postgres_dir(dir: &Path) -> PathBuf {
+        let wanted = dir.join("postgres");
+        if postgres_can_use(&wanted) {
+            return wanted;
+        }
+        let name: String = dir
+            .to_string_lossy()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        std::env::temp_dir().join(format!("quire-postgres{name}"))
     }
 }

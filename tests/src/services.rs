@@ -331,6 +331,26 @@ fn port_open(port: u16) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
 
+/// The first folder above `path` that the account `uid` may not enter
+/// (neither its own nor open to others), with its mode.
+fn closed_ancestor(path: &Path, uid: u32) -> Option<(PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    path.ancestors().skip(1).find_map(|ancestor| {
+        let meta = fs::metadata(ancestor).ok()?;
+        (meta.uid() != uid && meta.mode() & 0o001 == 0)
+            .then(|| (ancestor.to_owned(), meta.mode() & 0o7777))
+    })
+}
+
+/// Whether PostgreSQL can keep its data in `dir`: as root it runs as the
+/// `postgres` account, which must be able to walk down to it.
+pub fn postgres_can_use(dir: &Path) -> bool {
+    if !is_root() {
+        return true;
+    }
+    postgres_account().is_ok_and(|(uid, _)| closed_ancestor(dir, uid).is_none())
+}
+
 /// Uid and gid of the `postgres` account (initdb refuses to run as root).
 fn postgres_account() -> Result<(u32, u32)> {
     let id = |flag: &str| -> Result<u32> {
@@ -719,25 +739,18 @@ impl Postgres {
     /// The `postgres` account must be able to walk down to the folder:
     /// under a private home (`/root` is 0700) it cannot, so say so.
     fn reachable_by_account(&self) -> Result<()> {
-        use std::os::unix::fs::MetadataExt;
         let Some((uid, _)) = self.account else {
             return Ok(());
         };
-        for ancestor in self.dir.path.ancestors().skip(1) {
-            let Ok(meta) = fs::metadata(ancestor) else {
-                continue;
-            };
-            if meta.uid() != uid && meta.mode() & 0o001 == 0 {
-                return fail(format!(
-                    "PostgreSQL runs as the postgres account, which cannot enter {} \
-                     (mode {:o}); put the data folder elsewhere (e.g. under /tmp) or \
-                     `chmod o+x` that folder",
-                    ancestor.display(),
-                    meta.mode() & 0o7777
-                ));
-            }
+        match closed_ancestor(&self.dir.path, uid) {
+            None => Ok(()),
+            Some((ancestor, mode)) => fail(format!(
+                "PostgreSQL runs as the postgres account, which cannot enter {} \
+                 (mode {mode:o}); put the data folder elsewhere (e.g. under /tmp) or \
+                 `chmod o+x` that folder",
+                ancestor.display(),
+            )),
         }
-        Ok(())
     }
 
     fn as_account(&self, command: &mut Command) {
