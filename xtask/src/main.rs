@@ -174,6 +174,7 @@ fn test(cargo_test_args: &[OsString]) -> Result<(), Failure> {
         "cargo xtask cluster --for 5s (debug build, own folder)",
         || {
             let dir = web::target_dir().join("quire-cluster-test");
+            let _ = std::fs::remove_dir_all(cluster::Cluster::postgres_dir(&dir));
             let _ = std::fs::remove_dir_all(&dir);
             let quire = web::target_dir().join("debug").join("quire");
             cluster_command::run_cluster(&quire, &dir, &dist, Some(Duration::from_secs(5)))
