@@ -146,7 +146,9 @@ impl From<ImportError> for AppError {
     fn from(err: ImportError) -> Self {
         match err {
             ImportError::UnsupportedType(_) => AppError::UnsupportedType(err.to_string()),
-            ImportError::NotUtf8(_) => AppError::BadRequest(err.to_string()),
+            ImportError::NotUtf8(_) | ImportError::TooDeep(_) => {
+                AppError::BadRequest(err.to_string())
+            }
             ImportError::BadState(_) => AppError::Internal(err.to_string()),
         }
     }

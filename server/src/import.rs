@@ -51,6 +51,8 @@ pub enum ImportError {
     NotUtf8(std::str::Utf8Error),
     #[error("the document's state does not decode: {0}")]
     BadState(String),
+    #[error(transparent)]
+    TooDeep(#[from] quire_protocol::rich::html::TooDeep),
 }
 
 impl ImportFormat {
@@ -101,6 +103,9 @@ pub fn to_update(
         return Ok(file.to_vec());
     }
     let text = std::str::from_utf8(file).map_err(ImportError::NotUtf8)?;
+    if format == ImportFormat::Html {
+        html::check_depth(text)?;
+    }
     // A fresh client id: this import is an author of its own.
     let doc = Doc::new();
     if let Some(state) = state {

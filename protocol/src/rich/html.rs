@@ -212,15 +212,18 @@ pub fn escape_into(text: &str, out: &mut String) {
 }
 
 #[cfg(feature = "import")]
-pub use import::from_html;
+pub use import::{TooDeep, check_depth, from_html};
 
 #[cfg(feature = "import")]
 mod import {
     use std::collections::{HashMap, HashSet};
 
     use html5ever::tendril::TendrilSink;
+    use html5ever::tokenizer::{
+        BufferQueue, TagKind, Token, TokenSink, TokenSinkResult, Tokenizer, TokenizerOpts,
+    };
     use html5ever::{LocalName, QualName, local_name, ns, parse_fragment};
-    use markup5ever_rcdom::{Handle, NodeData, RcDom};
+    use markup5ever_rcdom::{Handle, Node as RcNode, NodeData, RcDom};
     use serde_json::Value;
 
     use super::super::json::{Mark, Node};
@@ -306,12 +309,121 @@ mod import {
             false,
         )
         .one(clean);
+        cut_at_depth(&dom.document);
         let mut walker = Walker::default();
         walker.children(&dom.document, &[]);
         walker.flush();
         let mut doc = Node::doc(walker.blocks);
+        normalise::cap_depth(&mut doc);
         normalise::settle(&mut doc);
         doc
+    }
+
+    /// How deep the walk below goes into the DOM (it recurses per level):
+    /// an element this deep keeps only its text. Twice the readers' block
+    /// depth ([`normalise::MAX_DEPTH`]), as inline elements and containers
+    /// (`div`, tables) take levels without nesting blocks.
+    const MAX_DOM_DEPTH: usize = 2 * normalise::MAX_DEPTH;
+
+    /// Replaces the children of every element [`MAX_DOM_DEPTH`] deep by
+    /// one text node holding their text. Without a stack of its own: the
+    /// DOM may be as deep as the file is long.
+    fn cut_at_depth(root: &Handle) {
+        let mut pending = vec![(root.clone(), 0usize)];
+        while let Some((handle, depth)) = pending.pop() {
+            if depth < MAX_DOM_DEPTH {
+                let children = handle.children.borrow();
+                pending.extend(children.iter().map(|c| (c.clone(), depth + 1)));
+                continue;
+            }
+            let mut text = String::new();
+            let mut inside: Vec<Handle> = handle.children.borrow().iter().rev().cloned().collect();
+            while let Some(node) = inside.pop() {
+                if let NodeData::Text { contents } = &node.data {
+                    text.push_str(&contents.borrow());
+                }
+                inside.extend(node.children.borrow().iter().rev().cloned());
+            }
+            let flat = RcNode::new(NodeData::Text {
+                contents: std::cell::RefCell::new(text.into()),
+            });
+            // (rcdom drops the subtree it replaces without recursing.)
+            *handle.children.borrow_mut() = vec![flat];
+        }
+    }
+
+    /// How deep [`check_depth`] lets a file nest its elements.
+    pub const MAX_FILE_DEPTH: usize = 4 * MAX_DOM_DEPTH;
+
+    /// A file that nests its elements past [`MAX_FILE_DEPTH`].
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    #[error("the HTML nests elements more than {MAX_FILE_DEPTH} deep")]
+    pub struct TooDeep;
+
+    /// Refuses HTML that nests elements past [`MAX_FILE_DEPTH`], before
+    /// [`from_html`] parses it: html5ever's tree builder looks through the
+    /// open elements at every tag, so a file of nested `<div>`s costs time
+    /// in the square of its length (20,000 of them, 220 KB: 2 s; a 32 MiB
+    /// upload: hours). html5ever's tokenizer, which is linear, reads the
+    /// tags; elements without content (`<br>`) or whose end tag the parser
+    /// supplies itself (`<p>`, `<li>`, `<td>` …) are not counted as
+    /// nesting, an end tag closes the latest open element of its name.
+    pub fn check_depth(src: &str) -> Result<(), TooDeep> {
+        let sink = DepthSink::default();
+        let tokenizer = Tokenizer::new(sink, TokenizerOpts::default());
+        let input = BufferQueue::default();
+        input.push_back(src.into());
+        let _ = tokenizer.feed(&input);
+        tokenizer.end();
+        if tokenizer.sink.too_deep.get() {
+            return Err(TooDeep);
+        }
+        Ok(())
+    }
+
+    #[derive(Default)]
+    struct DepthSink {
+        /// Elements open now, outermost first (as far as tags tell).
+        open: std::cell::RefCell<Vec<LocalName>>,
+        /// Set once `open` passed the limit; nothing is tracked after.
+        too_deep: std::cell::Cell<bool>,
+    }
+
+    /// Elements that hold nothing, or that the parser closes by itself
+    /// when a sibling starts: they do not make a file deeper.
+    const FLAT: &[&str] = &[
+        "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+        "track", "wbr", "param", "keygen", "p", "li", "dt", "dd", "option", "optgroup", "tr", "td",
+        "th", "thead", "tbody", "tfoot", "rb", "rt", "rp", "rtc", "colgroup", "caption", "html",
+        "head", "body",
+    ];
+
+    impl TokenSink for DepthSink {
+        type Handle = ();
+
+        fn process_token(&self, token: Token, _line: u64) -> TokenSinkResult<()> {
+            if self.too_deep.get() {
+                return TokenSinkResult::Continue;
+            }
+            if let Token::TagToken(tag) = token {
+                let mut open = self.open.borrow_mut();
+                match tag.kind {
+                    TagKind::StartTag if !tag.self_closing && !FLAT.contains(&&*tag.name) => {
+                        open.push(tag.name);
+                        if open.len() > MAX_FILE_DEPTH {
+                            self.too_deep.set(true);
+                        }
+                    }
+                    TagKind::EndTag => {
+                        if let Some(at) = open.iter().rposition(|name| *name == tag.name) {
+                            open.truncate(at);
+                        }
+                    }
+                    TagKind::StartTag => {}
+                }
+            }
+            TokenSinkResult::Continue
+        }
     }
 
     /// The allowlist pass (ammonia, which parses with html5ever itself).
@@ -755,6 +867,66 @@ mod tests {
                 from_html("<script>x</script>"),
                 Node::doc(vec![Node::paragraph(vec![])])
             );
+        }
+
+        /// Found in review (with Markdown's `>`): 50,000 nested elements
+        /// made the walk, and everything that walks the blocks it builds,
+        /// overflow the stack and abort the server. Now the DOM is cut at
+        /// `MAX_DOM_DEPTH` and blocks nest at most `MAX_DEPTH`, text kept.
+        #[test]
+        fn deeply_nested_html_stops_at_the_depth_limit() {
+            for (open, close) in [
+                ("<div>", "</div>"),
+                ("<blockquote>", "</blockquote>"),
+                ("<b>", "</b>"),
+                ("<ul><li>", "</li></ul>"),
+                ("<span><blockquote>", "</blockquote></span>"),
+            ] {
+                // Past MAX_FILE_DEPTH: refused before the (quadratic) parse.
+                let deep = format!("{}deep{}", open.repeat(50_000), close.repeat(50_000));
+                let started = std::time::Instant::now();
+                let checked = check_depth(&deep);
+                assert!(started.elapsed() < std::time::Duration::from_secs(5));
+                assert_eq!(checked, Err(TooDeep), "{open}");
+                // Within it, read with the DOM cut and the blocks capped.
+                let html = format!("{}deep{}", open.repeat(2_000), close.repeat(2_000));
+                std::thread::Builder::new()
+                    .stack_size(2 << 20)
+                    .spawn(move || {
+                        let doc = from_html(&html);
+                        doc.check().unwrap();
+                        assert!(
+                            depth(&doc) <= normalise::MAX_DEPTH + 4,
+                            "{open}: {}",
+                            depth(&doc)
+                        );
+                        for block in &doc.content {
+                            let json = serde_json::to_vec(block).unwrap();
+                            serde_json::from_slice::<Node>(&json)
+                                .expect("serde_json reads it back");
+                        }
+                        assert!(doc.text_content().contains("deep"), "{open}");
+                        to_html(&doc, "t");
+                    })
+                    .unwrap()
+                    .join()
+                    .unwrap_or_else(|_| panic!("{open} overflowed"));
+            }
+        }
+
+        #[test]
+        fn long_flat_files_are_not_taken_for_deep_ones() {
+            let unclosed = "<p>para <li>item <td>cell <br><img src=x><hr>".repeat(20_000);
+            assert_eq!(check_depth(&unclosed), Ok(()));
+            let stray_ends = "<div>x</div></span></b>".repeat(20_000);
+            assert_eq!(check_depth(&stray_ends), Ok(()));
+            // An end tag that matches nothing closes nothing.
+            let unmatched = "<div></x>".repeat(super::super::import::MAX_FILE_DEPTH + 1);
+            assert_eq!(check_depth(&unmatched), Err(TooDeep));
+        }
+
+        fn depth(node: &Node) -> usize {
+            1 + node.content.iter().map(depth).max().unwrap_or(0)
         }
     }
 }

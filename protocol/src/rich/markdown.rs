@@ -625,6 +625,10 @@ mod import {
         underline: usize,
         /// Inside a block of raw HTML (dropped).
         html_block: bool,
+        /// Blockquotes, lists and items opened past [`normalise::MAX_DEPTH`]
+        /// and not closed yet: not pushed, their content goes to the block
+        /// at the limit.
+        too_deep: usize,
         /// Finished top-level blocks.
         ready: VecDeque<Node>,
     }
@@ -652,6 +656,13 @@ mod import {
         }
 
         fn start(&mut self, tag: Tag<'_>) {
+            if matches!(tag, Tag::BlockQuote(_) | Tag::List(_) | Tag::Item)
+                && self.stack.len() >= normalise::MAX_DEPTH
+            {
+                self.close_implicit();
+                self.too_deep += 1;
+                return;
+            }
             let block = match tag {
                 Tag::Paragraph => Node::paragraph(Vec::new()),
                 Tag::Heading { level, .. } => Node::heading(level as i64, Vec::new()),
@@ -694,6 +705,12 @@ mod import {
 
         fn end(&mut self, tag: TagEnd) {
             match tag {
+                // Events nest, so while any is open past the limit, the
+                // containers that end are those.
+                TagEnd::BlockQuote(_) | TagEnd::List(_) | TagEnd::Item if self.too_deep > 0 => {
+                    self.close_implicit();
+                    self.too_deep -= 1;
+                }
                 TagEnd::Paragraph
                 | TagEnd::Heading(_)
                 | TagEnd::BlockQuote(_)
@@ -980,5 +997,57 @@ mod tests {
             assert!(!json.contains("javascript"), "{json}");
             assert_eq!(doc.text_content(), "text  a");
         }
+
+        /// Found in review: a 50 KB file of `>` nested 50,000 blockquotes;
+        /// checking, writing or dropping the tree overflowed the stack and
+        /// aborted the server. Now nesting stops at `MAX_DEPTH`, text kept.
+        #[test]
+        fn deeply_nested_markdown_stops_at_the_depth_limit() {
+            let deep_quote = format!("{} deep", ">".repeat(50_000));
+            let deep_list: String = (0..3_000)
+                .map(|i| format!("{}- x{i}\n", "  ".repeat(i)))
+                .collect();
+            let mixed: String = (0..20_000)
+                .map(|i| if i % 2 == 0 { "> " } else { "- " })
+                .collect::<String>()
+                + "end";
+            for src in [deep_quote, deep_list, mixed] {
+                on_a_small_stack(move || {
+                    let doc = from_markdown(&src);
+                    doc.check().unwrap();
+                    assert!(
+                        depth(&doc) <= crate::rich::normalise::MAX_DEPTH + 3,
+                        "{}",
+                        depth(&doc)
+                    );
+                    let text = doc.text_content();
+                    assert!(
+                        text.contains("deep") || text.contains("x2999") || text.contains("end"),
+                        "{text:.80}"
+                    );
+                    to_markdown(&doc);
+                    for block in &doc.content {
+                        let json = serde_json::to_vec(block).unwrap();
+                        serde_json::from_slice::<Node>(&json).expect("serde_json reads it back");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Runs `f` on a thread with a tokio worker's stack (2 MiB).
+    fn on_a_small_stack(f: impl FnOnce() + Send + 'static) {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    /// How deep `node` nests (itself 1; a doc, `MAX_DEPTH` containers, a
+    /// paragraph and its text: `MAX_DEPTH + 3`).
+    fn depth(node: &Node) -> usize {
+        1 + node.content.iter().map(depth).max().unwrap_or(0)
     }
 }

@@ -5,6 +5,56 @@
 use super::json::{Mark, Node};
 use super::schema::{MarkType, NodeType};
 
+/// How deep the readers nest blocks (blockquotes, lists, list items); what
+/// a file nests deeper lands, text and all, in the block at this depth.
+/// Everything that walks a [`Node`] (checking, writing into a document,
+/// rendering, dropping it) recurses, so a 50 KB Markdown file of `>` (or
+/// HTML of nested `<blockquote>`s) read as written, 50,000 deep, overflowed
+/// the thread's stack and aborted the server. Far deeper than any document
+/// a person writes, well inside the nesting a document may have
+/// (`update::MAX_NESTING`, 250 elements), and shallow enough that a block
+/// passes through serde_json (which refuses JSON nested past 128: each
+/// node takes two levels, its marks three more).
+pub const MAX_DEPTH: usize = 48;
+
+/// Flattens what nests past [`MAX_DEPTH`] containers: a blockquote, list
+/// or list item that deep becomes a paragraph of its text (then made valid
+/// where it stands). For readers that build the tree first (HTML); the
+/// tree is no deeper than what they read, so recursing here is safe.
+pub fn cap_depth(node: &mut Node) {
+    cap_below(node, 0);
+}
+
+fn cap_below(node: &mut Node, containers: usize) {
+    let mut changed = false;
+    for child in &mut node.content {
+        let container = matches!(
+            child.node_type(),
+            Some(
+                NodeType::Blockquote
+                    | NodeType::BulletList
+                    | NodeType::OrderedList
+                    | NodeType::ListItem
+            )
+        );
+        if container && containers >= MAX_DEPTH {
+            let text = child.text_content();
+            let content = if text.is_empty() {
+                Vec::new()
+            } else {
+                vec![Node::text(text, Vec::new())]
+            };
+            *child = Node::paragraph(content);
+            changed = true;
+        } else {
+            cap_below(child, containers + usize::from(container));
+        }
+    }
+    if changed {
+        settle(node);
+    }
+}
+
 /// Makes a finished block valid: a list item starts with a paragraph, a
 /// blockquote holds a block, a list holds only items (anything else is
 /// wrapped in one).

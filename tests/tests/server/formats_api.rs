@@ -595,3 +595,45 @@ async fn what_imports_write_tiptap_reads_as_valid_starter_kit_content() {
 fn plain_text_of(doc: &Node) -> String {
     quire_protocol::rich::node_text(doc)
 }
+
+/// Found in review: a 50 KB Markdown file of `>` (50,000 nested quotes)
+/// overflowed the stack of the thread converting it and aborted the whole
+/// server; nested HTML did the same, and before that cost time in the
+/// square of its length in the HTML parser. Now Markdown nests at most
+/// `MAX_DEPTH` blocks (the text kept), and HTML nested past its limit is
+/// refused (400) before it is parsed; the server goes on serving.
+#[tokio::test]
+async fn deeply_nested_imports_neither_crash_nor_stall_the_server() {
+    let server = TestServer::start().await;
+    let quotes = format!("{} deep", ">".repeat(50_000));
+    let response = put(&server, "quotes", "text/markdown", quotes.as_bytes()).await;
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    let text = http::get(server.addr, &path("quotes", "/snapshot?format=text")).await;
+    assert_eq!(String::from_utf8_lossy(&text.body), "deep");
+    let markdown = http::get(server.addr, &path("quotes", "/snapshot?format=markdown")).await;
+    assert_eq!(markdown.status, 200);
+    let html = format!("{}deep{}", "<div>".repeat(50_000), "</div>".repeat(50_000));
+    let started = std::time::Instant::now();
+    let response = put(&server, "divs", "text/html", html.as_bytes()).await;
+    assert_eq!(response.status, 400);
+    let error = response.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(error.contains("nests elements more than"), "{error}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "refused before the parse ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(http::get(server.addr, "/healthz").await.status, 200);
+    assert!(
+        !String::from_utf8_lossy(&http::get(server.addr, "/api/docs").await.body).contains("divs"),
+        "nothing stored for the refused file"
+    );
+}
