@@ -1,10 +1,12 @@
-//! The HTTP API: document list, snapshot export and import, deletion,
+//! The HTTP API: document list, snapshot export and import (Yjs, text,
+//! JSON, Markdown, HTML), creating a document from a file, deletion,
 //! health and metrics. Every error is a JSON body `{"error": {"code",
 //! "message"}}`, including what axum's extractors refuse (a body over the
 //! size limit, a path or query that does not parse); a 5xx never reveals
 //! internals (they go to the log).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -12,6 +14,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use quire_protocol::DocName;
 use quire_storage::{DocInfo, DocStore};
 use serde::{Deserialize, Serialize};
@@ -20,6 +23,7 @@ use tracing::error;
 use crate::AppState;
 use crate::auth::{self, AuthError, Claims, Permission};
 use crate::document::Document;
+use crate::import::{self, ImportError, ImportFormat};
 use crate::room::RoomError;
 use crate::snapshot::{self, Format};
 
@@ -37,10 +41,16 @@ pub enum AppError {
     NotFound(String),
     /// Over a size limit.
     TooLarge(String),
+    /// A name that is taken (`POST /api/docs`).
+    Conflict(String),
+    /// A body in a format the endpoint does not read.
+    UnsupportedType(String),
     /// Shutting down, or a document that cannot be loaded right now.
     Unavailable(String),
     /// A bounded resource is in use; 503 with `Retry-After`.
     Busy(String),
+    /// The request (its body) did not arrive in time; 408.
+    Timeout(String),
     /// Anything else; the detail is logged, not returned.
     Internal(String),
 }
@@ -64,10 +74,17 @@ impl IntoResponse for AppError {
             AppError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.as_str()),
             AppError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.as_str()),
             AppError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", m.as_str()),
+            AppError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.as_str()),
+            AppError::UnsupportedType(m) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                m.as_str(),
+            ),
             AppError::Unavailable(m) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m.as_str())
             }
             AppError::Busy(m) => (StatusCode::SERVICE_UNAVAILABLE, "busy", m.as_str()),
+            AppError::Timeout(m) => (StatusCode::REQUEST_TIMEOUT, "timeout", m.as_str()),
             AppError::Internal(detail) => {
                 error!(%detail, "internal error");
                 (
@@ -124,6 +141,16 @@ macro_rules! rejection_into_app_error {
 }
 
 rejection_into_app_error!(BytesRejection, PathRejection, QueryRejection);
+
+impl From<ImportError> for AppError {
+    fn from(err: ImportError) -> Self {
+        match err {
+            ImportError::UnsupportedType(_) => AppError::UnsupportedType(err.to_string()),
+            ImportError::NotUtf8(_) => AppError::BadRequest(err.to_string()),
+            ImportError::BadState(_) => AppError::Internal(err.to_string()),
+        }
+    }
+}
 
 impl From<AuthError> for AppError {
     fn from(err: AuthError) -> Self {
@@ -258,19 +285,26 @@ pub async fn export(
     let (Path(raw), Query(query)) = (path?, query?);
     let name = doc_name(&raw)?;
     authorize(&state, &headers, Some(&name), Permission::Read)?;
-    let format = match query.format.as_deref().unwrap_or("yjs") {
-        "yjs" => Format::Yjs,
-        "text" => Format::Text,
-        "json" => Format::Json,
-        other => {
-            return Err(AppError::BadRequest(format!(
-                "unknown format {other:?}; use yjs, text or json"
-            )));
-        }
+    let asked = query.format.as_deref().unwrap_or("yjs");
+    let Some(format) = Format::parse(asked) else {
+        return Err(AppError::BadRequest(format!(
+            "unknown format {asked:?}; use yjs, text, json, markdown (md) or html"
+        )));
     };
-    let state_update = match state.rooms.get(&name) {
+    let title = name.to_string();
+    let body = match state.rooms.get(&name) {
         // A live room has the freshest state, pending parts included.
-        Some(room) => room.snapshot().await?,
+        Some(room) => {
+            let state_update = room.snapshot().await?;
+            tokio::task::spawn_blocking(move || {
+                let body = snapshot::render_titled(state_update, format, &title);
+                import::release_freed_memory_after(body.as_ref().map_or(0, Vec::len));
+                body
+            })
+            .await
+            .map_err(|e| AppError::Internal(e.to_string()))?
+            .map_err(|e| AppError::Internal(e.to_string()))?
+        }
         None => {
             // Each rebuilds a whole document: only so many at once.
             let Ok(_permit) = state.cold_exports.clone().try_acquire_owned() else {
@@ -284,36 +318,57 @@ pub async fn export(
             let Some(stored) = stored else {
                 return Err(AppError::NotFound(format!("no document named {name:?}")));
             };
+            // One thread builds the document and renders it: one copy, and
+            // what it frees stays in one allocator arena.
             tokio::task::spawn_blocking(move || {
-                Document::from_updates(stored.updates.iter().map(Vec::as_slice))
-                    .and_then(|d| d.encode_state())
+                let body = Document::from_updates(stored.updates.iter().map(Vec::as_slice))
+                    .and_then(|document| snapshot::render_document(&document, format, &title));
+                drop(stored);
+                import::release_freed_memory_after(body.as_ref().map_or(0, Vec::len));
+                body
             })
             .await
             .map_err(|e| AppError::Internal(e.to_string()))?
             .map_err(|e| {
-                AppError::Internal(format!("stored document {name} does not merge: {e}"))
+                AppError::Internal(format!("stored document {name} does not render: {e}"))
             })?
         }
     };
-    let body = tokio::task::spawn_blocking(move || snapshot::render(state_update, format))
-        .await
-        .map_err(|e| AppError::Internal(e.to_string()))?
-        .map_err(|e| AppError::Internal(e.to_string()))?;
-    let disposition = format!(
-        "attachment; filename=\"{}.{}\"",
-        raw.replace(['"', '\\'], "_"),
-        format.extension()
-    );
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(format.content_type()),
     );
-    if let Ok(value) = HeaderValue::from_str(&disposition) {
+    if let Ok(value) = HeaderValue::from_str(&disposition(name.as_str(), format.extension())) {
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
     Ok(response)
+}
+
+/// Everything but RFC 3986's unreserved characters is percent-encoded.
+const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `Content-Disposition` for a download of `name` (RFC 6266): an ASCII
+/// `filename` for old clients (anything outside letters, digits, `-_. `
+/// becomes `_`) and the exact name as `filename*` (RFC 5987).
+pub fn disposition(name: &str, extension: &str) -> String {
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ' ') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let exact = utf8_percent_encode(name, NOT_UNRESERVED);
+    format!("attachment; filename=\"{ascii}.{extension}\"; filename*=UTF-8''{exact}.{extension}")
 }
 
 #[derive(Serialize)]
@@ -331,14 +386,157 @@ pub async fn import(
     let (Path(raw), body) = (path?, body?);
     let name = doc_name(&raw)?;
     authorize(&state, &headers, Some(&name), Permission::Write)?;
+    let format = body_format(&headers)?;
+    let changed = import_into(&state, &name, format, body).await?;
+    Ok(Json(ImportResult { changed }))
+}
+
+/// What the request's `Content-Type` says its body is (415 otherwise).
+fn body_format(headers: &HeaderMap) -> Result<ImportFormat, AppError> {
+    let content_type = match headers.get(header::CONTENT_TYPE) {
+        None => None,
+        Some(value) => Some(value.to_str().map_err(|_| {
+            AppError::UnsupportedType("the Content-Type header is not ASCII".into())
+        })?),
+    };
+    Ok(ImportFormat::from_content_type(content_type)?)
+}
+
+/// Merges `body` into the document through its room, answering once the
+/// change is durable. A Yjs update goes to the room as it is; any other
+/// format is converted into an update off the room's task (on a blocking
+/// thread, against a replica of the room's state: a big file never holds
+/// up the room or a worker other rooms need).
+async fn import_into(
+    state: &AppState,
+    name: &DocName,
+    format: ImportFormat,
+    body: Bytes,
+) -> Result<bool, AppError> {
+    let update = if format == ImportFormat::Yjs {
+        body
+    } else {
+        let current = state
+            .rooms
+            .with_room(name, |room| async move { room.snapshot().await })
+            .await?;
+        tokio::task::spawn_blocking(move || {
+            let update = import::to_update(Some(&current), format, &body);
+            import::release_freed_memory_after(body.len());
+            update
+        })
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))??
+        .into()
+    };
+    let size = update.len();
     let changed = state
         .rooms
-        .with_room(&name, |room| {
-            let body = body.clone();
-            async move { room.import(body).await }
+        .with_room(name, |room| {
+            let update = update.clone();
+            async move { room.import(update).await }
         })
-        .await?;
-    Ok(Json(ImportResult { changed }))
+        .await;
+    drop(update);
+    // What the room's apply freed (the decoded update, its delta).
+    tokio::task::spawn_blocking(move || import::release_freed_memory_after(size));
+    Ok(changed?)
+}
+
+/// Names being created by `POST /api/docs` right now: a name is claimed
+/// before the check that it is free and released when the request ends,
+/// so two requests for one name cannot both find it free.
+#[derive(Default)]
+pub struct Creating {
+    names: Mutex<HashSet<DocName>>,
+}
+
+/// A claim on a name; dropping it releases the name.
+pub struct Claim<'a> {
+    creating: &'a Creating,
+    name: DocName,
+}
+
+impl Creating {
+    fn claim(&self, name: &DocName) -> Option<Claim<'_>> {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        names.insert(name.clone()).then(|| Claim {
+            creating: self,
+            name: name.clone(),
+        })
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut names = self
+            .creating
+            .names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        names.remove(&self.name);
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CreateQuery {
+    name: Option<String>,
+}
+
+/// What `POST /api/docs` answers.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Created {
+    pub name: String,
+}
+
+/// `POST /api/docs?name=DOC`: a new document holding the body (in any
+/// format `PUT .../snapshot` takes); 409 if the name is taken, stored or
+/// live.
+pub async fn create(
+    State(state): State<AppState>,
+    query: Result<Query<CreateQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    let (Query(query), body) = (query?, body?);
+    let Some(raw) = query.name.filter(|n| !n.is_empty()) else {
+        return Err(AppError::BadRequest(
+            "name the new document: POST /api/docs?name=NAME".into(),
+        ));
+    };
+    let name = doc_name(&raw)?;
+    authorize(&state, &headers, Some(&name), Permission::Write)?;
+    let format = body_format(&headers)?;
+    let taken = || AppError::Conflict(format!("a document named {name:?} already exists"));
+    let Some(_claim) = state.creating.claim(&name) else {
+        return Err(taken());
+    };
+    let doc = name.to_string();
+    let stored = blocking(&state.store, move |store| store.info(&doc))
+        .await?
+        .is_some();
+    // Live: open in an editor (a room left by a refused import, with no
+    // one in it and nothing stored, does not count).
+    let live = state
+        .rooms
+        .get(&name)
+        .is_some_and(|room| room.members() > 0);
+    if stored || live {
+        return Err(taken());
+    }
+    import_into(&state, &name, format, body).await?;
+    let location = format!("/d/{}", utf8_percent_encode(name.as_str(), NOT_UNRESERVED));
+    let mut response = (
+        StatusCode::CREATED,
+        Json(Created {
+            name: name.to_string(),
+        }),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
 }
 
 pub async fn delete(

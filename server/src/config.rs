@@ -141,7 +141,8 @@ pub struct Config {
     #[arg(long, env = "QUIRE_AUTH_TIMEOUT", default_value = edge_defaults::AUTH_TIMEOUT, value_parser = humantime::parse_duration)]
     pub auth_timeout: Duration,
     /// How long one WebSocket message may take to arrive once it started
-    /// (4408 after), however alive the heartbeat keeps the link.
+    /// (4408 after), however alive the heartbeat keeps the link; also how
+    /// long an HTTP request body may take (408 after).
     #[arg(long, env = "QUIRE_MESSAGE_TIMEOUT", default_value = edge_defaults::MESSAGE_TIMEOUT, value_parser = humantime::parse_duration)]
     pub message_timeout: Duration,
     /// Host names this server answers to besides IP addresses and

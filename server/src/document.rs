@@ -311,9 +311,9 @@ impl Document {
 
     /// What a peer with state vector `sv` lacks (the payload of sync step 2).
     pub fn diff(&self, sv: &[u8]) -> Result<Vec<u8>, DocumentError> {
-        // Each entry takes at least two bytes (client, clock); yrs would
-        // reserve room for whatever count the first varint declares.
-        check_declared_count(sv, 2).map_err(DocumentError::InvalidStateVector)?;
+        // yrs would reserve room for whatever count the first varint
+        // declares, and asserts (debug builds) that client IDs fit 53 bits.
+        items::check_state_vector(sv).map_err(DocumentError::InvalidStateVector)?;
         guarded(|| {
             let sv = StateVector::decode_v1(sv)
                 .map_err(|e| DocumentError::InvalidStateVector(e.to_string()))?;
@@ -349,20 +349,6 @@ impl Document {
     pub fn doc(&self) -> &Doc {
         &self.doc
     }
-}
-
-/// Refuses a payload whose leading varint declares more entries than its
-/// remaining bytes can hold at `min_entry_bytes` each.
-fn check_declared_count(bytes: &[u8], min_entry_bytes: u64) -> Result<(), String> {
-    let mut cursor = quire_protocol::lib0::Cursor::new(bytes);
-    let count = cursor
-        .read_var_uint("entry count")
-        .map_err(|e| e.to_string())?;
-    let room = cursor.remaining() as u64 / min_entry_bytes;
-    if count > room {
-        return Err(format!("declares {count} entries in {} bytes", bytes.len()));
-    }
-    Ok(())
 }
 
 /// An update holding nothing: no client blocks, empty delete set.

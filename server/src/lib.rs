@@ -18,7 +18,8 @@
 //!   operations Quire needs (apply and return the delta, diff, state).
 //! - [`items`]: the update checks (`quire_protocol::update`) under the
 //!   name the server's modules and tests import them by.
-//! - [`snapshot`]: exports as a Yjs update, text or JSON.
+//! - [`snapshot`]: exports as a Yjs update, text, JSON, Markdown or HTML.
+//! - [`import`]: files (Yjs, Markdown, HTML, text) made into an update.
 //! - [`api`]: the HTTP API and its single error type.
 //! - [`auth`]: signed access tokens (HMAC-SHA256) and permissions.
 //! - [`limits`]: connection admission and per-connection rate limits.
@@ -34,12 +35,14 @@ pub mod config;
 pub mod connection;
 pub mod document;
 pub mod fanout;
+pub mod import;
 pub mod items {
     pub use quire_protocol::update::*;
 }
 pub mod limits;
 pub mod metrics;
 pub mod outbox;
+pub mod request_body;
 pub mod room;
 pub mod room_core;
 pub mod rooms;
@@ -94,6 +97,8 @@ pub struct AppState {
     pub cold_exports: Arc<tokio::sync::Semaphore>,
     /// The other nodes of a cluster (readiness: `is_ready`).
     pub fanout: Arc<dyn Fanout>,
+    /// Names `POST /api/docs` is creating now (one request per name).
+    pub creating: Arc<api::Creating>,
 }
 
 impl AppState {
@@ -115,6 +120,7 @@ impl AppState {
                 fanout.clone(),
             ),
             fanout,
+            creating: Arc::default(),
             admission: limits::Admission::new(
                 config.max_connections,
                 config.max_connections_per_ip,
@@ -147,7 +153,7 @@ pub fn open_store(config: &Config) -> Result<Arc<SledStore>, StoreError> {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/ws/{doc}", get(ws_upgrade))
-        .route("/api/docs", get(api::list))
+        .route("/api/docs", get(api::list).post(api::create))
         .route(
             "/api/docs/{doc}/snapshot",
             get(api::export).put(api::import),
@@ -157,6 +163,10 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(api::metrics))
         .merge(web::routes(state.config.static_dir.as_deref()))
         .layer(DefaultBodyLimit::max(state.config.max_message_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_body::read_in_time,
+        ))
         .layer(CompressionLayer::new())
         .layer(middleware::from_fn_with_state(state.clone(), check_host))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))

@@ -13,6 +13,7 @@ use quire_server::config::defaults;
 use quire_server::document::Document;
 use quire_server::fanout::Fanout;
 use quire_server::fanout::redis::RedisFanout;
+use quire_server::import::{self as file_import, ImportFormat};
 use quire_server::snapshot::{self, Format};
 use quire_server::{AppState, Config, open_store};
 use quire_storage::{DocStore, PgOptions, PgStore};
@@ -51,8 +52,17 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Merge a Yjs update file into a document (never replaces).
-    Import { doc: String, file: PathBuf },
+    /// Add a file to a document, creating it if needed (never replaces):
+    /// Markdown, HTML or text blocks are appended; a Yjs update is merged.
+    /// The server must not be running on the folder.
+    Import {
+        doc: String,
+        file: PathBuf,
+        /// The file's format; by default from its extension (.md .markdown
+        /// .html .htm .txt .yjs).
+        #[arg(long, value_enum)]
+        format: Option<ImportFormat>,
+    },
     /// List stored documents.
     Ls,
     /// Print a signed access token (needs --auth-key or QUIRE_AUTH_KEY).
@@ -112,7 +122,7 @@ fn main() -> anyhow::Result<()> {
             ..(*config).clamped()
         }),
         Command::Export { doc, format, out } => export(cli.data, &doc, format, out),
-        Command::Import { doc, file } => import(cli.data, &doc, &file),
+        Command::Import { doc, file, format } => import(cli.data, &doc, &file, format),
         Command::Ls => list(cli.data),
         Command::Token {
             doc,
@@ -386,7 +396,7 @@ fn export(data: PathBuf, doc: &str, format: Format, out: Option<PathBuf>) -> any
     let Some(document) = load(store.as_ref(), &doc)? else {
         bail!("no document named {doc:?}");
     };
-    let bytes = snapshot::render(document.encode_state()?, format)?;
+    let bytes = snapshot::render_document(&document, format, doc.as_str())?;
     match out {
         Some(path) => std::fs::write(&path, &bytes)
             .with_context(|| format!("cannot write {}", path.display()))?,
@@ -395,24 +405,104 @@ fn export(data: PathBuf, doc: &str, format: Format, out: Option<PathBuf>) -> any
     Ok(())
 }
 
-fn import(data: PathBuf, doc: &str, file: &std::path::Path) -> anyhow::Result<()> {
+/// Files from this size on get a progress bar (on a terminal).
+const PROGRESS_FROM_BYTES: u64 = 1024 * 1024;
+
+fn import(
+    data: PathBuf,
+    doc: &str,
+    file: &std::path::Path,
+    format: Option<ImportFormat>,
+) -> anyhow::Result<()> {
     let doc = DocName::parse(doc)?;
-    let update = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let format = match format.or_else(|| ImportFormat::from_path(file)) {
+        Some(format) => format,
+        None => bail!(
+            "cannot tell the format of {} from its extension; give --format markdown, html, text or yjs",
+            file.display()
+        ),
+    };
+    let size = std::fs::metadata(file)
+        .with_context(|| format!("cannot read {}", file.display()))?
+        .len();
+    let progress = ImportProgress::new(size);
+    let contents = progress.read(file)?;
     let store = open(data)?;
+    progress.stage("parsing and converting");
     let mut document = load(store.as_ref(), &doc)?.unwrap_or_default();
+    let update = match format {
+        ImportFormat::Yjs => contents,
+        _ => file_import::to_update(Some(&document.encode_state()?), format, &contents)
+            .with_context(|| format!("cannot import {}", file.display()))?,
+    };
     let applied = document
         .apply(&update)
         .context("the file is not a valid Yjs update")?;
     if !applied.changed() {
+        progress.done();
         println!("{doc} already had everything in {}", file.display());
         return Ok(());
     }
+    progress.stage("writing");
     for entry in applied.into_log_entries(&update) {
         store.append(doc.as_str(), &entry)?;
     }
     store.flush()?;
-    println!("imported into {doc}");
+    progress.done();
+    println!("imported {} into {doc}", file.display());
     Ok(())
+}
+
+/// `quire import`'s progress: a byte bar while reading, then a spinner per
+/// stage. Drawn on standard error only when it is a terminal and the file
+/// is big.
+struct ImportProgress {
+    bar: indicatif::ProgressBar,
+}
+
+impl ImportProgress {
+    fn new(size: u64) -> Self {
+        use std::io::IsTerminal;
+        let target = if size >= PROGRESS_FROM_BYTES && std::io::stderr().is_terminal() {
+            indicatif::ProgressDrawTarget::stderr()
+        } else {
+            indicatif::ProgressDrawTarget::hidden()
+        };
+        let bar = indicatif::ProgressBar::with_draw_target(Some(size), target);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg:24} [{bar:40}] {bytes}/{total_bytes} {elapsed}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message("reading");
+        Self { bar }
+    }
+
+    /// Reads `file`, advancing the bar.
+    fn read(&self, file: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut reader = std::fs::File::open(file)
+            .map(|f| self.bar.wrap_read(f))
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let mut contents = Vec::with_capacity(self.bar.length().unwrap_or(0) as usize);
+        reader
+            .read_to_end(&mut contents)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        Ok(contents)
+    }
+
+    fn stage(&self, name: &'static str) {
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+            self.bar.set_style(style);
+        }
+        self.bar.set_message(name);
+        self.bar
+            .enable_steady_tick(std::time::Duration::from_millis(120));
+    }
+
+    fn done(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 fn list(data: PathBuf) -> anyhow::Result<()> {

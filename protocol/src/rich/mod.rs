@@ -21,18 +21,24 @@
 //! - [`text`]: the plain text of a document, whichever model it uses (the
 //!   rich fragment or the legacy `Y.Text` named `content`), and which
 //!   model that is.
+//! - [`markdown`], [`html`]: documents as Markdown and HTML, written
+//!   everywhere, read (feature `import`) through pulldown-cmark and
+//!   ammonia + html5ever; [`normalise`]: what makes read content valid.
 //!
 //! **Architecture Invariant:** like the rest of this crate, nothing here
 //! does I/O; it compiles for wasm32 and runs in the browser editor, the
 //! server and the tests alike.
 
+pub mod html;
 pub mod json;
+pub mod markdown;
+pub mod normalise;
 pub mod schema;
 pub mod text;
 
 pub use json::{Mark, Node, SchemaError};
 pub use schema::{MarkType, NodeType};
-pub use text::{Model, model, plain_text};
+pub use text::{Model, model, node_text, plain_text};
 
 /// The root `Y.XmlFragment` that holds a rich document.
 pub const FRAGMENT: &str = "default";

@@ -77,9 +77,14 @@ pub fn plain_text<T: ReadTxn>(txn: &T) -> String {
 
 /// The text of a rich fragment: text blocks one per line.
 pub fn fragment_text<T: ReadTxn>(txn: &T, fragment: &XmlFragmentRef) -> String {
-    let doc = json::read_fragment(txn, fragment);
+    node_text(&json::read_fragment(txn, fragment))
+}
+
+/// The text of a `doc` node: text blocks one per line, as [`plain_text`]
+/// gives it for a rich document.
+pub fn node_text(doc: &Node) -> String {
     let mut lines = Vec::new();
-    collect_lines(&doc, &mut lines);
+    collect_lines(doc, &mut lines);
     lines.join("\n")
 }
 

@@ -81,6 +81,24 @@ pub fn check(update: &[u8]) -> Result<(), String> {
     walk::check(update).map_err(String::from)
 }
 
+/// Reads a state vector (the payload of a sync step 1) as yrs would, and
+/// refuses what yrs mishandles: an entry count the bytes cannot hold (yrs
+/// reserves room for it first), a client ID past 53 bits (a debug build of
+/// yrs panics on it, a release build takes it for another client), a clock
+/// past 32 bits, bytes left over.
+pub fn check_state_vector(sv: &[u8]) -> Result<(), String> {
+    let mut reader = reader::Reader::new(sv);
+    let mut walk = || -> reader::Walked<()> {
+        for _ in 0..reader.count("state vector entries", 2)? {
+            reader.client("state vector client")?;
+            reader.clock("state vector clock")?;
+        }
+        Ok(())
+    };
+    walk().map_err(String::from)?;
+    reader.finish().map_err(String::from)
+}
+
 /// Walks `update` against a document that has every client up to `have`
 /// and whose blocks sit at `levels`: besides [`check`], every block it
 /// refers to must be in the document or in the update, and no shared type

@@ -457,3 +457,35 @@ fn incomplete_updates_cannot_grow_the_room_without_bound() {
     assert!(close.reason.contains("too many"), "{}", close.reason);
     room.snapshot().expect("the room answers");
 }
+
+/// Found by the `room_sequence` fuzz target
+/// (`fixed-state-vector-client-past-53-bits-panics-yrs`): a sync step 1
+/// naming client 2^60 reached yrs' `ClientID::new`, which asserts that IDs
+/// fit 53 bits: debug builds panicked (the fuzz build aborted), release
+/// builds silently took it for client 2^60 mod 2^53. Now the state vector
+/// is refused (1007) before yrs sees it, and the room goes on.
+#[test]
+fn state_vector_client_past_53_bits_panics_yrs() {
+    let mut room = room();
+    join(&mut room, 1, true);
+    join(&mut room, 2, true);
+    let mut sv = vec![1];
+    quire_protocol::lib0::write_var_uint(&mut sv, 1 << 60);
+    sv.push(0);
+    room.deliver(1, Inbound::StateVector(sv.into()));
+    let close = room.close_of(1).expect("the sender is closed");
+    assert_eq!(close.code, close::INVALID_PAYLOAD);
+    assert!(close.reason.contains("53 bits"), "{}", close.reason);
+    // The same in an update (a section's client, an origin, a deletion):
+    // refused by the walk, never handed to yrs.
+    let mut update = vec![1, 1];
+    quire_protocol::lib0::write_var_uint(&mut update, (1 << 53) + 7);
+    update.extend([0, 4, 1, 1, b'x', 1, b'y', 0]);
+    room.send_update(2, &update);
+    let close = room.close_of(2).expect("the writer is closed");
+    assert_eq!(close.code, close::INVALID_PAYLOAD);
+    // The room still answers and stored nothing of it.
+    join(&mut room, 3, true);
+    assert!(room.snapshot().is_ok());
+    assert!(room.log().is_empty(), "nothing was stored");
+}

@@ -478,3 +478,102 @@ async fn quire_token_mints_exact_names_and_prefixes_apart() {
         assert!(!status.success(), "{ambiguous:?} must not mint: {stderr}");
     }
 }
+
+/// Sends `head` and then `body` a few bytes at a time, every `pause`,
+/// until the server answers or closes; returns what it sent.
+async fn trickle_request(server: &TestServer, head: &str, body: &[u8], pause: Duration) -> Vec<u8> {
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut reader, mut writer) = tcp.into_split();
+    writer.write_all(head.as_bytes()).await.unwrap();
+    let chunks: Vec<Vec<u8>> = body.chunks(8).map(<[u8]>::to_vec).collect();
+    let trickle = tokio::spawn(async move {
+        for chunk in chunks {
+            if writer.write_all(&chunk).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+        }
+        writer
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, reader.read_to_end(&mut answer)).await;
+    trickle.abort();
+    answer
+}
+
+#[tokio::test]
+async fn a_request_body_that_trickles_in_is_refused_with_408_after_the_message_timeout() {
+    let server = TestServer::start_with(|c| c.message_timeout = Duration::from_millis(500)).await;
+    let body = "# Slow\n\nOne byte after another, for minutes.\n".repeat(40);
+    let head = format!(
+        "PUT /api/docs/slow/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let started = Instant::now();
+    // 8 bytes every 100 ms: the whole body would take about 20 s.
+    let answer = trickle_request(&server, &head, body.as_bytes(), Duration::from_millis(100)).await;
+    let took = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "408, got {answer:?}");
+    assert!(
+        answer.contains("\"code\":\"timeout\"") && answer.contains("--message-timeout"),
+        "the JSON error body names the limit: {answer:?}"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "refused at the timeout, not when the body ended ({took:?})"
+    );
+    let list = http::get(server.addr, "/api/docs").await;
+    assert!(
+        !String::from_utf8_lossy(&list.body).contains("\"slow\""),
+        "nothing was stored"
+    );
+    assert!(
+        eventually(|| server.state.admission.open() == 0).await,
+        "its place is free again"
+    );
+}
+
+#[tokio::test]
+async fn a_body_announced_over_the_limit_is_refused_with_413_before_it_is_sent() {
+    let server = TestServer::start_with(|c| c.max_message_bytes = 64 * 1024).await;
+    let head = "PUT /api/docs/huge/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                Content-Type: application/octet-stream\r\nContent-Length: 50000000\r\n\r\n";
+    let started = Instant::now();
+    // Only the headers: the server must not wait for 50 MB that never come.
+    let answer = trickle_request(&server, head, b"", Duration::ZERO).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "413, got {answer:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered from the announced length at once"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_arrives_in_time_is_imported_as_before() {
+    let server = TestServer::start_with(|c| c.message_timeout = Duration::from_secs(5)).await;
+    let update = {
+        use yrs::{Text, Transact};
+        let doc = yrs::Doc::new();
+        let text = doc.get_or_insert_text("content");
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, 0, "typed in a tab");
+        txn.encode_update_v1()
+    };
+    let head = format!(
+        "PUT /api/docs/copy/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        update.len()
+    );
+    // Slow but within the timeout: a few chunks 20 ms apart.
+    let answer = trickle_request(&server, &head, &update, Duration::from_millis(20)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 20"),
+        "imported, got {answer:?}"
+    );
+    let text = http::get(server.addr, "/api/docs/copy/snapshot?format=text").await;
+    assert_eq!(String::from_utf8_lossy(&text.body), "typed in a tab");
+}

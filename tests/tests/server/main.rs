@@ -10,6 +10,7 @@ mod compat;
 mod edge;
 mod extensions;
 mod faults;
+mod formats_api;
 mod outbound;
 mod persistence;
 mod rich_compat;
