@@ -192,8 +192,16 @@ impl AwarenessTable {
         let mut cursor = Cursor::new(update);
         let count = cursor.read_var_uint("awareness entry count")?;
         let mut incoming = Vec::new();
+        // y-protocols writes each client once. Two entries for one client
+        // would make the outcome depend on their order against what the
+        // table knew (a removal of an unlisted client is not recorded), so
+        // the same update applied twice could differ: refused.
+        let mut seen = HashSet::new();
         for _ in 0..count {
             let client = cursor.read_var_uint("awareness client id")?;
+            if !seen.insert(client) {
+                return Err(DecodeError::DuplicateAwarenessClient(client).into());
+            }
             let clock = cursor.read_var_uint("awareness clock")?;
             let json = cursor.read_var_string("awareness state")?;
             if json.len() > bounds.state_bytes {
@@ -330,8 +338,11 @@ impl AwarenessTable {
     /// Encodes the current entries of `clients` (removed ones as `null`).
     /// Unknown clients are skipped.
     pub fn encode(&self, clients: impl IntoIterator<Item = ClientId>) -> Vec<u8> {
+        // Each client once: a peer refuses an update naming one twice.
+        let mut seen = HashSet::new();
         let entries: Vec<(ClientId, &Entry)> = clients
             .into_iter()
+            .filter(|id| seen.insert(*id))
             .filter_map(|id| self.entries.get(&id).map(|e| (id, e)))
             .collect();
         let mut buf = Vec::new();
@@ -463,10 +474,14 @@ mod tests {
         table
             .apply_as(&update(&[(7, 1, ann)]), 1, BOUNDS, 0)
             .unwrap();
-        let forged = update(&[(7, 2, r#"{"n":"eve"}"#), (7, 3, "null")]);
-        let change = table.apply_as(&forged, 2, BOUNDS, 1).unwrap();
-        assert!(change.is_empty());
-        assert_eq!(change.foreign, [7, 7]);
+        for forged in [
+            update(&[(7, 2, r#"{"n":"eve"}"#)]),
+            update(&[(7, 3, "null")]),
+        ] {
+            let change = table.apply_as(&forged, 2, BOUNDS, 1).unwrap();
+            assert!(change.is_empty());
+            assert_eq!(change.foreign, [7]);
+        }
         assert_eq!(table.state(7), Some(ann));
         let change = table
             .apply_as(&update(&[(7, 2, "null")]), 1, BOUNDS, 2)
@@ -526,5 +541,24 @@ mod tests {
             .apply_as(&update(&[(1, 5, "{}")]), 2, BOUNDS, 0)
             .unwrap();
         assert_eq!(table.clients_of(2).count(), 2);
+    }
+
+    /// Found by the `frame_decoder` fuzz target
+    /// (`fixed-awareness-client-named-twice-not-idempotent`): an update
+    /// naming client 1 first removed at a high clock, then with a state at
+    /// a lower one, added it on an empty table (the removal of an unlisted
+    /// client is not recorded) and removed it when applied again.
+    #[test]
+    fn regression_awareness_client_named_twice_is_refused() {
+        let mut table = AwarenessTable::new();
+        let twice = update(&[(1, 9_000, "null"), (1, 8, r#"{"a":1}"#)]);
+        assert_eq!(
+            table.apply(&twice, 0).unwrap_err(),
+            DecodeError::DuplicateAwarenessClient(1)
+        );
+        assert!(table.is_empty(), "a refused update changes nothing");
+        let once = update(&[(1, 8, r#"{"a":1}"#), (2, 1, "{}")]);
+        assert_eq!(table.apply(&once, 0).unwrap().added, [1, 2]);
+        assert!(table.apply(&once, 1).unwrap().is_empty(), "idempotent");
     }
 }

@@ -26,6 +26,8 @@ pub enum DecodeError {
     TrailingBytes(usize),
     #[error("awareness state of client {0} is not valid JSON")]
     InvalidAwarenessJson(u64),
+    #[error("awareness update names client {0} twice")]
+    DuplicateAwarenessClient(u64),
     #[error("unknown Quire extension message {0}")]
     UnknownExtension(u64),
     #[error("fragmented frame larger than the limit")]

@@ -62,7 +62,7 @@ pub(super) fn deleted(update: &[u8], at: usize, ranges: usize) -> Walked<Vec<(u6
 fn each_deleted(update: &[u8], at: usize, mut f: impl FnMut(u64, u64, u64)) -> Walked<()> {
     let mut reader = Reader::at(update, at);
     for _ in 0..reader.count("deleted client count", 2)? {
-        let client = reader.client("deleted client")?;
+        let client = reader.var_uint("deleted client")?;
         for _ in 0..reader.count("deleted range count", 2)? {
             let (clock, len) = read_deleted_range(&mut reader, client)?;
             f(client, clock, len);

@@ -231,7 +231,7 @@ fn walk(update: &[u8], sink: &mut impl Sink) -> Walked<usize> {
     for _ in 0..clients {
         // An info byte and a length or content byte at least.
         let structs = reader.count("struct count", 2)?;
-        let client = reader.client("client")?;
+        let client = reader.var_uint("client")?;
         sink.section(client);
         let continues_at = walk_section(&mut reader, sink, client, structs)?;
         sink.section_end(continues_at);
@@ -241,7 +241,7 @@ fn walk(update: &[u8], sink: &mut impl Sink) -> Walked<usize> {
     let clients = reader.count("deleted client count", 2)?;
     sink.deleted_clients(clients);
     for _ in 0..clients {
-        let client = reader.client("deleted client")?;
+        let client = reader.var_uint("deleted client")?;
         let ranges = reader.count("deleted range count", 2)?;
         sink.deleted_client(client, ranges);
         for _ in 0..ranges {

@@ -476,8 +476,7 @@ fn state_vector_client_past_53_bits_panics_yrs() {
     let close = room.close_of(1).expect("the sender is closed");
     assert_eq!(close.code, close::INVALID_PAYLOAD);
     assert!(close.reason.contains("53 bits"), "{}", close.reason);
-    // The same in an update (a section's client, an origin, a deletion):
-    // refused by the walk, never handed to yrs.
+    // The same in an update: the walk's varint reader always refused it.
     let mut update = vec![1, 1];
     quire_protocol::lib0::write_var_uint(&mut update, (1 << 53) + 7);
     update.extend([0, 4, 1, 1, b'x', 1, b'y', 0]);
