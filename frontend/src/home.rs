@@ -222,7 +222,9 @@ pub fn Home() -> impl IntoView {
             <div class="spacer"></div>
             <UserMenu/>
         </header>
-        <main class="home">
+        // The whole page takes dropped files (a drop beside the list must
+        // not make the browser leave the app to show the file).
+        <main class="home" on:dragover=drag_over on:dragleave=drag_leave on:drop=dropped>
             <section class="create card" aria-labelledby="create-title">
                 <h1 id="create-title">"Documents"</h1>
                 <form class="create-form" on:submit=create>
@@ -278,9 +280,6 @@ pub fn Home() -> impl IntoView {
                 class="list card"
                 class:drop-active=move || state.drop_active.get()
                 aria-labelledby="list-title"
-                on:dragover=drag_over
-                on:dragleave=drag_leave
-                on:drop=dropped
             >
                 <Show when=move || state.drop_active.get()>
                     <p class="drop-hint" id="drop-hint" aria-hidden="true">"Drop files to import them as new documents"</p>
