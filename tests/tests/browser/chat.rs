@@ -2,6 +2,7 @@
 //! next to the chat input and given back to it; a read-only link cannot
 //! send and says why.
 
+use quire_server::Config;
 use quire_server::auth::Permission;
 use quire_tests::TestServer;
 use quire_tests::browser::{Browser, web_dist};
@@ -25,54 +26,80 @@ async fn send_chat(browser: &Browser, text: &str) {
     browser.find("#chat-send").await.click().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_chat_message_over_the_servers_limit_is_refused_in_words_and_given_back() {
+/// A server tuned by `tune` serving the app, and a person in `doc`'s
+/// editor with the chat open who has sent one short message.
+async fn chatting(doc: &str, tune: impl FnOnce(&mut Config)) -> (TestServer, Browser) {
     let dist = web_dist();
     let server = TestServer::start_with(move |c| {
         c.static_dir = Some(dist);
-        c.max_chat_message_bytes = 16;
+        tune(c);
     })
     .await;
     let base = format!("http://{}", server.addr);
     let browser = Browser::start().await;
-    open_editor(&browser, &base, "talk", "Talker").await;
+    open_editor(&browser, &base, doc, "Talker").await;
     open_chat(&browser).await;
-    send_chat(&browser, "short one").await;
+    send_chat(&browser, "short").await;
     browser
         .wait_js(
             "the short message is in the list",
-            "return [...document.querySelectorAll('[data-testid=chat-message]')].some(m => m.textContent.includes('short one'))",
+            "return document.querySelectorAll('[data-testid=chat-message]').length === 1",
         )
         .await;
-    let long = "this message is far longer than sixteen bytes";
-    send_chat(&browser, long).await;
+    (server, browser)
+}
+
+/// Sends `text`; the server refuses it, the page says `words` under the
+/// input, gives the text back and lists only the first message.
+async fn refused(browser: &Browser, text: &str, words: &str) {
+    send_chat(browser, text).await;
     browser
         .wait_js(
             "the refusal is said",
-            "return document.querySelector('#chat-error').textContent.includes('longer than the server accepts')",
+            &format!(
+                "return document.querySelector('#chat-error').textContent.includes({})",
+                json!(words)
+            ),
         )
         .await;
     assert_eq!(
         browser
-            .js("return document.querySelector('#chat-input').value", vec![])
-            .await,
-        json!(long),
-        "what was typed is given back"
-    );
-    assert_eq!(
-        browser
             .js(
-                "return document.querySelectorAll('[data-testid=chat-message]').length",
+                "return [document.querySelector('#chat-input').value, document.querySelectorAll('[data-testid=chat-message]').length]",
                 vec![]
             )
             .await,
-        json!(1),
-        "the refused message is not in the list"
+        json!([text, 1]),
+        "what was typed is given back, and not listed"
     );
+}
+
+#[tokio::test]
+async fn a_chat_message_over_the_servers_limit_is_refused_in_words_and_given_back() {
+    let (_server, browser) = chatting("talk", |c| c.max_chat_message_bytes = 16).await;
+    refused(
+        &browser,
+        "this message is far longer than sixteen bytes",
+        "Your message was not sent: it is longer than the server accepts",
+    )
+    .await;
     // Still connected: the editor keeps saving.
     type_at(&browser, None, "still here").await;
     wait_status(&browser, "All changes saved").await;
     browser.screenshot("chat-refused").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_chat_message_past_the_document_size_limit_is_refused_in_words() {
+    // Chat counts towards the document's size.
+    let (_server, browser) = chatting("full", |c| c.max_document_bytes = 400).await;
+    refused(
+        &browser,
+        &"x".repeat(300),
+        "Your message was not sent: this document is at the server’s size limit",
+    )
+    .await;
     browser.close().await;
 }
 
