@@ -561,8 +561,37 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn healthz() -> &'static str {
-    "ok\n"
+/// Readiness, for a load balancer's health checks. One node on sled is
+/// ready at once. A node of a cluster answers 503 until its Redis reader
+/// is connected and its store is not stalled (the PostgreSQL pool applied
+/// the migrations before the server listened), then 200 from then on: when
+/// the shared Redis or database fails, every node fails together, and
+/// taking them all out of the proxy would turn a degraded cluster (each
+/// node still serving and relaying to its own clients, catching up later)
+/// into an outage. What is degraded meanwhile is said in the body.
+pub async fn healthz(State(state): State<AppState>) -> Response {
+    use std::sync::atomic::Ordering;
+    let mut waiting = Vec::new();
+    if !state.fanout.is_ready() {
+        waiting.push("the Redis stream reader is not connected".to_owned());
+    }
+    if let Some(why) = state.store.health().stalled {
+        waiting.push(format!("the store is not confirming writes: {why}"));
+    }
+    if waiting.is_empty() {
+        state.has_been_ready.store(true, Ordering::Relaxed);
+        return "ok\n".into_response();
+    }
+    let waiting = waiting.join("; ");
+    if state.has_been_ready.load(Ordering::Relaxed) {
+        format!("ok, degraded: {waiting}\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("starting: {waiting}\n"),
+        )
+            .into_response()
+    }
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {

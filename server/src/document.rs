@@ -38,8 +38,13 @@ pub enum DocumentError {
 /// What applying one update did to a [`Document`].
 #[derive(Debug, PartialEq, Eq)]
 pub struct Applied {
-    /// The part that was new and integrated, encoded as an update: what the
-    /// room relays and stores. `None` when nothing was integrated.
+    /// The part that was new and integrated, as an update: what the room
+    /// relays and stores. When all of the update was new (no block or
+    /// deletion the document had), these are the update's own bytes, as
+    /// its sender wrote them (yrs re-encodes a map-valued attribute, such
+    /// as a link mark's attrs, with its keys in hash order); otherwise the
+    /// transaction's delta, encoded by yrs. `None` when nothing was
+    /// integrated.
     pub delta: Option<Vec<u8>>,
     /// Whether yrs kept part of the update out of the delta anyway
     /// (pending, or integrated behind a gap). `apply` only passes yrs
@@ -116,6 +121,19 @@ impl Deleted {
             end = end.max(e);
         }
         ranges.insert(start, end);
+    }
+
+    /// Whether any of `wanted` of `client` is deleted.
+    fn overlaps(&self, client: u64, wanted: Range<u32>) -> bool {
+        if wanted.is_empty() {
+            return false;
+        }
+        // Ranges are merged and disjoint: only the last one starting
+        // before `wanted` ends can reach into it.
+        self.0
+            .get(&client)
+            .and_then(|ranges| ranges.range(..wanted.end).next_back())
+            .is_some_and(|(_, &end)| end > wanted.start)
     }
 
     /// Whether all of `wanted` of `client` is deleted.
@@ -226,6 +244,7 @@ impl Document {
                 .filter_map(|(client, ranges)| Some((*client, ranges.iter().map(|r| r.end).max()?)))
                 .collect();
             let deletes = !update.delete_set().is_empty();
+            let fresh = all_new(&insertions, update.delete_set(), have_now, deleted);
             let mut txn = doc.transact_mut();
             let result = txn.apply_update(update);
             let changed = changed(&txn);
@@ -243,7 +262,13 @@ impl Document {
                     let held_back = reach.iter().any(|(client, end)| *end > have.get(client))
                         || (deletes && txn.has_missing_updates());
                     let delta = changed
-                        .then(|| txn.encode_update_v1())
+                        // All of it was new and integrated: the update is its
+                        // own delta, kept as the sender wrote it (and not
+                        // encoded again).
+                        .then(|| match fresh && !held_back {
+                            true => bytes.to_vec(),
+                            false => txn.encode_update_v1(),
+                        })
                         // A struct ahead of its client's clock can move the
                         // state vector to clock 0 without integrating anything.
                         .filter(|delta| delta.as_slice() != EMPTY_UPDATE);
@@ -366,6 +391,27 @@ fn changed(txn: &yrs::TransactionMut) -> bool {
         .any(|(client, &clock)| clock > before.get(client))
 }
 
+/// Whether an update with these insertions and deletions holds only what a
+/// document with state vector `have` and deletions `deleted` lacks: every
+/// block starts at or past the document's clock for its client, and no
+/// range it deletes is deleted there already. (Completeness is checked
+/// before, so blocks start exactly at the clock.)
+fn all_new(
+    insertions: &yrs::IdSet,
+    deletions: &yrs::IdSet,
+    have: &StateVector,
+    deleted: &Deleted,
+) -> bool {
+    insertions.iter().all(|(client, ranges)| {
+        let clock = have.get(client);
+        ranges.iter().all(|r| r.start >= clock)
+    }) && deletions.iter().all(|(client, ranges)| {
+        ranges
+            .iter()
+            .all(|r| !deleted.overlaps(client.get(), r.clone()))
+    })
+}
+
 /// Runs `f`, turning a panic inside yrs into [`DocumentError::Poisoned`].
 fn guarded<T>(f: impl FnOnce() -> Result<T, DocumentError>) -> Result<T, DocumentError> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or(Err(DocumentError::Poisoned))
@@ -399,6 +445,65 @@ mod tests {
             "a duplicate changes nothing"
         );
         assert_eq!(text_of(&document), "hello");
+    }
+
+    /// Issue 13, fix 3: the delta was always re-encoded by yrs, which
+    /// writes a map-valued attribute's keys in hash order; others saw
+    /// objects whose keys came in another order than the sender wrote.
+    #[test]
+    fn an_update_all_new_is_its_own_delta_and_a_partly_known_one_gives_only_the_new_part() {
+        let source = Doc::with_client_id(3);
+        let content = source.get_or_insert_text("content");
+        let mut document = Document::new();
+        let first = {
+            let mut txn = source.transact_mut();
+            content.insert(&mut txn, 0, "hello");
+            txn.encode_update_v1()
+        };
+        let applied = document.apply(&first).unwrap();
+        assert_eq!(applied.delta.as_deref(), Some(&first[..]), "kept as sent");
+
+        // Everything so far plus one more edit: only the new edit is news.
+        content.insert(&mut source.transact_mut(), 5, " world");
+        let whole = source
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let delta = document
+            .apply(&whole)
+            .unwrap()
+            .delta
+            .expect("something new");
+        assert_ne!(delta, whole, "not relayed whole");
+        let delta = Update::decode_v1(&delta).unwrap();
+        let reach: Vec<_> = delta
+            .insertions(true)
+            .iter()
+            .flat_map(|(c, r)| r.iter().map(|r| (c.get(), r.clone())).collect::<Vec<_>>())
+            .collect();
+        assert_eq!(reach, [(3, 5..11)], "only the new blocks");
+        assert_eq!(text_of(&document), "hello world");
+
+        // A deletion of what is deleted already, with a new insertion.
+        let removal = {
+            let mut txn = source.transact_mut();
+            content.remove_range(&mut txn, 0, 6);
+            txn.encode_update_v1()
+        };
+        assert_eq!(
+            document.apply(&removal).unwrap().delta.as_deref(),
+            Some(&removal[..])
+        );
+        let again = {
+            let mut txn = source.transact_mut();
+            content.insert(&mut txn, 0, "big ");
+            txn.encode_update_v1()
+        };
+        let both = yrs::merge_updates_v1([&again, &removal]).unwrap();
+        assert!(!Update::decode_v1(&both).unwrap().delete_set().is_empty());
+        let delta = document.apply(&both).unwrap().delta.expect("something new");
+        assert_ne!(delta, both, "the known deletion is not relayed again");
+        assert!(Update::decode_v1(&delta).unwrap().delete_set().is_empty());
+        assert_eq!(text_of(&document), "big world");
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub struct AppState {
     pub fanout: Arc<dyn Fanout>,
     /// Names `POST /api/docs` is creating now (one request per name).
     pub creating: Arc<api::Creating>,
+    /// Set once the node was ready (`/healthz`, see `api::healthz`): its
+    /// fan-out reader connected and its store confirming writes.
+    pub has_been_ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {
@@ -121,6 +124,7 @@ impl AppState {
             ),
             fanout,
             creating: Arc::default(),
+            has_been_ready: Arc::default(),
             admission: limits::Admission::new(
                 config.max_connections,
                 config.max_connections_per_ip,

@@ -84,16 +84,20 @@ enum Command {
     /// Print a document from a running server once (e.g. `quire cat http://127.0.0.1:8080 notes`).
     #[cfg(feature = "remote")]
     Cat {
-        /// The server, as http://host:port or ws://host:port.
+        /// The server (http://host:port, ws://host:port, ws://host:port/ws)
+        /// or a room URL (ws://host:port/ws/DOC).
         url: String,
-        doc: String,
+        /// The document; optional after a room URL (then it must match).
+        doc: Option<String>,
     },
     /// Print a document from a running server, then its changes live, until Ctrl-C.
     #[cfg(feature = "remote")]
     Watch {
-        /// The server, as http://host:port or ws://host:port.
+        /// The server (http://host:port, ws://host:port, ws://host:port/ws)
+        /// or a room URL (ws://host:port/ws/DOC).
         url: String,
-        doc: String,
+        /// The document; optional after a room URL (then it must match).
+        doc: Option<String>,
     },
 }
 
@@ -142,11 +146,11 @@ fn main() -> anyhow::Result<()> {
         }
         #[cfg(feature = "remote")]
         Command::Cat { url, doc } => {
-            tokio::runtime::Runtime::new()?.block_on(remote::cat(&url, &doc))
+            tokio::runtime::Runtime::new()?.block_on(remote::cat(&url, doc.as_deref()))
         }
         #[cfg(feature = "remote")]
         Command::Watch { url, doc } => {
-            tokio::runtime::Runtime::new()?.block_on(remote::watch(&url, &doc))
+            tokio::runtime::Runtime::new()?.block_on(remote::watch(&url, doc.as_deref()))
         }
     }
 }
@@ -160,7 +164,7 @@ mod remote {
     use std::time::Duration;
 
     use anyhow::{Context, bail};
-    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
     use quire_client::NativeClient;
     use quire_protocol::session::Presence;
     use quire_protocol::{Connection, DocName, SessionConfig, SessionEvent};
@@ -169,22 +173,60 @@ mod remote {
 
     /// How long `cat` waits for the first sync.
     const SYNC_TIMEOUT: Duration = Duration::from_secs(15);
+    /// How long the first look at the URL may take.
+    const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-    /// `ws://host:port/ws/<doc>` from `http://host:port` (or ws://, https://).
-    pub fn room_url(server: &str, doc: &str) -> anyhow::Result<String> {
-        let doc = DocName::parse(doc)?;
-        let base = server.trim_end_matches('/');
-        let base = if let Some(rest) = base.strip_prefix("http://") {
-            format!("ws://{rest}")
-        } else if let Some(rest) = base.strip_prefix("https://") {
-            format!("wss://{rest}")
-        } else if base.starts_with("ws://") || base.starts_with("wss://") {
-            base.to_owned()
-        } else {
-            format!("ws://{base}")
+    /// What `quire cat`/`watch` accept, for error messages.
+    const ACCEPTED: &str = "give the server as http://host:port, ws://host:port or \
+        ws://host:port/ws (then the document), or a room URL ws://host:port/ws/DOC";
+
+    /// The room URL for `server` and `doc`. `server` is the server
+    /// (`http://host:port`, `https://`, `ws://`, `wss://`, or `host:port`),
+    /// the base URL a Yjs app uses (`ws://host:port/ws`), or a room URL
+    /// (`ws://host:port/ws/DOC`, then `doc` may be left out, and must name
+    /// the same document if given). Any other path is where the server is
+    /// mounted (`https://example.org/quire` → `wss://example.org/quire/ws/DOC`).
+    /// A query (`?token=…`) is kept.
+    pub fn room_url(server: &str, doc: Option<&str>) -> anyhow::Result<String> {
+        let (scheme, rest) = match server.split_once("://") {
+            Some(("http" | "ws", rest)) => ("ws", rest),
+            Some(("https" | "wss", rest)) => ("wss", rest),
+            Some((other, _)) => bail!("{server}: unknown scheme {other}://; {ACCEPTED}"),
+            None => ("ws", server),
         };
+        let (rest, query) = match rest.split_once('?') {
+            Some((rest, query)) => (rest, Some(query)),
+            None => (rest, None),
+        };
+        let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        if host.is_empty() {
+            bail!("{server}: no host; {ACCEPTED}");
+        }
+        let path = path.trim_end_matches('/');
+        let (base, named) = match path.rsplit_once("/ws/") {
+            Some((mount, segment)) if !segment.is_empty() && !segment.contains('/') => {
+                let name = percent_decode_str(segment)
+                    .decode_utf8()
+                    .with_context(|| format!("{server}: the document name is not UTF-8"))?;
+                (format!("{mount}/ws"), Some(name.into_owned()))
+            }
+            _ if path == "/ws" || path.ends_with("/ws") => (path.to_owned(), None),
+            _ => (format!("{path}/ws"), None),
+        };
+        let name = match (named, doc) {
+            (Some(named), Some(doc)) if named != doc => bail!(
+                "{server} names the document {named:?} but the argument says {doc:?}; give one of them"
+            ),
+            (Some(named), _) => named,
+            (None, Some(doc)) => doc.to_owned(),
+            (None, None) => bail!(
+                "which document? {server} names none: add it (quire cat URL DOC) or give its room URL ws://host:port/ws/DOC"
+            ),
+        };
+        let doc = DocName::parse(&name)?;
         let segment = utf8_percent_encode(doc.as_str(), NOT_UNRESERVED);
-        Ok(format!("{base}/ws/{segment}"))
+        let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+        Ok(format!("{scheme}://{host}{base}/{segment}{query}"))
     }
 
     /// Everything but RFC 3986's unreserved characters is percent-encoded.
@@ -194,12 +236,44 @@ mod remote {
         .remove(b'_')
         .remove(b'~');
 
-    fn start(server: &str, doc: &str) -> anyhow::Result<NativeClient> {
-        let url = room_url(server, doc)?;
-        Ok(NativeClient::start(url, SessionConfig::default()))
+    /// Looks at `url` once before the client starts: a server that answers
+    /// the upgrade with an HTTP error (404: no room there) fails at once,
+    /// saying what was tried, instead of being retried until the sync
+    /// timeout. A server not reachable yet is left to the client's retries.
+    async fn probe(url: &str) -> anyhow::Result<()> {
+        use tokio_tungstenite::tungstenite::Error;
+        let attempt = tokio::time::timeout(PROBE_TIMEOUT, tokio_tungstenite::connect_async(url));
+        match attempt.await {
+            Ok(Ok((mut socket, _))) => {
+                let _ = socket.close(None).await;
+                Ok(())
+            }
+            Ok(Err(Error::Http(response))) => {
+                let status = response.status();
+                match status.as_u16() {
+                    // Busy (too many connections, documents): the client retries.
+                    429 | 503 => Ok(()),
+                    404 => bail!(
+                        "tried {url}: the server answered 404 Not Found, so there is no \
+                         Quire room at that path; {ACCEPTED}"
+                    ),
+                    _ => bail!("tried {url}: the server answered {status}"),
+                }
+            }
+            Ok(Err(_)) | Err(_) => Ok(()),
+        }
     }
 
-    async fn synced(client: &NativeClient) -> anyhow::Result<()> {
+    async fn start(server: &str, doc: Option<&str>) -> anyhow::Result<(NativeClient, String)> {
+        let url = room_url(server, doc)?;
+        probe(&url).await?;
+        Ok((
+            NativeClient::start(url.clone(), SessionConfig::default()),
+            url,
+        ))
+    }
+
+    async fn synced(client: &NativeClient, url: &str) -> anyhow::Result<()> {
         let status = client
             .wait_status("synced", SYNC_TIMEOUT, |s| {
                 matches!(
@@ -208,16 +282,16 @@ mod remote {
                 )
             })
             .await
-            .context("could not reach the server")?;
+            .with_context(|| format!("could not reach the server at {url}"))?;
         if let Connection::Stopped { code, reason } = status.connection {
             bail!("the server refused: {reason} (close code {code})");
         }
         Ok(())
     }
 
-    pub async fn cat(server: &str, doc: &str) -> anyhow::Result<()> {
-        let client = start(server, doc)?;
-        synced(&client).await?;
+    pub async fn cat(server: &str, doc: Option<&str>) -> anyhow::Result<()> {
+        let (client, url) = start(server, doc).await?;
+        synced(&client, &url).await?;
         // The text whichever model the document uses (rich or plain).
         let text = quire_protocol::rich::plain_text(&yrs::Transact::transact(client.doc()));
         std::io::stdout().write_all(text.as_bytes())?;
@@ -225,10 +299,10 @@ mod remote {
         Ok(())
     }
 
-    pub async fn watch(server: &str, doc: &str) -> anyhow::Result<()> {
-        let client = start(server, doc)?;
+    pub async fn watch(server: &str, doc: Option<&str>) -> anyhow::Result<()> {
+        let (client, url) = start(server, doc).await?;
         let mut events = client.take_all_events().context("event stream")?;
-        synced(&client).await?;
+        synced(&client, &url).await?;
         let text = client.doc().get_or_insert_text("content");
         text.observe("quire-watch", |txn, event| {
             let mut position = 0u32;
@@ -284,20 +358,39 @@ mod remote {
 
         #[test]
         fn room_urls_from_server_addresses() {
+            let url = |server, doc| room_url(server, doc).unwrap();
             assert_eq!(
-                room_url("http://127.0.0.1:8080", "notes").unwrap(),
+                url("http://127.0.0.1:8080", Some("notes")),
                 "ws://127.0.0.1:8080/ws/notes"
             );
-            assert_eq!(room_url("ws://h:1/", "a b").unwrap(), "ws://h:1/ws/a%20b");
+            assert_eq!(url("ws://h:1/", Some("a b")), "ws://h:1/ws/a%20b");
+            assert_eq!(url("https://x.org", Some("é")), "wss://x.org/ws/%C3%A9");
+            assert_eq!(url("127.0.0.1:9", Some("d")), "ws://127.0.0.1:9/ws/d");
+            assert!(room_url("http://h", Some("..")).is_err());
+        }
+
+        /// Issue 13, fix 2: `ws://host:port/ws`, the base URL a Yjs app
+        /// uses, became `ws://host:port/ws/ws/DOC`.
+        #[test]
+        fn the_base_url_of_a_yjs_app_and_room_urls_are_accepted() {
+            let url = |server, doc| room_url(server, doc).unwrap();
+            assert_eq!(url("ws://h:1/ws", Some("n")), "ws://h:1/ws/n");
+            assert_eq!(url("ws://h:1/ws/", Some("n")), "ws://h:1/ws/n");
+            assert_eq!(url("ws://h:1/ws/a%20b", None), "ws://h:1/ws/a%20b");
+            assert_eq!(url("ws://h:1/ws/a%20b", Some("a b")), "ws://h:1/ws/a%20b");
+            assert_eq!(url("ws://h:1/ws/ws", None), "ws://h:1/ws/ws");
             assert_eq!(
-                room_url("https://x.org", "é").unwrap(),
-                "wss://x.org/ws/%C3%A9"
+                url("https://x.org/quire", Some("n")),
+                "wss://x.org/quire/ws/n"
             );
             assert_eq!(
-                room_url("127.0.0.1:9", "d").unwrap(),
-                "ws://127.0.0.1:9/ws/d"
+                url("wss://x.org/quire/ws/n?token=t", None),
+                "wss://x.org/quire/ws/n?token=t"
             );
-            assert!(room_url("http://h", "..").is_err());
+            let err = |server, doc| room_url(server, doc).unwrap_err().to_string();
+            assert!(err("ws://h:1/ws/a", Some("b")).contains("names the document"));
+            assert!(err("ws://h:1/ws", None).contains("which document"));
+            assert!(err("ftp://h:1", Some("n")).contains("unknown scheme"));
         }
     }
 }

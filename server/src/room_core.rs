@@ -599,7 +599,14 @@ impl<Q: MemberQueue> RoomCore<Q> {
                             debug!(conn, foreign = ?change.foreign, "ignoring presence of clients another connection introduced");
                         }
                         let accepted: Vec<ClientId> = change.accepted().collect();
-                        self.announce_awareness(Some(conn), &accepted, now);
+                        // A stock y-websocket client closes a socket that
+                        // brought no message for 30 s, and browsers hide
+                        // ping frames from scripts: its own renewals,
+                        // echoed (as the Yjs reference server does), keep
+                        // a client alone in a quiet room connected. Quire
+                        // clients get application pings instead.
+                        let echo = self.members.get(&conn).is_some_and(|m| !m.extensions);
+                        self.announce_awareness((!echo).then_some(conn), &accepted, now);
                         self.publish_awareness(&accepted);
                     }
                     Err(err) => {

@@ -5,7 +5,7 @@
 //   node compat.mjs <serverUrl> <scenario> <room> [text]
 //
 //   serverUrl  e.g. ws://127.0.0.1:PORT/ws  (the client appends "/<room>")
-//   scenario   converge | awareness | reconnect | catchup | write | readonly | relayed
+//   scenario   converge | awareness | reconnect | catchup | write | readonly | relayed | idle
 //   room       document name; use a fresh one per scenario run
 //   text       `write`: text to append (required)
 //              `catchup`: optional substring the synced text must contain
@@ -28,7 +28,7 @@ const OVERALL_MS = 60_000 // hard bound for the whole run
 const POLL_MS = 20
 
 const USAGE = 'usage: node compat.mjs <serverUrl> <scenario> <room> [text]\n' +
-  '  scenarios: converge | awareness | reconnect | catchup [expectedSubstring] | write <text> | readonly <token> | relayed'
+  '  scenarios: converge | awareness | reconnect | catchup [expectedSubstring] | write <text> | readonly <token> | relayed | idle'
 
 const [serverUrl, scenario, room, extra] = process.argv.slice(2)
 
@@ -278,7 +278,30 @@ async function relayed () {
   return r.str()
 }
 
-const scenarios = { converge, awareness, reconnect, catchup, write, readonly, relayed }
+// A stock client alone in a quiet room stays connected. y-websocket closes
+// a socket on which no message arrived for 30 s (messageReconnectTimeout)
+// and cannot see WebSocket pings; the server echoes its presence renewals
+// (every 15 s) back to it, as the Yjs reference server does. Idle for
+// IDLE_MS; the socket must never have closed or reopened.
+const IDLE_MS = 35_000
+
+async function idle () {
+  const a = makeClient('A')
+  await waitSynced(a)
+  // Any status change or close from here on is a reconnect.
+  const events = []
+  a.provider.on('status', ({ status }) => events.push(`status:${status}`))
+  a.provider.on('connection-close', (ev) => events.push(`close:${ev ? ev.code : 'local'}`))
+  a.text.insert(0, 'alone')
+  const socket = a.provider.ws
+  await sleep(IDLE_MS)
+  if (events.length !== 0 || a.provider.ws !== socket || !a.provider.wsconnected) {
+    throw new CompatError(`the idle client's socket closed or reopened within ${IDLE_MS} ms\n  seen: ${show({ events, log: a.log, sameSocket: a.provider.ws === socket })}`)
+  }
+  return a.str()
+}
+
+const scenarios = { converge, awareness, reconnect, catchup, write, readonly, relayed, idle }
 
 // ---------------------------------------------------------------- main
 

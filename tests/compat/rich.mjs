@@ -20,6 +20,9 @@
 //                      ProseMirror position `pos` (y-prosemirror's cursor field),
 //                      waits to see the cursor of user `watch`, reports where it
 //                      is as ProseMirror positions, stays for holdMs
+//   relay              a writer's y-prosemirror update with link marks reaches a
+//                      reader; reports the bytes sent and received (base64) and
+//                      both sides' JSON text as each lists it
 //
 // Exit 0 with a last stdout line {"ok":true,...}; else exit 1 with {"ok":false,"error":...}.
 
@@ -226,7 +229,39 @@ async function caret () {
   return { pos, seen, doc: doc.toJSON() }
 }
 
-const scenarios = { write, read, check, edit, caret }
+// What y-prosemirror writes reaches another stock client byte for byte:
+// the writer's one update (a paragraph with a link whose attrs Tiptap lists
+// as href, target, rel, class, title) is what the reader receives, and the
+// reader's JSON lists the attrs in the same order (yrs keeps a map value's
+// keys in hash order, so a re-encoded relay would reorder them).
+const LINKED = {
+  type: 'doc',
+  content: [{
+    type: 'paragraph',
+    content: [
+      { type: 'text', text: 'see ' },
+      { type: 'text', text: 'the site', marks: [{ type: 'link', attrs: { href: 'https://tiptap.dev/', target: '_blank', rel: 'noopener noreferrer nofollow', class: 'external', title: 'Tiptap' } }] },
+      { type: 'text', text: ' and ' },
+      { type: 'text', text: 'this', marks: [{ type: 'bold' }, { type: 'link', attrs: { href: '/local', target: null, rel: null, class: null, title: 'here' } }] }
+    ]
+  }]
+}
+
+async function relay () {
+  const a = client('writer')
+  const b = client('reader')
+  await synced(a, b)
+  const sent = []
+  const received = []
+  a.doc.on('update', (update, origin) => { if (origin !== a.provider) sent.push(Buffer.from(update).toString('base64')) })
+  b.doc.on('update', (update, origin) => { if (origin === b.provider) received.push(Buffer.from(update).toString('base64')) })
+  a.doc.transact(() => updateYFragment(a.doc, a.fragment, checked(LINKED), meta()), 'tiptap')
+  const json = (c) => JSON.stringify(yXmlFragmentToProsemirrorJSON(c.fragment))
+  await waitFor('the reader to hold the document', () => canonical(yXmlFragmentToProsemirrorJSON(b.fragment)) === canonical(yXmlFragmentToProsemirrorJSON(a.fragment)), () => yXmlFragmentToProsemirrorJSON(b.fragment))
+  return { sent, received, writer: json(a), reader: json(b) }
+}
+
+const scenarios = { write, read, check, edit, caret, relay }
 
 async function main () {
   const run = scenarios[scenario]

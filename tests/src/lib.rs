@@ -7,6 +7,7 @@
 
 pub mod browser;
 pub mod client;
+pub mod cluster;
 pub mod held_store;
 pub mod http;
 pub mod process;

@@ -69,7 +69,7 @@ impl fmt::Display for ServiceError {
 
 impl std::error::Error for ServiceError {}
 
-type Result<T> = std::result::Result<T, ServiceError>;
+pub type Result<T> = std::result::Result<T, ServiceError>;
 
 fn fail<T>(message: impl Into<String>) -> Result<T> {
     Err(ServiceError(message.into()))
@@ -140,27 +140,42 @@ fn find_postgres() -> Option<PostgresBinaries> {
 /// missing and this process is root with apt-get.
 pub fn ensure_redis() -> Result<PathBuf> {
     static FOUND: OnceLock<PathBuf> = OnceLock::new();
+    ensure_program(&FOUND, "redis-server", "redis-server")
+}
+
+/// Finds `haproxy`, installing Debian's `haproxy` when it is missing and
+/// this process is root with apt-get.
+pub fn ensure_haproxy() -> Result<PathBuf> {
+    static FOUND: OnceLock<PathBuf> = OnceLock::new();
+    ensure_program(&FOUND, "haproxy", "haproxy")
+}
+
+/// `program` on PATH (or in /usr/bin, /usr/sbin), installing `package`
+/// first if it is missing; remembered in `found`.
+fn ensure_program(found: &OnceLock<PathBuf>, program: &str, package: &str) -> Result<PathBuf> {
     let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(found) = FOUND.get() {
+    if let Some(found) = found.get() {
         return Ok(found.clone());
     }
-    let found = match find_redis() {
-        Some(found) => found,
+    let path = match find_program(program) {
+        Some(path) => path,
         None => {
-            install("redis-server")?;
-            find_redis().ok_or_else(|| {
-                ServiceError("redis-server is still missing after installing `redis-server`".into())
+            install(package)?;
+            find_program(program).ok_or_else(|| {
+                ServiceError(format!(
+                    "{program} is still missing after installing `{package}`"
+                ))
             })?
         }
     };
-    Ok(FOUND.get_or_init(|| found).clone())
+    Ok(found.get_or_init(|| path).clone())
 }
 
-fn find_redis() -> Option<PathBuf> {
+fn find_program(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join("redis-server"))
+        .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
 }
 
@@ -314,6 +329,26 @@ fn free_port() -> Result<u16> {
 fn port_open(port: u16) -> bool {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// The first folder above `path` that the account `uid` may not enter
+/// (neither its own nor open to others), with its mode.
+fn closed_ancestor(path: &Path, uid: u32) -> Option<(PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    path.ancestors().skip(1).find_map(|ancestor| {
+        let meta = fs::metadata(ancestor).ok()?;
+        (meta.uid() != uid && meta.mode() & 0o001 == 0)
+            .then(|| (ancestor.to_owned(), meta.mode() & 0o7777))
+    })
+}
+
+/// Whether PostgreSQL can keep its data in `dir`: as root it runs as the
+/// `postgres` account, which must be able to walk down to it.
+pub fn postgres_can_use(dir: &Path) -> bool {
+    if !is_root() {
+        return true;
+    }
+    postgres_account().is_ok_and(|(uid, _)| closed_ancestor(dir, uid).is_none())
 }
 
 /// Uid and gid of the `postgres` account (initdb refuses to run as root).
@@ -704,25 +739,18 @@ impl Postgres {
     /// The `postgres` account must be able to walk down to the folder:
     /// under a private home (`/root` is 0700) it cannot, so say so.
     fn reachable_by_account(&self) -> Result<()> {
-        use std::os::unix::fs::MetadataExt;
         let Some((uid, _)) = self.account else {
             return Ok(());
         };
-        for ancestor in self.dir.path.ancestors().skip(1) {
-            let Ok(meta) = fs::metadata(ancestor) else {
-                continue;
-            };
-            if meta.uid() != uid && meta.mode() & 0o001 == 0 {
-                return fail(format!(
-                    "PostgreSQL runs as the postgres account, which cannot enter {} \
-                     (mode {:o}); put the data folder elsewhere (e.g. under /tmp) or \
-                     `chmod o+x` that folder",
-                    ancestor.display(),
-                    meta.mode() & 0o7777
-                ));
-            }
+        match closed_ancestor(&self.dir.path, uid) {
+            None => Ok(()),
+            Some((ancestor, mode)) => fail(format!(
+                "PostgreSQL runs as the postgres account, which cannot enter {} \
+                 (mode {mode:o}); put the data folder elsewhere (e.g. under /tmp) or \
+                 `chmod o+x` that folder",
+                ancestor.display(),
+            )),
         }
-        Ok(())
     }
 
     fn as_account(&self, command: &mut Command) {
@@ -994,5 +1022,213 @@ fn reply_complete(reply: &[u8]) -> bool {
             Err(_) => true,
         },
         _ => true,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP readiness
+
+/// The status code of `GET path` on 127.0.0.1:port (HTTP/1.0, no Host:
+/// what HAProxy's health check sends), or `None` when nothing answers.
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+// ---------------------------------------------------------------------------
+// Quire nodes
+
+/// A `quire serve` process on `127.0.0.1:port`, as a node of a cluster:
+/// stopped, killed with -9 and started again on the same port.
+#[derive(Debug)]
+pub struct QuireNode {
+    binary: PathBuf,
+    /// Its folder: the (unused in cluster mode) data folder and `log`.
+    dir: ServiceDir,
+    port: u16,
+    /// The flags after `serve --addr …`, kept for restarts.
+    args: Vec<String>,
+    process: Process,
+}
+
+impl QuireNode {
+    /// Starts `binary serve --addr 127.0.0.1:<free port> ARGS` with its
+    /// data in `dir`, and waits until its `/healthz` answers 200.
+    pub fn start_in(binary: &Path, dir: impl Into<PathBuf>, args: &[String]) -> Result<Self> {
+        let mut node = Self {
+            binary: binary.to_owned(),
+            dir: ServiceDir::kept(dir.into())?,
+            port: 0,
+            args: args.to_vec(),
+            process: Process::default(),
+        };
+        node.port = on_free_port(|port| {
+            node.port = port;
+            node.start_again()
+        })?;
+        Ok(node)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+
+    /// The node's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path.join("log")).unwrap_or_default()
+    }
+
+    /// Clean shutdown (`SIGTERM`: rooms closed, the store flushed).
+    pub fn stop(&mut self) {
+        self.process.stop(libc::SIGTERM);
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts again on the same port and flags; waits for `/healthz` 200.
+    pub fn start_again(&mut self) -> Result<()> {
+        if self.is_running() {
+            return Ok(());
+        }
+        let log = self.dir.path.join("log");
+        let (stdout, stderr) = log_file(&log)?;
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("--data")
+            .arg(self.dir.path.join("data"))
+            .args(["serve", "--addr", &self.addr()])
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        let port = self.port;
+        self.process.start(command, "quire serve", &log, || {
+            http_status(port, "/healthz") == Some(200)
+        })
+    }
+}
+
+impl Drop for QuireNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HAProxy
+
+/// The HAProxy configuration Quire ships (`server/haproxy.cfg`), which
+/// takes its addresses from the environment.
+pub const HAPROXY_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../server/haproxy.cfg");
+
+/// `haproxy -f server/haproxy.cfg` on `127.0.0.1:port` in front of three
+/// nodes, in the foreground (`-db`), with its folder for the log.
+#[derive(Debug)]
+pub struct Haproxy {
+    binary: PathBuf,
+    dir: ServiceDir,
+    port: u16,
+    nodes: Vec<String>,
+    process: Process,
+}
+
+impl Haproxy {
+    /// Starts HAProxy (installing it if needed) on a free port in front of
+    /// `nodes` (three `host:port`), in a temporary folder.
+    pub fn start(nodes: &[String]) -> Result<Self> {
+        Self::launch(ServiceDir::temporary("haproxy")?, nodes)
+    }
+
+    /// Likewise with its folder in `dir` (kept on drop).
+    pub fn start_in(dir: impl Into<PathBuf>, nodes: &[String]) -> Result<Self> {
+        Self::launch(ServiceDir::kept(dir.into())?, nodes)
+    }
+
+    fn launch(dir: ServiceDir, nodes: &[String]) -> Result<Self> {
+        if nodes.len() != 3 {
+            return fail(format!(
+                "server/haproxy.cfg names three nodes, not {}",
+                nodes.len()
+            ));
+        }
+        let mut proxy = Self {
+            binary: ensure_haproxy()?,
+            dir,
+            port: 0,
+            nodes: nodes.to_vec(),
+            process: Process::default(),
+        };
+        proxy.port = on_free_port(|port| {
+            proxy.port = port;
+            proxy.start_again()
+        })?;
+        Ok(proxy)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path.join("log")).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        self.process.stop(libc::SIGTERM);
+    }
+
+    /// Starts again on the same port; waits until a request through it
+    /// reaches a ready node (`/healthz` 200).
+    pub fn start_again(&mut self) -> Result<()> {
+        if self.process.is_running() {
+            return Ok(());
+        }
+        let log = self.dir.path.join("log");
+        let (stdout, stderr) = log_file(&log)?;
+        let mut command = Command::new(&self.binary);
+        command
+            .args(["-db", "-f", HAPROXY_CONFIG])
+            .env("QUIRE_PROXY_BIND", format!("127.0.0.1:{}", self.port))
+            .current_dir(&self.dir.path)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        for (i, node) in self.nodes.iter().enumerate() {
+            command.env(format!("QUIRE_NODE{}", i + 1), node);
+        }
+        let port = self.port;
+        self.process.start(command, "haproxy", &log, || {
+            http_status(port, "/healthz") == Some(200)
+        })
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

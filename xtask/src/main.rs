@@ -1,5 +1,6 @@
-//! `cargo xtask`: the project's developer commands. Its only dependency is
-//! `wasm-bindgen-cli-support`, for building the web app (see [`web`]).
+//! `cargo xtask`: the project's developer commands. Its dependencies are
+//! `wasm-bindgen-cli-support`, for building the web app (see [`web`]), and
+//! `libc`, for `cluster` (signals, and the test services it shares).
 //!
 //! Run `cargo xtask help` for the list. Every cargo invocation goes through the
 //! `CARGO` binary that launched us and inherits the environment, so
@@ -12,6 +13,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus};
 use std::time::{Duration, Instant, SystemTime};
 
+// The cluster set-up the tests use too (std and libc only); the tests use
+// the parts `cargo xtask cluster` does not.
+#[allow(dead_code)]
+#[path = "../../tests/src/cluster.rs"]
+mod cluster;
+mod cluster_command;
+#[allow(dead_code)]
+#[path = "../../tests/src/services.rs"]
+mod services;
 mod web;
 
 const USAGE: &str = "\
@@ -32,8 +42,8 @@ Commands:
                     http://127.0.0.1:9000/.
   test [ARGS...]    Run every test: check node (>= 20) and npm, `npm ci` in
                     tests/compat if its lockfile changed, build the web app and
-                    the debug `quire` binary, then
-                    `cargo test --workspace --exclude xtask ARGS...` with
+                    the debug `quire` binary, run `cargo xtask cluster` for 5 s
+                    on it, then `cargo test --workspace --exclude xtask ARGS...` with
                     QUIRE_WEB_DIST=<dist> (for browser tests).
                     ARGS go to `cargo test` verbatim, e.g.
                     `cargo xtask test -- --nocapture` or `cargo xtask test some_name`.
@@ -48,6 +58,13 @@ Commands:
                     bench/peers), y-sweet 0.9.1 if installed (`cargo install
                     y-sweet --version 0.9.1 --locked --root
                     ~/.cache/quire/y-sweet-0.9.1`), a bare broadcast server.
+  cluster [--for DURATION] [--debug] [--dir FOLDER]
+                    A Quire cluster on this machine: PostgreSQL and Redis (data
+                    under $CARGO_TARGET_DIR/quire-cluster, free 127.0.0.1 ports,
+                    installed with apt-get when missing), three `quire` nodes
+                    (release build; --debug for the debug one) serving the web
+                    app, and HAProxy (server/haproxy.cfg) in front. Prints the
+                    URL; Ctrl-C (or the end of --for, e.g. 30s) stops it all.
   help              Show this text.
 ";
 
@@ -70,6 +87,7 @@ fn main() -> ExitCode {
         Some("test") => test(&rest),
         Some("lint") if rest.is_empty() => lint(),
         Some("bench") => bench(&rest),
+        Some("cluster") => cluster_command::cluster(&rest),
         Some("lint") => Err(Failure::usage("`cargo xtask lint` takes no arguments")),
         Some(other) => Err(Failure::usage(format!("unknown command `{other}`"))),
     };
@@ -152,6 +170,16 @@ fn test(cargo_test_args: &[OsString]) -> Result<(), Failure> {
     run_step("cargo build -p quire-server --bin quire", || {
         run(cargo().args(["build", "-p", "quire-server", "--bin", "quire"]))
     })?;
+    run_step(
+        "cargo xtask cluster --for 5s (debug build, own folder)",
+        || {
+            let dir = web::target_dir().join("quire-cluster-test");
+            let _ = std::fs::remove_dir_all(cluster::Cluster::postgres_dir(&dir));
+            let _ = std::fs::remove_dir_all(&dir);
+            let quire = web::target_dir().join("debug").join("quire");
+            cluster_command::run_cluster(&quire, &dir, &dist, Some(Duration::from_secs(5)))
+        },
+    )?;
     run_step("cargo test --workspace --exclude xtask", || {
         run(cargo()
             .args(["test", "--workspace", "--exclude", "xtask"])

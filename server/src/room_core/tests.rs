@@ -7,8 +7,9 @@ use bytes::Bytes;
 use quire_protocol::ext::{CHAT_EVENT, CHAT_HISTORY_EVENT, Ext};
 use quire_protocol::lib0::{write_var_string, write_var_uint};
 use quire_protocol::{Message, SyncMessage, close};
+use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, GetString, Text, Transact};
+use yrs::{Doc, GetString, ReadTxn, Text, Transact};
 
 use super::harness::Harness;
 use super::{Inbound, RoomError};
@@ -325,6 +326,39 @@ fn presence_is_relayed_removed_on_leave_and_swept_when_stale() {
     );
 }
 
+/// Issue 13, fix 1: a stock y-websocket client alone in a quiet room was
+/// closed and reconnected every 30 s (y-websocket's
+/// `messageReconnectTimeout`): its own presence renewals were relayed to
+/// everyone but it, so it heard nothing. A stock sender gets them back (as
+/// from the Yjs reference server); a Quire sender, which gets application
+/// pings, does not.
+#[test]
+fn presence_renewals_are_echoed_to_a_stock_sender_and_not_to_a_quire_one() {
+    let mut room = room();
+    room.join(1, false, true).unwrap();
+    room.frames(1);
+    room.deliver(1, awareness(10, 1, "{}"));
+    assert_eq!(
+        got(&mut room, 1),
+        [Got::Awareness(vec![(10, "{}".into())])],
+        "alone in the room, the stock client hears its own presence"
+    );
+    room.deliver(1, awareness(10, 2, "{}"));
+    assert_eq!(got(&mut room, 1), [Got::Awareness(vec![(10, "{}".into())])]);
+
+    room.join(2, true, true).unwrap();
+    room.frames(2);
+    room.deliver(2, awareness(20, 1, "{}"));
+    assert_eq!(got(&mut room, 2), [], "a Quire sender is not echoed");
+    assert_eq!(got(&mut room, 1), [Got::Awareness(vec![(20, "{}".into())])]);
+    room.deliver(1, awareness(10, 3, "{}"));
+    assert_eq!(got(&mut room, 1), [Got::Awareness(vec![(10, "{}".into())])]);
+    assert_eq!(got(&mut room, 2), [Got::Awareness(vec![(10, "{}".into())])]);
+    // A renewal the room ignores (an old clock) is not echoed either.
+    room.deliver(1, awareness(10, 1, "{}"));
+    assert_eq!(got(&mut room, 1), []);
+}
+
 #[test]
 fn chat_is_stamped_stored_sent_to_everyone_and_kept_to_the_history_length() {
     let mut room = room_with(|c| c.chat_history = 2);
@@ -479,6 +513,78 @@ fn invalid_input_closes_only_its_sender_and_changes_nothing() {
     assert_eq!(room.metrics().rejected_inputs.get(), 2);
     assert_eq!(text_of(&room), "kept");
     assert_eq!(room.log().len(), 1);
+}
+
+/// The payload of every `sync update` frame among `frames`.
+fn relayed_updates(frames: &[Bytes]) -> Vec<Vec<u8>> {
+    frames
+        .iter()
+        .filter_map(|frame| match Message::decode(frame) {
+            Ok(Message::Sync(SyncMessage::Update(update))) => Some(update.to_vec()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Issue 13, fix 3: the room relayed and stored a delta re-encoded by
+/// yrs, which writes a map-valued attribute (a link mark's attrs) with its
+/// keys in hash order, so the other clients saw another key order than the
+/// sender wrote. An update that is all new goes out and to storage as it
+/// came; one that is partly known still gives only what is new.
+#[test]
+fn an_update_all_new_is_relayed_and_stored_as_sent_and_a_partly_known_one_only_in_its_new_part() {
+    let mut room = room();
+    room.join(1, false, true).unwrap();
+    room.join(2, false, true).unwrap();
+    room.frames(1);
+    room.frames(2);
+    let source = Doc::with_client_id(9);
+    let text = source.get_or_insert_text("content");
+    let attrs: yrs::types::Attrs = [(
+        "link".into(),
+        yrs::Any::from(std::collections::HashMap::from(
+            ["href", "target", "rel", "class", "title"]
+                .map(|k| (k.to_owned(), yrs::Any::from(format!("{k} value")))),
+        )),
+    )]
+    .into();
+    let linked = {
+        let mut txn = source.transact_mut();
+        text.insert_with_attributes(&mut txn, 0, "a link", attrs);
+        txn.encode_update_v1()
+    };
+    room.send_update(1, &linked);
+    assert_eq!(
+        relayed_updates(&room.frames(2)),
+        std::slice::from_ref(&linked),
+        "relayed as sent"
+    );
+    assert_eq!(room.log(), std::slice::from_ref(&linked), "stored as sent");
+
+    let clock = || source.transact().state_vector().get(&yrs::ClientID::new(9));
+    let before = clock();
+    text.insert(&mut source.transact_mut(), 6, " and more");
+    let after = clock();
+    let whole = source
+        .transact()
+        .encode_state_as_update_v1(&yrs::StateVector::default());
+    room.send_update(1, &whole);
+    let relayed = relayed_updates(&room.frames(2));
+    assert_eq!(relayed.len(), 1);
+    assert_ne!(relayed[0], whole, "the known part is not relayed again");
+    let delta = yrs::Update::decode_v1(&relayed[0]).unwrap();
+    let blocks: Vec<_> = delta
+        .insertions(true)
+        .iter()
+        .flat_map(|(client, ranges)| {
+            ranges
+                .iter()
+                .map(|r| (client.get(), r.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(blocks, [(9, before..after)], "only the new blocks");
+    assert_eq!(text_of(&room), "a link and more");
 }
 
 #[test]

@@ -8,6 +8,8 @@
 
 mod failover;
 mod fanout;
+mod haproxy;
+mod healthz;
 mod node;
 mod pg_store;
 mod server;

@@ -34,6 +34,19 @@ impl Node {
         redis_url: Option<String>,
         tune: impl FnOnce(&mut Config),
     ) -> Self {
+        let fanout: Arc<dyn Fanout> = match redis_url {
+            Some(url) => RedisFanout::connect(&url).await.expect("connect to redis"),
+            None => fanout::single_node(),
+        };
+        Self::start_on(pg_url, fanout, tune).await
+    }
+
+    /// A node on PostgreSQL at `pg_url` whose fan-out is `fanout`.
+    pub async fn start_on(
+        pg_url: String,
+        fanout: Arc<dyn Fanout>,
+        tune: impl FnOnce(&mut Config),
+    ) -> Self {
         let store = spawn_blocking(move || {
             let options = PgOptions {
                 wait_timeout: Duration::from_secs(3),
@@ -44,10 +57,6 @@ impl Node {
         })
         .await
         .unwrap();
-        let fanout: Arc<dyn Fanout> = match redis_url {
-            Some(url) => RedisFanout::connect(&url).await.expect("connect to redis"),
-            None => fanout::single_node(),
-        };
         let unused = std::env::temp_dir().join("quire-unused-sled-folder");
         let mut config = Config::new(SocketAddr::from(([127, 0, 0, 1], 0)), unused);
         config.room_grace = Duration::from_millis(200);

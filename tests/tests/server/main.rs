@@ -14,5 +14,6 @@ mod formats_api;
 mod outbound;
 mod persistence;
 mod rich_compat;
+mod stock_clients;
 mod sync;
 mod update_walk;
