@@ -7,6 +7,7 @@ use wasm_bindgen_futures::JsFuture;
 use web_sys::{RequestCache, RequestInit, Response};
 
 use crate::browser::window;
+use crate::files::disposition_filename;
 use crate::token::{TOKEN_REFUSED, token};
 use crate::urls::encode_component;
 
@@ -67,16 +68,31 @@ struct ErrorDetail {
 }
 
 async fn send(method: &str, url: &str, body: Option<&[u8]>) -> Result<Response, ApiError> {
+    send_typed(method, url, body.map(|b| (b, "application/octet-stream"))).await
+}
+
+/// [`send`] with the body's `Content-Type`.
+async fn send_typed(
+    method: &str,
+    url: &str,
+    body: Option<(&[u8], &str)>,
+) -> Result<Response, ApiError> {
     let init = RequestInit::new();
     init.set_method(method);
     init.set_cache(RequestCache::NoStore);
+    let headers = web_sys::Headers::new().map_err(ApiError::network)?;
     if let Some(token) = token() {
-        let headers = web_sys::Headers::new().map_err(ApiError::network)?;
         headers
             .set("Authorization", &format!("Bearer {token}"))
             .map_err(ApiError::network)?;
-        init.set_headers(&headers);
     }
+    if let Some((_, content_type)) = body {
+        headers
+            .set("Content-Type", content_type)
+            .map_err(ApiError::network)?;
+    }
+    init.set_headers(&headers);
+    let body = body.map(|(bytes, _)| bytes);
     if let Some(body) = body {
         let array = js_sys::Uint8Array::from(body);
         init.set_body(&array);
@@ -141,10 +157,49 @@ fn snapshot_url(name: &str, format: &str) -> String {
     )
 }
 
-/// `format` is `yjs`, `text` or `json`.
+/// `format` is `yjs`, `text`, `json`, `markdown` or `html`.
 pub async fn snapshot(name: &str, format: &str) -> Result<Vec<u8>, ApiError> {
+    Ok(snapshot_file(name, format).await?.bytes)
+}
+
+/// A document exported by the server, as a file to download.
+pub struct Exported {
+    pub bytes: Vec<u8>,
+    /// The name the server's `Content-Disposition` gives, if any.
+    pub file_name: Option<String>,
+}
+
+/// [`snapshot`] with the file name the server suggests.
+pub async fn snapshot_file(name: &str, format: &str) -> Result<Exported, ApiError> {
     let response = send("GET", &snapshot_url(name, format), None).await?;
-    bytes_of(response).await
+    let file_name = response
+        .headers()
+        .get("Content-Disposition")
+        .ok()
+        .flatten()
+        .and_then(|h| disposition_filename(&h));
+    Ok(Exported {
+        bytes: bytes_of(response).await?,
+        file_name,
+    })
+}
+
+/// `POST /api/docs?name=`: a new document holding `body` (of
+/// `content_type`); the server's name for it. 409 when the name is taken.
+pub async fn create_doc(name: &str, content_type: &str, body: &[u8]) -> Result<String, ApiError> {
+    #[derive(Deserialize)]
+    struct Created {
+        name: String,
+    }
+    let url = format!("/api/docs?name={}", encode_component(name));
+    let response = send_typed("POST", &url, Some((body, content_type))).await?;
+    let text = text_of(response).await?;
+    serde_json::from_str::<Created>(&text)
+        .map(|c| c.name)
+        .map_err(|e| ApiError {
+            status: 0,
+            message: format!("unexpected answer to the import: {e}"),
+        })
 }
 
 /// Merges a Yjs update into a document (creating it).

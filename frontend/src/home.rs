@@ -1,5 +1,5 @@
-//! The document list: create, open, rename, delete, filter; refreshed every
-//! few seconds without reloading the page.
+//! The document list: create, import, open, rename, delete, filter;
+//! refreshed every few seconds without reloading the page.
 
 use std::time::Duration;
 
@@ -8,9 +8,11 @@ use quire_protocol::DocName;
 
 use crate::api::{self, DocSummary};
 use crate::browser::{now_ms, random_u64};
+use crate::files::ACCEPT;
 use crate::format::{format_ago, format_bytes, format_datetime, generated_doc_name};
 use crate::idb;
-use crate::nav::{follow, use_nav};
+use crate::import::{files_of, import_file};
+use crate::nav::{Nav, follow, use_nav};
 use crate::urls::doc_path;
 use crate::widgets::{Brand, UserMenu, input_value};
 
@@ -28,6 +30,10 @@ struct HomeState {
     deleting: RwSignal<Option<String>>,
     busy: RwSignal<bool>,
     action_error: RwSignal<Option<String>>,
+    /// Files are being imported (the Import button waits).
+    importing: RwSignal<bool>,
+    /// Files are being dragged over the list.
+    drop_active: RwSignal<bool>,
 }
 
 impl HomeState {
@@ -45,6 +51,39 @@ impl HomeState {
                 }
             }
             let _ = self.loaded.try_set(true);
+        });
+    }
+
+    /// Imports `files` one after the other; opens the last new document
+    /// when all went in, else stays and says what failed (and what went in).
+    fn import(self, nav: Nav, files: Vec<web_sys::File>) {
+        if files.is_empty() || self.importing.get_untracked() {
+            return;
+        }
+        self.importing.set(true);
+        self.action_error.set(None);
+        leptos::task::spawn_local(async move {
+            let (mut done, mut failed) = (Vec::new(), Vec::new());
+            for file in &files {
+                match import_file(file).await {
+                    Ok(imported) => done.push(imported),
+                    Err(err) => failed.push(err),
+                }
+            }
+            let _ = self.importing.try_set(false);
+            if failed.is_empty() {
+                if let Some(last) = done.last() {
+                    nav.go(&doc_path(&last.doc));
+                }
+                return;
+            }
+            let mut text = failed.join(". ") + ".";
+            if !done.is_empty() {
+                let names: Vec<String> = done.iter().map(|d| format!("“{}”", d.doc)).collect();
+                text.push_str(&format!(" Imported as {}.", names.join(", ")));
+            }
+            let _ = self.action_error.try_set(Some(text));
+            self.refresh();
         });
     }
 
@@ -82,6 +121,50 @@ pub fn Home() -> impl IntoView {
         deleting: RwSignal::new(None),
         busy: RwSignal::new(false),
         action_error: RwSignal::new(None),
+        importing: RwSignal::new(false),
+        drop_active: RwSignal::new(false),
+    };
+    let import_input = NodeRef::<leptos::html::Input>::new();
+    let picked = move |_| {
+        if let Some(input) = import_input.get_untracked() {
+            let files = files_of(input.files());
+            // Picking the same file again must fire `change` again.
+            input.set_value("");
+            state.import(nav, files);
+        }
+    };
+    let carries_files = |ev: &leptos::ev::DragEvent| {
+        ev.data_transfer()
+            .is_some_and(|dt| dt.types().includes(&"Files".into(), 0))
+    };
+    let drag_over = move |ev: leptos::ev::DragEvent| {
+        if carries_files(&ev) {
+            ev.prevent_default();
+            if let Some(dt) = ev.data_transfer() {
+                dt.set_drop_effect("copy");
+            }
+            state.drop_active.set(true);
+        }
+    };
+    let drag_leave = move |ev: leptos::ev::DragEvent| {
+        let target = ev.current_target();
+        let to = ev.related_target();
+        let still_inside = target
+            .and_then(|t| wasm_bindgen::JsCast::dyn_into::<web_sys::Node>(t).ok())
+            .zip(to.and_then(|t| wasm_bindgen::JsCast::dyn_into::<web_sys::Node>(t).ok()))
+            .is_some_and(|(section, to)| section.contains(Some(&to)));
+        if !still_inside {
+            state.drop_active.set(false);
+        }
+    };
+    let dropped = move |ev: leptos::ev::DragEvent| {
+        state.drop_active.set(false);
+        if !carries_files(&ev) {
+            return;
+        }
+        ev.prevent_default();
+        let files = files_of(ev.data_transfer().and_then(|dt| dt.files()));
+        state.import(nav, files);
     };
     let filter = RwSignal::new(String::new());
     let new_name = RwSignal::new(String::new());
@@ -139,7 +222,9 @@ pub fn Home() -> impl IntoView {
             <div class="spacer"></div>
             <UserMenu/>
         </header>
-        <main class="home">
+        // The whole page takes dropped files (a drop beside the list must
+        // not make the browser leave the app to show the file).
+        <main class="home" on:dragover=drag_over on:dragleave=drag_leave on:drop=dropped>
             <section class="create card" aria-labelledby="create-title">
                 <h1 id="create-title">"Documents"</h1>
                 <form class="create-form" on:submit=create>
@@ -158,13 +243,47 @@ pub fn Home() -> impl IntoView {
                     <button id="create-doc" data-testid="create-doc" type="submit" class="button primary">
                         "New document"
                     </button>
+                    <button
+                        id="import-button"
+                        data-testid="import-button"
+                        type="button"
+                        class="button"
+                        title="Import Markdown, HTML, text or Yjs files as new documents (or drop them on the list)"
+                        disabled=move || state.importing.get()
+                        on:click=move |_| {
+                            if let Some(input) = import_input.get_untracked() {
+                                input.click();
+                            }
+                        }
+                    >
+                        {move || if state.importing.get() { "Importing…" } else { "Import" }}
+                    </button>
+                    <input
+                        id="import-file"
+                        data-testid="import-file"
+                        node_ref=import_input
+                        type="file"
+                        class="visually-hidden"
+                        tabindex="-1"
+                        aria-hidden="true"
+                        accept=ACCEPT
+                        multiple
+                        on:change=picked
+                    />
                 </form>
                 <p id="create-error" class="field-error" role="alert">
                     {move || create_error.get().unwrap_or_default()}
                 </p>
             </section>
 
-            <section class="list card" aria-labelledby="list-title">
+            <section
+                class="list card"
+                class:drop-active=move || state.drop_active.get()
+                aria-labelledby="list-title"
+            >
+                <Show when=move || state.drop_active.get()>
+                    <p class="drop-hint" id="drop-hint" aria-hidden="true">"Drop files to import them as new documents"</p>
+                </Show>
                 <div class="list-head">
                     <h2 id="list-title">
                         "All documents"

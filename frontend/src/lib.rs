@@ -7,7 +7,9 @@
 //!
 //! - [`app`]: the shell: routing between the pages, the service worker.
 //! - [`nav`], [`widgets`]: navigation and the small UI pieces pages share.
-//! - [`home`]: the document list (create, rename, delete, filter).
+//! - [`home`]: the document list (create, import, rename, delete, filter).
+//! - [`export`]: the Export menu's formats, and exporting the tab's own copy.
+//! - [`import`], [`files`]: files in (import as new documents) and out (download names).
 //! - [`page`]: the editor page: toolbar, status badge, presence, export, chat.
 //! - [`toolbar`]: the formatting toolbar and the link dialog.
 //! - [`runtime`]: one open document: session, editor, local copy, tabs.
@@ -26,9 +28,12 @@ pub mod app;
 pub mod browser;
 pub mod carets;
 pub mod diff;
+pub mod export;
+pub mod files;
 pub mod format;
 pub mod home;
 pub mod idb;
+pub mod import;
 pub mod nav;
 pub mod net;
 pub mod overlay;

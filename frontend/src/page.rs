@@ -12,6 +12,7 @@ use send_wrapper::SendWrapper;
 
 use crate::api;
 use crate::browser::{download, local_get, local_set, now_ms};
+use crate::export::ExportFormat;
 use crate::format::{format_clock, format_datetime};
 use crate::nav::{follow, use_nav, use_user};
 use crate::runtime::{Mode, Runtime, Surfaces, Ui};
@@ -356,54 +357,6 @@ fn StoppedBanner(
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum ExportFormat {
-    Txt,
-    Md,
-    Json,
-    Yjs,
-}
-
-impl ExportFormat {
-    const ALL: [ExportFormat; 4] = [Self::Txt, Self::Md, Self::Json, Self::Yjs];
-
-    fn label(self) -> &'static str {
-        match self {
-            Self::Txt => "Plain text (.txt)",
-            Self::Md => "Markdown (.md)",
-            Self::Json => "JSON (.json)",
-            Self::Yjs => "Yjs update (.yjs)",
-        }
-    }
-
-    fn ext(self) -> &'static str {
-        match self {
-            Self::Txt => "txt",
-            Self::Md => "md",
-            Self::Json => "json",
-            Self::Yjs => "yjs",
-        }
-    }
-
-    /// The server's `?format=`.
-    fn server_format(self) -> &'static str {
-        match self {
-            Self::Txt | Self::Md => "text",
-            Self::Json => "json",
-            Self::Yjs => "yjs",
-        }
-    }
-
-    fn mime(self) -> &'static str {
-        match self {
-            Self::Txt => "text/plain;charset=utf-8",
-            Self::Md => "text/markdown;charset=utf-8",
-            Self::Json => "application/json",
-            Self::Yjs => "application/octet-stream",
-        }
-    }
-}
-
 #[component]
 fn ExportMenu(
     name: String,
@@ -415,35 +368,22 @@ fn ExportMenu(
     let export = move |format: ExportFormat, name: String| {
         open.set(false);
         leptos::task::spawn_local(async move {
-            let filename = format!("{name}.{}", format.ext());
-            let bytes = match api::snapshot(&name, format.server_format()).await {
-                Ok(bytes) => Some(bytes),
+            let fallback_name = format!("{name}.{}", format.ext());
+            let (bytes, filename) = match api::snapshot_file(&name, format.server_format()).await {
+                Ok(file) => (file.bytes, file.file_name.unwrap_or(fallback_name)),
                 Err(err) => {
                     // Not on the server (offline, or never saved): export this tab's copy.
-                    let local = runtime.with_value(|rt| {
-                        rt.as_ref().and_then(|rt| match format {
-                            ExportFormat::Txt | ExportFormat::Md => {
-                                Some(rt.local_text().into_bytes())
-                            }
-                            ExportFormat::Yjs => Some(rt.local_state()),
-                            ExportFormat::Json => None,
-                        })
-                    });
-                    match local {
-                        Some(bytes) => {
-                            ui.notify(format!("Exported this browser’s copy ({err})."));
-                            Some(bytes)
-                        }
-                        None => {
-                            ui.notify(format!("Export failed: {err}."));
-                            None
-                        }
-                    }
+                    let Some(bytes) =
+                        runtime.with_value(|rt| rt.as_ref().map(|rt| rt.export_local(format)))
+                    else {
+                        ui.notify(format!("Export failed: {err}."));
+                        return;
+                    };
+                    ui.notify(format!("Exported this browser’s copy ({err})."));
+                    (bytes, fallback_name)
                 }
             };
-            if let Some(bytes) = bytes
-                && download(&bytes, &filename, format.mime()).is_err()
-            {
+            if download(&bytes, &filename, format.mime()).is_err() {
                 ui.notify("The browser refused the download.");
             }
         });
@@ -509,6 +449,22 @@ fn Chat(ui: Ui, runtime: StoredValue<Option<Rc<Runtime>>, LocalStorage>) -> impl
     let error = RwSignal::new(None::<String>);
     let list = NodeRef::<leptos::html::Ol>::new();
     let input = NodeRef::<leptos::html::Input>::new();
+    // Read-only access (from the token, or as the server said): no sending.
+    let read_only = Signal::derive(move || {
+        ui.read_only.get()
+            || ui
+                .chat_refused
+                .with(|r| r.as_ref().is_some_and(|r| r.for_good))
+    });
+    // A refused message goes back into an empty input.
+    Effect::new(move |_| {
+        if let Some(refused) = ui.chat_refused.get()
+            && draft.get_untracked().is_empty()
+            && !refused.for_good
+        {
+            draft.set(refused.text);
+        }
+    });
     // Keep the newest message in view.
     Effect::new(move |_| {
         ui.chat.with(Vec::len);
@@ -533,6 +489,7 @@ fn Chat(ui: Ui, runtime: StoredValue<Option<Rc<Runtime>>, LocalStorage>) -> impl
             Ok(()) => {
                 draft.set(String::new());
                 error.set(None);
+                ui.chat_refused.set(None);
             }
             Err(err) => error.set(Some(err)),
         }
@@ -583,13 +540,27 @@ fn Chat(ui: Ui, runtime: StoredValue<Option<Rc<Runtime>>, LocalStorage>) -> impl
                     type="text"
                     maxlength="2000"
                     autocomplete="off"
-                    placeholder="Message everyone here"
+                    placeholder=move || if read_only.get() { "Read-only: you cannot send messages" } else { "Message everyone here" }
+                    disabled=read_only
+                    aria-describedby="chat-error"
                     prop:value=move || draft.get()
                     on:input=move |ev| draft.set(input_value(&ev))
                 />
-                <button type="submit" id="chat-send" data-testid="chat-send" class="button primary">"Send"</button>
+                <button type="submit" id="chat-send" data-testid="chat-send" class="button primary" disabled=read_only>"Send"</button>
             </form>
-            <p class="field-error" id="chat-error" role="alert">{move || error.get().unwrap_or_default()}</p>
+            <Show when=move || read_only.get()>
+                <p class="chat-note" id="chat-read-only">
+                    "Your access to this document is read-only: you can read the chat, not write in it."
+                </p>
+            </Show>
+            <p class="field-error" id="chat-error" role="alert">
+                {move || {
+                    error
+                        .get()
+                        .or_else(|| ui.chat_refused.with(|r| r.as_ref().filter(|r| !r.for_good).map(|r| r.message.clone())))
+                        .unwrap_or_default()
+                }}
+            </p>
         </aside>
     }
 }

@@ -55,6 +55,39 @@ pub struct ChatMessage {
     pub mine: bool,
 }
 
+/// A chat message the server refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatRefusal {
+    /// Why, in words.
+    pub message: String,
+    /// What was typed (given back to the input).
+    pub text: String,
+    /// Sending is refused for good (read-only access): the input is disabled.
+    pub for_good: bool,
+}
+
+/// The words for a server `Error` (or close) `code` that answered a chat
+/// message; `None` for codes that are not about a message.
+pub fn chat_refusal_words(code: u16, detail: &str) -> Option<String> {
+    let detail = if detail.is_empty() {
+        String::new()
+    } else {
+        format!(" ({detail})")
+    };
+    Some(match code {
+        close::MESSAGE_TOO_BIG => {
+            format!("Your message was not sent: it is longer than the server accepts{detail}.")
+        }
+        close::DOCUMENT_TOO_LARGE => format!(
+            "Your message was not sent: this document is at the server’s size limit{detail}."
+        ),
+        close::FORBIDDEN => {
+            "Your message was not sent: your access to this document is read-only.".to_owned()
+        }
+        _ => return None,
+    })
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
     pub id: u64,
@@ -85,6 +118,8 @@ pub struct Ui {
     pub format: RwSignal<Format>,
     /// The access token only allows reading.
     pub read_only: RwSignal<bool>,
+    /// The server refused the last chat message.
+    pub chat_refused: RwSignal<Option<ChatRefusal>>,
     /// The link dialog is open.
     pub link_dialog: RwSignal<bool>,
 }
@@ -113,6 +148,7 @@ impl Ui {
             mode: RwSignal::new(Mode::Loading),
             format: RwSignal::new(Format::default()),
             read_only: RwSignal::new(false),
+            chat_refused: RwSignal::new(None),
             link_dialog: RwSignal::new(false),
         }
     }
@@ -241,6 +277,9 @@ pub struct Runtime {
     listeners: RefCell<Vec<Listener>>,
     connected_at: Cell<u64>,
     next_chat_id: Cell<u64>,
+    /// The chat messages sent and not yet acknowledged, newest last: a
+    /// refusal (an `Error` before the ack) is about the oldest.
+    chat_in_flight: RefCell<std::collections::VecDeque<(u64, String)>>,
     closed: Cell<bool>,
     this: Weak<Runtime>,
 }
@@ -375,6 +414,7 @@ impl Runtime {
                 listeners: RefCell::new(Vec::new()),
                 connected_at: Cell::new(0),
                 next_chat_id: Cell::new(1),
+                chat_in_flight: RefCell::default(),
                 closed: Cell::new(false),
                 this: weak.clone(),
             }
@@ -704,9 +744,9 @@ impl Runtime {
         }
     }
 
-    /// The document's text as this tab has it (whichever model it uses).
-    pub fn local_text(&self) -> String {
-        rich_text::plain_text(&self.doc.transact())
+    /// This tab's copy rendered as `format` (for export without the server).
+    pub fn export_local(&self, format: crate::export::ExportFormat) -> Vec<u8> {
+        crate::export::render(&self.doc.transact(), format, &self.name)
     }
 
     /// The whole local state as one Yjs update.
@@ -723,7 +763,12 @@ impl Runtime {
         }
         let payload = serde_json::json!({ "text": text }).to_string();
         match self.conn.emit(CHAT_EVENT, &payload, Some(10_000)) {
-            Ok(_) => Ok(()),
+            Ok(ack) => {
+                self.chat_in_flight
+                    .borrow_mut()
+                    .push_back((ack, text.to_owned()));
+                Ok(())
+            }
             Err(EmitError::NotConnected) => {
                 Err("You are offline; the message was not sent.".into())
             }
@@ -764,14 +809,40 @@ impl Runtime {
             SessionEvent::RemoteChange => {}
             SessionEvent::Presence(presence) => self.on_presence(presence),
             SessionEvent::Event { name, payload, .. } => self.on_room_event(&name, &payload),
-            SessionEvent::EmitAcked { .. } => {}
-            SessionEvent::EmitTimedOut { .. } => {
+            SessionEvent::EmitAcked { ack, .. } => self.chat_answered(ack),
+            SessionEvent::EmitTimedOut { ack } => {
+                self.chat_answered(ack);
                 self.ui
                     .notify("A chat message may not have been delivered.");
             }
             SessionEvent::ServerError { code, message } => {
                 web_sys::console::warn_1(&format!("quire: server error {code}: {message}").into());
+                self.on_server_error(code, &message);
             }
+        }
+    }
+
+    fn chat_answered(&self, ack: u64) {
+        self.chat_in_flight.borrow_mut().retain(|(a, _)| *a != ack);
+    }
+
+    /// An `Error` from the server: a refused chat message is said next to
+    /// the chat input (and given back to it); a refused edit in a notice.
+    fn on_server_error(&self, code: u16, message: &str) {
+        let pending = self.chat_in_flight.borrow().front().cloned();
+        if let Some((_, text)) = pending
+            && let Some(words) = chat_refusal_words(code, message)
+        {
+            self.ui.notify(words.clone());
+            self.ui.chat_refused.set(Some(ChatRefusal {
+                message: words,
+                text,
+                for_good: code == close::FORBIDDEN,
+            }));
+        } else if code == close::FORBIDDEN {
+            self.ui.notify(format!(
+                "Your access to this document is read-only: changes are not saved ({message})."
+            ));
         }
     }
 
@@ -802,6 +873,14 @@ impl Runtime {
                     .to_owned()
             }
             close::BAD_DOCUMENT_NAME => "The server does not accept this document name.".to_owned(),
+            close::MESSAGE_TOO_BIG => format!(
+                "The server closed the connection: a message (a change or a chat message) was larger than it accepts (code 1009). Changes not yet saved are kept in this browser; reload to reconnect.{}",
+                if reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({reason})")
+                }
+            ),
             close::UNAUTHORIZED | close::FORBIDDEN => format!("{}.", crate::token::TOKEN_REFUSED),
             _ if reason.is_empty() => format!("The server closed the connection (code {code})."),
             _ => format!("The server closed the connection: {reason} (code {code})."),
@@ -910,5 +989,32 @@ impl Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_chat_message_is_explained_by_its_code() {
+        let words = |code| chat_refusal_words(code, "limit 4096");
+        assert_eq!(
+            words(close::MESSAGE_TOO_BIG).unwrap(),
+            "Your message was not sent: it is longer than the server accepts (limit 4096)."
+        );
+        assert!(
+            words(close::DOCUMENT_TOO_LARGE)
+                .unwrap()
+                .contains("size limit (limit 4096)")
+        );
+        assert!(words(close::FORBIDDEN).unwrap().contains("read-only"));
+        assert_eq!(
+            chat_refusal_words(close::MESSAGE_TOO_BIG, ""),
+            Some("Your message was not sent: it is longer than the server accepts.".into())
+        );
+        // Codes that are not about a message are said elsewhere.
+        assert_eq!(words(close::INTERNAL_ERROR), None);
+        assert_eq!(words(4000), None);
     }
 }

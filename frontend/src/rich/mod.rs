@@ -104,6 +104,9 @@ pub struct RichEditor {
     /// The selection an undo/redo step restores.
     popped: Rc<RefCell<UndoMeta>>,
     composing: RefCell<Option<Composition>>,
+    /// The selection being dragged from this editor (a drop back into it
+    /// moves that text).
+    drag_source: RefCell<Option<Sel>>,
     read_only: Cell<bool>,
     hooks: Hooks,
     listeners: RefCell<Vec<Listener>>,
@@ -210,6 +213,7 @@ impl RichEditor {
             before_edit: Rc::default(),
             popped: Rc::default(),
             composing: RefCell::new(None),
+            drag_source: RefCell::new(None),
             read_only: Cell::new(false),
             hooks,
             listeners: RefCell::new(Vec::new()),
@@ -274,6 +278,8 @@ impl RichEditor {
             on("paste", |ed, e| ed.paste(e)),
             on("copy", |ed, e| ed.copy(e, false)),
             on("cut", |ed, e| ed.copy(e, true)),
+            on("dragstart", |ed, _| ed.drag_start()),
+            on("dragend", |ed, _| *ed.drag_source.borrow_mut() = None),
             on("drop", |ed, e| ed.drop_event(e)),
             on("click", |ed, e| ed.click(e)),
         ];
@@ -332,7 +338,19 @@ impl RichEditor {
             return;
         };
         if let Ok(Some(selection)) = window().get_selection() {
-            let _ = selection.set_base_and_extent(&an, ao, &hn, ho);
+            // Setting a selection the DOM already has costs a layout and a
+            // selection change (a quarter of a keystroke, measured): skip it.
+            let already = selection
+                .anchor_node()
+                .is_some_and(|n| n.is_same_node(Some(&an)))
+                && selection.anchor_offset() == ao
+                && selection
+                    .focus_node()
+                    .is_some_and(|n| n.is_same_node(Some(&hn)))
+                && selection.focus_offset() == ho;
+            if !already {
+                let _ = selection.set_base_and_extent(&an, ao, &hn, ho);
+            }
         }
     }
 
@@ -1141,44 +1159,80 @@ impl RichEditor {
         }
     }
 
+    fn drag_start(&self) {
+        *self.drag_source.borrow_mut() = self.read_dom_selection().filter(|s| !s.is_empty());
+    }
+
     fn drop_event(&self, event: web_sys::Event) {
         // Drops of files or from other pages: text and HTML only, through the same allowlist.
         let Some(drag) = event.dyn_ref::<web_sys::DragEvent>() else {
             return;
         };
         event.prevent_default();
+        let source = self.drag_source.borrow_mut().take();
         if self.read_only.get() {
             return;
         }
         let target = caret_range_from_point(drag.client_x(), drag.client_y())
             .and_then(|r| self.dom_to_pos(&r.start_container().ok()?, r.start_offset().ok()?))
             .map(Sel::caret);
-        if let Some(data) = drag.data_transfer() {
-            self.insert_transfer(&data, target);
+        let Some(data) = drag.data_transfer() else {
+            return;
+        };
+        // Dragged from here, without the copy modifier (Ctrl, or Alt on a
+        // Mac): the text moves, in one step (one undo).
+        let copy = drag.ctrl_key() || drag.alt_key();
+        match (source, target) {
+            (Some(source), Some(target)) if !copy => self.move_dragged(&data, source, target),
+            (_, target) => self.insert_transfer(&data, target),
         }
     }
 
+    /// Moves the dragged `source` to `target`: deletes it, then inserts
+    /// what was dragged where `target` is after the deletion. A drop inside
+    /// the dragged range changes nothing.
+    fn move_dragged(&self, data: &web_sys::DataTransfer, source: Sel, target: Sel) {
+        if source.from() <= &target.head && &target.head <= source.to() {
+            return;
+        }
+        let nodes = self.transfer_nodes(data);
+        if nodes.is_empty() {
+            return;
+        }
+        self.run(Some(source), move |e, s| {
+            let (mark, _) = self.sticky_of(&*e.txn, &target).ok_or(NotApplicable)?;
+            e.delete_selection(s)?;
+            let at = self.sticky_to_pos(&*e.txn, &mark).ok_or(NotApplicable)?;
+            e.insert_nodes(&Sel::caret(at), nodes)
+        });
+    }
+
     fn insert_transfer(&self, data: &web_sys::DataTransfer, at: Option<Sel>) {
+        let nodes = self.transfer_nodes(data);
+        if nodes.is_empty() {
+            return;
+        }
+        self.run(at, move |e, s| e.insert_nodes(s, nodes));
+    }
+
+    /// What a paste or drop carries, as the schema's nodes.
+    fn transfer_nodes(&self, data: &web_sys::DataTransfer) -> Vec<Node> {
         let html = data.get_data("text/html").unwrap_or_default();
         let text = data.get_data("text/plain").unwrap_or_default();
         let in_code = self
             .selection()
             .is_some_and(|s| self.format_of(&s).block == Some(BlockType::CodeBlock));
-        let nodes = if !html.trim().is_empty() && !in_code {
+        if !html.trim().is_empty() && !in_code {
             clipboard::parse_html(&html)
         } else if text.is_empty() {
-            return;
+            Vec::new()
         } else if in_code {
             vec![Node::text(text.replace("\r\n", "\n"), Vec::new())]
         } else if !text.contains('\n') {
             vec![Node::text(text, Vec::new())]
         } else {
             quire_protocol::rich::text::paragraphs(&text)
-        };
-        if nodes.is_empty() {
-            return;
         }
-        self.run(at, move |e, s| e.insert_nodes(s, nodes));
     }
 
     fn copy(&self, event: web_sys::Event, cut: bool) {

@@ -6,6 +6,8 @@
 //! documents and interop with Tiptap apps. Every test saves screenshots
 //! under `$CARGO_TARGET_DIR/browser-screenshots/`.
 
+mod chat;
+mod formats;
 mod plain;
 mod rich;
 mod support;

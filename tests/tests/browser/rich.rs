@@ -7,9 +7,8 @@
 
 use std::time::Duration;
 
-use quire_server::auth::{Claims, Permission, TokenKey};
-use quire_tests::TestServer;
-use quire_tests::browser::{Browser, web_dist};
+use quire_server::auth::Permission;
+use quire_tests::browser::Browser;
 use quire_tests::proxy::FaultProxy;
 use serde_json::json;
 
@@ -203,6 +202,13 @@ async fn every_toolbar_action_formats_the_document() {
     keys(&browser, ENTER).await;
     keys(&browser, ENTER).await;
     click(&browser, "#tb-rule").await;
+    // A rule is inserted, not a state: its button never looks pressed.
+    assert_eq!(
+        browser
+            .js("const b = document.querySelector('#tb-rule'); return [b.getAttribute('aria-pressed'), b.classList.contains('active'), document.activeElement === b]", vec![])
+            .await,
+        json!(["false", false, false])
+    );
     keys(&browser, "end").await;
     let expected = "<h1>Title</h1><p><bold>bold</bold> <italic>italic</italic> <underline>under</underline> <strike>strike</strike> <code>code</code> <link https://example.com/page>link</link></p><ol><li><p>one</p></li><li><p>two</p></li></ol><q><p>quoted</p></q><pre>let x = 1</pre><hr><p>end</p>";
     wait_stored(server.addr, "toolbar", expected).await;
@@ -634,17 +640,9 @@ async fn ime_composition_lands_once_while_a_remote_edit_arrives() {
 #[tokio::test]
 async fn a_read_only_link_shows_the_document_and_cannot_change_it() {
     const KEY: &str = "rich-read-only-test-key";
-    let dist = web_dist();
-    let server = TestServer::start_with(move |c| {
-        c.static_dir = Some(dist);
-        c.auth_key = Some(TokenKey::new(KEY));
-    })
-    .await;
+    let server = guarded_server(KEY).await;
     let base = format!("http://{}", server.addr);
-    let token = |perm| {
-        let exp = quire_server::auth::now_secs() + 3_600;
-        TokenKey::new(KEY).sign(&Claims::doc("guarded", perm, exp))
-    };
+    let token = |perm| doc_token(KEY, "guarded", perm);
     let (write, read) = (token(Permission::Write), token(Permission::Read));
     let browser = Browser::start().await;
     browser
@@ -911,5 +909,55 @@ async fn backspace_at_a_block_start_unwraps_it_and_the_other_shortcuts() {
     let expected = "<p>item</p><p><link /docs/said>said</link></p><h3>three</h3><h4>four</h4><h3>five</h3><p>six</p>";
     wait_stored(server.addr, "unwrap", expected).await;
     browser.screenshot("rich-unwrap").await;
+    browser.close().await;
+}
+
+/// Drags the editor's selection and drops it at text offset `to` (the
+/// events a browser fires for a drag inside a page: `dragstart` on the
+/// selection, `drop` where the pointer is, carrying the dragged text).
+async fn drag_selection_to(browser: &Browser, to: u32, ctrl: bool) {
+    js(
+        browser,
+        "const sel = getSelection(); const text = sel.toString();\
+         const start = new DataTransfer(); start.setData('text/plain', text);\
+         Q.root().dispatchEvent(new DragEvent('dragstart', { dataTransfer: start, bubbles: true }));\
+         const keep = sel.getRangeAt(0).cloneRange();\
+         Q.setCaret(arguments[0]); const r = getSelection().getRangeAt(0); const box = r.getClientRects()[0] || r.getBoundingClientRect();\
+         getSelection().removeAllRanges(); getSelection().addRange(keep);\
+         const dt = new DataTransfer(); dt.setData('text/plain', text);\
+         Q.root().dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true, ctrlKey: arguments[1], clientX: box.left + 1, clientY: box.top + box.height / 2 }));\
+         Q.root().dispatchEvent(new DragEvent('dragend', { bubbles: true }));\
+         return true",
+        vec![json!(to), json!(ctrl)],
+    )
+    .await;
+}
+
+/// Regression: a drag inside the editor copied the text (issue 10).
+#[tokio::test]
+async fn dragging_text_inside_the_editor_moves_it_in_one_undo_step() {
+    let server = app_server().await;
+    let base = format!("http://{}", server.addr);
+    let browser = Browser::start().await;
+    open_editor(&browser, &base, "drag", "Mover").await;
+    type_at(&browser, None, "one two three").await;
+    wait_status(&browser, "All changes saved").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    select(&browser, "two ").await;
+    drag_selection_to(&browser, 0, false).await;
+    wait_text(&browser, "the text moved", "two one three").await;
+    wait_stored(server.addr, "drag", "<p>two one three</p>").await;
+    keys(&browser, &ctrl("z")).await;
+    wait_text(&browser, "one undo puts it back", "one two three").await;
+    // With Ctrl held, a drop copies.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    select(&browser, "three").await;
+    drag_selection_to(&browser, 0, true).await;
+    wait_text(&browser, "the text was copied", "threeone two three").await;
+    // A drop inside the dragged text changes nothing.
+    select(&browser, "two").await;
+    drag_selection_to(&browser, 10, false).await;
+    wait_stored(server.addr, "drag", "<p>threeone two three</p>").await;
+    assert_eq!(editor_text(&browser).await, "threeone two three");
     browser.close().await;
 }

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use quire_protocol::rich::{Node, json};
+use quire_server::auth::{Claims, Permission, TokenKey};
 use quire_tests::browser::{Browser, web_dist};
 use quire_tests::{TestServer, http};
 use serde_json::{Value, json};
@@ -23,6 +24,22 @@ pub async fn app_server() -> TestServer {
         c.ping_timeout = Duration::from_secs(1);
     })
     .await
+}
+
+/// A server serving the built app that wants tokens signed with `key`.
+pub async fn guarded_server(key: &'static str) -> TestServer {
+    let dist = web_dist();
+    TestServer::start_with(move |c| {
+        c.static_dir = Some(dist);
+        c.auth_key = Some(TokenKey::new(key));
+    })
+    .await
+}
+
+/// A token for `doc` with `permission`, signed with `key`, valid for an hour.
+pub fn doc_token(key: &str, doc: &str, permission: Permission) -> String {
+    let exp = quire_server::auth::now_secs() + 3_600;
+    TokenKey::new(key).sign(&Claims::doc(doc, permission, exp))
 }
 
 /// JS helpers defined in front of every script below.
