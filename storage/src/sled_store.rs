@@ -32,8 +32,10 @@ const FLUSH_RETRY_DELAY: Duration = Duration::from_millis(500);
 /// Tuning knobs for [`SledStore`].
 #[derive(Debug, Clone)]
 pub struct SledOptions {
-    /// How long the flusher gathers appends before one flush: longer windows
-    /// mean fewer fsyncs under load but later acknowledgements. Default 2 ms.
+    /// How long the flusher gathers appends before a flush when appends
+    /// arrived during the previous one (under load): longer windows mean
+    /// fewer fsyncs under load but later acknowledgements. A write after a
+    /// quiet spell is flushed at once. Default 2 ms.
     pub commit_window: Duration,
     /// sled's page cache size in bytes. Default 64 MiB.
     pub cache_bytes: u64,
@@ -430,9 +432,17 @@ impl Shared {
         Ok(())
     }
 
-    /// Body of the `quire-flusher` thread: park until a write arrives, wait
-    /// the commit window so more writes join, flush once, repeat.
+    /// Body of the `quire-flusher` thread: park until a write arrives and
+    /// flush at once; writes that arrived while that flush ran mean load, so
+    /// the next flush first waits the commit window for more to join.
+    ///
+    /// A lone writer's update is therefore durable one flush after it is
+    /// stored (no window to wait out), while under load each flush still
+    /// covers a window's worth of writes.
     fn run_flusher(&self) {
+        // Whether the flusher parked (found nothing to flush) since its
+        // last flush: then what is pending now came after a quiet spell.
+        let mut quiet = true;
         loop {
             let stopping = self.stopping.load(Ordering::SeqCst);
             let pending = self.tickets.load(Ordering::SeqCst) > self.committed_ticket();
@@ -443,11 +453,13 @@ impl Shared {
                 // A write that lands after the check above unparks us, and
                 // an unpark before this park makes it return at once.
                 thread::park();
+                quiet = true;
                 continue;
             }
-            if !stopping && !self.commit_window.is_zero() {
+            if !quiet && !stopping && !self.commit_window.is_zero() {
                 thread::sleep(self.commit_window);
             }
+            quiet = false;
             if let Err(e) = self.flush_now() {
                 tracing::error!(error = %e, "group commit flush failed; will retry");
                 if stopping {
