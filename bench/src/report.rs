@@ -1268,7 +1268,7 @@ fn traces(out: &mut String, doc: &Value, targets: &mut Vec<Target>) {
     let _ = writeln!(
         out,
         "### Quire with its default settings\n\nThe same replays through `quire serve` with no limit lifted \
-         (default `--max-messages-per-sec` and `--max-bytes-per-sec`), one replay per trace, stopped after {} s \
+         (default `--max-room-ms-per-sec`, `--max-messages-per-sec`, `--max-bytes-per-sec` and `--rate-burst`), one replay per trace, stopped after {} s \
          if not done; against Quire's first replay with the limits lifted.\n",
         num(budget, 0)
     );
