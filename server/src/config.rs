@@ -16,7 +16,7 @@ pub mod defaults {
     pub const DATA: &str = "./quire-data";
     pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
     pub const ROOM_GRACE: &str = "5s";
-    pub const COMMIT_WINDOW: &str = "2ms";
+    pub const COMMIT_WINDOW: &str = "10ms";
     pub const AWARENESS_TIMEOUT: &str = "30s";
     pub const OUTBOX_CAPACITY: usize = 4096;
     pub const COMPACT_AFTER: u64 = 1000;

@@ -43,7 +43,7 @@ pub struct SledOptions {
     /// How long the flusher gathers appends before one flush: longer windows
     /// mean fewer fsyncs under load but later acknowledgements. A write
     /// after a quiet spell that someone waits for ([`DocStore::hurry`]) is
-    /// flushed at once. Default 2 ms.
+    /// flushed at once. Default 10 ms.
     pub commit_window: Duration,
     /// sled's page cache size in bytes. Default 64 MiB.
     pub cache_bytes: u64,
@@ -52,7 +52,7 @@ pub struct SledOptions {
 impl Default for SledOptions {
     fn default() -> Self {
         Self {
-            commit_window: Duration::from_millis(2),
+            commit_window: Duration::from_millis(10),
             cache_bytes: 64 * 1024 * 1024,
         }
     }
@@ -434,7 +434,10 @@ impl Shared {
     }
 
     /// Flushes sled if any write is not yet covered and publishes the result.
-    fn flush_now(&self) -> Result<(), StoreError> {
+    ///
+    /// Returns whether writes arrived while it flushed (load), as opposed to
+    /// after it published (a lone writer answering its `Saved`).
+    fn flush_now(&self) -> Result<bool, StoreError> {
         let _serial = self
             .flush_lock
             .lock()
@@ -443,16 +446,17 @@ impl Shared {
         let ticket = self.tickets.load(Ordering::SeqCst);
         let previous = self.committed_ticket();
         if ticket <= previous {
-            return Ok(());
+            return Ok(false);
         }
         let started = Instant::now();
         self.db.flush().map_err(io_err("flushing to disk"))?;
+        let arrived_meanwhile = self.tickets.load(Ordering::SeqCst) > ticket;
         self.committed.send_replace(Committed {
             ticket,
             batch: ticket - previous,
             flush_time: started.elapsed(),
         });
-        Ok(())
+        Ok(arrived_meanwhile)
     }
 
     /// Body of the `quire-flusher` thread: park until a write arrives; wait
@@ -463,8 +467,9 @@ impl Shared {
     /// arrive while a flush runs (load) always wait the window, so that
     /// under load a flush covers many writes.
     fn run_flusher(&self) {
-        // Whether the flusher parked (found nothing to flush) since its
-        // last flush: then what is pending came after a quiet spell.
+        // Whether what is pending came after a quiet spell: the flusher
+        // parked (found nothing to flush), or nothing arrived while it
+        // last flushed.
         let mut quiet = true;
         loop {
             let stopping = self.stopping.load(Ordering::SeqCst);
@@ -491,13 +496,18 @@ impl Shared {
                 }
             }
             self.hurry.store(false, Ordering::SeqCst);
-            quiet = false;
-            if let Err(e) = self.flush_now() {
-                tracing::error!(error = %e, "group commit flush failed; will retry");
-                if stopping {
-                    return;
+            match self.flush_now() {
+                // What arrived after the flush published answers it (a lone
+                // writer's next update): still a quiet spell.
+                Ok(arrived_meanwhile) => quiet = !arrived_meanwhile,
+                Err(e) => {
+                    tracing::error!(error = %e, "group commit flush failed; will retry");
+                    if stopping {
+                        return;
+                    }
+                    quiet = false;
+                    thread::sleep(FLUSH_RETRY_DELAY);
                 }
-                thread::sleep(FLUSH_RETRY_DELAY);
             }
         }
     }
@@ -699,7 +709,7 @@ impl DocStore for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.shared.flush_now()
+        self.shared.flush_now().map(drop)
     }
 
     fn hurry(&self) {
