@@ -16,7 +16,7 @@ pub mod defaults {
     pub const DATA: &str = "./quire-data";
     pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
     pub const ROOM_GRACE: &str = "5s";
-    pub const COMMIT_WINDOW: &str = "2ms";
+    pub const COMMIT_WINDOW: &str = "10ms";
     pub const AWARENESS_TIMEOUT: &str = "30s";
     pub const OUTBOX_CAPACITY: usize = 4096;
     pub const COMPACT_AFTER: u64 = 1000;
@@ -28,8 +28,10 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 20_000;
     pub const MAX_CONNECTIONS_PER_IP: usize = 1_000;
     pub const MAX_ROOMS: usize = 10_000;
-    pub const MAX_MESSAGES_PER_SEC: u32 = 500;
+    pub const MAX_MESSAGES_PER_SEC: u32 = 100_000;
     pub const MAX_BYTES_PER_SEC: u64 = 8 * 1024 * 1024;
+    pub const MAX_ROOM_MS_PER_SEC: u32 = 500;
+    pub const RATE_BURST: &str = "10s";
 
     // ----- room limits (issue 12, room side) -----
     pub const SAVE_STALL_TIMEOUT: &str = "5s";
@@ -67,7 +69,9 @@ pub struct Config {
     /// How long an empty room stays loaded before it is flushed and evicted (e.g. 5s, 500ms).
     #[arg(long, env = "QUIRE_ROOM_GRACE", default_value = defaults::ROOM_GRACE, value_parser = humantime::parse_duration)]
     pub room_grace: Duration,
-    /// Longest wait before stored updates are flushed to disk together.
+    /// How long stored updates wait to be flushed to disk together; an
+    /// update a Quire client waits to see `Saved` is flushed at once when
+    /// the store was idle.
     #[arg(long, env = "QUIRE_COMMIT_WINDOW", default_value = defaults::COMMIT_WINDOW, value_parser = humantime::parse_duration)]
     pub commit_window: Duration,
     /// Presence not renewed for this long is removed (y-protocols uses 30 s).
@@ -120,12 +124,24 @@ pub struct Config {
     #[arg(long, env = "QUIRE_MAX_ROOMS", default_value_t = defaults::MAX_ROOMS)]
     pub max_rooms: usize,
     /// Messages per second one connection may send (slowed down beyond,
-    /// never cut off); bursts up to one second's worth.
+    /// never cut off; bursts up to `--rate-burst` worth). A backstop above
+    /// what one room applies: `--max-room-ms-per-sec` is the limit that
+    /// follows what messages cost.
     #[arg(long, env = "QUIRE_MAX_MESSAGES_PER_SEC", default_value_t = defaults::MAX_MESSAGES_PER_SEC)]
     pub max_messages_per_sec: u32,
     /// Bytes per second one connection may send, likewise.
     #[arg(long, env = "QUIRE_MAX_BYTES_PER_SEC", default_value_t = defaults::MAX_BYTES_PER_SEC)]
     pub max_bytes_per_sec: u64,
+    /// Milliseconds per second of its room's time one connection's messages
+    /// may take (merging, storing, relaying them), likewise: a client that
+    /// sends many cheap updates fast is not slowed, one whose messages keep
+    /// the room busy beyond this share is.
+    #[arg(long, env = "QUIRE_MAX_ROOM_MS_PER_SEC", default_value_t = defaults::MAX_ROOM_MS_PER_SEC)]
+    pub max_room_ms_per_sec: u32,
+    /// How many seconds' worth of each per-connection rate a connection may
+    /// spend at once before it is slowed (a paste, an import, a replay).
+    #[arg(long, env = "QUIRE_RATE_BURST", default_value = defaults::RATE_BURST, value_parser = humantime::parse_duration)]
+    pub rate_burst: Duration,
 
     // ----- connection-side limits (issue 12) -----
     /// Bytes queued for one client before it is cut off as too slow (4408);
@@ -238,6 +254,8 @@ impl Config {
             max_rooms: defaults::MAX_ROOMS,
             max_messages_per_sec: defaults::MAX_MESSAGES_PER_SEC,
             max_bytes_per_sec: defaults::MAX_BYTES_PER_SEC,
+            max_room_ms_per_sec: defaults::MAX_ROOM_MS_PER_SEC,
+            rate_burst: duration(defaults::RATE_BURST),
             outbox_bytes: edge_defaults::OUTBOX_BYTES,
             header_timeout: duration(edge_defaults::HEADER_TIMEOUT),
             auth_timeout: duration(edge_defaults::AUTH_TIMEOUT),

@@ -44,7 +44,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::auth::{self, AuthError, Permission};
-use crate::limits::{Admitted, MessageProgress, RateLimit, ReadMeter};
+use crate::limits::{Admitted, MessageProgress, RateLimit, ReadMeter, RoomTime};
 use crate::outbox::{OutboxReceiver, outbox};
 use crate::room::{Close, ConnId, Inbound, MemberChannels, RoomError, RoomHandle};
 use crate::{AppState, unix_ms};
@@ -207,6 +207,7 @@ async fn run(
         room: joined.room,
         close_tx: joined.close_tx,
         control_tx: joined.control_tx,
+        room_time: Arc::default(),
         state,
     };
     let progress = meter.map(|meter| MessageProgress::new(meter, state.config.message_timeout));
@@ -321,6 +322,9 @@ struct Link<'a> {
     close_tx: mpsc::Sender<Close>,
     /// The writer's control queue: pings, pongs.
     control_tx: mpsc::Sender<WsMessage>,
+    /// The room's time spent on this connection's messages (the room adds
+    /// to it; the room-time rate limit reads it).
+    room_time: Arc<RoomTime>,
     state: &'a AppState,
 }
 
@@ -343,15 +347,34 @@ impl Link<'_> {
         let mut nonce = 0u64;
         let mut next_ping = Instant::now() + config.ping_interval;
         let mut unanswered_since: Option<Instant> = None;
-        let mut messages = RateLimit::per_second(f64::from(config.max_messages_per_sec));
-        let mut bytes_rate = RateLimit::per_second(config.max_bytes_per_sec as f64);
+        let burst = config.rate_burst;
+        let mut messages = RateLimit::new(f64::from(config.max_messages_per_sec), burst);
+        let mut bytes_rate = RateLimit::new(config.max_bytes_per_sec as f64, burst);
+        // In milliseconds of room time per second.
+        let mut room_rate = RateLimit::new(f64::from(config.max_room_ms_per_sec), burst);
+        // How much of the room's time on this connection has been charged.
+        let mut charged = Duration::ZERO;
         // A message in progress must complete in time (the heartbeat alone
         // does not keep it open); checked this often.
         let check_every = progress.as_ref().map(MessageProgress::check_every);
         let mut next_check = check_every.map(|every| Instant::now() + every);
+        // One timer for all of the connection's deadlines, moved only when
+        // the earliest one moves: a message does not cost timer
+        // registrations, and an idle connection holds one timer, not four.
+        let timer = sleep_until(next_ping);
+        tokio::pin!(timer);
+        let mut timer_at = next_ping;
         loop {
             let ping_deadline = unanswered_since.map(|t| t + config.ping_timeout);
             let expiry = self.access.expires_at;
+            let due = [ping_deadline, expiry, next_check]
+                .into_iter()
+                .flatten()
+                .fold(next_ping, Instant::min);
+            if due != timer_at || timer.is_elapsed() {
+                timer.as_mut().reset(due);
+                timer_at = due;
+            }
             let frame = tokio::select! {
                 frame = stream.next() => frame,
                 _ = &mut writer => {
@@ -360,35 +383,36 @@ impl Link<'_> {
                     drain(&mut stream).await;
                     break;
                 }
-                _ = sleep_until(next_ping) => {
-                    nonce += 1;
-                    let ping = if self.extensions {
-                        WsMessage::Binary(Ext::Ping(nonce).encode().into())
-                    } else {
-                        WsMessage::Ping(Bytes::from(nonce.to_be_bytes().to_vec()))
-                    };
-                    // A writer too busy to take a ping is not dead; skip this one.
-                    let _ = self.control_tx.try_send(ping);
-                    unanswered_since.get_or_insert_with(Instant::now);
-                    next_ping = Instant::now() + config.ping_interval;
-                    continue;
-                }
-                _ = sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() => {
-                    self.end(Ending::Access(AuthError::Expired));
-                    break;
-                }
-                _ = sleep_until(next_check.unwrap_or_else(Instant::now)), if next_check.is_some() => {
+                () = &mut timer => {
                     let now = Instant::now();
-                    if progress.as_mut().is_some_and(|p| p.stalled(now)) {
-                        self.end(Ending::MessageTimeout(config.message_timeout.as_millis()));
+                    if expiry.is_some_and(|at| now >= at) {
+                        self.end(Ending::Access(AuthError::Expired));
                         break;
                     }
-                    next_check = check_every.map(|every| now + every);
+                    if ping_deadline.is_some_and(|at| now >= at) {
+                        self.end(Ending::PingTimeout(config.ping_timeout.as_millis()));
+                        break;
+                    }
+                    if next_check.is_some_and(|at| now >= at) {
+                        if progress.as_mut().is_some_and(|p| p.stalled(now)) {
+                            self.end(Ending::MessageTimeout(config.message_timeout.as_millis()));
+                            break;
+                        }
+                        next_check = check_every.map(|every| now + every);
+                    }
+                    if now >= next_ping {
+                        nonce += 1;
+                        let ping = if self.extensions {
+                            WsMessage::Binary(Ext::Ping(nonce).encode().into())
+                        } else {
+                            WsMessage::Ping(Bytes::from(nonce.to_be_bytes().to_vec()))
+                        };
+                        // A writer too busy to take a ping is not dead; skip this one.
+                        let _ = self.control_tx.try_send(ping);
+                        unanswered_since.get_or_insert(now);
+                        next_ping = now + config.ping_interval;
+                    }
                     continue;
-                }
-                _ = sleep_until(ping_deadline.unwrap_or_else(Instant::now)), if ping_deadline.is_some() => {
-                    self.end(Ending::PingTimeout(config.ping_timeout.as_millis()));
-                    break;
                 }
             };
             // Anything from the client proves the link is alive.
@@ -444,16 +468,26 @@ impl Link<'_> {
                     break;
                 }
             };
-            // A connection over its rate is slowed down (not read from), never cut.
+            // A connection over its rate is slowed down (not read from), never
+            // cut. The room's time is charged as it is reported, a few
+            // messages late: the debt is waited off all the same.
             let now = Instant::now();
+            let spent = self.room_time.total();
             let wait = messages
                 .take(1.0, now)
-                .max(bytes_rate.take(bytes.len() as f64, now));
+                .max(bytes_rate.take(bytes.len() as f64, now))
+                .max(room_rate.take((spent - charged).as_secs_f64() * 1000.0, now));
+            charged = spent;
             if !wait.is_zero() {
                 self.state.metrics.throttled.inc();
                 tokio::time::sleep(wait).await;
             }
-            if self.room.deliver(self.conn, inbound).await.is_err() {
+            if self
+                .room
+                .deliver(self.conn, inbound, &self.room_time)
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -479,7 +513,7 @@ impl Link<'_> {
         if refreshed.can_write != self.access.can_write {
             let writable = Inbound::SetWritable(refreshed.can_write);
             self.room
-                .deliver(self.conn, writable)
+                .deliver(self.conn, writable, &self.room_time)
                 .await
                 .map_err(|_| None)?;
         }

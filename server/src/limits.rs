@@ -1,6 +1,6 @@
 //! Admission limits (connections in total and per IP address), the
 //! client address behind a trusted proxy, and the per-connection rate
-//! limit.
+//! limits (messages, bytes, and the room time its messages cost).
 //!
 //! Every TCP connection is admitted as it is accepted, before a byte of it
 //! is read: HTTP requests and WebSockets alike hold a place until they
@@ -307,24 +307,52 @@ impl MessageProgress {
     }
 }
 
+/// Time a room spent on one connection's messages (merging, storing and
+/// relaying them), added by the room after each message and read by the
+/// connection's rate limit: what a connection costs, whatever it sends.
+#[derive(Debug, Default)]
+pub struct RoomTime(std::sync::atomic::AtomicU64);
+
+impl RoomTime {
+    /// Adds `spent` (the room calls it once per message it handled).
+    pub fn add(&self, spent: Duration) {
+        let nanos = u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX);
+        self.0
+            .fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Everything spent so far.
+    pub fn total(&self) -> Duration {
+        Duration::from_nanos(self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 /// A token bucket that goes into debt instead of refusing: a message larger
 /// than the bucket is let through and the sender then waits it off. Used to
 /// slow a flooding connection down (by not reading from it) without ever
 /// dropping what it sent.
 #[derive(Debug)]
 pub struct RateLimit {
-    /// Units per second (and the burst: one second's worth).
+    /// Units per second.
     rate: f64,
+    /// The most units the bucket holds: `burst` seconds' worth.
+    capacity: f64,
     /// Units available now; negative while in debt.
     tokens: f64,
     last: Instant,
 }
 
 impl RateLimit {
-    pub fn per_second(rate: f64) -> Self {
+    /// `rate` units per second, of which a full bucket (after `burst` of
+    /// sending less) lets `burst` seconds' worth through at once. The
+    /// bucket starts full.
+    pub fn new(rate: f64, burst: Duration) -> Self {
+        let rate = rate.max(1.0);
+        let capacity = (rate * burst.as_secs_f64()).max(1.0);
         Self {
-            rate: rate.max(1.0),
-            tokens: rate.max(1.0),
+            rate,
+            capacity,
+            tokens: capacity,
             last: Instant::now(),
         }
     }
@@ -333,7 +361,7 @@ impl RateLimit {
     pub fn take(&mut self, units: f64, now: Instant) -> Duration {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
         self.tokens -= units;
         if self.tokens >= 0.0 {
             Duration::ZERO
@@ -420,7 +448,7 @@ mod tests {
     #[test]
     fn rate_limit_allows_a_burst_then_paces() {
         let start = Instant::now();
-        let mut limit = RateLimit::per_second(10.0);
+        let mut limit = RateLimit::new(10.0, Duration::from_secs(1));
         for _ in 0..10 {
             assert_eq!(limit.take(1.0, start), Duration::ZERO);
         }
@@ -432,5 +460,26 @@ mod tests {
         // A message bigger than the bucket goes through, then is waited off.
         let wait = limit.take(30.0, later);
         assert!((wait.as_secs_f64() - 2.9).abs() < 1e-6, "{wait:?}");
+    }
+
+    #[test]
+    fn a_longer_burst_holds_that_many_seconds_worth() {
+        let start = Instant::now();
+        let mut limit = RateLimit::new(10.0, Duration::from_secs(10));
+        assert_eq!(limit.take(100.0, start), Duration::ZERO, "10 s worth");
+        let wait = limit.take(1.0, start);
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}");
+        // Refilled at the rate, up to the burst: a minute idle is 10 s worth.
+        let later = start + Duration::from_secs(60);
+        assert_eq!(limit.take(100.0, later), Duration::ZERO);
+        assert!(limit.take(1.0, later) > Duration::ZERO);
+    }
+
+    #[test]
+    fn room_time_adds_up() {
+        let spent = RoomTime::default();
+        spent.add(Duration::from_micros(30));
+        spent.add(Duration::from_micros(12));
+        assert_eq!(spent.total(), Duration::from_micros(42));
     }
 }

@@ -19,39 +19,63 @@
 //!   after it, as relays. The room asks [`MemberQueue::answer_pending`]
 //!   before it builds anything, so a client that repeats one request and
 //!   never reads costs one answer, not thousands.
+//! - No channel: one `VecDeque` and its counts under one lock (held by
+//!   either end for a few instructions), and the writer's waker. Issue 14's
+//!   profile had tokio's list channel (a 32-slot block per connection, and
+//!   its push and pop) among the writer's costs; an idle queue now holds no
+//!   block, and a queue that grew in a burst is given back once empty.
 //!
 //! [`MemberQueue::answer_pending`]: crate::room_core::MemberQueue::answer_pending
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use futures_util::task::AtomicWaker;
 
 use crate::metrics::Metrics;
 use crate::room_core::{Answer, Pushed};
 
+/// A queue whose slots grew past this many in a burst is given back once it
+/// is empty again, so an idle connection keeps no burst-sized buffer.
+const KEEP_SLOTS: usize = 32;
+
 /// What the two ends share.
 #[derive(Debug)]
 struct Shared {
-    /// Bytes of the frames queued and not yet taken by the writer (gauge).
-    bytes: AtomicUsize,
-    /// The same for frames smaller than `max_bytes`: what the bound limits.
-    small_bytes: AtomicUsize,
-    /// Frames of at least `max_bytes` queued (at most one at a time).
-    large: AtomicUsize,
+    /// The queue and its counts, behind one lock: the room pushes, the
+    /// writer takes, each holding it for a few instructions.
+    queue: Mutex<Queue>,
+    /// The writer's task, woken by a push (and by the last sender leaving).
+    waker: AtomicWaker,
     /// The bound in bytes (at least 1).
     max_bytes: usize,
-    /// Frames queued and not yet taken (bounded by `--outbox-capacity`).
-    frames: AtomicUsize,
+    /// The server-wide gauge of queued bytes (`quire_outbound_queued_bytes`).
+    metrics: Arc<Metrics>,
+}
+
+/// The queue proper.
+#[derive(Debug)]
+struct Queue {
+    /// Frames queued and not yet taken, oldest first (bounded by
+    /// `--outbox-capacity`).
+    frames: VecDeque<Queued>,
     /// Answers queued and not yet taken, in queue order, so a repeated
     /// request is not answered twice (a handful at most: one per kind and
     /// state vector). Kept here rather than in each queued frame, so an
     /// idle queue's slots stay small.
-    answers: Mutex<VecDeque<Answer>>,
-    /// The server-wide gauge of queued bytes (`quire_outbound_queued_bytes`).
-    metrics: Arc<Metrics>,
+    answers: VecDeque<Answer>,
+    /// Bytes of the frames queued (the gauge's share of this queue).
+    bytes: usize,
+    /// The same for frames smaller than `max_bytes`: what the bound limits.
+    small_bytes: usize,
+    /// Frames of at least `max_bytes` queued (at most one at a time).
+    large: usize,
+    /// Room-side handles alive: none left and nothing queued ends `recv`.
+    senders: usize,
+    /// Whether the writer's end is alive (pushes are refused once not).
+    receiver: bool,
 }
 
 /// One queued frame.
@@ -69,30 +93,55 @@ pub fn outbox(
     max_bytes: usize,
     metrics: Arc<Metrics>,
 ) -> (OutboxSender, OutboxReceiver) {
-    let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
-        bytes: AtomicUsize::new(0),
-        small_bytes: AtomicUsize::new(0),
-        large: AtomicUsize::new(0),
+        queue: Mutex::new(Queue {
+            frames: VecDeque::new(),
+            answers: VecDeque::new(),
+            bytes: 0,
+            small_bytes: 0,
+            large: 0,
+            senders: 1,
+            receiver: true,
+        }),
+        waker: AtomicWaker::new(),
         max_bytes: max_bytes.max(1),
-        frames: AtomicUsize::new(0),
-        answers: Mutex::new(VecDeque::new()),
         metrics,
     });
     let sender = OutboxSender {
-        tx,
         shared: shared.clone(),
         max_frames: max_frames.max(1),
     };
-    (sender, OutboxReceiver { rx, shared })
+    (sender, OutboxReceiver { shared })
 }
 
 /// The room's end. Clones share one queue.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct OutboxSender {
-    tx: mpsc::UnboundedSender<Queued>,
     shared: Arc<Shared>,
     max_frames: usize,
+}
+
+impl Clone for OutboxSender {
+    fn clone(&self) -> Self {
+        self.shared.lock().senders += 1;
+        Self {
+            shared: self.shared.clone(),
+            max_frames: self.max_frames,
+        }
+    }
+}
+
+impl Drop for OutboxSender {
+    fn drop(&mut self) {
+        let last = {
+            let mut queue = self.shared.lock();
+            queue.senders -= 1;
+            queue.senders == 0
+        };
+        if last {
+            self.shared.waker.wake();
+        }
+    }
 }
 
 impl OutboxSender {
@@ -108,63 +157,61 @@ impl OutboxSender {
 
     /// Whether an answer to this request waits unwritten.
     pub fn answer_pending(&self, answer: &Answer) -> bool {
-        self.shared.answers().contains(answer)
+        self.shared.lock().answers.contains(answer)
     }
 
     /// Bytes queued now.
     pub fn queued_bytes(&self) -> usize {
-        self.shared.bytes.load(Ordering::Relaxed)
+        self.shared.lock().bytes
     }
 
     fn queue(&self, frame: Bytes, answer: Option<Answer>) -> Pushed {
-        if self.tx.is_closed() {
-            return Pushed::Closed;
-        }
         let shared = &self.shared;
         let len = frame.len();
         let large = shared.is_large(len);
-        if shared.frames.load(Ordering::Relaxed) >= self.max_frames
-            || shared.small_bytes.load(Ordering::Relaxed) >= shared.max_bytes
-            || (large && shared.large.load(Ordering::Relaxed) > 0)
-        {
-            return Pushed::Full;
-        }
-        // Counted before sending, so the writer never subtracts first.
-        shared.frames.fetch_add(1, Ordering::Relaxed);
-        if large {
-            shared.large.fetch_add(1, Ordering::Relaxed);
-        } else {
-            shared.small_bytes.fetch_add(len, Ordering::Relaxed);
-        }
-        let queued = shared.bytes.fetch_add(len, Ordering::Relaxed) + len;
+        let queued = {
+            let mut queue = shared.lock();
+            if !queue.receiver {
+                return Pushed::Closed;
+            }
+            if queue.frames.len() >= self.max_frames
+                || queue.small_bytes >= shared.max_bytes
+                || (large && queue.large > 0)
+            {
+                return Pushed::Full;
+            }
+            if large {
+                queue.large += 1;
+            } else {
+                queue.small_bytes += len;
+            }
+            queue.bytes += len;
+            let is_answer = answer.is_some();
+            if let Some(answer) = answer {
+                queue.answers.push_back(answer);
+            }
+            queue.frames.push_back(Queued {
+                frame,
+                answer: is_answer,
+            });
+            queue.bytes
+        };
+        shared.waker.wake();
         let metrics = &shared.metrics;
         metrics.outbound_queued_bytes.inc_by(len as i64);
         let peak = metrics.outbound_queue_peak_bytes.inner();
-        peak.fetch_max(i64::try_from(queued).unwrap_or(i64::MAX), Ordering::Relaxed);
-        // One producer (the room): `answers` stays in queue order.
-        let is_answer = answer.is_some();
-        if let Some(answer) = answer {
-            shared.answers().push_back(answer);
-        }
-        match self.tx.send(Queued {
-            frame,
-            answer: is_answer,
-        }) {
-            Ok(()) => {
-                shared.metrics.record_out(len);
-                Pushed::Queued
-            }
-            Err(mpsc::error::SendError(queued)) => {
-                shared.taken(&queued);
-                Pushed::Closed
-            }
-        }
+        peak.fetch_max(
+            i64::try_from(queued).unwrap_or(i64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        metrics.record_out(len);
+        Pushed::Queued
     }
 }
 
 impl Shared {
-    fn answers(&self) -> std::sync::MutexGuard<'_, VecDeque<Answer>> {
-        self.answers.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether a frame of `len` bytes is exempt from the bound (one at a time).
@@ -172,27 +219,30 @@ impl Shared {
         len >= self.max_bytes
     }
 
-    /// Uncounts a frame that left the queue.
-    fn taken(&self, queued: &Queued) {
+    /// Takes the oldest frame, uncounted.
+    fn take(&self, queue: &mut Queue) -> Option<Bytes> {
+        let queued = queue.frames.pop_front()?;
         let len = queued.frame.len();
-        self.frames.fetch_sub(1, Ordering::Relaxed);
         if self.is_large(len) {
-            self.large.fetch_sub(1, Ordering::Relaxed);
+            queue.large -= 1;
         } else {
-            self.small_bytes.fetch_sub(len, Ordering::Relaxed);
+            queue.small_bytes -= len;
         }
-        self.bytes.fetch_sub(len, Ordering::Relaxed);
-        self.metrics.outbound_queued_bytes.dec_by(len as i64);
+        queue.bytes -= len;
         if queued.answer {
-            self.answers().pop_front();
+            queue.answers.pop_front();
         }
+        if queue.frames.is_empty() && queue.frames.capacity() > KEEP_SLOTS {
+            queue.frames = VecDeque::new();
+        }
+        self.metrics.outbound_queued_bytes.dec_by(len as i64);
+        Some(queued.frame)
     }
 }
 
 /// The writer's end. Dropping it empties the queue (and the gauge).
 #[derive(Debug)]
 pub struct OutboxReceiver {
-    rx: mpsc::UnboundedReceiver<Queued>,
     shared: Arc<Shared>,
 }
 
@@ -200,29 +250,36 @@ impl OutboxReceiver {
     /// The next frame; `None` once every sender is gone and the queue is
     /// empty. Cancel-safe.
     pub async fn recv(&mut self) -> Option<Bytes> {
-        let queued = self.rx.recv().await?;
-        Some(self.take(queued))
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let mut queue = self.shared.lock();
+        if let Some(frame) = self.shared.take(&mut queue) {
+            return Poll::Ready(Some(frame));
+        }
+        if queue.senders == 0 {
+            return Poll::Ready(None);
+        }
+        // Registered under the lock: a push after it wakes this waker.
+        self.shared.waker.register(cx.waker());
+        Poll::Pending
     }
 
     /// The next frame if one is queued.
     pub fn try_recv(&mut self) -> Option<Bytes> {
-        let queued = self.rx.try_recv().ok()?;
-        Some(self.take(queued))
-    }
-
-    fn take(&self, queued: Queued) -> Bytes {
-        self.shared.taken(&queued);
-        queued.frame
+        let mut queue = self.shared.lock();
+        self.shared.take(&mut queue)
     }
 }
 
 impl Drop for OutboxReceiver {
     fn drop(&mut self) {
-        // After `close` no frame can arrive, so this empties the queue for good.
-        self.rx.close();
-        while let Ok(queued) = self.rx.try_recv() {
-            self.shared.taken(&queued);
-        }
+        // Once `receiver` is false no frame can arrive, so this empties the
+        // queue for good.
+        let mut queue = self.shared.lock();
+        queue.receiver = false;
+        while self.shared.take(&mut queue).is_some() {}
     }
 }
 
@@ -264,6 +321,41 @@ mod tests {
         drop(rx);
         assert_eq!(tx.push(frame(1)), Pushed::Closed);
         assert_eq!(metrics.outbound_queued_bytes.get(), 0, "dropping empties");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_writer_is_woken_by_a_push_and_ends_with_the_last_sender() {
+        let (tx, mut rx) = outbox(10, 1000, Arc::new(Metrics::new()));
+        let second = tx.clone();
+        let writer = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(frame) = rx.recv().await {
+                got.push(frame.len());
+            }
+            got
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(tx.push(frame(3)), Pushed::Queued);
+        tokio::task::yield_now().await;
+        assert_eq!(second.push(frame(4)), Pushed::Queued);
+        drop(tx);
+        assert!(!writer.is_finished(), "one sender is left");
+        drop(second);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), writer)
+            .await
+            .expect("the writer ends")
+            .unwrap();
+        assert_eq!(got, [3, 4]);
+    }
+
+    #[test]
+    fn a_burst_sized_queue_is_given_back_once_empty() {
+        let (tx, mut rx) = outbox(1000, 1 << 20, Arc::new(Metrics::new()));
+        for _ in 0..500 {
+            tx.push(frame(1));
+        }
+        while rx.try_recv().is_some() {}
+        assert!(tx.shared.lock().frames.capacity() <= KEEP_SLOTS);
     }
 
     #[test]

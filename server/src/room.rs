@@ -39,6 +39,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::fanout::{Fanout, Incoming, NodeMessage};
+use crate::limits::RoomTime;
 use crate::metrics::Metrics;
 use crate::outbox::OutboxSender;
 use crate::room_core::pop_settled;
@@ -145,6 +146,8 @@ enum Command {
     Message {
         conn: ConnId,
         message: Inbound,
+        /// Where the room adds the time it spent on this message.
+        cost: Arc<RoomTime>,
     },
     Snapshot {
         reply: oneshot::Sender<Result<Vec<u8>, RoomError>>,
@@ -203,11 +206,22 @@ impl RoomHandle {
         let _ = self.tx.send(Command::Leave { conn }).await;
     }
 
-    /// Delivers a client message. Waits while the room is busy: a fast
-    /// writer is slowed down instead of queueing without bound.
-    pub async fn deliver(&self, conn: ConnId, message: Inbound) -> Result<(), RoomError> {
+    /// Delivers a client message; the room adds the time it spends on it
+    /// to `cost`. Waits while the room is busy: a fast writer is slowed
+    /// down instead of queueing without bound.
+    pub async fn deliver(
+        &self,
+        conn: ConnId,
+        message: Inbound,
+        cost: &Arc<RoomTime>,
+    ) -> Result<(), RoomError> {
+        let cost = cost.clone();
         self.tx
-            .send(Command::Message { conn, message })
+            .send(Command::Message {
+                conn,
+                message,
+                cost,
+            })
             .await
             .map_err(|_| RoomError::Gone)
     }
@@ -389,7 +403,12 @@ impl Room {
                 self.core.leave(conn, self.now());
                 self.carry_out().await;
             }
-            Command::Message { conn, message } => {
+            Command::Message {
+                conn,
+                message,
+                cost,
+            } => {
+                let started = std::time::Instant::now();
                 self.feed_durability();
                 let now = self.now();
                 let heavy = match &message {
@@ -400,6 +419,7 @@ impl Room {
                 let core = &mut self.core;
                 heavily(heavy, || core.receive(conn, message, now));
                 self.carry_out().await;
+                cost.add(started.elapsed());
             }
             Command::Snapshot { reply } => {
                 let heavy = self.core.stored_bytes() >= HEAVY_BYTES;
@@ -446,11 +466,13 @@ impl Room {
     /// whether the core asked to be evicted.
     async fn carry_out(&mut self) -> bool {
         let mut evict = false;
+        let mut appended_any = false;
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Append { write, entry } => {
                     match self.ctx.store.append(self.name.as_str(), &entry) {
                         Ok(appended) => {
+                            appended_any = true;
                             self.last_seq = appended.seq;
                             self.last_ticket = appended.ticket;
                             self.tickets.push_back((write, appended.ticket));
@@ -493,6 +515,12 @@ impl Room {
                 Output::Publish(message) => self.ctx.fanout.publish(&self.name, message),
                 Output::Resync => self.resync(),
             }
+        }
+        // A client waits for its `Saved`: an idle store need not wait out
+        // its commit window (stock clients wait for nothing; their writes
+        // batch).
+        if appended_any && self.core.saves_pending() {
+            self.ctx.store.hurry();
         }
         self.member_count
             .store(self.core.member_count(), Ordering::Relaxed);

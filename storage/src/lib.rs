@@ -163,6 +163,11 @@ pub trait DocStore: Send + Sync + 'static {
     fn durability(&self) -> tokio::sync::watch::Receiver<Committed>;
     /// Flush everything appended so far and wait until it is on disk (used at shutdown and by the CLI).
     fn flush(&self) -> Result<(), StoreError>;
+    /// Someone waits for what was appended so far (a client's `Saved`): a
+    /// store with group commit that is otherwise idle commits it at once
+    /// instead of waiting out its commit window. Under load it batches as
+    /// usual. Without waiting: durability is reported as always.
+    fn hurry(&self) {}
 
     /// The durable entries of a document's log with a seq greater than
     /// `after` (a seq this store returned), oldest first; `last_seq` is the

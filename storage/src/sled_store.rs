@@ -8,7 +8,7 @@
 
 use std::fmt::Display;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,11 +29,21 @@ const META_TREE: &str = "meta";
 /// disk produces a log line every so often rather than a busy loop.
 const FLUSH_RETRY_DELAY: Duration = Duration::from_millis(500);
 
+/// The flusher is parked with nothing to flush: the next write wakes it.
+const IDLE: u8 = 0;
+/// The flusher waits out the commit window for a write that came after a
+/// quiet spell: [`DocStore::hurry`] wakes it.
+const QUIET_WINDOW: u8 = 1;
+/// The flusher flushes, or waits out the window under load: nothing wakes it.
+const BUSY: u8 = 2;
+
 /// Tuning knobs for [`SledStore`].
 #[derive(Debug, Clone)]
 pub struct SledOptions {
     /// How long the flusher gathers appends before one flush: longer windows
-    /// mean fewer fsyncs under load but later acknowledgements. Default 2 ms.
+    /// mean fewer fsyncs under load but later acknowledgements. A write
+    /// after a quiet spell that someone waits for ([`DocStore::hurry`]) is
+    /// flushed at once. Default 10 ms.
     pub commit_window: Duration,
     /// sled's page cache size in bytes. Default 64 MiB.
     pub cache_bytes: u64,
@@ -42,7 +52,7 @@ pub struct SledOptions {
 impl Default for SledOptions {
     fn default() -> Self {
         Self {
-            commit_window: Duration::from_millis(2),
+            commit_window: Duration::from_millis(10),
             cache_bytes: 64 * 1024 * 1024,
         }
     }
@@ -78,6 +88,11 @@ struct Shared {
     trees: RwLock<()>,
     /// Set by `Drop` to make the flusher do a final flush and exit.
     stopping: AtomicBool,
+    /// Set by [`DocStore::hurry`]: someone waits for the pending writes.
+    hurry: AtomicBool,
+    /// What the flusher is doing ([`IDLE`], [`QUIET_WINDOW`], [`BUSY`]), so
+    /// writers wake it only when it sleeps on their behalf.
+    flusher_state: AtomicU8,
     /// Copied from the options for the flusher.
     commit_window: Duration,
 }
@@ -184,6 +199,8 @@ impl SledStore {
             flush_lock: Mutex::new(()),
             trees: RwLock::new(()),
             stopping: AtomicBool::new(false),
+            hurry: AtomicBool::new(false),
+            flusher_state: AtomicU8::new(BUSY),
             commit_window: options.commit_window,
         });
         shared.drop_orphan_trees()?;
@@ -236,10 +253,18 @@ impl SledStore {
     /// flusher (an unpark is one atomic swap when the thread is awake).
     fn take_ticket(&self) -> u64 {
         let ticket = self.shared.tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        // After the increment: a flusher going idle either sees this
+        // ticket or is seen idle here (both sides are SeqCst).
+        if self.shared.flusher_state.load(Ordering::SeqCst) == IDLE {
+            self.wake_flusher();
+        }
+        ticket
+    }
+
+    fn wake_flusher(&self) {
         if let Some(flusher) = &self.flusher {
             flusher.thread().unpark();
         }
-        ticket
     }
 
     /// Opens the log tree of an existing document (`None` if it has no meta
@@ -409,7 +434,10 @@ impl Shared {
     }
 
     /// Flushes sled if any write is not yet covered and publishes the result.
-    fn flush_now(&self) -> Result<(), StoreError> {
+    ///
+    /// Returns whether writes arrived while it flushed (load), as opposed to
+    /// after it published (a lone writer answering its `Saved`).
+    fn flush_now(&self) -> Result<bool, StoreError> {
         let _serial = self
             .flush_lock
             .lock()
@@ -418,44 +446,92 @@ impl Shared {
         let ticket = self.tickets.load(Ordering::SeqCst);
         let previous = self.committed_ticket();
         if ticket <= previous {
-            return Ok(());
+            return Ok(false);
         }
         let started = Instant::now();
         self.db.flush().map_err(io_err("flushing to disk"))?;
+        let arrived_meanwhile = self.tickets.load(Ordering::SeqCst) > ticket;
         self.committed.send_replace(Committed {
             ticket,
             batch: ticket - previous,
             flush_time: started.elapsed(),
         });
-        Ok(())
+        Ok(arrived_meanwhile)
     }
 
-    /// Body of the `quire-flusher` thread: park until a write arrives, wait
-    /// the commit window so more writes join, flush once, repeat.
+    /// Body of the `quire-flusher` thread: park until a write arrives; wait
+    /// the commit window so more writes join, flush once, repeat. Two
+    /// things cut the window: a write after a quiet spell that someone
+    /// waits for ([`DocStore::hurry`]) is flushed at once, so a lone
+    /// writer's `Saved` waits for one flush, not a window; writes that
+    /// arrive while a flush runs (load) always wait the window, so that
+    /// under load a flush covers many writes.
     fn run_flusher(&self) {
+        // Whether what is pending came after a quiet spell: the flusher
+        // parked (found nothing to flush), or nothing arrived while it
+        // last flushed.
+        let mut quiet = true;
         loop {
             let stopping = self.stopping.load(Ordering::SeqCst);
-            let pending = self.tickets.load(Ordering::SeqCst) > self.committed_ticket();
-            if !pending {
+            if !self.pending() {
                 if stopping {
                     return;
                 }
-                // A write that lands after the check above unparks us, and
-                // an unpark before this park makes it return at once.
-                thread::park();
+                self.flusher_state.store(IDLE, Ordering::SeqCst);
+                // A write that lands before the store above is seen here;
+                // one after it sees IDLE and unparks us (an unpark before
+                // this park makes it return at once).
+                if !self.pending() {
+                    thread::park();
+                    quiet = true;
+                }
+                self.flusher_state.store(BUSY, Ordering::SeqCst);
                 continue;
             }
             if !stopping && !self.commit_window.is_zero() {
-                thread::sleep(self.commit_window);
-            }
-            if let Err(e) = self.flush_now() {
-                tracing::error!(error = %e, "group commit flush failed; will retry");
-                if stopping {
-                    return;
+                if !quiet {
+                    thread::sleep(self.commit_window);
+                } else if !self.hurry.load(Ordering::SeqCst) {
+                    self.wait_quiet_window();
                 }
-                thread::sleep(FLUSH_RETRY_DELAY);
+            }
+            self.hurry.store(false, Ordering::SeqCst);
+            match self.flush_now() {
+                // What arrived after the flush published answers it (a lone
+                // writer's next update): still a quiet spell.
+                Ok(arrived_meanwhile) => quiet = !arrived_meanwhile,
+                Err(e) => {
+                    tracing::error!(error = %e, "group commit flush failed; will retry");
+                    if stopping {
+                        return;
+                    }
+                    quiet = false;
+                    thread::sleep(FLUSH_RETRY_DELAY);
+                }
             }
         }
+    }
+
+    fn pending(&self) -> bool {
+        self.tickets.load(Ordering::SeqCst) > self.committed_ticket()
+    }
+
+    /// Waits out the commit window after a quiet spell, or less if someone
+    /// hurries (or the store stops) meanwhile.
+    fn wait_quiet_window(&self) {
+        let until = Instant::now() + self.commit_window;
+        self.flusher_state.store(QUIET_WINDOW, Ordering::SeqCst);
+        loop {
+            let now = Instant::now();
+            if now >= until
+                || self.hurry.load(Ordering::SeqCst)
+                || self.stopping.load(Ordering::SeqCst)
+            {
+                break;
+            }
+            thread::park_timeout(until - now);
+        }
+        self.flusher_state.store(BUSY, Ordering::SeqCst);
     }
 }
 
@@ -633,6 +709,13 @@ impl DocStore for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.shared.flush_now()
+        self.shared.flush_now().map(drop)
+    }
+
+    fn hurry(&self) {
+        self.shared.hurry.store(true, Ordering::SeqCst);
+        if self.shared.flusher_state.load(Ordering::SeqCst) != BUSY {
+            self.wake_flusher();
+        }
     }
 }

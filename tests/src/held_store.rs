@@ -52,6 +52,9 @@ impl HeldStore {
 }
 
 impl DocStore for HeldStore {
+    fn hurry(&self) {
+        self.inner.hurry()
+    }
     fn append(&self, doc: &str, update: &[u8]) -> Result<Appended, StoreError> {
         self.inner.append(doc, update)
     }

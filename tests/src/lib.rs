@@ -56,6 +56,24 @@ impl TestServer {
         server
     }
 
+    /// Starts a server whose store holds durability back until the test
+    /// releases it ([`held_store::HeldStore`]): updates are applied and
+    /// relayed, but nothing is confirmed saved meanwhile.
+    pub async fn start_held(
+        tune: impl FnOnce(&mut Config),
+    ) -> (Self, std::sync::Arc<held_store::HeldStore>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut held = None;
+        let mut server = Self::start_on(dir.path().join("data"), tune, |sled| {
+            let store = held_store::HeldStore::new(sled);
+            held = Some(store.clone());
+            store
+        })
+        .await;
+        server._dir = Some(dir);
+        (server, held.expect("wrapped"))
+    }
+
     /// Starts a server on an existing data folder.
     pub async fn start_in(data: std::path::PathBuf, tune: impl FnOnce(&mut Config)) -> Self {
         Self::start_on(data, tune, |store| store).await

@@ -1,6 +1,6 @@
 //! Durability: updates per second the server acknowledges as saved on disk
 //! (`quire.v1` `Saved` acks, sent after the group commit that made an update
-//! durable), with the default commit window (2 ms) versus `--commit-window
+//! durable), with the default commit window (10 ms) versus `--commit-window
 //! 0ms`.
 //!
 //! What 0 does (storage/src/sled_store.rs, `run_flusher`): the flusher
@@ -58,7 +58,7 @@ pub async fn run(ctx: &Ctx) -> Result<serde_json::Value, String> {
     let seconds = ctx.pick(10.0, 2.0);
     let mut runs = Vec::new();
     for (workload, clients, rooms, window) in [("serial", 1, 1, 1), ("parallel", 64, 16, 16)] {
-        for commit_window in ["2ms (default)", "0ms"] {
+        for commit_window in ["10ms (default)", "0ms"] {
             let args: Vec<&str> = if commit_window == "0ms" {
                 vec!["--commit-window", "0ms"]
             } else {

@@ -183,8 +183,8 @@ fn prepare(ctx: &Ctx) -> Result<Vec<Prepared>, String> {
 pub async fn run(ctx: &Ctx) -> Result<serde_json::Value, String> {
     let traces = prepare(ctx)?;
     let mut runs = Vec::new();
-    // A budget for the default-settings run: its rate limit may hold a
-    // fast writer to a few hundred updates per second.
+    // A budget for the default-settings run, in case its rate limits hold
+    // a fast writer back (before issue 14, to 500 updates per second).
     let budget = Duration::from_secs(ctx.pick(60, 15));
     for t in &traces {
         for &kind in &ctx.env.kinds {

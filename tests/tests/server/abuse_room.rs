@@ -225,22 +225,23 @@ async fn nobody_erases_or_impersonates_anothers_presence() {
     assert!(eve.is_connected());
 }
 
-/// Finding 6 over a socket: while the store confirms nothing (a commit
-/// window far longer than the stall timeout), a Quire client is told its
-/// changes are not being saved, and `Saved` follows once they are.
+/// Finding 6 over a socket: while the store confirms nothing (durability
+/// held back longer than the stall timeout, as by a stalled disk), a Quire
+/// client is told its changes are not being saved, and `Saved` follows
+/// once they are.
 #[tokio::test]
 async fn a_save_stall_is_told_to_quire_clients_then_saved() {
-    let server = TestServer::start_with(|c| {
-        c.commit_window = Duration::from_secs(3);
-        c.save_stall_timeout = Duration::from_millis(300);
-    })
-    .await;
+    let (server, held) =
+        TestServer::start_held(|c| c.save_stall_timeout = Duration::from_millis(300)).await;
+    held.release();
     let client = native(server.ws_url("slow"));
     client.wait_synced(WAIT).await.unwrap();
     let mut events = client.take_all_events().unwrap();
+    held.hold();
     client.push("typed");
     let (code, message) = next_error(&mut events).await;
     assert_eq!(code, SAVES_STALLED, "{message}");
     assert!(client.status().await.unsaved > 0, "not saved meanwhile");
+    held.release();
     client.wait_saved(WAIT).await.unwrap();
 }

@@ -77,12 +77,15 @@ async fn a_client_that_does_not_ask_never_receives_an_extension_message() {
 
 #[tokio::test]
 async fn saved_means_on_disk_not_merely_applied() {
-    // A long commit window makes "applied and relayed" and "durable" far apart.
-    let server = TestServer::start_with(|c| c.commit_window = Duration::from_millis(400)).await;
+    // A store that holds durability back keeps "applied and relayed" and
+    // "durable" apart until it is released.
+    let (server, held) = TestServer::start_held(|_| {}).await;
+    held.release();
     let writer = quire(&server, "careful");
     writer.wait_synced(WAIT).await.unwrap();
     let mut reader = Client::connect_synced(server.ws_url("careful")).await;
 
+    held.hold();
     writer.push("precious words");
     reader.wait_text("precious words").await;
     assert_eq!(
@@ -90,6 +93,7 @@ async fn saved_means_on_disk_not_merely_applied() {
         1,
         "relayed, but not yet acknowledged as saved"
     );
+    held.release();
     let saved = writer.wait_saved(WAIT).await.unwrap();
     assert!(saved.all_saved());
     // The acknowledgement came after the flush: the store says it is durable.
