@@ -40,7 +40,8 @@
 //!   the document; the rest is a documented limit (ARCHITECTURE.md,
 //!   threat model): after a forged update only the blocks are compared,
 //!   and a replica whose own blocks were forged (same IDs, other content)
-//!   may fail to apply what the room relays.
+//!   may fail to apply what the room relays, or panic editing (it then
+//!   stops editing).
 
 use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -196,6 +197,7 @@ pub fn room_sequence(data: &[u8]) {
                 replica: Doc::with_client_id(100 + i as u64),
                 sent: Vec::new(),
                 saved: 0,
+                broken: false,
             })
             .collect(),
         next_id: 1,
@@ -219,6 +221,9 @@ struct Conn {
     sent: Vec<Bytes>,
     /// Highest `Saved` received on the current connection.
     saved: u64,
+    /// Its replica's yrs panicked editing, after forged blocks reused its
+    /// IDs (the documented limit); it makes no more edits.
+    broken: bool,
 }
 
 /// One input's run: the room and the four clients' sides.
@@ -272,8 +277,23 @@ impl Run {
             }
             kind::EDIT => {
                 let (e, a, b) = (r.arg(), r.arg(), r.arg());
-                let Some(update) = edit(&self.conns[i].replica, e, a, b) else {
+                if self.conns[i].broken {
                     return;
+                }
+                let edited =
+                    catch_unwind(AssertUnwindSafe(|| edit(&self.conns[i].replica, e, a, b)));
+                let update = match edited {
+                    Ok(Some(update)) => update,
+                    Ok(None) => return,
+                    // Forged blocks that reused this replica's IDs with
+                    // other content can leave its yrs unable to edit
+                    // (`known-limit-forged-replica-cannot-edit`): the
+                    // client's problem, not the room's, which must cope.
+                    Err(_) if FORGED.with(Cell::get) => {
+                        self.conns[i].broken = true;
+                        return;
+                    }
+                    Err(_) => panic!("a client's own edit made its yrs panic: {}", last_panic()),
                 };
                 self.history.push(update.clone());
                 if e & 0x80 == 0 {
