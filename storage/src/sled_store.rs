@@ -37,6 +37,11 @@ pub struct SledOptions {
     pub commit_window: Duration,
     /// sled's page cache size in bytes. Default 64 MiB.
     pub cache_bytes: u64,
+    /// sled's segment size in bytes (a power of two, 256 B to 16 MiB): the
+    /// unit its log file grows and shrinks by, so the floor of a data
+    /// folder's size. Fixed when a folder is created: an existing folder
+    /// keeps the size it was made with (see [`segment_bytes_of`]).
+    pub segment_bytes: usize,
 }
 
 impl Default for SledOptions {
@@ -44,6 +49,7 @@ impl Default for SledOptions {
         Self {
             commit_window: Duration::from_millis(2),
             cache_bytes: 64 * 1024 * 1024,
+            segment_bytes: 64 * 1024,
         }
     }
 }
@@ -167,9 +173,11 @@ impl SledStore {
         std::fs::create_dir_all(path).map_err(|e| {
             StoreError::Io(format!("cannot create data folder {}: {e}", path.display()))
         })?;
+        let segment_bytes = segment_bytes_of(path).unwrap_or(options.segment_bytes);
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(options.cache_bytes)
+            .segment_size(segment_bytes)
             .flush_every_ms(None)
             .open()
             .map_err(|e| open_error(path, e))?;
@@ -354,6 +362,18 @@ impl SledStore {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The segment size an existing data folder was created with, from sled's
+/// `conf` file (sled refuses to open a folder with another one); `None`
+/// for a new folder or one whose `conf` does not say.
+fn segment_bytes_of(path: &Path) -> Option<usize> {
+    // Lines of text followed by a binary checksum.
+    let conf = std::fs::read(path.join("conf")).ok()?;
+    String::from_utf8_lossy(&conf)
+        .lines()
+        .find_map(|line| line.strip_prefix("segment_size: "))
+        .and_then(|size| size.trim().parse().ok())
 }
 
 /// Turns sled's "could not acquire lock" into [`StoreError::Locked`]. sled

@@ -160,6 +160,41 @@ fn reopen_keeps_data_and_seqs_keep_increasing() {
     assert_eq!(updates(&store, "d").last().unwrap(), b"three");
 }
 
+/// Folders made before the segment size went down keep opening: sled
+/// refuses a segment size other than the one a folder was created with.
+#[test]
+fn folder_made_with_another_segment_size_reopens_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = SledOptions {
+        segment_bytes: 512 * 1024,
+        ..SledOptions::default()
+    };
+    assert_ne!(old.segment_bytes, SledOptions::default().segment_bytes);
+    {
+        let store = SledStore::open(dir.path(), old).unwrap();
+        store.append("d", b"made before").unwrap();
+    }
+    assert_eq!(segment_bytes_of(dir.path()), Some(512 * 1024));
+    let store = open(dir.path());
+    store.append("d", b"and after").unwrap();
+    assert_eq!(
+        updates(&store, "d"),
+        vec![b"made before".to_vec(), b"and after".to_vec()]
+    );
+}
+
+/// A new folder gets the small segments that keep its size near what it
+/// stores (issue 14, target 4: it was a multiple of 512 KiB segments).
+#[test]
+fn new_folder_uses_the_configured_segment_size() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    assert_eq!(
+        segment_bytes_of(dir.path()),
+        Some(SledOptions::default().segment_bytes)
+    );
+}
+
 #[test]
 fn durability_advances_past_an_append() {
     let dir = tempfile::tempdir().unwrap();
