@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use quire_protocol::DocName;
@@ -55,6 +56,27 @@ struct Registry {
     map: Mutex<HashMap<DocName, RoomHandle>>,
     /// Signalled whenever a room leaves, so shutdown can wait for none.
     emptied: Notify,
+    /// Set while a return of freed memory to the system is scheduled, so
+    /// rooms leaving together cost one trim, not one each.
+    trim_scheduled: AtomicBool,
+}
+
+impl Registry {
+    /// After a room's task ended (its document dropped): gives the memory
+    /// glibc keeps in its arenas back to the system, on a blocking thread.
+    /// Without it a server that opened many documents stays at its peak
+    /// RSS after evicting them all.
+    fn release_freed_memory(self: &Arc<Self>) {
+        if self.trim_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let registry = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            // Cleared first: a room leaving during the trim schedules another.
+            registry.trim_scheduled.store(false, Ordering::Release);
+            crate::import::release_freed_memory_after(usize::MAX);
+        });
+    }
 }
 
 impl Registry {
@@ -89,6 +111,7 @@ impl Rooms {
                 registry: Arc::new(Registry {
                     map: Mutex::new(HashMap::new()),
                     emptied: Notify::new(),
+                    trim_scheduled: AtomicBool::new(false),
                 }),
                 shutdown: watch::Sender::new(false),
                 store,
@@ -148,7 +171,15 @@ impl Rooms {
         drop(map);
         self.shared.metrics.rooms.inc();
         let span = tracing::info_span!("room", doc = %name);
-        tokio::spawn(room.run(self.shared.shutdown.subscribe()).instrument(span));
+        let run = room.run(self.shared.shutdown.subscribe());
+        let registry = self.shared.registry.clone();
+        tokio::spawn(
+            async move {
+                run.await;
+                registry.release_freed_memory();
+            }
+            .instrument(span),
+        );
         Ok(handle)
     }
 

@@ -47,6 +47,11 @@ pub struct SledOptions {
     pub commit_window: Duration,
     /// sled's page cache size in bytes. Default 64 MiB.
     pub cache_bytes: u64,
+    /// sled's segment size in bytes (a power of two, 256 B to 16 MiB): the
+    /// unit its log file grows and shrinks by, so the floor of a data
+    /// folder's size. Fixed when a folder is created: an existing folder
+    /// keeps the size it was made with (see [`segment_bytes_of`]).
+    pub segment_bytes: usize,
 }
 
 impl Default for SledOptions {
@@ -54,6 +59,7 @@ impl Default for SledOptions {
         Self {
             commit_window: Duration::from_millis(10),
             cache_bytes: 64 * 1024 * 1024,
+            segment_bytes: 64 * 1024,
         }
     }
 }
@@ -167,12 +173,43 @@ fn io_err(what: impl Display) -> impl FnOnce(sled::Error) -> StoreError {
     move |e| StoreError::Io(format!("{what}: {e}"))
 }
 
-fn decode_seq(doc: &str, key: &[u8]) -> Result<Seq, StoreError> {
-    let raw: [u8; 8] = key.try_into().map_err(|_| StoreError::Corrupt {
+/// Length of an update's key: its seq, big-endian, so keys sort by seq.
+const SEQ_LEN: usize = 8;
+/// A compacted state (and an update as big) is stored in chunks of at most this many bytes, keyed
+/// `seq ++ index` (big-endian u32), which sort right after the update with
+/// that seq and before the next. Kept under sled's blob threshold (a
+/// quarter of a segment, 16 KiB with 64 KiB segments): a bigger value
+/// becomes a file of its own that sled deletes only lazily (old states
+/// piled up in `blobs/`) and that its page cache counts by the size of
+/// its pointer (a loaded state stayed in memory for good).
+const STATE_CHUNK_BYTES: usize = 8 * 1024;
+
+fn chunk_key(seq: Seq, index: u32) -> [u8; SEQ_LEN + 4] {
+    let mut key = [0; SEQ_LEN + 4];
+    key[..SEQ_LEN].copy_from_slice(&seq.to_be_bytes());
+    key[SEQ_LEN..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// The seq of a log key and, for a chunk of a state, its index.
+fn decode_key(doc: &str, key: &[u8]) -> Result<(Seq, Option<u32>), StoreError> {
+    let corrupt = || StoreError::Corrupt {
         doc: doc.to_owned(),
-        detail: format!("log key has {} bytes instead of 8", key.len()),
-    })?;
-    Ok(Seq::from_be_bytes(raw))
+        detail: format!("log key has {} bytes instead of 8 or 12", key.len()),
+    };
+    let seq: [u8; SEQ_LEN] = key
+        .get(..SEQ_LEN)
+        .ok_or_else(corrupt)?
+        .try_into()
+        .map_err(|_| corrupt())?;
+    let index = match key.len() {
+        SEQ_LEN => None,
+        12 => Some(u32::from_be_bytes(
+            key[SEQ_LEN..].try_into().map_err(|_| corrupt())?,
+        )),
+        _ => return Err(corrupt()),
+    };
+    Ok((Seq::from_be_bytes(seq), index))
 }
 
 impl SledStore {
@@ -182,9 +219,11 @@ impl SledStore {
         std::fs::create_dir_all(path).map_err(|e| {
             StoreError::Io(format!("cannot create data folder {}: {e}", path.display()))
         })?;
+        let segment_bytes = segment_bytes_of(path).unwrap_or(options.segment_bytes);
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(options.cache_bytes)
+            .segment_size(segment_bytes)
             .flush_every_ms(None)
             .open()
             .map_err(|e| open_error(path, e))?;
@@ -218,7 +257,8 @@ impl SledStore {
     }
 
     /// Appends `value` under a fresh id to the tree `tree` of document
-    /// `doc`, then adjusts the document's meta record, then takes a ticket:
+    /// `doc` (in chunks if `chunked` and it is big, see
+    /// [`STATE_CHUNK_BYTES`]), then adjusts the document's meta record, then takes a ticket:
     /// the record goes in after the entry (see the module docs) and before
     /// the ticket, so a durable ticket implies a durable record.
     fn append_entry(
@@ -226,6 +266,7 @@ impl SledStore {
         tree: String,
         doc: &str,
         value: &[u8],
+        chunked: bool,
         bytes: i128,
         updates: i128,
     ) -> Result<Appended, StoreError> {
@@ -240,8 +281,17 @@ impl SledStore {
             .db
             .generate_id()
             .map_err(io_err("generating an entry id"))?;
-        tree.insert(seq.to_be_bytes(), value)
-            .map_err(io_err(format_args!("appending to {doc:?}")))?;
+        let appended = if chunked && value.len() > STATE_CHUNK_BYTES {
+            // One atomic batch: a crash never leaves part of an update.
+            let mut batch = sled::Batch::default();
+            for (index, chunk) in (0u32..).zip(value.chunks(STATE_CHUNK_BYTES)) {
+                batch.insert(&chunk_key(seq, index)[..], chunk);
+            }
+            tree.apply_batch(batch)
+        } else {
+            tree.insert(seq.to_be_bytes(), value).map(drop)
+        };
+        appended.map_err(io_err(format_args!("appending to {doc:?}")))?;
         self.adjust_meta(doc, bytes, updates)?;
         Ok(Appended {
             seq,
@@ -328,9 +378,11 @@ impl SledStore {
         Ok(())
     }
 
-    /// Compaction step 1: put `state` at key `upto`. Afterwards the log holds
-    /// the old updates *and* a state containing them, which merges to the same
-    /// content. Returns the (bytes, updates) change for the meta record.
+    /// Compaction step 1, one atomic batch: put `state` as chunks at keys
+    /// `upto ++ index` (replacing any chunks a compaction at the same
+    /// `upto` left). Afterwards the log holds the old updates *and* a state
+    /// containing them, which merges to the same content. Returns the
+    /// (bytes, updates) change for the meta record.
     fn write_state_over(
         &self,
         doc: &str,
@@ -338,19 +390,31 @@ impl SledStore {
         upto: Seq,
         state: &[u8],
     ) -> Result<(i128, i128), StoreError> {
-        let old = tree
-            .insert(upto.to_be_bytes(), state)
-            .map_err(io_err(format_args!(
-                "writing the compacted state of {doc:?}"
-            )))?;
-        Ok(match old {
-            Some(old) => (state.len() as i128 - old.len() as i128, 0),
-            None => (state.len() as i128, 1),
-        })
+        let (mut bytes, mut updates) = (state.len() as i128, 1i128);
+        let mut batch = sled::Batch::default();
+        for entry in tree.range(chunk_key(upto, 0)..=chunk_key(upto, u32::MAX)) {
+            let (key, value) = entry.map_err(io_err(format_args!("compacting {doc:?}")))?;
+            bytes -= value.len() as i128;
+            if key[SEQ_LEN..] == [0; 4] {
+                updates -= 1;
+            }
+            batch.remove(key);
+        }
+        for (index, chunk) in (0u32..).zip(state.chunks(STATE_CHUNK_BYTES)) {
+            batch.insert(&chunk_key(upto, index)[..], chunk);
+        }
+        if state.is_empty() {
+            batch.insert(&chunk_key(upto, 0)[..], state);
+        }
+        tree.apply_batch(batch).map_err(io_err(format_args!(
+            "writing the compacted state of {doc:?}"
+        )))?;
+        Ok((bytes, updates))
     }
 
-    /// Compaction step 2: remove every update before `upto`, all of which
-    /// the state at `upto` contains. Returns the (bytes, updates) change.
+    /// Compaction step 2: remove every entry before the state at `upto`
+    /// (the updates up to and including `upto`, older states), all of
+    /// which that state contains. Returns the (bytes, updates) change.
     fn remove_before(
         &self,
         doc: &str,
@@ -362,10 +426,13 @@ impl SledStore {
         // document (its room) is the only compactor, so what was read is
         // what the batch removes.
         let mut batch = sled::Batch::default();
-        for entry in tree.range(..upto.to_be_bytes()) {
+        for entry in tree.range(..chunk_key(upto, 0)) {
             let (key, value) = entry.map_err(io_err(format_args!("compacting {doc:?}")))?;
             bytes -= value.len() as i128;
-            updates -= 1;
+            // A chunked state counts as one update, by its first chunk.
+            if key.len() == SEQ_LEN || key[SEQ_LEN..] == [0; 4] {
+                updates -= 1;
+            }
             batch.remove(key);
         }
         tree.apply_batch(batch)
@@ -379,6 +446,18 @@ impl SledStore {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The segment size an existing data folder was created with, from sled's
+/// `conf` file (sled refuses to open a folder with another one); `None`
+/// for a new folder or one whose `conf` does not say.
+fn segment_bytes_of(path: &Path) -> Option<usize> {
+    // Lines of text followed by a binary checksum.
+    let conf = std::fs::read(path.join("conf")).ok()?;
+    String::from_utf8_lossy(&conf)
+        .lines()
+        .find_map(|line| line.strip_prefix("segment_size: "))
+        .and_then(|size| size.trim().parse().ok())
 }
 
 /// Turns sled's "could not acquire lock" into [`StoreError::Locked`]. sled
@@ -550,7 +629,8 @@ impl Drop for SledStore {
 
 impl DocStore for SledStore {
     fn append(&self, doc: &str, update: &[u8]) -> Result<Appended, StoreError> {
-        self.append_entry(tree_name(doc), doc, update, update.len() as i128, 1)
+        // Log entries over the chunk size are chunked like states.
+        self.append_entry(tree_name(doc), doc, update, true, update.len() as i128, 1)
     }
 
     fn load(&self, doc: &str) -> Result<Option<StoredDoc>, StoreError> {
@@ -563,8 +643,15 @@ impl DocStore for SledStore {
         let mut stored = StoredDoc::default();
         for entry in tree.iter() {
             let (key, value) = entry.map_err(io_err(format_args!("loading {doc:?}")))?;
-            stored.last_seq = decode_seq(doc, &key)?;
-            stored.updates.push(value.to_vec());
+            let (seq, chunk) = decode_key(doc, &key)?;
+            match (chunk, stored.updates.last_mut()) {
+                // The next chunk of the state being read.
+                (Some(index), Some(state)) if index > 0 && seq == stored.last_seq => {
+                    state.extend_from_slice(&value);
+                }
+                _ => stored.updates.push(value.to_vec()),
+            }
+            stored.last_seq = seq;
         }
         Ok(Some(stored))
     }
@@ -585,7 +672,7 @@ impl DocStore for SledStore {
     fn append_chat(&self, doc: &str, record: &[u8]) -> Result<Appended, StoreError> {
         // A document with only a chat exists too (and its chat is not an
         // orphan), so the meta record is touched without changing its counts.
-        self.append_entry(chat_tree_name(doc), doc, record, 0, 0)
+        self.append_entry(chat_tree_name(doc), doc, record, false, 0, 0)
     }
 
     fn recent_chat(&self, doc: &str, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {

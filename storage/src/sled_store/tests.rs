@@ -129,10 +129,11 @@ fn crash_mid_compaction_still_loads_the_state() {
             vec![0],
             vec![1],
             vec![2],
+            vec![3],
             b"STATE".to_vec(),
             b"later".to_vec()
         ],
-        "old updates, the state in place of the last one, and later appends"
+        "old updates, the state after the last of them, and later appends"
     );
     assert_eq!(doc.last_seq, later.seq);
     // Finishing the compaction after the restart works as usual.
@@ -141,6 +142,64 @@ fn crash_mid_compaction_still_loads_the_state() {
         updates(&store, "d"),
         vec![b"STATE".to_vec(), b"later".to_vec()]
     );
+}
+
+/// A state bigger than sled's blob threshold is stored in chunks and loads
+/// back byte for byte; a second compaction at the same seq with a smaller
+/// state leaves none of the first one's chunks behind.
+#[test]
+fn big_compacted_state_loads_back_identical_and_replaces_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let small: Vec<u8> = big[..STATE_CHUNK_BYTES + 1].to_vec();
+    let upto = {
+        let store = open(dir.path());
+        for i in 0..50u8 {
+            store.append("d", &[i; 30]).unwrap();
+        }
+        let upto = store.load("d").unwrap().unwrap().last_seq;
+        store.compact("d", upto, &big).unwrap();
+        store.append("d", b"later").unwrap();
+        assert_eq!(updates(&store, "d"), vec![big.clone(), b"later".to_vec()]);
+        let info = store.info("d").unwrap().unwrap();
+        assert_eq!((info.updates, info.bytes), (2, big.len() as u64 + 5));
+        upto
+    };
+    let store = open(dir.path());
+    assert_eq!(updates(&store, "d"), vec![big.clone(), b"later".to_vec()]);
+    store.compact("d", upto, &small).unwrap();
+    let doc = store.load("d").unwrap().unwrap();
+    assert_eq!(doc.updates, vec![small.clone(), b"later".to_vec()]);
+    let info = store.info("d").unwrap().unwrap();
+    assert_eq!((info.updates, info.bytes), (2, small.len() as u64 + 5));
+    // Compacting everything, the later update included.
+    store.compact("d", doc.last_seq, &big).unwrap();
+    assert_eq!(updates(&store, "d"), vec![big.clone()]);
+    let info = store.info("d").unwrap().unwrap();
+    assert_eq!((info.updates, info.bytes), (1, big.len() as u64));
+}
+
+/// A big update (a paste, an import, a seeded document) is chunked as a
+/// state is, and loads back whole between its neighbours.
+#[test]
+fn big_update_loads_back_whole_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = (0..70_000u32).map(|i| (i % 253) as u8).collect();
+    {
+        let store = open(dir.path());
+        store.append("d", b"before").unwrap();
+        store.append("d", &big).unwrap();
+        store.append("d", b"after").unwrap();
+    }
+    let store = open(dir.path());
+    let expected = vec![b"before".to_vec(), big.clone(), b"after".to_vec()];
+    assert_eq!(updates(&store, "d"), expected);
+    let info = store.info("d").unwrap().unwrap();
+    assert_eq!((info.updates, info.bytes), (3, big.len() as u64 + 11));
+    let upto = store.load("d").unwrap().unwrap().last_seq;
+    store.compact("d", upto, &big).unwrap();
+    assert_eq!(updates(&store, "d"), vec![big]);
+    assert_eq!(store.info("d").unwrap().unwrap().updates, 1);
 }
 
 #[test]
@@ -158,6 +217,41 @@ fn reopen_keeps_data_and_seqs_keep_increasing() {
     let next = store.append("d", b"three").unwrap();
     assert!(next.seq > first.seq, "seq after reopen must be larger");
     assert_eq!(updates(&store, "d").last().unwrap(), b"three");
+}
+
+/// Folders made before the segment size went down keep opening: sled
+/// refuses a segment size other than the one a folder was created with.
+#[test]
+fn folder_made_with_another_segment_size_reopens_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = SledOptions {
+        segment_bytes: 512 * 1024,
+        ..SledOptions::default()
+    };
+    assert_ne!(old.segment_bytes, SledOptions::default().segment_bytes);
+    {
+        let store = SledStore::open(dir.path(), old).unwrap();
+        store.append("d", b"made before").unwrap();
+    }
+    assert_eq!(segment_bytes_of(dir.path()), Some(512 * 1024));
+    let store = open(dir.path());
+    store.append("d", b"and after").unwrap();
+    assert_eq!(
+        updates(&store, "d"),
+        vec![b"made before".to_vec(), b"and after".to_vec()]
+    );
+}
+
+/// A new folder gets the small segments that keep its size near what it
+/// stores (issue 14, target 4: it was a multiple of 512 KiB segments).
+#[test]
+fn new_folder_uses_the_configured_segment_size() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    assert_eq!(
+        segment_bytes_of(dir.path()),
+        Some(SledOptions::default().segment_bytes)
+    );
 }
 
 #[test]
