@@ -414,16 +414,7 @@ fn normalize_blocks(blocks: Vec<Node>) -> Vec<Node> {
 
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
+    quire_protocol::rich::html::escape_into(text, &mut out);
     out
 }
 

@@ -16,7 +16,7 @@
 use std::cmp::Ordering;
 
 use quire_protocol::rich::json::{self, Mark, Node};
-use quire_protocol::rich::{MarkType, NodeType};
+use quire_protocol::rich::{MarkType, NodeType, normalise};
 use serde_json::Value;
 use yrs::types::Attrs;
 use yrs::types::text::YChange;
@@ -286,21 +286,12 @@ pub fn slice_inline<T: ReadTxn>(txn: &T, el: &XmlElementRef, from: u32, to: u32)
     merge_texts(out)
 }
 
-/// Joins neighbouring text nodes with the same marks.
+/// Joins neighbouring text nodes with the same marks (and drops empty
+/// ones, which ProseMirror's JSON does not allow), as the importers do.
 fn merge_texts(nodes: Vec<Node>) -> Vec<Node> {
     let mut out: Vec<Node> = Vec::with_capacity(nodes.len());
     for node in nodes {
-        if let Some(last) = out.last_mut()
-            && last.is_text()
-            && node.is_text()
-            && last.marks == node.marks
-        {
-            last.text
-                .get_or_insert_with(String::new)
-                .push_str(node.text.as_deref().unwrap_or(""));
-            continue;
-        }
-        out.push(node);
+        normalise::push_inline(&mut out, node);
     }
     out
 }
