@@ -961,3 +961,83 @@ async fn dragging_text_inside_the_editor_moves_it_in_one_undo_step() {
     assert_eq!(editor_text(&browser).await, "threeone two three");
     browser.close().await;
 }
+
+/// Every block of a document with lists (one nested), a quote holding a
+/// list, a code block and a rule, at the document's start and end too.
+fn spacing_sample() -> quire_protocol::rich::Node {
+    let p = |t: &str| json!({"type": "paragraph", "content": [{"type": "text", "text": t}]});
+    let item = |content: Vec<serde_json::Value>| json!({"type": "listItem", "content": content});
+    let list = |kind: &str, items: Vec<serde_json::Value>| json!({"type": kind, "content": items});
+    serde_json::from_value(json!({"type": "doc", "content": [
+        list("bulletList", vec![item(vec![p("first item, first block")])]),
+        {"type": "heading", "attrs": {"level": 1}, "content": [{"type": "text", "text": "Spacing"}]},
+        p("A paragraph before a list."),
+        list("bulletList", vec![
+            item(vec![p("one")]),
+            item(vec![p("two"), list("bulletList", vec![item(vec![p("two a")]), item(vec![p("two b")])])]),
+        ]),
+        p("Between the lists."),
+        list("orderedList", vec![item(vec![p("first")]), item(vec![p("second")])]),
+        {"type": "blockquote", "content": [p("Quoted."), list("bulletList", vec![item(vec![p("quoted item")])])]},
+        {"type": "codeBlock", "content": [{"type": "text", "text": "let x = 1;"}]},
+        {"type": "horizontalRule"},
+        {"type": "heading", "attrs": {"level": 2}, "content": [{"type": "text", "text": "After the rule"}]},
+        list("orderedList", vec![item(vec![p("last item, last block")])]),
+    ]}))
+    .expect("a ProseMirror document")
+}
+
+/// Where every block is, relative to the editor's top (px).
+const BLOCK_BOXES: &str = "const root = Q.root(); const top = root.getBoundingClientRect().top;\
+    return [...root.querySelectorAll('p, h1, h2, ul, ol, li, blockquote, pre, hr')].map((e) => {\
+      const r = e.getBoundingClientRect(); return [e.tagName, r.top - top, r.bottom - top]; })";
+
+#[tokio::test]
+async fn content_visibility_does_not_change_the_spacing_of_blocks() {
+    // Top-level blocks have `content-visibility: auto` (layout only near
+    // the viewport, for speed in big documents). It contains their
+    // layout, which stops the margins of a list's first and last
+    // paragraphs collapsing with the list's own: extra space showed
+    // around lists. The blocks must sit exactly where they do without it.
+    let server = app_server().await;
+    let base = format!("http://{}", server.addr);
+    seed(&server, "spacing", &spacing_sample()).await;
+    let browser = Browser::start().await;
+    open_editor(&browser, &base, "spacing", "Ann").await;
+    let visibility = js(
+        &browser,
+        "return [...Q.root().children].map((e) => getComputedStyle(e).contentVisibility)",
+        vec![],
+    )
+    .await;
+    let visibility = visibility.as_array().expect("a list");
+    assert_eq!(visibility.len(), 11);
+    assert!(visibility.iter().all(|v| v == "auto"), "{visibility:?}");
+    let with = js(&browser, BLOCK_BOXES, vec![]).await;
+    browser.screenshot("rich-spacing-content-visibility").await;
+    js(
+        &browser,
+        "const s = document.createElement('style'); s.id = 'no-cv';\
+         s.textContent = '.rich-editor > * { content-visibility: visible !important; contain-intrinsic-block-size: none !important; }';\
+         document.head.append(s); return true",
+        vec![],
+    )
+    .await;
+    let without = js(&browser, BLOCK_BOXES, vec![]).await;
+    browser.screenshot("rich-spacing-without").await;
+    let (with, without) = (with.as_array().unwrap(), without.as_array().unwrap());
+    assert_eq!(with.len(), without.len());
+    assert!(with.len() > 20, "every block measured: {with:?}");
+    for (a, b) in with.iter().zip(without) {
+        assert_eq!(a[0], b[0]);
+        for k in [1, 2] {
+            let (x, y) = (a[k].as_f64().unwrap(), b[k].as_f64().unwrap());
+            assert!(
+                (x - y).abs() < 0.5,
+                "{} at {x:.1} px with content-visibility, {y:.1} px without\nwith:    {with:?}\nwithout: {without:?}",
+                a[0]
+            );
+        }
+    }
+    browser.close().await;
+}
