@@ -808,12 +808,31 @@ async fn every_input_type_becomes_an_edit_of_the_document() {
         "return !!Q.root().querySelector('s')",
     )
     .await;
-    // A drop from another page: HTML through the same allowlist, where it falls.
+    // A drop from another page: HTML through the same allowlist, where it
+    // falls: just after the last letter of "three". The point comes from
+    // that letter's box, and the drop waits until the browser itself maps
+    // the point there (once failed under load: the drop landed at the
+    // paragraph's start, the block's far right edge read before it was
+    // laid out).
+    const DROP_POINT: &str = "const p = Q.root().querySelectorAll('p')[1];\
+        const w = document.createTreeWalker(p, NodeFilter.SHOW_TEXT); let t = null, n; while ((n = w.nextNode())) t = n;\
+        const r = document.createRange(); r.setStart(t, t.data.length - 1); r.setEnd(t, t.data.length);\
+        const b = r.getBoundingClientRect(); const x = b.right - 1, y = (b.top + b.bottom) / 2;\
+        const at = document.caretRangeFromPoint(x, y);";
+    wait_js(
+        &browser,
+        "the browser maps the drop point to the end of the paragraph",
+        &format!(
+            "{DROP_POINT} return !!at && at.startContainer === t && at.startOffset === t.data.length && t.data === 'three'"
+        ),
+    )
+    .await;
     js(
         &browser,
-        "const dt = new DataTransfer(); dt.setData('text/html', '<b>dropped</b><img src=x onerror=\"window.__pwned=1\">'); dt.setData('text/plain', 'dropped');\
-         const p = Q.root().querySelectorAll('p')[1]; const r = p.getBoundingClientRect();\
-         Q.root().dispatchEvent(new DragEvent('drop', {dataTransfer: dt, clientX: r.right - 1, clientY: r.bottom - 4, bubbles: true, cancelable: true})); return true",
+        &format!(
+            "{DROP_POINT} const dt = new DataTransfer(); dt.setData('text/html', '<b>dropped</b><img src=x onerror=\"window.__pwned=1\">'); dt.setData('text/plain', 'dropped');\
+             Q.root().dispatchEvent(new DragEvent('drop', {{dataTransfer: dt, clientX: x, clientY: y, bubbles: true, cancelable: true}})); return true"
+        ),
         vec![],
     )
     .await;
