@@ -56,6 +56,74 @@ pub fn splice(old: &[u16], new: &[u16]) -> Option<Splice> {
     })
 }
 
+/// How to change a text node's data from `old` to `new` in place, so that
+/// the DOM moves boundary points (the selection) with the text instead of
+/// dropping them to offset 0 as replacing the whole data does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEdit {
+    /// `CharacterData.replaceData(at, delete, insert)`.
+    Replace {
+        at: u32,
+        delete: u32,
+        insert: String,
+    },
+    /// `insertData(at, insert)` then `deleteData(at + len(insert), delete)`:
+    /// `insert` starts with the character before the change written again
+    /// (and the second step deletes its old copy), so every boundary point
+    /// at or after the change, and inside replaced text, ends up after the
+    /// new text: where a typist's caret goes (a plain insertion at the
+    /// caret leaves the caret before what it inserted).
+    Rewrite {
+        at: u32,
+        insert: String,
+        delete: u32,
+    },
+}
+
+/// The in-place edit turning `old` into `new` (none when they are equal).
+/// An insertion is made at the leftmost point the same text could have
+/// been inserted at (typing `a` before `a` is ambiguous), so a caret at
+/// any of those points moves by the inserted length.
+pub fn node_edit(old: &[u16], new: &[u16]) -> Option<NodeEdit> {
+    let s = splice(old, new)?;
+    let (at, delete) = (s.at as usize, s.delete as usize);
+    let inserted = new.len() + delete - old.len();
+    let replace = NodeEdit::Replace {
+        at: s.at,
+        delete: s.delete,
+        insert: s.insert,
+    };
+    if inserted == 0 {
+        return Some(replace);
+    }
+    let mut first = at;
+    if delete == 0 {
+        while first > 0 && old[first - 1] == new[first - 1 + inserted] {
+            first -= 1;
+        }
+        // Not between the halves of a pair, and not at 0 (nothing before it to write again).
+        if first < at && is_low_surrogate(old[first]) {
+            first += 1;
+        }
+        if first == 0 {
+            first = at;
+        }
+    }
+    // One whole character before the change is written again.
+    let Some(mut from) = first.checked_sub(1) else {
+        return Some(replace);
+    };
+    if from > 0 && is_low_surrogate(old[from]) && is_high_surrogate(old[from - 1]) {
+        from -= 1;
+    }
+    let again = String::from_utf16(&new[from..first + inserted]).ok()?;
+    Some(NodeEdit::Rewrite {
+        at: from as u32,
+        insert: again,
+        delete: (first - from + delete) as u32,
+    })
+}
+
 /// One step of a text change, in UTF-16 units.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -153,6 +221,81 @@ mod tests {
         assert!(!s.insert.contains('\u{FFFD}'));
         let s = splice(&u("x😀"), &u("x😁")).unwrap();
         assert_eq!(s.insert, "😁");
+    }
+
+    /// Applies a [`NodeEdit`] the way the DOM does, moving `caret` by the
+    /// live-range rules of `insertData`/`deleteData`/`replaceData`.
+    fn apply_node(old: &str, edit: &NodeEdit, caret: u32) -> (String, u32) {
+        let mut v = u(old);
+        let replace = |v: &mut Vec<u16>, caret: u32, at: u32, count: u32, data: &str| {
+            let data = u(data);
+            v.splice(at as usize..(at + count) as usize, data.iter().copied());
+            if caret > at && caret <= at + count {
+                at
+            } else if caret > at + count {
+                caret - count + data.len() as u32
+            } else {
+                caret
+            }
+        };
+        let caret = match edit {
+            NodeEdit::Replace { at, delete, insert } => {
+                replace(&mut v, caret, *at, *delete, insert)
+            }
+            NodeEdit::Rewrite { at, insert, delete } => {
+                let c = replace(&mut v, caret, *at, 0, insert);
+                replace(&mut v, c, at + utf16_len(insert), *delete, "")
+            }
+        };
+        (String::from_utf16(&v).unwrap(), caret)
+    }
+
+    #[test]
+    fn a_typed_character_leaves_the_caret_after_it() {
+        // (old, caret, new, caret expected after)
+        let cases = [
+            ("hello world", 5, "hello, world", 6),
+            ("hello", 5, "hello!", 6),
+            // The same letter again: the greedy splice is after the caret.
+            ("xaay", 2, "xaaay", 3),
+            ("xaay", 1, "xaaay", 2),
+            ("aaaa", 4, "aaaaa", 5),
+            // Typing over a selection of "ll" (the caret the browser had is at its start).
+            ("hello", 2, "heXo", 3),
+            // A character after a pair is never split from it.
+            ("a😀", 3, "a😀b", 4),
+            ("😀", 2, "😀😀", 4),
+        ];
+        for (old, caret, new, expected) in cases {
+            let edit = node_edit(&u(old), &u(new)).unwrap();
+            let (text, at) = apply_node(old, &edit, caret);
+            assert_eq!(text, new, "{old:?} -> {new:?} by {edit:?}");
+            assert_eq!(at, expected, "{old:?} -> {new:?} by {edit:?}");
+        }
+    }
+
+    #[test]
+    fn deletes_and_far_carets_move_as_the_dom_moves_them() {
+        // Backspace at 5 and Delete at 4 in "hello": the caret at 4.
+        for (caret, new) in [(5, "hell"), (4, "hell")] {
+            let edit = node_edit(&u("hello"), &u(new)).unwrap();
+            assert_eq!(apply_node("hello", &edit, caret), (new.to_owned(), 4));
+        }
+        // A caret away from an insertion keeps its characters.
+        let edit = node_edit(&u("hello world"), &u("hello big world")).unwrap();
+        assert_eq!(apply_node("hello world", &edit, 1).1, 1);
+        assert_eq!(apply_node("hello world", &edit, 8).1, 12);
+        // At the very start there is nothing to write again: a plain insertion.
+        let edit = node_edit(&u("bc"), &u("abc")).unwrap();
+        assert!(matches!(
+            edit,
+            NodeEdit::Replace {
+                at: 0,
+                delete: 0,
+                ..
+            }
+        ));
+        assert_eq!(node_edit(&u("same"), &u("same")), None);
     }
 
     #[test]

@@ -236,6 +236,11 @@ type Ws =
 struct Cdp {
     ws: Ws,
     next: u64,
+    /// Events (messages without an id) that arrived while waiting for an
+    /// answer, kept only while a trace is being taken.
+    events: Vec<Value>,
+    /// Whether to keep events at all (a trace's data arrives as events).
+    keep_events: bool,
 }
 
 impl Cdp {
@@ -255,6 +260,10 @@ impl Cdp {
                     _ => continue,
                 };
                 let v: Value = serde_json::from_str(text.as_str()).map_err(|e| e.to_string())?;
+                if v.get("id").is_none() && self.keep_events {
+                    self.events.push(v);
+                    continue;
+                }
                 if v["id"] == id {
                     if let Some(err) = v.get("error") {
                         return Err(err.to_string());
@@ -283,6 +292,28 @@ impl Cdp {
             ));
         }
         Ok(r["result"]["value"].clone())
+    }
+
+    /// Waits for an event named `method`, keeping the others.
+    async fn wait_event(&mut self, method: &str) -> Result<(), String> {
+        let wait = async {
+            if self.events.iter().any(|e| e["method"] == method) {
+                return Ok(());
+            }
+            while let Some(frame) = self.ws.next().await {
+                let Message::Text(text) = frame.map_err(|e| e.to_string())? else {
+                    continue;
+                };
+                let v: Value = serde_json::from_str(text.as_str()).map_err(|e| e.to_string())?;
+                let done = v["method"] == method;
+                self.events.push(v);
+                if done {
+                    return Ok(());
+                }
+            }
+            Err("DevTools closed the connection".to_owned())
+        };
+        step(&format!("DevTools event {method}"), READY_DEADLINE, wait).await
     }
 
     async fn wait_for(&mut self, what: &str, expr: &str) -> Result<(), String> {
@@ -399,7 +430,12 @@ async fn page(chrome: &Chromium, url: &str) -> Result<Cdp, String> {
             .map_err(|e| e.to_string())
     })
     .await?;
-    let mut cdp = Cdp { ws, next: 1 };
+    let mut cdp = Cdp {
+        ws,
+        next: 1,
+        events: Vec::new(),
+        keep_events: false,
+    };
     // Keystrokes go to the focused tab: the one measured.
     cdp.call("Page.bringToFront", json!({})).await?;
     Ok(cdp)
@@ -516,6 +552,7 @@ async fn rounds(
     keystrokes: usize,
 ) -> Result<Vec<Run>, String> {
     let mut runs = Vec::new();
+    let trace_dir = std::env::var_os("QUIRE_BENCH_EDITOR_TRACE").map(PathBuf::from);
     for round in 0..2 {
         for (editor, doc) in [("rich", "bench-rich"), ("textarea", "bench-plain")] {
             let mut cdp = page(chrome, &format!("http://{addr}/d/{doc}"))
@@ -528,7 +565,16 @@ async fn rounds(
                      return !!e && !!s && s.textContent.trim() === 'All changes saved' && (e.tagName === 'TEXTAREA' ? !e.readOnly : e.dataset.ready === 'true'); })()",
                 )
                 .await?;
-                measure(&mut cdp, editor, text_bytes, keystrokes).await
+                match &trace_dir {
+                    Some(dir) => {
+                        trace_start(&mut cdp).await?;
+                        let run = measure(&mut cdp, editor, text_bytes, keystrokes).await;
+                        let out = dir.join(format!("round{round}-{editor}.json"));
+                        trace_end(&mut cdp, &out).await?;
+                        run
+                    }
+                    None => measure(&mut cdp, editor, text_bytes, keystrokes).await,
+                }
             }
             .await
             .map_err(|e| format!("round {round} {editor}: {e}"))?;
@@ -549,6 +595,47 @@ async fn rounds(
         profile(chrome, addr, text_bytes, keystrokes, &PathBuf::from(out)).await?;
     }
     Ok(runs)
+}
+
+/// Trace categories: the renderer's main-thread work (script, style,
+/// layout, paint, selection) and V8's sampled stacks inside it.
+const TRACE_CATEGORIES: &str = "devtools.timeline,disabled-by-default-devtools.timeline,\
+     disabled-by-default-devtools.timeline.frame,v8.execute,blink.user_timing,\
+     disabled-by-default-v8.cpu_profiler";
+
+/// For investigations (`QUIRE_BENCH_EDITOR_TRACE=DIR`): a DevTools trace
+/// of the pass that follows (the measured one: tracing slows it a little).
+async fn trace_start(cdp: &mut Cdp) -> Result<(), String> {
+    cdp.keep_events = true;
+    cdp.events.clear();
+    cdp.call(
+        "Tracing.start",
+        json!({"categories": TRACE_CATEGORIES, "transferMode": "ReportEvents"}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Ends the trace and writes it as a Chrome trace file (`traceEvents`,
+/// loadable in DevTools' Performance panel) with the pass's latencies.
+async fn trace_end(cdp: &mut Cdp, out: &std::path::Path) -> Result<(), String> {
+    let lat = cdp.eval("JSON.stringify(window.__lat)").await?;
+    cdp.call("Tracing.end", json!({})).await?;
+    cdp.wait_event("Tracing.tracingComplete").await?;
+    let mut trace = Vec::new();
+    for e in std::mem::take(&mut cdp.events) {
+        if e["method"] == "Tracing.dataCollected"
+            && let Value::Array(values) = &e["params"]["value"]
+        {
+            trace.extend(values.iter().cloned());
+        }
+    }
+    cdp.keep_events = false;
+    let lat: Value = serde_json::from_str(lat.as_str().unwrap_or("[]")).unwrap_or(Value::Null);
+    let file = json!({"traceEvents": trace, "latencies": lat}).to_string();
+    std::fs::write(out, file).map_err(|e| format!("{}: {e}", out.display()))?;
+    println!("  trace written to {}", out.display());
+    Ok(())
 }
 
 /// For investigations (`QUIRE_BENCH_EDITOR_PROFILE=FILE`): one more rich

@@ -15,7 +15,7 @@
 //! schema, text escaped) and as plain text (one line per block).
 
 use quire_protocol::rich::json::Mark;
-use quire_protocol::rich::schema::clickable_href;
+use quire_protocol::rich::schema::{HTML_CONTAINERS, clickable_href};
 use quire_protocol::rich::{MarkType, Node, NodeType};
 use serde_json::Value;
 use wasm_bindgen::JsCast;
@@ -65,37 +65,13 @@ const DROPPED: &[&str] = &[
     "button", "img", "picture", "source", "frame", "frameset",
 ];
 
-/// Tags that end a paragraph and start another.
-const BLOCKISH: &[&str] = &[
-    "p",
-    "div",
-    "section",
-    "article",
-    "header",
-    "footer",
-    "main",
-    "aside",
-    "nav",
-    "figure",
-    "figcaption",
-    "address",
-    "dd",
-    "dt",
-    "dl",
-    "center",
-    "table",
-    "thead",
-    "tbody",
-    "tfoot",
-    "tr",
-    "td",
-    "th",
-    "caption",
-    "form",
-    "fieldset",
-    "details",
-    "summary",
-];
+/// Tags that end a paragraph and start another: `p`, the schema's
+/// [`HTML_CONTAINERS`] (the HTML importer unwraps the same ones), and a few
+/// that only a paste meets (old pages' `center`, forms, table captions).
+fn ends_paragraph(tag: &str) -> bool {
+    const PASTE_ONLY: &[&str] = &["center", "caption", "form", "fieldset"];
+    tag == "p" || HTML_CONTAINERS.contains(&tag) || PASTE_ONLY.contains(&tag)
+}
 
 fn walk_children(parent: &web_sys::Node, marks: &[Mark], out: &mut Collector) {
     let children = parent.child_nodes();
@@ -215,7 +191,7 @@ fn element(el: &Element, marks: &[Mark], out: &mut Collector) {
         }
         _ => {
             let marks = with_marks(el, &tag, marks);
-            if BLOCKISH.contains(&tag.as_str()) {
+            if ends_paragraph(&tag) {
                 out.flush();
                 walk_children(el, &marks, out);
                 out.flush();

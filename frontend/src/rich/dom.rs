@@ -18,11 +18,14 @@ use wasm_bindgen::JsCast;
 use web_sys::{Element, Node};
 use yrs::types::text::YChange;
 use yrs::types::{Change, Event, Events, PathSegment};
-use yrs::{Any, Out, ReadTxn, Text, Xml, XmlElementRef, XmlFragment, XmlFragmentRef, XmlOut};
+use yrs::{
+    Any, BranchID, Out, ReadTxn, Text, Xml, XmlElementRef, XmlFragment, XmlFragmentRef, XmlOut,
+};
 
 use super::edit::{Path, heading_level};
 use super::view::{Body, ItemKind, Kind, Tree, VBlock, VInline, VItem};
 use crate::browser::document;
+use crate::diff::NodeEdit;
 
 pub type DomTree = Tree<Node>;
 pub type DomBlock = VBlock<Node>;
@@ -171,6 +174,39 @@ fn build_inline<T: ReadTxn>(txn: &T, block: &XmlElementRef, content: &Element) -
     }
 }
 
+/// Changes a text node's data from `old` to `new` by an in-place edit
+/// (`diff::node_edit`): the selection in it moves with the text, so after
+/// typing the caret already is where the editor puts it and restoring it
+/// is skipped. Setting the whole data dropped the caret to offset 0, and
+/// putting it back (`setBaseAndExtent`) forced a layout of the document:
+/// more than half of a keystroke in a 1 MB document.
+fn set_text_in_place(node: &Node, old: &str, new: &str) {
+    let old16: Vec<u16> = old.encode_utf16().collect();
+    let new16: Vec<u16> = new.encode_utf16().collect();
+    let Some(data) = node.dyn_ref::<web_sys::CharacterData>() else {
+        return;
+    };
+    // Only when the node holds what the mirror says (else start again from the model).
+    let edit = (data.data() == old)
+        .then(|| crate::diff::node_edit(&old16, &new16))
+        .flatten();
+    let done = match edit {
+        Some(NodeEdit::Replace { at, delete, insert }) => {
+            data.replace_data(at, delete, &insert).is_ok()
+        }
+        Some(NodeEdit::Rewrite { at, insert, delete }) => {
+            data.insert_data(at, &insert).is_ok()
+                && data
+                    .delete_data(at + crate::diff::utf16_len(&insert), delete)
+                    .is_ok()
+        }
+        None => false,
+    };
+    if !done {
+        node.set_text_content(Some(new));
+    }
+}
+
 /// Brings a block's items up to date with yrs, touching as little DOM as
 /// it can: when only the text of runs changed (typing, deleting inside a
 /// run), just those text nodes change.
@@ -191,7 +227,7 @@ pub fn patch_inline<T: ReadTxn>(txn: &T, block: &XmlElementRef, inline: &mut VIn
                 && text != old
                 && let Some(node) = &item.text
             {
-                node.set_text_content(Some(text));
+                set_text_in_place(node, old, text);
             }
             item.kind = kind;
             item.len = len;
@@ -271,6 +307,7 @@ pub fn build_block<T: ReadTxn>(txn: &T, node: &XmlOut) -> DomBlock {
         }
         return VBlock {
             kind: Kind::Unknown("text".into()),
+            id: None,
             dom: div.into(),
             body: Body::Leaf,
         };
@@ -290,6 +327,7 @@ pub fn build_block<T: ReadTxn>(txn: &T, node: &XmlOut) -> DomBlock {
         );
         return VBlock {
             kind: Kind::Unknown(tag),
+            id: Some(element_id(element)),
             dom: div.into(),
             body: Body::Leaf,
         };
@@ -306,6 +344,7 @@ pub fn build_block<T: ReadTxn>(txn: &T, node: &XmlOut) -> DomBlock {
             let inline = build_inline(txn, element, &dom);
             VBlock {
                 kind: kind_v,
+                id: Some(element_id(element)),
                 dom: dom.into(),
                 body: Body::Inline(inline),
             }
@@ -320,6 +359,7 @@ pub fn build_block<T: ReadTxn>(txn: &T, node: &XmlOut) -> DomBlock {
             let inline = build_inline(txn, element, &code);
             VBlock {
                 kind: kind_v,
+                id: Some(element_id(element)),
                 dom: pre.into(),
                 body: Body::Inline(inline),
             }
@@ -329,6 +369,7 @@ pub fn build_block<T: ReadTxn>(txn: &T, node: &XmlOut) -> DomBlock {
             let _ = hr.set_attribute("contenteditable", "false");
             VBlock {
                 kind: kind_v,
+                id: Some(element_id(element)),
                 dom: hr.into(),
                 body: Body::Leaf,
             }
@@ -357,11 +398,18 @@ pub fn build_block<T: ReadTxn>(txn: &T, node: &XmlOut) -> DomBlock {
             }
             VBlock {
                 kind: kind_v,
+                id: Some(element_id(element)),
                 dom: dom.into(),
                 body: Body::Blocks(children),
             }
         }
     }
+}
+
+/// The id of a yrs element (what [`VBlock::id`] holds).
+pub fn element_id(element: &XmlElementRef) -> BranchID {
+    let branch: &yrs::branch::Branch = element.as_ref();
+    branch.id()
 }
 
 /// Draws the whole fragment into `root` (start-up only).
@@ -404,38 +452,50 @@ pub struct Patched {
 
 /// Applies a transaction's events to the mirror and the DOM. `hold` names
 /// the DOM element of a block an IME is composing in: it is not touched.
+/// `near` are paths where changes are likely (the selection's blocks).
 pub fn apply_events(
     tree: &mut DomTree,
     txn: &yrs::TransactionMut,
     fragment: &XmlFragmentRef,
     events: &Events,
     hold: Option<&Node>,
+    near: &[&[u32]],
 ) -> Patched {
     let mut done: Vec<Path> = Vec::new();
     let mut patched = Patched::default();
     let covered = |done: &[Path], path: &[u32]| done.iter().any(|d| path.starts_with(d));
+    let index_path = |raw: yrs::types::Path| -> Path {
+        raw.into_iter()
+            .filter_map(|seg| match seg {
+                PathSegment::Index(i) => Some(i),
+                PathSegment::Key(_) => None,
+            })
+            .collect()
+    };
     for event in events.iter() {
-        let (raw, is_text) = match event {
-            Event::XmlText(e) => (e.path(), true),
-            Event::XmlFragment(e) => (e.path(), false),
+        // The block whose content changed. For text, the mirror finds its
+        // block by id (near the caret first): yrs' event path counts the
+        // blocks before it one by one, a walk of the whole document.
+        let block_path: Path = match event {
+            Event::XmlText(e) => {
+                let drawn = match Xml::parent(e.target()) {
+                    Some(XmlOut::Element(block)) => tree.path_of_id(&element_id(&block), near),
+                    _ => None,
+                };
+                match drawn {
+                    Some(path) => path,
+                    None => {
+                        let path = index_path(e.path());
+                        path[..path.len().saturating_sub(1)].to_vec()
+                    }
+                }
+            }
+            Event::XmlFragment(e) => index_path(e.path()),
             _ => continue,
         };
-        let mut path: Path = Vec::with_capacity(raw.len());
-        for seg in raw {
-            match seg {
-                PathSegment::Index(i) => path.push(i),
-                PathSegment::Key(_) => {}
-            }
-        }
-        if covered(&done, &path) {
+        if covered(&done, &block_path) {
             continue;
         }
-        // The block whose content changed.
-        let block_path: Path = if is_text {
-            path[..path.len().saturating_sub(1)].to_vec()
-        } else {
-            path.clone()
-        };
         if let Some(hold) = hold
             && tree.block(&block_path).is_some_and(|b| &b.dom == hold)
         {
@@ -448,7 +508,18 @@ pub fn apply_events(
             _ => false,
         };
         if is_inline && !keys_changed {
-            let Some(element) = yrs_element(txn, fragment, &block_path) else {
+            // The block is the event's target (or its text's parent): no
+            // walk of the fragment to find it by index.
+            let target = match event {
+                Event::XmlText(e) => Xml::parent(e.target()),
+                Event::XmlFragment(e) => Some(e.target().clone()),
+                _ => None,
+            };
+            let element = match target {
+                Some(XmlOut::Element(element)) => Some(element),
+                _ => yrs_element(txn, fragment, &block_path),
+            };
+            let Some(element) = element else {
                 continue;
             };
             if let Some(VBlock {

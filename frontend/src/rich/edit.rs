@@ -676,6 +676,10 @@ pub fn textblocks_between<T: ReadTxn>(
 pub struct Edit<'a, 'doc> {
     pub txn: &'a mut TransactionMut<'doc>,
     pub root: XmlFragmentRef,
+    /// Blocks located before the transaction began (by the editor's
+    /// mirror), used while the transaction has changed nothing: finding a
+    /// block by its path in yrs walks every block before it.
+    known: Vec<(Path, XmlElementRef)>,
 }
 
 /// What a command could not do (the caller does nothing then).
@@ -686,10 +690,28 @@ type Res = Result<After, NotApplicable>;
 
 impl<'a, 'doc> Edit<'a, 'doc> {
     pub fn new(txn: &'a mut TransactionMut<'doc>, root: XmlFragmentRef) -> Self {
-        Self { txn, root }
+        Self {
+            txn,
+            root,
+            known: Vec::new(),
+        }
+    }
+
+    /// The same, told where some blocks are in the document as it is now.
+    pub fn with_known(
+        txn: &'a mut TransactionMut<'doc>,
+        root: XmlFragmentRef,
+        known: Vec<(Path, XmlElementRef)>,
+    ) -> Self {
+        Self { txn, root, known }
     }
 
     fn el(&self, path: &[u32]) -> Result<XmlElementRef, NotApplicable> {
+        if !self.txn.has_changes()
+            && let Some((_, el)) = self.known.iter().find(|(p, _)| p.as_slice() == path)
+        {
+            return Ok(el.clone());
+        }
         element_at(self.txn, &self.root, path).ok_or(NotApplicable)
     }
 

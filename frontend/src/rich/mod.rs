@@ -158,6 +158,13 @@ fn sticky_for<T: ReadTxn>(txn: &T, el: &XmlElementRef, off: u32, assoc: Assoc) -
         .unwrap_or_else(|| StickyIndex::from_type(txn, el, Assoc::After))
 }
 
+/// The blocks of a selection, where the mirror looks first for a block.
+fn near_paths(sel: Option<&Sel>) -> Vec<&[u32]> {
+    sel.iter()
+        .flat_map(|s| [s.head.path.as_slice(), s.anchor.path.as_slice()])
+        .collect()
+}
+
 fn branch_id(out: &XmlOut) -> yrs::BranchID {
     let branch: &yrs::branch::Branch = match out {
         XmlOut::Element(e) => e.as_ref(),
@@ -311,9 +318,13 @@ impl RichEditor {
             cur = cur.parent_node()?;
         }
         chain.reverse();
-        self.tree
-            .borrow()
-            .pos_at(&chain, node.node_type() == web_sys::Node::TEXT_NODE, offset)
+        let near = self.sel.borrow().as_ref().map(|s| s.head.path.clone());
+        self.tree.borrow().pos_at_near(
+            &chain,
+            node.node_type() == web_sys::Node::TEXT_NODE,
+            offset,
+            near.as_deref().unwrap_or(&[]),
+        )
     }
 
     /// The selection in the DOM, if it is in the editor.
@@ -385,8 +396,37 @@ impl RichEditor {
         Some((at(&sel.anchor, a)?, at(&sel.head, h)?))
     }
 
-    /// Where a sticky index is now, as a position of the view.
+    /// Where a sticky index is now, as a position of the view (works
+    /// inside a transaction that changed the document too).
     pub fn sticky_to_pos<T: ReadTxn>(&self, txn: &T, index: &StickyIndex) -> Option<Pos> {
+        self.sticky_to_pos_in(txn, index, false)
+    }
+
+    /// [`Self::sticky_to_pos`] when the view is up to date with the
+    /// document (not inside a transaction): blocks are found in the mirror
+    /// by id, near the last selection, instead of by walking yrs' lists.
+    fn drawn_pos<T: ReadTxn>(&self, txn: &T, index: &StickyIndex) -> Option<Pos> {
+        self.sticky_to_pos_in(txn, index, true)
+    }
+
+    /// The path of a node of the document: from the mirror when `drawn`.
+    fn locate<T: ReadTxn>(&self, txn: &T, node: &XmlOut, drawn: bool) -> Option<Path> {
+        if drawn {
+            let last = self.sel.borrow().clone();
+            let near = near_paths(last.as_ref());
+            if let Some(path) = self.tree.borrow().path_of_id(&branch_id(node), &near) {
+                return Some(path);
+            }
+        }
+        path_of(txn, &self.fragment, node)
+    }
+
+    fn sticky_to_pos_in<T: ReadTxn>(
+        &self,
+        txn: &T,
+        index: &StickyIndex,
+        drawn: bool,
+    ) -> Option<Pos> {
         let offset = index.get_offset(txn)?;
         let out = XmlOut::try_from(offset.branch).ok()?;
         match &out {
@@ -395,7 +435,7 @@ impl RichEditor {
                 let XmlOut::Element(block) = &parent else {
                     return None;
                 };
-                let path = path_of(txn, &self.fragment, &parent)?;
+                let path = self.locate(txn, &parent, drawn)?;
                 let me = branch_id(&out);
                 let mut before = 0;
                 for piece in edit::pieces(txn, block) {
@@ -411,7 +451,7 @@ impl RichEditor {
                 Some(Pos::new(path, before + offset.index))
             }
             XmlOut::Element(e) if edit::is_textblock(e) => {
-                let path = path_of(txn, &self.fragment, &out)?;
+                let path = self.locate(txn, &out, drawn)?;
                 let off = edit::pieces(txn, e)
                     .iter()
                     .take(offset.index as usize)
@@ -420,7 +460,7 @@ impl RichEditor {
                 Some(Pos::new(path, off))
             }
             XmlOut::Element(_) => {
-                let path = path_of(txn, &self.fragment, &out)?;
+                let path = self.locate(txn, &out, drawn)?;
                 self.tree.borrow().pos_before_child(&path, offset.index)
             }
             XmlOut::Fragment(_) => self.tree.borrow().pos_before_child(&[], offset.index),
@@ -459,10 +499,10 @@ impl RichEditor {
     fn restore<T: ReadTxn>(&self, txn: &T, sticky: &(StickyIndex, StickyIndex), focus: bool) {
         let last = self.sel.borrow().clone();
         let anchor = self
-            .sticky_to_pos(txn, &sticky.0)
+            .drawn_pos(txn, &sticky.0)
             .or_else(|| last.as_ref().map(|s| s.anchor.clone()));
         let head = self
-            .sticky_to_pos(txn, &sticky.1)
+            .drawn_pos(txn, &sticky.1)
             .or_else(|| last.as_ref().map(|s| s.head.clone()));
         let (Some(anchor), Some(head)) = (anchor, head) else {
             return;
@@ -514,7 +554,7 @@ impl RichEditor {
             crate::relpos::from_json(head)?,
         );
         let txn = self.doc.try_transact().ok()?;
-        let (a, h) = (self.sticky_to_pos(&txn, &a)?, self.sticky_to_pos(&txn, &h)?);
+        let (a, h) = (self.drawn_pos(&txn, &a)?, self.drawn_pos(&txn, &h)?);
         drop(txn);
         Some((self.point(&a)?, self.point(&h)?))
     }
@@ -525,8 +565,10 @@ impl RichEditor {
     fn on_events(&self, txn: &TransactionMut, events: &yrs::types::Events) {
         let hold = self.composing.borrow().as_ref().map(|c| c.block.clone());
         let patched = {
+            let last = self.sel.borrow().clone();
+            let near = near_paths(last.as_ref());
             let mut tree = self.tree.borrow_mut();
-            dom::apply_events(&mut tree, txn, &self.fragment, events, hold.as_ref())
+            dom::apply_events(&mut tree, txn, &self.fragment, events, hold.as_ref(), &near)
         };
         if patched.held
             && let Some(c) = self.composing.borrow_mut().as_mut()
@@ -565,17 +607,30 @@ impl RichEditor {
                 None => return false,
             },
         };
-        let Ok(txn) = self.doc.try_transact() else {
-            return false;
+        // The selection before the edit, for the undo step: the sticky
+        // indices already taken for it when it has not moved since (a
+        // keystroke after a keystroke), else new ones.
+        let known = match (&*self.sel.borrow(), &*self.sticky.borrow()) {
+            (Some(last), Some(sticky)) if *last == sel => Some(sticky.clone()),
+            _ => None,
         };
-        *self.before_edit.borrow_mut() = self.sticky_of(&txn, &sel);
-        drop(txn);
+        let before = match known {
+            Some(sticky) => Some(sticky),
+            None => {
+                let Ok(txn) = self.doc.try_transact() else {
+                    return false;
+                };
+                self.sticky_of(&txn, &sel)
+            }
+        };
+        *self.before_edit.borrow_mut() = before;
         let mut next = None;
         let applied = {
             let Ok(mut txn) = self.doc.try_transact_mut_with(LOCAL_ORIGIN) else {
                 return false;
             };
-            let mut edit = Edit::new(&mut txn, self.fragment.clone());
+            let known = self.drawn_elements(&txn, [&sel.anchor.path, &sel.head.path]);
+            let mut edit = Edit::with_known(&mut txn, self.fragment.clone(), known);
             match f(&mut edit, &sel) {
                 Ok(after) => {
                     next = match after {
@@ -602,6 +657,30 @@ impl RichEditor {
         (self.hooks.local_change)();
         (self.hooks.selection_changed)();
         true
+    }
+
+    /// The yrs elements the mirror draws at `paths` (the mirror is up to
+    /// date outside transactions), found by id, not by walking the fragment.
+    fn drawn_elements<T: ReadTxn>(&self, txn: &T, paths: [&Path; 2]) -> Vec<(Path, XmlElementRef)> {
+        let tree = self.tree.borrow();
+        let mut out: Vec<(Path, XmlElementRef)> = Vec::new();
+        for path in paths {
+            if out.iter().any(|(p, _)| p == path) {
+                continue;
+            }
+            let Some(branch) = tree
+                .block(path)
+                .and_then(|b| b.id.as_ref())
+                .and_then(|id| id.get_branch(txn))
+                .filter(|b| !b.is_deleted())
+            else {
+                continue;
+            };
+            if let Ok(XmlOut::Element(el)) = XmlOut::try_from(branch) {
+                out.push((path.clone(), el));
+            }
+        }
+        out
     }
 
     /// A caret at the document's start, making a paragraph if there is none.
@@ -751,19 +830,25 @@ impl RichEditor {
         let Some(sel) = self.sel.borrow().clone().filter(Sel::is_empty) else {
             return;
         };
+        // From the mirror (up to date after the edit): finding the block
+        // in yrs would walk the fragment's list on every keystroke.
         let (before, kind, parent) = {
-            let txn = self.doc.transact();
-            let Some(el) = edit::element_at(&txn, &self.fragment, &sel.head.path) else {
+            let tree = self.tree.borrow();
+            let path = &sel.head.path;
+            let Some(block) = tree.block(path) else {
                 return;
             };
-            let text: Vec<u16> = edit::block_text(&txn, &el).encode_utf16().collect();
-            let upto = (sel.head.off as usize).min(text.len());
-            let parent = sel.head.path.len().checked_sub(1).and_then(|d| {
-                edit::parent_at(&txn, &self.fragment, &sel.head.path[..d]).and_then(|p| p.kind())
-            });
+            let Body::Inline(inline) = &block.body else {
+                return;
+            };
+            let parent = match path.len() {
+                0 => None,
+                1 => Some(NodeType::Doc),
+                d => tree.block(&path[..d - 1]).and_then(|b| b.kind.node_type()),
+            };
             (
-                String::from_utf16_lossy(&text[..upto]),
-                edit::kind_of(&el),
+                inline.text_before(sel.head.off),
+                block.kind.node_type(),
                 parent,
             )
         };

@@ -16,6 +16,7 @@
 //! child index.
 
 use quire_protocol::rich::{Mark, NodeType};
+use yrs::BranchID;
 
 use super::edit::{Path, Pos};
 
@@ -39,6 +40,10 @@ impl Kind {
 #[derive(Debug, Clone)]
 pub struct VBlock<H> {
     pub kind: Kind,
+    /// The yrs element it draws (none for text straight in a container),
+    /// so a node of the document is found in the mirror without walking
+    /// yrs' lists (which costs a step per block before it).
+    pub id: Option<BranchID>,
     /// The block's outermost DOM element.
     pub dom: H,
     pub body: Body<H>,
@@ -89,6 +94,23 @@ impl<H> VInline<H> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The block's text before offset `off` (inline nodes as U+FFFC, as
+    /// `edit::block_text` writes them).
+    pub fn text_before(&self, off: u32) -> String {
+        let mut units: Vec<u16> = Vec::new();
+        for item in &self.items {
+            if units.len() >= off as usize {
+                break;
+            }
+            match &item.kind {
+                ItemKind::Text { text, .. } => units.extend(text.encode_utf16()),
+                ItemKind::Break | ItemKind::Other(_) => units.push(0xFFFC),
+            }
+        }
+        units.truncate(off as usize);
+        String::from_utf16_lossy(&units)
     }
 
     /// The item holding offset `off`, with its start. At a boundary a
@@ -168,6 +190,38 @@ impl<H: Clone + PartialEq> Tree<H> {
             Body::Inline(inline) => Some(inline),
             _ => None,
         }
+    }
+
+    /// The path of the block drawing the yrs element `id`: `near` first
+    /// (where the caret was: a keystroke's block), else a walk of the
+    /// mirror. Right only while the mirror is up to date with yrs (after a
+    /// transaction's events were applied, never inside one).
+    pub fn path_of_id(&self, id: &BranchID, near: &[&[u32]]) -> Option<Path> {
+        for path in near {
+            // The block itself or one of its containers.
+            for depth in (1..=path.len()).rev() {
+                if self.block(&path[..depth]).and_then(|b| b.id.as_ref()) == Some(id) {
+                    return Some(path[..depth].to_vec());
+                }
+            }
+        }
+        fn walk<H>(blocks: &[VBlock<H>], id: &BranchID, base: &mut Path) -> bool {
+            for (i, b) in blocks.iter().enumerate() {
+                base.push(i as u32);
+                if b.id.as_ref() == Some(id) {
+                    return true;
+                }
+                if let Body::Blocks(children) = &b.body
+                    && walk(children, id, base)
+                {
+                    return true;
+                }
+                base.pop();
+            }
+            false
+        }
+        let mut path = Vec::new();
+        walk(&self.blocks, id, &mut path).then_some(path)
     }
 
     /// Every text block path, in document order.
@@ -266,6 +320,18 @@ impl<H: Clone + PartialEq> Tree<H> {
     /// that node (a text offset for text nodes, a child index otherwise).
     /// An empty chain means the editor root itself.
     pub fn pos_at(&self, chain: &[H], node_is_text: bool, offset: u32) -> Option<Pos> {
+        self.pos_at_near(chain, node_is_text, offset, &[])
+    }
+
+    /// [`Tree::pos_at`], trying the blocks on the path `near` first (where
+    /// the selection last was) before searching each level's children.
+    pub fn pos_at_near(
+        &self,
+        chain: &[H],
+        node_is_text: bool,
+        offset: u32,
+        near: &[u32],
+    ) -> Option<Pos> {
         let mut path: Path = Vec::new();
         let mut children = &self.blocks;
         let mut rest = chain;
@@ -274,7 +340,12 @@ impl<H: Clone + PartialEq> Tree<H> {
         }
         loop {
             let node = &rest[0];
-            let Some(index) = children.iter().position(|b| &b.dom == node) else {
+            let hinted = near
+                .get(path.len())
+                .map(|&i| i as usize)
+                .filter(|&i| children.get(i).is_some_and(|b| &b.dom == node));
+            let Some(index) = hinted.or_else(|| children.iter().position(|b| &b.dom == node))
+            else {
                 // Something the mirror does not know (should not happen): nearest block.
                 return self.pos_before_child(&path, 0);
             };
@@ -383,6 +454,7 @@ mod tests {
         let dom = ids.next();
         VBlock {
             kind: Kind::Known(NodeType::Paragraph),
+            id: None,
             dom,
             body: Body::Inline(VInline {
                 content: dom,
@@ -394,6 +466,7 @@ mod tests {
     fn container(ids: &mut Ids, kind: NodeType, children: Vec<VBlock<u32>>) -> VBlock<u32> {
         VBlock {
             kind: Kind::Known(kind),
+            id: None,
             dom: ids.next(),
             body: Body::Blocks(children),
         }
@@ -415,6 +488,7 @@ mod tests {
         let ul = container(&mut ids, NodeType::BulletList, vec![li]);
         let hr = VBlock {
             kind: Kind::Known(NodeType::HorizontalRule),
+            id: None,
             dom: ids.next(),
             body: Body::Leaf,
         };
@@ -426,6 +500,50 @@ mod tests {
             },
             ids,
         )
+    }
+
+    #[test]
+    fn text_before_an_offset_counts_breaks_as_one() {
+        let (tree, _) = sample();
+        let p0 = tree.inline(&[0]).unwrap();
+        assert_eq!(p0.text_before(0), "");
+        assert_eq!(p0.text_before(3), "abc");
+        assert_eq!(p0.text_before(5), "abcd\u{FFFC}");
+        assert_eq!(p0.text_before(99), "abcd\u{FFFC}e");
+    }
+
+    #[test]
+    fn blocks_are_found_by_their_yrs_id_near_the_caret_or_anywhere() {
+        let (mut tree, _) = sample();
+        let id = |clock| BranchID::Nested(yrs::ID::new(yrs::block::ClientID::new(7), clock));
+        tree.block_mut(&[1]).unwrap().id = Some(id(1));
+        tree.block_mut(&[1, 0, 0]).unwrap().id = Some(id(2));
+        tree.block_mut(&[3]).unwrap().id = Some(id(3));
+        // The caret's block, and a container of it.
+        assert_eq!(tree.path_of_id(&id(2), &[&[1, 0, 0]]), Some(vec![1, 0, 0]));
+        assert_eq!(tree.path_of_id(&id(1), &[&[1, 0, 0]]), Some(vec![1]));
+        // Elsewhere: the walk finds it; a wrong hint does not mislead it.
+        assert_eq!(tree.path_of_id(&id(3), &[&[1, 0, 0]]), Some(vec![3]));
+        assert_eq!(tree.path_of_id(&id(2), &[]), Some(vec![1, 0, 0]));
+        assert_eq!(tree.path_of_id(&id(9), &[&[3]]), None);
+    }
+
+    #[test]
+    fn a_dom_point_maps_the_same_with_or_without_a_hint() {
+        let (tree, _) = sample();
+        let li = tree.block(&[1, 0]).unwrap();
+        let p1 = tree.block(&[1, 0, 0]).unwrap();
+        let x = tree.inline(&[1, 0, 0]).unwrap().items[0].clone();
+        let chain = [tree.block(&[1]).unwrap().dom, li.dom, p1.dom, x.dom];
+        let expected = Some(Pos::new(vec![1, 0, 0], 1));
+        assert_eq!(tree.pos_at(&chain, true, 1), expected);
+        for near in [&[1, 0, 0][..], &[0], &[3, 5, 7], &[]] {
+            assert_eq!(
+                tree.pos_at_near(&chain, true, 1, near),
+                expected,
+                "{near:?}"
+            );
+        }
     }
 
     fn p0_items(tree: &Tree<u32>) -> Vec<VItem<u32>> {

@@ -228,9 +228,9 @@ mod import {
 
     use super::super::json::{Mark, Node};
     use super::super::normalise;
-    use super::super::schema::{MarkType, NodeType, clickable_href};
+    use super::super::schema::{HTML_CONTAINERS, MarkType, NodeType, clickable_href};
 
-    /// Elements the sanitiser keeps besides [`CONTAINERS`] (the rest are
+    /// Elements the sanitiser keeps besides [`HTML_CONTAINERS`] (the rest are
     /// replaced by their content).
     const SEMANTIC: &[&str] = &[
         "p",
@@ -264,34 +264,6 @@ mod import {
     const DROPPED: &[&str] = &[
         "script", "style", "template", "title", "noscript", "iframe", "object", "embed", "svg",
         "math", "textarea", "select", "button", "head",
-    ];
-
-    /// Elements that hold blocks (their content becomes blocks of the
-    /// enclosing block, in order).
-    const CONTAINERS: &[&str] = &[
-        "div",
-        "section",
-        "article",
-        "main",
-        "header",
-        "footer",
-        "nav",
-        "aside",
-        "figure",
-        "figcaption",
-        "table",
-        "thead",
-        "tbody",
-        "tfoot",
-        "tr",
-        "td",
-        "th",
-        "dl",
-        "dt",
-        "dd",
-        "address",
-        "details",
-        "summary",
     ];
 
     /// Reads an HTML document or fragment as a `doc` that passes
@@ -434,7 +406,7 @@ mod import {
             ("code", HashSet::from(["class"])),
         ]);
         ammonia::Builder::empty()
-            .tags(SEMANTIC.iter().chain(CONTAINERS).copied().collect())
+            .tags(SEMANTIC.iter().chain(HTML_CONTAINERS).copied().collect())
             .clean_content_tags(DROPPED.iter().copied().collect())
             .tag_attributes(tag_attributes)
             .url_schemes(HashSet::from(["http", "https", "mailto"]))
@@ -560,7 +532,7 @@ mod import {
                     return;
                 }
                 // `html`: the root html5ever gives a parsed fragment.
-                t if CONTAINERS.contains(&t) || t == "html" => {
+                t if HTML_CONTAINERS.contains(&t) || t == "html" => {
                     self.flush();
                     self.children(handle, marks);
                     self.flush();

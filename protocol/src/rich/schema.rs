@@ -341,6 +341,38 @@ pub fn link_from_input(input: &str) -> Option<String> {
     clickable_href(&candidate).map(str::to_owned)
 }
 
+/// HTML elements that group blocks and have no node in the schema
+/// (layout, sections, tables, definition lists, disclosure widgets). The
+/// HTML importer (`html::from_html`) and the web app's paste both unwrap them:
+/// their content becomes blocks of the enclosing block, in order, and a
+/// paragraph never runs across their edges. One list for both, so a file
+/// imported and the same HTML pasted give the same blocks.
+pub const HTML_CONTAINERS: &[&str] = &[
+    "div",
+    "section",
+    "article",
+    "main",
+    "header",
+    "footer",
+    "nav",
+    "aside",
+    "figure",
+    "figcaption",
+    "table",
+    "thead",
+    "tbody",
+    "tfoot",
+    "tr",
+    "td",
+    "th",
+    "dl",
+    "dt",
+    "dd",
+    "address",
+    "details",
+    "summary",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

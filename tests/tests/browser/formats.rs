@@ -4,12 +4,11 @@
 //! the home page's picker or dropped on its list open as new documents;
 //! refused imports say why.
 
-use quire_protocol::rich::{FRAGMENT, Node, json};
+use quire_protocol::rich::Node;
 use quire_tests::TestServer;
 use quire_tests::browser::{Browser, web_dist};
 use quire_tests::http;
 use serde_json::{Value, json};
-use yrs::{Doc, ReadTxn, StateVector, Transact, WriteTxn};
 
 use crate::support::*;
 
@@ -30,27 +29,6 @@ fn plan() -> Node {
         ]
     }))
     .expect("a ProseMirror document")
-}
-
-/// Stores `node` as document `doc` on the server (a Yjs update, as a Tiptap app would write it).
-async fn seed(server: &TestServer, doc: &str, node: &Node) {
-    let ydoc = Doc::new();
-    {
-        let mut txn = ydoc.transact_mut();
-        let fragment = txn.get_or_insert_xml_fragment(FRAGMENT);
-        json::write(&mut txn, &fragment, 0, &node.content);
-    }
-    let update = ydoc
-        .transact()
-        .encode_state_as_update_v1(&StateVector::default());
-    let put = http::request(
-        server.addr,
-        "PUT",
-        &format!("/api/docs/{doc}/snapshot"),
-        &update,
-    )
-    .await;
-    assert_eq!(put.status, 200, "{}", put.text());
 }
 
 /// Records every download the page starts (its file name and content).

@@ -808,12 +808,31 @@ async fn every_input_type_becomes_an_edit_of_the_document() {
         "return !!Q.root().querySelector('s')",
     )
     .await;
-    // A drop from another page: HTML through the same allowlist, where it falls.
+    // A drop from another page: HTML through the same allowlist, where it
+    // falls: just after the last letter of "three". The point comes from
+    // that letter's box, and the drop waits until the browser itself maps
+    // the point there (once failed under load: the drop landed at the
+    // paragraph's start, the block's far right edge read before it was
+    // laid out).
+    const DROP_POINT: &str = "const p = Q.root().querySelectorAll('p')[1];\
+        const w = document.createTreeWalker(p, NodeFilter.SHOW_TEXT); let t = null, n; while ((n = w.nextNode())) t = n;\
+        const r = document.createRange(); r.setStart(t, t.data.length - 1); r.setEnd(t, t.data.length);\
+        const b = r.getBoundingClientRect(); const x = b.right - 1, y = (b.top + b.bottom) / 2;\
+        const at = document.caretRangeFromPoint(x, y);";
+    wait_js(
+        &browser,
+        "the browser maps the drop point to the end of the paragraph",
+        &format!(
+            "{DROP_POINT} return !!at && at.startContainer === t && at.startOffset === t.data.length && t.data === 'three'"
+        ),
+    )
+    .await;
     js(
         &browser,
-        "const dt = new DataTransfer(); dt.setData('text/html', '<b>dropped</b><img src=x onerror=\"window.__pwned=1\">'); dt.setData('text/plain', 'dropped');\
-         const p = Q.root().querySelectorAll('p')[1]; const r = p.getBoundingClientRect();\
-         Q.root().dispatchEvent(new DragEvent('drop', {dataTransfer: dt, clientX: r.right - 1, clientY: r.bottom - 4, bubbles: true, cancelable: true})); return true",
+        &format!(
+            "{DROP_POINT} const dt = new DataTransfer(); dt.setData('text/html', '<b>dropped</b><img src=x onerror=\"window.__pwned=1\">'); dt.setData('text/plain', 'dropped');\
+             Q.root().dispatchEvent(new DragEvent('drop', {{dataTransfer: dt, clientX: x, clientY: y, bubbles: true, cancelable: true}})); return true"
+        ),
         vec![],
     )
     .await;
@@ -959,5 +978,85 @@ async fn dragging_text_inside_the_editor_moves_it_in_one_undo_step() {
     drag_selection_to(&browser, 10, false).await;
     wait_stored(server.addr, "drag", "<p>threeone two three</p>").await;
     assert_eq!(editor_text(&browser).await, "threeone two three");
+    browser.close().await;
+}
+
+/// Every block of a document with lists (one nested), a quote holding a
+/// list, a code block and a rule, at the document's start and end too.
+fn spacing_sample() -> quire_protocol::rich::Node {
+    let p = |t: &str| json!({"type": "paragraph", "content": [{"type": "text", "text": t}]});
+    let item = |content: Vec<serde_json::Value>| json!({"type": "listItem", "content": content});
+    let list = |kind: &str, items: Vec<serde_json::Value>| json!({"type": kind, "content": items});
+    serde_json::from_value(json!({"type": "doc", "content": [
+        list("bulletList", vec![item(vec![p("first item, first block")])]),
+        {"type": "heading", "attrs": {"level": 1}, "content": [{"type": "text", "text": "Spacing"}]},
+        p("A paragraph before a list."),
+        list("bulletList", vec![
+            item(vec![p("one")]),
+            item(vec![p("two"), list("bulletList", vec![item(vec![p("two a")]), item(vec![p("two b")])])]),
+        ]),
+        p("Between the lists."),
+        list("orderedList", vec![item(vec![p("first")]), item(vec![p("second")])]),
+        {"type": "blockquote", "content": [p("Quoted."), list("bulletList", vec![item(vec![p("quoted item")])])]},
+        {"type": "codeBlock", "content": [{"type": "text", "text": "let x = 1;"}]},
+        {"type": "horizontalRule"},
+        {"type": "heading", "attrs": {"level": 2}, "content": [{"type": "text", "text": "After the rule"}]},
+        list("orderedList", vec![item(vec![p("last item, last block")])]),
+    ]}))
+    .expect("a ProseMirror document")
+}
+
+/// Where every block is, relative to the editor's top (px).
+const BLOCK_BOXES: &str = "const root = Q.root(); const top = root.getBoundingClientRect().top;\
+    return [...root.querySelectorAll('p, h1, h2, ul, ol, li, blockquote, pre, hr')].map((e) => {\
+      const r = e.getBoundingClientRect(); return [e.tagName, r.top - top, r.bottom - top]; })";
+
+#[tokio::test]
+async fn content_visibility_does_not_change_the_spacing_of_blocks() {
+    // Top-level blocks have `content-visibility: auto` (layout only near
+    // the viewport, for speed in big documents). It contains their
+    // layout, which stops the margins of a list's first and last
+    // paragraphs collapsing with the list's own: extra space showed
+    // around lists. The blocks must sit exactly where they do without it.
+    let server = app_server().await;
+    let base = format!("http://{}", server.addr);
+    seed(&server, "spacing", &spacing_sample()).await;
+    let browser = Browser::start().await;
+    open_editor(&browser, &base, "spacing", "Ann").await;
+    let visibility = js(
+        &browser,
+        "return [...Q.root().children].map((e) => getComputedStyle(e).contentVisibility)",
+        vec![],
+    )
+    .await;
+    let visibility = visibility.as_array().expect("a list");
+    assert_eq!(visibility.len(), 11);
+    assert!(visibility.iter().all(|v| v == "auto"), "{visibility:?}");
+    let with = js(&browser, BLOCK_BOXES, vec![]).await;
+    browser.screenshot("rich-spacing-content-visibility").await;
+    js(
+        &browser,
+        "const s = document.createElement('style'); s.id = 'no-cv';\
+         s.textContent = '.rich-editor > * { content-visibility: visible !important; contain-intrinsic-block-size: none !important; }';\
+         document.head.append(s); return true",
+        vec![],
+    )
+    .await;
+    let without = js(&browser, BLOCK_BOXES, vec![]).await;
+    browser.screenshot("rich-spacing-without").await;
+    let (with, without) = (with.as_array().unwrap(), without.as_array().unwrap());
+    assert_eq!(with.len(), without.len());
+    assert!(with.len() > 20, "every block measured: {with:?}");
+    for (a, b) in with.iter().zip(without) {
+        assert_eq!(a[0], b[0]);
+        for k in [1, 2] {
+            let (x, y) = (a[k].as_f64().unwrap(), b[k].as_f64().unwrap());
+            assert!(
+                (x - y).abs() < 0.5,
+                "{} at {x:.1} px with content-visibility, {y:.1} px without\nwith:    {with:?}\nwithout: {without:?}",
+                a[0]
+            );
+        }
+    }
     browser.close().await;
 }

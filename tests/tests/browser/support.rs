@@ -7,13 +7,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use quire_protocol::rich::{Node, json};
+use quire_protocol::rich::{FRAGMENT, Node, json};
 use quire_server::auth::{Claims, Permission, TokenKey};
 use quire_tests::browser::{Browser, web_dist};
 use quire_tests::{TestServer, http};
 use serde_json::{Value, json};
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, Transact, Update};
+use yrs::{Doc, ReadTxn, StateVector, Transact, Update, WriteTxn};
 
 /// A server serving the built app, with a quick heartbeat.
 pub async fn app_server() -> TestServer {
@@ -24,6 +24,27 @@ pub async fn app_server() -> TestServer {
         c.ping_timeout = Duration::from_secs(1);
     })
     .await
+}
+
+/// Stores `node` as document `doc` on the server (a Yjs update, as a Tiptap app would write it).
+pub async fn seed(server: &TestServer, doc: &str, node: &Node) {
+    let ydoc = Doc::new();
+    {
+        let mut txn = ydoc.transact_mut();
+        let fragment = txn.get_or_insert_xml_fragment(FRAGMENT);
+        json::write(&mut txn, &fragment, 0, &node.content);
+    }
+    let update = ydoc
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    let put = http::request(
+        server.addr,
+        "PUT",
+        &format!("/api/docs/{doc}/snapshot"),
+        &update,
+    )
+    .await;
+    assert_eq!(put.status, 200, "{}", put.text());
 }
 
 /// A server serving the built app that wants tokens signed with `key`.
