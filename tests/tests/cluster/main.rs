@@ -12,6 +12,7 @@ mod haproxy;
 mod healthz;
 mod node;
 mod pg_store;
+mod presence;
 mod server;
 mod services;
 mod suite;
