@@ -15,4 +15,5 @@ mod pg_store;
 mod presence;
 mod server;
 mod services;
+mod stream_trim;
 mod suite;
