@@ -780,8 +780,14 @@ impl<Q: MemberQueue> RoomCore<Q> {
         self.outputs.pop_front()
     }
 
-    /// When [`Self::tick`] has something to do next ([`Now::ms`]).
+    /// When [`Self::tick`] has something to do next ([`Now::ms`]): at once
+    /// while outputs wait, since an input such as [`Self::durable`] may
+    /// hand some out (a durable write's publish to the other nodes) where
+    /// the shell carries out nothing until its next step.
     pub fn deadline(&self) -> u64 {
+        if !self.outputs.is_empty() {
+            return 0;
+        }
         let owed = self
             .members
             .values()

@@ -632,6 +632,29 @@ mod cluster {
         assert_eq!(updates(&room.published()), 1);
     }
 
+    /// Before: the publish a durable write hands out waited in the core
+    /// until the room's next event (a client's next message, or the
+    /// presence sweep up to 5 s later), since the shell carries out
+    /// outputs after events and learning of durability is not one.
+    #[test]
+    fn a_durable_writes_publish_is_due_at_once() {
+        let mut room = clustered();
+        room.join(1, true, true).unwrap();
+        // A tick: nothing is due until the next presence sweep.
+        room.advance(1);
+        assert!(room.core().deadline() > room.now().ms);
+        room.hold_durability(true);
+        room.send_update(1, &edit(&Doc::with_client_id(7), "hi"));
+        room.flush_unsettled();
+        assert!(
+            room.core().deadline() <= room.now().ms,
+            "the publish waits for the next event"
+        );
+        room.advance(0);
+        assert_eq!(updates(&room.published()), 1);
+        assert!(room.core().deadline() > room.now().ms);
+    }
+
     #[test]
     fn a_single_node_room_publishes_nothing() {
         let mut room = room();

@@ -261,6 +261,31 @@ async fn a_room_opening_on_node_b_while_node_a_writes_misses_nothing() {
     stop_services(pg, redis).await;
 }
 
+/// Before: a node published a durable update only at its room's next
+/// event (the client's next message, or the presence sweep): a lone edit
+/// reached the other nodes seconds late — here never within the wait, the
+/// sweep on node A coming every 100 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_edit_reaches_other_nodes_without_waiting_for_the_rooms_next_event() {
+    let (pg, redis) = services().await;
+    let a = Node::start_with(pg.url(), Some(redis.url()), |c| {
+        c.awareness_timeout = Duration::from_secs(600)
+    })
+    .await;
+    let b = Node::start(pg.url(), Some(redis.url())).await;
+    let reader = synced(b.url("lone")).await;
+    let mut writer = Client::new_quire(a.url("lone"));
+    writer.connect().await;
+    writer.wait_synced().await;
+    writer.send_update(&independent_insert("<0>"));
+    wait_for_markers(&reader, 1, "node B's client").await;
+    reader.stop().await;
+    writer.close().await;
+    a.stop().await;
+    b.stop().await;
+    stop_services(pg, redis).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_document_deleted_through_one_node_closes_its_connections_on_every_node() {
     let (pg, redis) = services().await;
