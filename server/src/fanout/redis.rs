@@ -9,6 +9,11 @@
 //! - `quire:aw:{name}`: the document's presence stream, `MAXLEN ~ 64`:
 //!   presence is refreshed by every client every 15 s, so only the latest
 //!   entries matter, and it can never grow without bound.
+//! - Both expire an hour after their last entry (`EXPIRE` in the same
+//!   pipeline as the `XADD`s): Redis keeps the streams of recently edited
+//!   documents, not of every document ever edited. A room that follows an
+//!   expired stream reads the new one from its old position (stream ids
+//!   are times, so the new entries come after it).
 //! - `quire:node:{id}`: this node's wake-up stream (`MAXLEN 1`, expiring):
 //!   a room that starts following adds an entry so the blocked reader
 //!   re-issues its `XREAD` with the new room's streams.
@@ -49,8 +54,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use quire_protocol::DocName;
 use redis::aio::MultiplexedConnection;
+use redis::io::tcp::TcpSettings;
 use redis::streams::StreamReadReply;
-use redis::{AsyncConnectionConfig, Client, RedisResult, Value};
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, RedisResult, Value};
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
@@ -61,6 +67,11 @@ use super::{Fanout, Feed, Lag, NodeMessage, RemoteEvent};
 pub const DOC_STREAM_LEN: usize = 10_000;
 /// Approximate length a document's presence stream is trimmed to.
 const AWARENESS_STREAM_LEN: usize = 64;
+/// How long a stream nobody writes to is kept: a node that falls this far
+/// behind has lost its connection long before (and resyncs from the
+/// database anyway), so Redis holds the streams of recently edited
+/// documents only, not of every document ever edited.
+const STREAM_TTL: Duration = Duration::from_secs(3600);
 /// Messages from other nodes queued for one room before it must resync.
 const FEED_CAPACITY: usize = 1024;
 /// Messages queued for the publisher before documents are marked for resync.
@@ -263,7 +274,13 @@ impl RedisFanout {
 
     /// [`Self::connect`] with other options (tests: a tiny stream length).
     pub async fn connect_with(url: &str, options: RedisOptions) -> Result<Arc<Self>, String> {
-        let client = Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
+        // Nagle's algorithm off: a pipelined publish or a re-issued XREAD
+        // must not wait for the acknowledgement of the previous segment.
+        let info = url
+            .into_connection_info()
+            .map_err(|e| format!("invalid Redis URL: {e}"))?
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = Client::open(info).map_err(|e| format!("invalid Redis URL: {e}"))?;
         let node = format!("{:016x}", fastrand::u64(..));
         let shared = Arc::new(Shared {
             client,
@@ -431,6 +448,10 @@ async fn publish_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<(DocName, N
                 .arg("")
                 .ignore();
         }
+        let mut written = HashSet::new();
+        for doc in &unsent {
+            written.insert(doc_key(doc));
+        }
         for (doc, message) in &batch {
             let (kind, data) = encode(message);
             let (key, len) = match message {
@@ -438,7 +459,7 @@ async fn publish_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<(DocName, N
                 _ => (doc_key(doc), shared.doc_stream_len),
             };
             pipe.cmd("XADD")
-                .arg(key)
+                .arg(&key)
                 .arg("MAXLEN")
                 .arg("~")
                 .arg(len)
@@ -449,6 +470,13 @@ async fn publish_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<(DocName, N
                 .arg(kind)
                 .arg("data")
                 .arg(data)
+                .ignore();
+            written.insert(key);
+        }
+        for key in written {
+            pipe.cmd("EXPIRE")
+                .arg(key)
+                .arg(STREAM_TTL.as_secs())
                 .ignore();
         }
         let sent = async {

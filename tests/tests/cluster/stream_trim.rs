@@ -86,6 +86,20 @@ async fn a_stream_trimmed_past_a_slow_nodes_position_is_caught_up_from_postgres(
     assert_eq!(reader.text(), stored, "node B's client");
     assert_eq!(on_a.text(), stored, "node A's client");
 
+    // The stream goes once nobody writes to it for a while.
+    let ttl = redis
+        .command(&["TTL", &format!("quire:doc:{doc}")])
+        .expect("TTL");
+    let ttl: i64 = ttl
+        .trim()
+        .trim_start_matches(':')
+        .parse()
+        .expect("an integer reply");
+    assert!(
+        (1..=3600).contains(&ttl),
+        "the document's stream expires in {ttl} s"
+    );
+
     for client in [reader, on_a, snapshot] {
         client.stop().await;
     }
