@@ -37,6 +37,11 @@ mod broadcast;
 mod report;
 mod scenarios;
 mod servers;
+// PostgreSQL, Redis and `quire` node processes for the cluster scenario:
+// the tests' set-up (std and libc only), compiled here too.
+#[allow(dead_code)]
+#[path = "../../tests/src/services.rs"]
+mod services;
 mod stats;
 mod sys;
 mod trace;
@@ -57,6 +62,7 @@ pub const SCENARIOS: &[&str] = &[
     "coldload",
     "durability",
     "editor",
+    "cluster",
 ];
 
 /// The workspace root (this crate's parent folder).

@@ -531,6 +531,7 @@ pub fn regenerate() -> Result<PathBuf, String> {
             "storage" => storage(&mut sections, doc, &mut targets),
             "coldload" => coldload(&mut sections, doc, &mut targets),
             "durability" => durability(&mut sections, doc, &mut targets),
+            "cluster" => cluster(&mut sections, doc),
             _ => generic(&mut sections, doc),
         }
     }
@@ -1552,6 +1553,131 @@ fn durability(out: &mut String, doc: &Value, targets: &mut Vec<Target>) {
             .zip(parallel)
             .map(|(p, n)| p <= 0.5 && n >= PARALLEL_SAVED_PER_S_BEFORE),
     });
+}
+
+fn cluster(out: &mut String, doc: &Value) {
+    let _ = writeln!(
+        out,
+        "Cluster mode (`quire serve --database-url … --redis-url …`, issue 15) on its own PostgreSQL and \
+         Redis (started by the bench on free loopback ports), beside one node on sled, in one run. {} \
+         documents, each with one `quire.v1` writer typing {} updates/s on node `document mod nodes` and one \
+         stock reader on every node: a reader on the writer's node measures same-node delivery, the others \
+         cross-node delivery (after the PostgreSQL commit, through Redis). Save-ack is send → `Saved`. CPU is \
+         over the {} s window, per 1,000 updates written in the whole cluster (PostgreSQL: postmaster and \
+         backends). **On this two-core machine, shared by the load generator, every node, Redis and \
+         PostgreSQL, these figures show the cost of coordination, not capacity:** more nodes here means more \
+         processes on the same two cores, not more room.\n",
+        num(f(doc, "/results/rooms"), 0),
+        num(f(doc, "/results/rate_per_writer"), 0),
+        num(f(doc, "/results/window_s"), 0),
+    );
+    caption(out, doc);
+    let runs = runs_of(doc, "/results/runs");
+    let sled = runs.iter().find(|r| s(r, "/store") == "sled");
+    let _ = writeln!(
+        out,
+        "| {} · store × nodes | updates | same-node p50 / p99 (ms) | cross-node p50 / p99 (ms) | cross ÷ same p50 | \
+         save-ack p50 / p99 (ms) | save-ack p50 ÷ sled | nodes' CPU per 1k updates (ms; each node) | Redis CPU per 1k | \
+         PostgreSQL CPU per 1k | delivered | harness / other CPU |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        mode_label(doc)
+    );
+    for r in runs {
+        let pair = |p: &str| {
+            format!(
+                "{} / {}",
+                num(f(r, &format!("{p}/p50_ms")), 2),
+                num(f(r, &format!("{p}/p99_ms")), 2)
+            )
+        };
+        let has = |p: &str| f(r, &format!("{p}/samples")).is_some_and(|n| n > 0.0);
+        let each = numbers(r, "/node_cpu_ms_per_1000");
+        let _ = writeln!(
+            out,
+            "| {} × {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} / {} | {} % / {} % |{}",
+            s(r, "/store"),
+            num(f(r, "/nodes"), 0),
+            num(f(r, "/updates"), 0),
+            pair("/same_node"),
+            if has("/cross_node") {
+                pair("/cross_node")
+            } else {
+                "–".to_owned()
+            },
+            if has("/cross_node") {
+                ratio(f(r, "/cross_node/p50_ms"), f(r, "/same_node/p50_ms"))
+            } else {
+                "–".to_owned()
+            },
+            pair("/save_ack"),
+            ratio(
+                f(r, "/save_ack/p50_ms"),
+                sled.and_then(|l| f(l, "/save_ack/p50_ms"))
+            ),
+            num(f(r, "/nodes_cpu_ms_per_1000"), 0),
+            each.join(" / "),
+            num(f(r, "/redis_cpu_ms_per_1000"), 0),
+            num(f(r, "/postgres_cpu_ms_per_1000"), 0),
+            num(f(r, "/delivered"), 0),
+            num(f(r, "/expected"), 0),
+            num(f(r, "/harness_cpu_pct"), 0),
+            num(f(r, "/background_cpu_pct"), 0),
+            error_note(r),
+        );
+    }
+    out.push('\n');
+    let failovers = runs_of(doc, "/results/failover");
+    if failovers.is_empty() {
+        return;
+    }
+    out.push_str(
+        "Failover: a writer on the last node, a reader on node 1; the writer's node is killed with -9 and the \
+         writer reconnects at once to another node (what HAProxy's redispatch does, without its health-check \
+         delay), syncs and types one update. Times from the kill (ms); the node is restarted between cycles.\n\n\
+         | nodes | writer reconnected | kill → update at the reader, each cycle | p50 | max | kill → connection seen dead (p50) | kill → synced with the other node (p50) | kill → update saved there (p50) |\n\
+         |---:|---|---|---:|---:|---:|---:|---:|\n",
+    );
+    let median = |v: &Value, p: &str| {
+        let mut xs: Vec<f64> = v
+            .pointer(p)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default();
+        xs.sort_by(f64::total_cmp);
+        xs.get(xs.len().saturating_sub(1) / 2).copied()
+    };
+    for r in failovers {
+        let cycles = numbers(r, "/cycles_ms");
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |{}",
+            num(f(r, "/nodes"), 0),
+            s(r, "/delivery"),
+            cycles.join(", "),
+            num(f(r, "/p50_ms"), 0),
+            num(f(r, "/max_ms"), 0),
+            num(median(r, "/noticed_ms"), 1),
+            num(median(r, "/resynced_ms"), 1),
+            num(median(r, "/saved_ms"), 1),
+            error_note(r),
+        );
+    }
+    out.push('\n');
+}
+
+/// The numbers of an array, written without decimals.
+fn numbers(v: &Value, path: &str) -> Vec<String> {
+    v.pointer(path)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().map(|x| num(x.as_f64(), 0)).collect())
+        .unwrap_or_default()
+}
+
+/// " error: …" when a run recorded one.
+fn error_note(v: &Value) -> String {
+    v.pointer("/error")
+        .and_then(Value::as_str)
+        .map(|e| format!(" error: {e}"))
+        .unwrap_or_default()
 }
 
 /// A scenario without its own report function: its caption, then its

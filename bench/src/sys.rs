@@ -19,7 +19,7 @@ pub struct ProcSample {
 }
 
 /// Clock ticks per second for `/proc/<pid>/stat` times.
-fn clock_ticks() -> f64 {
+pub fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks > 0 { ticks as f64 } else { 100.0 }

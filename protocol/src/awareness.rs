@@ -323,6 +323,42 @@ impl AwarenessTable {
         Some(buf)
     }
 
+    /// Who introduced `client`'s entry (live or removed), if it is listed.
+    pub fn owner_of(&self, client: ClientId) -> Option<Owner> {
+        self.entries.get(&client).map(|e| e.owner)
+    }
+
+    /// Deletes `clients`' entries, live or removed, without announcing
+    /// anything: for entries whose owner speaks for them elsewhere (a
+    /// server's presence relayed from other servers). Returns how many went.
+    pub fn forget(&mut self, clients: impl IntoIterator<Item = ClientId>) -> usize {
+        let mut forgotten = 0;
+        for client in clients {
+            if let Some(entry) = self.entries.remove(&client) {
+                forgotten += 1;
+                if let Some(count) = self.owned.get_mut(&entry.owner) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.owned.remove(&entry.owner);
+                    }
+                }
+            }
+        }
+        forgotten
+    }
+
+    /// Deletes the removed (`null`) entries `owner` introduced: what
+    /// [`Self::forget`] does to every client of `owner` that is gone.
+    pub fn forget_removed_of(&mut self, owner: Owner) -> usize {
+        let removed: Vec<ClientId> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.owner == owner && e.state.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        self.forget(removed)
+    }
+
     /// Removes states not renewed for `timeout_ms` (clients renew every 15 s;
     /// y-protocols drops them after 30 s). Returns the removed clients.
     pub fn sweep(&mut self, now_ms: u64, timeout_ms: u64) -> Vec<ClientId> {
@@ -560,5 +596,35 @@ mod tests {
         let once = update(&[(1, 8, r#"{"a":1}"#), (2, 1, "{}")]);
         assert_eq!(table.apply(&once, 0).unwrap().added, [1, 2]);
         assert!(table.apply(&once, 1).unwrap().is_empty(), "idempotent");
+    }
+
+    #[test]
+    fn forget_deletes_entries_and_frees_their_owners_share() {
+        let bounds = Bounds {
+            per_owner: 2,
+            total: 3,
+            state_bytes: 1024,
+        };
+        let mut table = AwarenessTable::new();
+        table
+            .apply_as(&update(&[(1, 1, "{}"), (2, 1, "{}")]), 9, bounds, 0)
+            .unwrap();
+        table
+            .apply_as(&update(&[(1, 1, "null")]), 9, bounds, 0)
+            .unwrap();
+        assert_eq!(table.owner_of(1), Some(9));
+        assert_eq!(table.forget_removed_of(9), 1);
+        assert_eq!(table.owner_of(1), None);
+        assert_eq!(table.entries(), 1);
+        // The owner's share is free again, and the client may come back
+        // at the clock it had.
+        table
+            .apply_as(&update(&[(1, 1, "{}")]), 9, bounds, 0)
+            .unwrap();
+        assert_eq!(table.forget([1, 2, 3]), 2);
+        assert!(table.is_empty());
+        table
+            .apply_as(&update(&[(4, 1, "{}"), (5, 1, "{}")]), 9, bounds, 0)
+            .unwrap();
     }
 }

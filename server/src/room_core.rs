@@ -593,12 +593,15 @@ impl<Q: MemberQueue> RoomCore<Q> {
                     total: self.config.max_presence_per_room,
                     state_bytes: self.config.max_presence_state_bytes,
                 };
-                match self.awareness.apply_as(&update, conn, bounds, now.ms) {
-                    Ok(change) => {
-                        if !change.foreign.is_empty() {
-                            debug!(conn, foreign = ?change.foreign, "ignoring presence of clients another connection introduced");
+                match self.apply_member_presence(conn, &update, bounds, now) {
+                    Ok((accepted, foreign)) => {
+                        if !foreign.is_empty() {
+                            debug!(
+                                conn,
+                                ?foreign,
+                                "ignoring presence of clients another connection introduced"
+                            );
                         }
-                        let accepted: Vec<ClientId> = change.accepted().collect();
                         // A stock y-websocket client closes a socket that
                         // brought no message for 30 s, and browsers hide
                         // ping frames from scripts: its own renewals,
@@ -777,8 +780,14 @@ impl<Q: MemberQueue> RoomCore<Q> {
         self.outputs.pop_front()
     }
 
-    /// When [`Self::tick`] has something to do next ([`Now::ms`]).
+    /// When [`Self::tick`] has something to do next ([`Now::ms`]): at once
+    /// while outputs wait, since an input such as [`Self::durable`] may
+    /// hand some out (a durable write's publish to the other nodes) where
+    /// the shell carries out nothing until its next step.
     pub fn deadline(&self) -> u64 {
+        if !self.outputs.is_empty() {
+            return 0;
+        }
         let owed = self
             .members
             .values()
@@ -1017,6 +1026,7 @@ impl<Q: MemberQueue> RoomCore<Q> {
         }
         debug!(?removed, "awareness timed out");
         self.announce_awareness(None, &removed, now);
+        self.forget_remote_removed();
     }
 
     /// Relays the current entries of `clients` to everyone but `origin`.

@@ -423,6 +423,11 @@ fn spawn_child(mut command: Command) -> std::io::Result<Child> {
 struct Process(Option<Child>);
 
 impl Process {
+    /// The child's id (also its process group's) while it runs.
+    fn pid(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
+    }
+
     fn is_running(&mut self) -> bool {
         self.0
             .as_mut()
@@ -640,6 +645,12 @@ impl Postgres {
     /// The instance folder (the cluster is in `data/`, the log in `log`).
     pub fn dir(&self) -> &Path {
         &self.dir.path
+    }
+
+    /// The server's process id while it runs, which is also its process
+    /// group's (for measuring its CPU, workers included).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -901,6 +912,12 @@ impl Redis {
         &self.dir.path
     }
 
+    /// The server's process id while it runs, which is also its process
+    /// group's (for measuring its CPU, workers included).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.process.is_running()
     }
@@ -1083,6 +1100,12 @@ impl QuireNode {
     /// `127.0.0.1:PORT`.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The server's process id while it runs, which is also its process
+    /// group's (for measuring its CPU, workers included).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -1,6 +1,7 @@
 //! The scenarios. Each returns its raw figures as JSON; `report` turns them
 //! into tables.
 
+pub mod cluster;
 pub mod coldload;
 pub mod durability;
 pub mod editor;
@@ -29,6 +30,7 @@ pub async fn run(name: &str, ctx: &Ctx) -> Result<serde_json::Value, String> {
         "coldload" => coldload::run(ctx).await,
         "durability" => durability::run(ctx).await,
         "editor" => editor::run(ctx).await,
+        "cluster" => cluster::run(ctx).await,
         other => Err(format!("unknown scenario {other}")),
     }
 }

@@ -4,10 +4,16 @@
 //!
 //! - `quire:doc:{name}`: the document's stream: updates (after their
 //!   durable store), named events, chat, deletion, presence queries and
-//!   "resync" markers, trimmed with `MAXLEN ~ 10000`.
+//!   "resync" markers, trimmed with `MAXLEN ~ 10000`
+//!   ([`RedisOptions::doc_stream_len`]).
 //! - `quire:aw:{name}`: the document's presence stream, `MAXLEN ~ 64`:
 //!   presence is refreshed by every client every 15 s, so only the latest
 //!   entries matter, and it can never grow without bound.
+//! - Both expire an hour after their last entry (`EXPIRE` in the same
+//!   pipeline as the `XADD`s): Redis keeps the streams of recently edited
+//!   documents, not of every document ever edited. A room that follows an
+//!   expired stream reads the new one from its old position (stream ids
+//!   are times, so the new entries come after it).
 //! - `quire:node:{id}`: this node's wake-up stream (`MAXLEN 1`, expiring):
 //!   a room that starts following adds an entry so the blocked reader
 //!   re-issues its `XREAD` with the new room's streams.
@@ -23,7 +29,12 @@
 //!   waits for a room: a full feed raises the room's [`Lag`], and the room
 //!   resyncs from the database. When the connection breaks it reconnects;
 //!   every room then notes its positions again and resyncs (what was
-//!   published meanwhile is in the database, see the parent module).
+//!   published meanwhile is in the database, see the parent module). A
+//!   document stream trimmed past the position the reader read it from
+//!   (a node paused or starved for longer than `MAXLEN` entries take to
+//!   arrive) is noticed the same way a full feed is: the room resyncs
+//!   ([`trimmed_past`]). Presence streams are not checked: presence is
+//!   renewed by its clients.
 //! - **The publisher**: one task with its own connection, pipelining the
 //!   queued `XADD`s. A message it could not send (queue full, Redis down)
 //!   marks its document; once Redis answers again the publisher adds a
@@ -43,17 +54,24 @@ use std::time::Duration;
 use bytes::Bytes;
 use quire_protocol::DocName;
 use redis::aio::MultiplexedConnection;
+use redis::io::tcp::TcpSettings;
 use redis::streams::StreamReadReply;
-use redis::{AsyncConnectionConfig, Client, RedisResult, Value};
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, RedisResult, Value};
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
 use super::{Fanout, Feed, Lag, NodeMessage, RemoteEvent};
 
-/// Approximate length a document's stream is trimmed to.
-const DOC_STREAM_LEN: usize = 10_000;
+/// Approximate length a document's stream is trimmed to, by default
+/// ([`RedisOptions::doc_stream_len`]).
+pub const DOC_STREAM_LEN: usize = 10_000;
 /// Approximate length a document's presence stream is trimmed to.
 const AWARENESS_STREAM_LEN: usize = 64;
+/// How long a stream nobody writes to is kept: a node that falls this far
+/// behind has lost its connection long before (and resyncs from the
+/// database anyway), so Redis holds the streams of recently edited
+/// documents only, not of every document ever edited.
+const STREAM_TTL: Duration = Duration::from_secs(3600);
 /// Messages from other nodes queued for one room before it must resync.
 const FEED_CAPACITY: usize = 1024;
 /// Messages queued for the publisher before documents are marked for resync.
@@ -68,6 +86,24 @@ const READ_BLOCK: Duration = Duration::from_secs(10);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How the fan-out uses Redis; every node of a cluster must use the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisOptions {
+    /// Approximate length (`MAXLEN ~`) each document's stream is trimmed
+    /// to. A node that falls further behind than this on a document
+    /// notices and reads the database instead (see [`trimmed_past`]); the
+    /// reader relies on every node trimming to the same length.
+    pub doc_stream_len: usize,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            doc_stream_len: DOC_STREAM_LEN,
+        }
+    }
+}
 
 /// Cross-node fan-out through one Redis server.
 pub struct RedisFanout {
@@ -94,6 +130,8 @@ struct Shared {
     reader_up: AtomicBool,
     /// Wakes a reader with nothing to read when a room starts following.
     followed: Notify,
+    /// `MAXLEN ~` of document streams, and what the reader infers from it.
+    doc_stream_len: usize,
 }
 
 /// One followed document, as the reader sees it.
@@ -231,7 +269,18 @@ impl RedisFanout {
     /// Connects to `url` (checking that Redis answers) and starts the
     /// reader and the publisher on the current tokio runtime.
     pub async fn connect(url: &str) -> Result<Arc<Self>, String> {
-        let client = Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
+        Self::connect_with(url, RedisOptions::default()).await
+    }
+
+    /// [`Self::connect`] with other options (tests: a tiny stream length).
+    pub async fn connect_with(url: &str, options: RedisOptions) -> Result<Arc<Self>, String> {
+        // Nagle's algorithm off: a pipelined publish or a re-issued XREAD
+        // must not wait for the acknowledgement of the previous segment.
+        let info = url
+            .into_connection_info()
+            .map_err(|e| format!("invalid Redis URL: {e}"))?
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = Client::open(info).map_err(|e| format!("invalid Redis URL: {e}"))?;
         let node = format!("{:016x}", fastrand::u64(..));
         let shared = Arc::new(Shared {
             client,
@@ -242,6 +291,7 @@ impl RedisFanout {
             next_id: AtomicU64::new(1),
             reader_up: AtomicBool::new(false),
             followed: Notify::new(),
+            doc_stream_len: options.doc_stream_len.max(1),
         });
         shared
             .command::<String>(&redis::cmd("PING"))
@@ -388,7 +438,7 @@ async fn publish_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<(DocName, N
                 .arg(doc_key(doc))
                 .arg("MAXLEN")
                 .arg("~")
-                .arg(DOC_STREAM_LEN)
+                .arg(shared.doc_stream_len)
                 .arg("*")
                 .arg("node")
                 .arg(&shared.node)
@@ -398,14 +448,18 @@ async fn publish_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<(DocName, N
                 .arg("")
                 .ignore();
         }
+        let mut written = HashSet::new();
+        for doc in &unsent {
+            written.insert(doc_key(doc));
+        }
         for (doc, message) in &batch {
             let (kind, data) = encode(message);
             let (key, len) = match message {
                 NodeMessage::Awareness(_) => (awareness_key(doc), AWARENESS_STREAM_LEN),
-                _ => (doc_key(doc), DOC_STREAM_LEN),
+                _ => (doc_key(doc), shared.doc_stream_len),
             };
             pipe.cmd("XADD")
-                .arg(key)
+                .arg(&key)
                 .arg("MAXLEN")
                 .arg("~")
                 .arg(len)
@@ -416,6 +470,13 @@ async fn publish_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<(DocName, N
                 .arg(kind)
                 .arg("data")
                 .arg(data)
+                .ignore();
+            written.insert(key);
+        }
+        for key in written {
+            pipe.cmd("EXPIRE")
+                .arg(key)
+                .arg(STREAM_TTL.as_secs())
                 .ignore();
         }
         let sent = async {
@@ -553,6 +614,10 @@ async fn read_until_failure(
                 .await
                 .map_err(|_| timed_out())??;
         let Some(reply) = reply else { continue };
+        // A document stream that returned this many entries may have been
+        // trimmed past the position it was read from (see `trimmed_past`).
+        let may_be_trimmed = shared.doc_stream_len.min(READ_COUNT);
+        let mut suspects = Vec::new();
         for stream in reply.keys {
             if stream.key == wake_key {
                 if let Some(last) = stream.ids.last() {
@@ -560,9 +625,100 @@ async fn read_until_failure(
                 }
                 continue;
             }
+            if stream.ids.len() >= may_be_trimmed
+                && stream.key.starts_with("quire:doc:")
+                && let Some(at) = keys.iter().position(|k| *k == stream.key)
+            {
+                suspects.push((stream.key.clone(), ids[at].clone()));
+            }
             deliver(shared, stream);
         }
+        for (key, read_from) in suspects {
+            let trimmed =
+                tokio::time::timeout(COMMAND_TIMEOUT, trimmed_past(&mut conn, &key, &read_from))
+                    .await
+                    .map_err(|_| timed_out())??;
+            if trimmed {
+                warn!(stream = %key, "the stream was trimmed past this node's position; the room reads the database");
+                let doc = key
+                    .strip_prefix("quire:doc:")
+                    .and_then(|n| DocName::parse(n).ok());
+                if let Some(followed) =
+                    doc.and_then(|doc| shared.rooms().get(&doc).map(|f| f.lag.clone()))
+                {
+                    followed.raise();
+                }
+            }
+        }
     }
+}
+
+/// Whether entries after `read_from` were trimmed off `key` before this
+/// node read them: the stream's first entry is past `read_from` and the
+/// stream has lost entries at all (`entries-added` > `length`; Quire never
+/// deletes single entries, so every loss is a trim from the front).
+///
+/// Asked only when a read returned at least `min(MAXLEN, COUNT)` entries
+/// of the stream: `MAXLEN ~ N` always keeps at least N entries, all newer
+/// than what it trimmed, so a trim past the position leaves at least N
+/// entries to read after it. A trim that only took the entry at the
+/// position itself is taken for one that took more (one needless resync).
+async fn trimmed_past(
+    conn: &mut MultiplexedConnection,
+    key: &str,
+    read_from: &str,
+) -> RedisResult<bool> {
+    let info: Value = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(key)
+        .query_async(conn)
+        .await?;
+    let fields = stream_info(info);
+    let number = |name: &str| match fields.get(name) {
+        Some(Value::Int(n)) => Some(*n),
+        _ => None,
+    };
+    let first = match fields.get("first-entry") {
+        Some(Value::Array(entry)) => entry.first().and_then(value_text),
+        _ => None,
+    };
+    let lost = match (number("entries-added"), number("length")) {
+        (Some(added), Some(length)) => added > length,
+        // Before Redis 7 nothing says whether anything was trimmed.
+        _ => true,
+    };
+    Ok(lost && first.is_some_and(|first| stream_id(&first) > stream_id(read_from)))
+}
+
+/// `XINFO STREAM`'s reply as a map (a flat array in RESP2, a map in RESP3).
+fn stream_info(info: Value) -> HashMap<String, Value> {
+    let pairs: Vec<(Value, Value)> = match info {
+        Value::Map(pairs) => pairs,
+        Value::Array(items) => {
+            let mut items = items.into_iter();
+            std::iter::from_fn(|| Some((items.next()?, items.next()?))).collect()
+        }
+        _ => Vec::new(),
+    };
+    pairs
+        .into_iter()
+        .filter_map(|(name, value)| Some((value_text(&name)?, value)))
+        .collect()
+}
+
+fn value_text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(text) => Some(text.clone()),
+        _ => None,
+    }
+}
+
+/// A stream entry id (`ms-seq`) as a comparable pair; "0-0" for anything
+/// unreadable.
+fn stream_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
 fn timed_out() -> redis::RedisError {

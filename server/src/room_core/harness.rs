@@ -353,6 +353,13 @@ impl Harness {
         self.settle();
     }
 
+    /// Makes every stored write durable as [`Self::flush`] does, but
+    /// leaves what the core hands out for the shell's next step.
+    pub fn flush_unsettled(&mut self) {
+        self.unflushed = false;
+        self.core.durable(self.appended, self.now());
+    }
+
     /// The next append fails with `reason`.
     pub fn fail_next_append(&mut self, reason: &str) {
         self.fail_next = Some(reason.to_owned());

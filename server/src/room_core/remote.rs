@@ -9,17 +9,20 @@
 //!   shell to read the store ([`Output::Resync`]).
 //! - Presence from other nodes joins the table without belonging to a
 //!   member: it goes when its node announces the removal, or when it is no
-//!   longer refreshed (a dead node) and the sweep removes it.
+//!   longer refreshed (a dead node) and the sweep removes it; either way
+//!   its entry is deleted once the removal was announced (no `null` kept
+//!   until the room ends). A member announcing a client that other nodes'
+//!   entries hold takes it over: the client moved here.
 //! - Events and chat are sent to the local Quire clients; chat joins the
 //!   recent history (its origin stored it).
 
 use bytes::Bytes;
-use quire_protocol::awareness::{Bounds, Owner};
+use quire_protocol::awareness::{AwarenessError, Bounds, Owner};
 use quire_protocol::ext::{CHAT_EVENT, Ext};
 use quire_protocol::{ClientId, Message, SyncMessage};
 use tracing::{debug, warn};
 
-use super::{MemberQueue, Now, Output, RoomCore, State, Target};
+use super::{ConnId, MemberQueue, Now, Output, RoomCore, State, Target};
 use crate::document::DocumentError;
 use crate::fanout::{NodeMessage, RemoteEvent};
 
@@ -57,6 +60,7 @@ impl<Q: MemberQueue> RoomCore<Q> {
                     Ok(change) => {
                         let accepted: Vec<ClientId> = change.accepted().collect();
                         self.announce_awareness(None, &accepted, now);
+                        self.forget_remote_removed();
                     }
                     Err(err) => warn!(%err, "presence from another node refused"),
                 }
@@ -79,6 +83,49 @@ impl<Q: MemberQueue> RoomCore<Q> {
             }
             NodeMessage::Deleted => self.delete(now),
         }
+    }
+
+    /// Deletes the entries of other nodes' clients that are gone (removed
+    /// by their node, or swept because nobody renewed them: a dead node),
+    /// once their removal was announced. No local member owns them, so
+    /// kept as `null` they would stay until the room ends: counted against
+    /// the room's presence bound, and refusing the client when it comes
+    /// back at the clock it had (y-websocket keeps its clock across
+    /// reconnections) through its restarted node or through this one.
+    pub(super) fn forget_remote_removed(&mut self) {
+        self.awareness.forget_removed_of(OTHER_NODES);
+    }
+
+    /// Applies a member's presence update. Clients it names that other
+    /// nodes' entries hold moved here (their node died, or the proxy sent
+    /// them elsewhere): their entries become the member's, instead of its
+    /// update being ignored as another owner's. Returns the accepted and
+    /// the still foreign clients.
+    pub(super) fn apply_member_presence(
+        &mut self,
+        conn: ConnId,
+        update: &[u8],
+        bounds: Bounds,
+        now: Now,
+    ) -> Result<(Vec<ClientId>, Vec<ClientId>), AwarenessError> {
+        let change = self.awareness.apply_as(update, conn, bounds, now.ms)?;
+        let mut accepted: Vec<ClientId> = change.accepted().collect();
+        let moved: Vec<ClientId> = change
+            .foreign
+            .iter()
+            .copied()
+            .filter(|&client| self.awareness.owner_of(client) == Some(OTHER_NODES))
+            .collect();
+        if moved.is_empty() {
+            return Ok((accepted, change.foreign));
+        }
+        debug!(conn, ?moved, "presence moved here from another node");
+        self.awareness.forget(moved);
+        // Applied again: what the first pass took is no longer new, so
+        // only the moved clients' entries are accepted this time.
+        let again = self.awareness.apply_as(update, conn, bounds, now.ms)?;
+        accepted.extend(again.accepted());
+        Ok((accepted, again.foreign))
     }
 
     fn apply_remote(&mut self, update: &[u8], now: Now) {

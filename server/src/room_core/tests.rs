@@ -632,6 +632,68 @@ mod cluster {
         assert_eq!(updates(&room.published()), 1);
     }
 
+    /// Before: the publish a durable write hands out waited in the core
+    /// until the room's next event (a client's next message, or the
+    /// presence sweep up to 5 s later), since the shell carries out
+    /// outputs after events and learning of durability is not one.
+    #[test]
+    fn a_durable_writes_publish_is_due_at_once() {
+        let mut room = clustered();
+        room.join(1, true, true).unwrap();
+        // A tick: nothing is due until the next presence sweep.
+        room.advance(1);
+        assert!(room.core().deadline() > room.now().ms);
+        room.hold_durability(true);
+        room.send_update(1, &edit(&Doc::with_client_id(7), "hi"));
+        room.flush_unsettled();
+        assert!(
+            room.core().deadline() <= room.now().ms,
+            "the publish waits for the next event"
+        );
+        room.advance(0);
+        assert_eq!(updates(&room.published()), 1);
+        assert!(room.core().deadline() > room.now().ms);
+    }
+
+    /// Another node's presence update announcing `client` at `clock`.
+    fn remote_presence(client: u64, clock: u64, state: &str) -> NodeMessage {
+        let Inbound::Awareness(update) = awareness(client, clock, state) else {
+            unreachable!("awareness() builds presence")
+        };
+        NodeMessage::Awareness(update)
+    }
+
+    #[test]
+    fn other_nodes_clients_that_leave_or_go_stale_leave_no_entry_and_may_come_back_or_move_here() {
+        let mut room = clustered();
+        room.join(1, true, true).unwrap();
+        // Removed by its node: announced, then forgotten.
+        room.remote(remote_presence(9, 1, "{}"));
+        room.frames(1);
+        room.remote(remote_presence(9, 1, "null"));
+        assert_eq!(
+            got(&mut room, 1),
+            [Got::Awareness(vec![(9, "null".into())])]
+        );
+        assert_eq!(room.core().presence().owner_of(9), None);
+        // Back at the clock it had (through its restarted node).
+        room.remote(remote_presence(9, 1, r#"{"back":true}"#));
+        assert_eq!(room.core().presence().state(9), Some(r#"{"back":true}"#));
+        // Moved here: the member's announcement takes the entry over.
+        room.deliver(1, awareness(9, 1, r#"{"moved":true}"#));
+        assert_eq!(room.core().presence().owner_of(9), Some(1));
+        assert_eq!(room.core().presence().state(9), Some(r#"{"moved":true}"#));
+        // Not renewed (its node died): swept, announced, forgotten.
+        room.remote(remote_presence(10, 1, "{}"));
+        room.advance(Harness::config().awareness_timeout.as_millis() as u64 + 1_000);
+        assert_eq!(room.core().presence().owner_of(10), None);
+        assert_eq!(
+            room.core().presence().owner_of(9),
+            Some(1),
+            "a member's own entry stays (removed) while it is connected"
+        );
+    }
+
     #[test]
     fn a_single_node_room_publishes_nothing() {
         let mut room = room();

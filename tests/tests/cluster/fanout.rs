@@ -16,7 +16,7 @@ use yrs::{GetString, Text, Transact, WriteTxn, XmlElementPrelim, XmlFragment, Xm
 use crate::node::Node;
 
 /// Private PostgreSQL and Redis, started off the async threads.
-async fn services() -> (Postgres, Redis) {
+pub(crate) async fn services() -> (Postgres, Redis) {
     spawn_blocking(|| {
         let pg = Postgres::start().expect("start postgres");
         let redis = Redis::start().expect("start redis");
@@ -198,12 +198,34 @@ async fn clients_on_two_nodes_converge_and_see_presence_chat_and_events() {
 /// One update from a client of its own (a fresh yrs document): it depends
 /// on nothing else, so a node that missed it could never learn of it from
 /// a later update (no "incomplete update" would make it resync).
-fn independent_insert(marker: &str) -> Vec<u8> {
+pub(crate) fn independent_insert(marker: &str) -> Vec<u8> {
     let doc = yrs::Doc::new();
     let text = doc.get_or_insert_text("content");
     let mut txn = doc.transact_mut();
     text.insert(&mut txn, 0, marker);
     txn.encode_update_v1()
+}
+
+/// Waits until `client`'s text holds the markers `<0>` to `<writes - 1>`
+/// of [`independent_insert`]s, failing with the missing ones.
+pub(crate) async fn wait_for_markers(client: &NativeClient, writes: usize, who: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = client.text();
+        let missing: Vec<usize> = (0..writes)
+            .filter(|i| !text.contains(&format!("<{i}>")))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{who} lacks {} updates: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(20)]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,24 +252,35 @@ async fn a_room_opening_on_node_b_while_node_a_writes_misses_nothing() {
         }
         let reader = reader.expect("reader started");
         reader.wait_synced(WAIT).await.expect("reader synced");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let text = reader.text();
-            let missing: Vec<usize> = (0..writes)
-                .filter(|i| !text.contains(&format!("<{i}>")))
-                .collect();
-            if missing.is_empty() {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "round {round}: node B's client never got updates {missing:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_markers(&reader, writes, &format!("round {round}: node B's client")).await;
         reader.stop().await;
         writer.close().await;
     }
+    a.stop().await;
+    b.stop().await;
+    stop_services(pg, redis).await;
+}
+
+/// Before: a node published a durable update only at its room's next
+/// event (the client's next message, or the presence sweep): a lone edit
+/// reached the other nodes seconds late — here never within the wait, the
+/// sweep on node A coming every 100 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_edit_reaches_other_nodes_without_waiting_for_the_rooms_next_event() {
+    let (pg, redis) = services().await;
+    let a = Node::start_with(pg.url(), Some(redis.url()), |c| {
+        c.awareness_timeout = Duration::from_secs(600)
+    })
+    .await;
+    let b = Node::start(pg.url(), Some(redis.url())).await;
+    let reader = synced(b.url("lone")).await;
+    let mut writer = Client::new_quire(a.url("lone"));
+    writer.connect().await;
+    writer.wait_synced().await;
+    writer.send_update(&independent_insert("<0>"));
+    wait_for_markers(&reader, 1, "node B's client").await;
+    reader.stop().await;
+    writer.close().await;
     a.stop().await;
     b.stop().await;
     stop_services(pg, redis).await;

@@ -12,6 +12,8 @@ mod haproxy;
 mod healthz;
 mod node;
 mod pg_store;
+mod presence;
 mod server;
 mod services;
+mod stream_trim;
 mod suite;
