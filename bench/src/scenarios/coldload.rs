@@ -42,6 +42,14 @@ pub struct Run {
     pub hwm_kib: u64,
     /// RSS once every document was evicted (KiB).
     pub rss_after_kib: u64,
+    /// The anonymous part of `rss_before_kib` (`RssAnon`: heap and
+    /// stacks, without the binary's and libraries' pages), KiB.
+    #[serde(default)]
+    pub rss_anon_before_kib: u64,
+    /// The anonymous part of `rss_after_kib`, KiB: what the documents
+    /// opened and evicted left in the heap.
+    #[serde(default)]
+    pub rss_anon_after_kib: u64,
     /// Time to open and close every document, two at a time.
     pub load_all_s: f64,
     /// Server CPU per document load (ms).
@@ -82,7 +90,7 @@ pub async fn run(ctx: &Ctx) -> Result<serde_json::Value, String> {
             }
         };
         println!(
-            "  {:<18} seed {:.1} s  cold p50 {:.1} ms (first {:.1}, max {:.1})  warm p50 {:.1} ms  rss {:.0} MiB -> peak {:.0} -> after eviction {:.0} MiB  {} docs loaded in {:.1} s, cpu {:.1} ms/load{}",
+            "  {:<18} seed {:.1} s  cold p50 {:.1} ms (first {:.1}, max {:.1})  warm p50 {:.1} ms  rss {:.0} MiB -> peak {:.0} -> after eviction {:.0} MiB ({:.2}x; anonymous {:.0} -> {:.0} MiB)  {} docs loaded in {:.1} s, cpu {:.1} ms/load{}",
             kind.label(),
             run.seed_s,
             run.cold.p50_ms,
@@ -92,6 +100,9 @@ pub async fn run(ctx: &Ctx) -> Result<serde_json::Value, String> {
             run.rss_before_kib as f64 / 1024.0,
             run.hwm_kib as f64 / 1024.0,
             run.rss_after_kib as f64 / 1024.0,
+            run.rss_after_kib as f64 / run.rss_before_kib.max(1) as f64,
+            run.rss_anon_before_kib as f64 / 1024.0,
+            run.rss_anon_after_kib as f64 / 1024.0,
             run.documents,
             run.load_all_s,
             run.cpu_ms_per_load,
@@ -109,6 +120,21 @@ pub async fn run(ctx: &Ctx) -> Result<serde_json::Value, String> {
         "runs": runs,
     }))
     .map_err(|e| e.to_string())
+}
+
+/// `RssAnon` of process `pid` in KiB (0 if unreadable): the resident
+/// memory the process allocated, as opposed to the file pages of its
+/// binary and libraries, which `VmRSS` also counts.
+fn rss_anon_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("RssAnon:"))
+                .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn doc_name(i: usize) -> String {
@@ -172,6 +198,7 @@ async fn measure(
     let server = Server::start(&ctx.env, kind, &options).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before: ProcSample = server.sample();
+    let anon_before = rss_anon_kib(server.pid);
     let target = text.len() as u32;
     let mut cold = Vec::new();
     let mut warm = Vec::new();
@@ -224,6 +251,7 @@ async fn measure(
     tokio::time::sleep(Duration::from_secs(3)).await;
     let usage = span.finish();
     let after = server.sample();
+    let anon_after = rss_anon_kib(server.pid);
     let rooms_in_memory_after = if kind == Kind::Quire {
         let body = super::durability::metrics_text(&server).await;
         body.and_then(|b| super::durability::metric(&b, "_rooms"))
@@ -246,6 +274,8 @@ async fn measure(
         rss_before_kib: before.rss_kib,
         hwm_kib: after.hwm_kib,
         rss_after_kib: after.rss_kib,
+        rss_anon_before_kib: anon_before,
+        rss_anon_after_kib: anon_after,
         load_all_s,
         cpu_ms_per_load: 1000.0 * usage.cpu_s / documents.max(1) as f64,
         usage,
