@@ -67,6 +67,11 @@ pub struct SledOptions {
     /// folder's size. Fixed when a folder is created: an existing folder
     /// keeps the size it was made with (see [`segment_bytes_of`]).
     pub segment_bytes: usize,
+    /// How many bytes of appends may wait in memory for the group commit
+    /// (see the module docs); past it, `append` refuses with
+    /// [`StoreError::Unavailable`] until the disk takes them. Reached only
+    /// while flushes fail. Default 64 MiB, as [`crate::PgOptions`].
+    pub max_pending_bytes: u64,
 }
 
 impl Default for SledOptions {
@@ -75,6 +80,7 @@ impl Default for SledOptions {
             commit_window: Duration::from_millis(10),
             cache_bytes: 64 * 1024 * 1024,
             segment_bytes: 64 * 1024,
+            max_pending_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -126,8 +132,10 @@ struct Shared {
     /// chunk), from the segment size: see [`value_bytes_for`].
     value_bytes: usize,
     /// Why the last group commit failed, until one succeeds: reported by
-    /// [`DocStore::health`], since appends only queue and cannot fail.
+    /// [`DocStore::health`], since appends only queue.
     stalled: Mutex<Option<String>>,
+    /// Copied from the options for `append`.
+    max_pending_bytes: u64,
 }
 
 /// Fixed-size `meta` record; advisory statistics, see the module docs.
@@ -356,6 +364,7 @@ impl SledStore {
             pending_writer: Mutex::new(()),
             value_bytes: value_bytes_for(segment_bytes),
             stalled: Mutex::new(None),
+            max_pending_bytes: options.max_pending_bytes,
         });
         shared.drop_orphan_trees()?;
         let flusher = {
@@ -637,6 +646,13 @@ impl Shared {
         )
     }
 
+    fn stalled_reason(&self) -> Option<String> {
+        self.stalled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -811,7 +827,18 @@ impl DocStore for SledStore {
             .db
             .generate_id()
             .map_err(io_err("generating an entry id"))?;
-        self.shared.lock_pending().push(doc, seq, update, now_ms());
+        {
+            let mut pending = self.shared.lock_pending();
+            let max = self.shared.max_pending_bytes;
+            if pending.bytes() > 0 && pending.bytes() + update.len() as u64 > max {
+                let why = self.shared.stalled_reason();
+                return Err(StoreError::Unavailable(format!(
+                    "more than {max} bytes of writes are waiting for the disk{}",
+                    why.map(|why| format!(" ({why})")).unwrap_or_default()
+                )));
+            }
+            pending.push(doc, seq, update, now_ms());
+        }
         Ok(Appended {
             seq,
             ticket: self.take_ticket(),
@@ -1014,12 +1041,7 @@ impl DocStore for SledStore {
         StoreHealth {
             pending_writes,
             pending_bytes: self.shared.lock_pending().bytes(),
-            stalled: self
-                .shared
-                .stalled
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
+            stalled: self.shared.stalled_reason(),
         }
     }
 

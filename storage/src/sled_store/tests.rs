@@ -699,3 +699,28 @@ fn a_big_state_and_big_updates_make_no_blob_files() {
         .unwrap_or(0);
     assert_eq!(blobs, 0, "files in blobs/");
 }
+
+/// Appends only queue, so while the disk does not take them they must
+/// not pile up without bound: past `max_pending_bytes` they are refused.
+#[test]
+fn appends_past_the_queue_bound_are_refused_until_it_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SledOptions {
+        commit_window: Duration::from_secs(60),
+        max_pending_bytes: 1_000,
+        ..SledOptions::default()
+    };
+    let store = SledStore::open(dir.path(), options).unwrap();
+    for _ in 0..10 {
+        store.append("d", &[1; 100]).unwrap();
+    }
+    match store.append("d", &[2; 100]) {
+        Err(StoreError::Unavailable(why)) => assert!(why.contains("1000 bytes"), "{why}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert_eq!(store.health().pending_bytes, 1_000);
+    store.flush().unwrap();
+    assert_eq!(store.health(), StoreHealth::default());
+    store.append("d", &[3; 100]).unwrap();
+    assert_eq!(updates(&store, "d").len(), 11);
+}
