@@ -317,7 +317,7 @@ impl<'a> PackBuilder<'a> {
         self.count += 1;
     }
 
-    /// Puts the pack into `batch` under the newest update's seq (a lone
+    /// Adds the pack to `entries` under the newest update's seq (a lone
     /// update in the plain layout, without its length) and starts anew.
     fn close_into(&mut self, entries: &mut Vec<(sled::IVec, sled::IVec)>) {
         match (self.count, self.newest) {
