@@ -80,7 +80,9 @@ pub struct Config {
     /// Frames queued for one client before it is cut off as too slow (4408).
     #[arg(long, env = "QUIRE_OUTBOX_CAPACITY", default_value_t = defaults::OUTBOX_CAPACITY)]
     pub outbox_capacity: usize,
-    /// Rewrite a document's log as one update once it holds this many.
+    /// Rewrite a document's log as one update once it holds this many
+    /// entries and those after the last rewrite hold as many bytes as it
+    /// (or once it holds 16 times this many, whatever their size).
     #[arg(long, env = "QUIRE_COMPACT_AFTER", default_value_t = defaults::COMPACT_AFTER)]
     pub compact_after: u64,
     /// How often each connection is checked for life (e.g. 25s, 500ms).

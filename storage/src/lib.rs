@@ -9,7 +9,10 @@
 //!
 //! - Tree `doc:<name>` holds one document's log: key = the update's [`Seq`]
 //!   (from `Db::generate_id`, 8 bytes big-endian, so key order is append
-//!   order), value = the update bytes.
+//!   order), value = the update bytes; or a pack of consecutive updates
+//!   keyed by its newest one's seq plus a zero byte; or one chunk of a big
+//!   value (a compacted state) keyed by its seq plus a 4-byte index (see
+//!   `sled_store`).
 //! - Tree `chat:<name>` holds the document's chat messages, keyed like the
 //!   log; deleting the document deletes them too.
 //! - Tree `meta` maps a document name to a fixed 24-byte record
@@ -19,9 +22,10 @@
 //!
 //! # Durability
 //!
-//! sled runs without its own periodic flush. A `quire-flusher` thread batches
-//! every append made within a short commit window into one `flush` (group
-//! commit) and publishes the progress as a [`Committed`] ticket on a
+//! sled runs without its own periodic flush. An append is queued in memory;
+//! a `quire-flusher` thread writes every append made within a short commit
+//! window to sled and makes them durable with one `flush` (group commit),
+//! then publishes the progress as a [`Committed`] ticket on a
 //! `tokio::sync::watch` channel; see [`Appended`].
 //!
 //! # PostgreSQL

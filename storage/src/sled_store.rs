@@ -5,6 +5,18 @@
 //! the tree, so a crash between the two steps leaves at worst a log tree
 //! without a record, which [`SledStore::open`] drops (it was either being
 //! deleted, or is the unacknowledged first append of a new document).
+//!
+//! Write-behind: an append is queued in memory ([`pending`]) and written
+//! to sled by the group commit right before the flush that makes it
+//! durable, packed with the document's other queued updates. Everything
+//! that reads the log or the meta records (`load`, `compact`, `info`,
+//! `list`) first writes what is queued, so it reads every append made so
+//! far; `delete` drops the document's queue.
+//!
+//! Log keys (in the document's tree, sorted by seq): 8 bytes, one update;
+//! 9 bytes (`seq ++ 0`), a pack of updates whose newest has that seq;
+//! 12 bytes (`seq ++ index`), one chunk of a value too big for one entry
+//! (a compacted state, a big update).
 
 use std::fmt::Display;
 use std::path::Path;
@@ -15,10 +27,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
-use crate::{Appended, Committed, DocInfo, DocStore, Seq, StoreError, StoredDoc};
+use crate::{Appended, Committed, DocInfo, DocStore, Seq, StoreError, StoreHealth, StoredDoc};
 
+mod pending;
 #[cfg(test)]
 mod tests;
+
+use pending::{Pending, PendingDoc};
 
 /// Prefix of the per-document log trees; keeps them apart from `meta` and
 /// sled's own default tree.
@@ -52,6 +67,11 @@ pub struct SledOptions {
     /// folder's size. Fixed when a folder is created: an existing folder
     /// keeps the size it was made with (see [`segment_bytes_of`]).
     pub segment_bytes: usize,
+    /// How many bytes of appends may wait in memory for the group commit
+    /// (see the module docs); past it, `append` refuses with
+    /// [`StoreError::Unavailable`] until the disk takes them. Reached only
+    /// while flushes fail. Default 64 MiB, as [`crate::PgOptions`].
+    pub max_pending_bytes: u64,
 }
 
 impl Default for SledOptions {
@@ -60,6 +80,7 @@ impl Default for SledOptions {
             commit_window: Duration::from_millis(10),
             cache_bytes: 64 * 1024 * 1024,
             segment_bytes: 64 * 1024,
+            max_pending_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -101,6 +122,20 @@ struct Shared {
     flusher_state: AtomicU8,
     /// Copied from the options for the flusher.
     commit_window: Duration,
+    /// Appends not yet written to sled (see the module docs). Held only to
+    /// push or take, never across a sled write.
+    pending: Mutex<Pending>,
+    /// Serialises writing the queue to sled, so that whoever returns from
+    /// [`Shared::write_pending`] knows everything queued before it is in sled.
+    pending_writer: Mutex<()>,
+    /// The biggest value written as one log entry (a pack, an update, a
+    /// chunk), from the segment size: see [`value_bytes_for`].
+    value_bytes: usize,
+    /// Why the last group commit failed, until one succeeds: reported by
+    /// [`DocStore::health`], since appends only queue.
+    stalled: Mutex<Option<String>>,
+    /// Copied from the options for `append`.
+    max_pending_bytes: u64,
 }
 
 /// Fixed-size `meta` record; advisory statistics, see the module docs.
@@ -175,14 +210,20 @@ fn io_err(what: impl Display) -> impl FnOnce(sled::Error) -> StoreError {
 
 /// Length of an update's key: its seq, big-endian, so keys sort by seq.
 const SEQ_LEN: usize = 8;
-/// A compacted state (and an update as big) is stored in chunks of at most this many bytes, keyed
-/// `seq ++ index` (big-endian u32), which sort right after the update with
-/// that seq and before the next. Kept under sled's blob threshold (a
-/// quarter of a segment, 16 KiB with 64 KiB segments): a bigger value
-/// becomes a file of its own that sled deletes only lazily (old states
-/// piled up in `blobs/`) and that its page cache counts by the size of
-/// its pointer (a loaded state stayed in memory for good).
-const STATE_CHUNK_BYTES: usize = 8 * 1024;
+
+/// The biggest value stored as one log entry with segments of
+/// `segment_bytes`: a pack of updates is closed, and a compacted state or a
+/// bigger update is stored in chunks, at this size. sled writes a node
+/// over a quarter of a segment (its blob threshold, 16 KiB with 64 KiB
+/// segments) as a file of its own, created on every rewrite of the node,
+/// deleted only lazily, and counted by the page cache by the size of its
+/// pointer. A leaf holds up to 17 entries before it splits, so entries
+/// of a twentieth of that threshold keep every leaf inline (with 8 KiB
+/// chunks, a leaf holding two was a blob: 5 % of the server's CPU in a
+/// trace replay went to creating those files).
+fn value_bytes_for(segment_bytes: usize) -> usize {
+    (segment_bytes / 4 / 20).max(64)
+}
 
 fn chunk_key(seq: Seq, index: u32) -> [u8; SEQ_LEN + 4] {
     let mut key = [0; SEQ_LEN + 4];
@@ -191,25 +232,103 @@ fn chunk_key(seq: Seq, index: u32) -> [u8; SEQ_LEN + 4] {
     key
 }
 
-/// The seq of a log key and, for a chunk of a state, its index.
-fn decode_key(doc: &str, key: &[u8]) -> Result<(Seq, Option<u32>), StoreError> {
+/// The key of a pack whose newest update has `seq`: sorts after that
+/// update's own key would and before any chunk at `seq`.
+fn pack_key(seq: Seq) -> [u8; SEQ_LEN + 1] {
+    let mut key = [0; SEQ_LEN + 1];
+    key[..SEQ_LEN].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// What a log key holds (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    /// One update.
+    Update,
+    /// Several updates, packed ([`pending::unpack`]).
+    Pack,
+    /// One chunk of a value stored in chunks.
+    Chunk(u32),
+}
+
+/// The seq of a log key and what the entry holds.
+fn decode_key(doc: &str, key: &[u8]) -> Result<(Seq, Entry), StoreError> {
     let corrupt = || StoreError::Corrupt {
         doc: doc.to_owned(),
-        detail: format!("log key has {} bytes instead of 8 or 12", key.len()),
+        detail: format!("log key has {} bytes instead of 8, 9 or 12", key.len()),
     };
     let seq: [u8; SEQ_LEN] = key
         .get(..SEQ_LEN)
         .ok_or_else(corrupt)?
         .try_into()
         .map_err(|_| corrupt())?;
-    let index = match key.len() {
-        SEQ_LEN => None,
-        12 => Some(u32::from_be_bytes(
+    let entry = match key.len() {
+        SEQ_LEN => Entry::Update,
+        9 => Entry::Pack,
+        12 => Entry::Chunk(u32::from_be_bytes(
             key[SEQ_LEN..].try_into().map_err(|_| corrupt())?,
         )),
         _ => return Err(corrupt()),
     };
-    Ok((Seq::from_be_bytes(seq), index))
+    Ok((Seq::from_be_bytes(seq), entry))
+}
+
+/// The number of updates and their bytes an entry holds; a chunked value
+/// counts once, by its first chunk.
+fn entry_counts(doc: &str, entry: Entry, value: &[u8]) -> Result<(i128, i128), StoreError> {
+    Ok(match entry {
+        Entry::Update | Entry::Chunk(0) => (value.len() as i128, 1),
+        Entry::Chunk(_) => (value.len() as i128, 0),
+        Entry::Pack => {
+            let updates = pending::unpack(value).ok_or_else(|| corrupt_pack(doc))?;
+            let bytes: usize = updates.iter().map(|u| u.len()).sum();
+            (bytes as i128, updates.len() as i128)
+        }
+    })
+}
+
+fn corrupt_pack(doc: &str) -> StoreError {
+    StoreError::Corrupt {
+        doc: doc.to_owned(),
+        detail: "a packed log entry does not have the pack layout".into(),
+    }
+}
+
+/// The pack [`Shared::write_queue`] is filling.
+#[derive(Default)]
+struct PackBuilder<'a> {
+    /// The packed updates so far.
+    pack: Vec<u8>,
+    /// The newest of them.
+    newest: Option<(Seq, &'a [u8])>,
+    /// How many there are.
+    count: usize,
+}
+
+impl<'a> PackBuilder<'a> {
+    /// The pack's size once `update` joins it.
+    fn bytes_with(&self, update: &[u8]) -> usize {
+        self.pack.len() + pending::pack_overhead(update) + update.len()
+    }
+
+    fn add(&mut self, seq: Seq, update: &'a [u8]) {
+        pending::pack_into(&mut self.pack, update);
+        self.newest = Some((seq, update));
+        self.count += 1;
+    }
+
+    /// Adds the pack to `entries` under the newest update's seq (a lone
+    /// update in the plain layout, without its length) and starts anew.
+    fn close_into(&mut self, entries: &mut Vec<(sled::IVec, sled::IVec)>) {
+        match (self.count, self.newest) {
+            (1, Some((seq, update))) => entries.push((seq.to_be_bytes()[..].into(), update.into())),
+            (2.., Some((seq, _))) => entries.push((pack_key(seq)[..].into(), self.pack[..].into())),
+            _ => {}
+        }
+        self.pack.clear();
+        self.newest = None;
+        self.count = 0;
+    }
 }
 
 impl SledStore {
@@ -241,6 +360,11 @@ impl SledStore {
             hurry: AtomicBool::new(false),
             flusher_state: AtomicU8::new(BUSY),
             commit_window: options.commit_window,
+            pending: Mutex::new(Pending::default()),
+            pending_writer: Mutex::new(()),
+            value_bytes: value_bytes_for(segment_bytes),
+            stalled: Mutex::new(None),
+            max_pending_bytes: options.max_pending_bytes,
         });
         shared.drop_orphan_trees()?;
         let flusher = {
@@ -256,43 +380,27 @@ impl SledStore {
         })
     }
 
-    /// Appends `value` under a fresh id to the tree `tree` of document
-    /// `doc` (in chunks if `chunked` and it is big, see
-    /// [`STATE_CHUNK_BYTES`]), then adjusts the document's meta record, then takes a ticket:
-    /// the record goes in after the entry (see the module docs) and before
-    /// the ticket, so a durable ticket implies a durable record.
-    fn append_entry(
-        &self,
-        tree: String,
-        doc: &str,
-        value: &[u8],
-        chunked: bool,
-        bytes: i128,
-        updates: i128,
-    ) -> Result<Appended, StoreError> {
+    /// Appends a chat record under a fresh id to the document's chat tree,
+    /// then creates the document's meta record if it has none (a document
+    /// with only a chat exists too), then takes a ticket: the record goes in
+    /// after the entry (see the module docs) and before the ticket, so a
+    /// durable ticket implies a durable record. Chat is rare: written at
+    /// once, not queued.
+    fn append_chat_entry(&self, doc: &str, record: &[u8]) -> Result<Appended, StoreError> {
         let _trees = self.read_lock();
         let tree = self
             .shared
             .db
-            .open_tree(&tree)
-            .map_err(io_err(format_args!("opening {tree} of {doc:?}")))?;
+            .open_tree(chat_tree_name(doc))
+            .map_err(io_err(format_args!("opening the chat of {doc:?}")))?;
         let seq = self
             .shared
             .db
             .generate_id()
             .map_err(io_err("generating an entry id"))?;
-        let appended = if chunked && value.len() > STATE_CHUNK_BYTES {
-            // One atomic batch: a crash never leaves part of an update.
-            let mut batch = sled::Batch::default();
-            for (index, chunk) in (0u32..).zip(value.chunks(STATE_CHUNK_BYTES)) {
-                batch.insert(&chunk_key(seq, index)[..], chunk);
-            }
-            tree.apply_batch(batch)
-        } else {
-            tree.insert(seq.to_be_bytes(), value).map(drop)
-        };
-        appended.map_err(io_err(format_args!("appending to {doc:?}")))?;
-        self.adjust_meta(doc, bytes, updates)?;
+        tree.insert(seq.to_be_bytes(), record)
+            .map_err(io_err(format_args!("appending to the chat of {doc:?}")))?;
+        self.shared.adjust_meta(doc, 0, 0, now_ms())?;
         Ok(Appended {
             seq,
             ticket: self.take_ticket(),
@@ -347,37 +455,6 @@ impl SledStore {
         Ok(Some(tree))
     }
 
-    /// Adds the given deltas to a document's meta record (creating it),
-    /// atomically with respect to concurrent updates of the same record.
-    fn adjust_meta(&self, doc: &str, bytes: i128, updates: i128) -> Result<(), StoreError> {
-        let modified_ms = now_ms();
-        let mut corrupt = false;
-        self.shared
-            .meta
-            .fetch_and_update(doc, |old| {
-                let old = match old.map(MetaRecord::decode) {
-                    None => MetaRecord::default(),
-                    Some(Some(record)) => record,
-                    Some(None) => {
-                        corrupt = true;
-                        MetaRecord::default()
-                    }
-                };
-                let apply = |v: u64, d: i128| (i128::from(v) + d).clamp(0, u64::MAX.into()) as u64;
-                let new = MetaRecord {
-                    bytes: apply(old.bytes, bytes),
-                    updates: apply(old.updates, updates),
-                    modified_ms,
-                };
-                Some(new.encode().to_vec())
-            })
-            .map_err(io_err(format_args!("updating metadata of {doc:?}")))?;
-        if corrupt {
-            tracing::warn!(doc, "meta record had the wrong size; statistics were reset");
-        }
-        Ok(())
-    }
-
     /// Compaction step 1, one atomic batch: put `state` as chunks at keys
     /// `upto ++ index` (replacing any chunks a compaction at the same
     /// `upto` left). Afterwards the log holds the old updates *and* a state
@@ -400,7 +477,7 @@ impl SledStore {
             }
             batch.remove(key);
         }
-        for (index, chunk) in (0u32..).zip(state.chunks(STATE_CHUNK_BYTES)) {
+        for (index, chunk) in (0u32..).zip(state.chunks(self.shared.value_bytes)) {
             batch.insert(&chunk_key(upto, index)[..], chunk);
         }
         if state.is_empty() {
@@ -413,8 +490,8 @@ impl SledStore {
     }
 
     /// Compaction step 2: remove every entry before the state at `upto`
-    /// (the updates up to and including `upto`, older states), all of
-    /// which that state contains. Returns the (bytes, updates) change.
+    /// (the updates and packs up to and including `upto`, older states),
+    /// all of which that state contains. Returns the (bytes, updates) change.
     fn remove_before(
         &self,
         doc: &str,
@@ -426,13 +503,15 @@ impl SledStore {
         // document (its room) is the only compactor, so what was read is
         // what the batch removes.
         let mut batch = sled::Batch::default();
+        // A pack keyed `upto` sorts before the state's chunks; a pack
+        // keyed later may hold updates up to `upto` too, and stays (it
+        // merges to nothing new).
         for entry in tree.range(..chunk_key(upto, 0)) {
             let (key, value) = entry.map_err(io_err(format_args!("compacting {doc:?}")))?;
-            bytes -= value.len() as i128;
-            // A chunked state counts as one update, by its first chunk.
-            if key.len() == SEQ_LEN || key[SEQ_LEN..] == [0; 4] {
-                updates -= 1;
-            }
+            let (_, kind) = decode_key(doc, &key)?;
+            let (b, u) = entry_counts(doc, kind, &value)?;
+            bytes -= b;
+            updates -= u;
             batch.remove(key);
         }
         tree.apply_batch(batch)
@@ -474,6 +553,122 @@ fn open_error(path: &Path, e: sled::Error) -> StoreError {
 }
 
 impl Shared {
+    /// Adds the given deltas to a document's meta record (creating it),
+    /// atomically with respect to concurrent updates of the same record.
+    fn adjust_meta(
+        &self,
+        doc: &str,
+        bytes: i128,
+        updates: i128,
+        modified_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut corrupt = false;
+        self.meta
+            .fetch_and_update(doc, |old| {
+                let old = match old.map(MetaRecord::decode) {
+                    None => MetaRecord::default(),
+                    Some(Some(record)) => record,
+                    Some(None) => {
+                        corrupt = true;
+                        MetaRecord::default()
+                    }
+                };
+                let apply = |v: u64, d: i128| (i128::from(v) + d).clamp(0, u64::MAX.into()) as u64;
+                let new = MetaRecord {
+                    bytes: apply(old.bytes, bytes),
+                    updates: apply(old.updates, updates),
+                    modified_ms: old.modified_ms.max(modified_ms),
+                };
+                Some(new.encode().to_vec())
+            })
+            .map_err(io_err(format_args!("updating metadata of {doc:?}")))?;
+        if corrupt {
+            tracing::warn!(doc, "meta record had the wrong size; statistics were reset");
+        }
+        Ok(())
+    }
+
+    /// Writes every queued append to sled: per document one atomic batch of
+    /// packs (each up to [`Self::value_bytes`]; a bigger update alone, in
+    /// chunks if it must be), then its meta record once. When it returns
+    /// `Ok`, everything queued before the call is in sled (not yet
+    /// flushed). A document that fails goes back to the front of the queue
+    /// with every one not yet written, to be tried again.
+    fn write_pending(&self) -> Result<(), StoreError> {
+        let _serial = self
+            .pending_writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Shared: `delete` (exclusive) never sees a queue half written.
+        let _trees = self.trees.read().unwrap_or_else(PoisonError::into_inner);
+        let taken = self.lock_pending().take();
+        let mut docs = taken.into_iter();
+        while let Some((doc, queue)) = docs.next() {
+            if let Err(e) = self.write_queue(&doc, &queue) {
+                self.lock_pending()
+                    .put_back(std::iter::once((doc, queue)).chain(docs));
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// One document's part of [`Self::write_pending`].
+    fn write_queue(&self, doc: &str, queue: &PendingDoc) -> Result<(), StoreError> {
+        let tree = self
+            .db
+            .open_tree(tree_name(doc))
+            .map_err(io_err(format_args!("opening document {doc:?}")))?;
+        let mut entries = Vec::new();
+        let mut pack = PackBuilder::default();
+        for (seq, update) in queue.iter() {
+            if update.len() > self.value_bytes {
+                pack.close_into(&mut entries);
+                for (index, chunk) in (0u32..).zip(update.chunks(self.value_bytes)) {
+                    entries.push((chunk_key(seq, index)[..].into(), chunk.into()));
+                }
+                continue;
+            }
+            if pack.bytes_with(update) > self.value_bytes {
+                pack.close_into(&mut entries);
+            }
+            pack.add(seq, update);
+        }
+        pack.close_into(&mut entries);
+        let written = if entries.len() == 1 {
+            // A lone writer's update, flushed at once for its `Saved`: a
+            // plain insert costs less than a batch (which takes sled's
+            // global write lock and logs a manifest).
+            let (key, value) = entries.pop().expect("one entry");
+            tree.insert(key, value).map(drop)
+        } else {
+            // One atomic batch: a crash never leaves part of an update.
+            let mut batch = sled::Batch::default();
+            for (key, value) in entries {
+                batch.insert(key, value);
+            }
+            tree.apply_batch(batch)
+        };
+        written.map_err(io_err(format_args!("appending to {doc:?}")))?;
+        self.adjust_meta(
+            doc,
+            queue.bytes() as i128,
+            queue.len() as i128,
+            queue.modified_ms,
+        )
+    }
+
+    fn stalled_reason(&self) -> Option<String> {
+        self.stalled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Drops `doc:` trees without a meta record: leftovers of a deletion or a
     /// first append that a crash interrupted (see the module docs).
     fn drop_orphan_trees(&self) -> Result<(), StoreError> {
@@ -528,7 +723,15 @@ impl Shared {
             return Ok(false);
         }
         let started = Instant::now();
-        self.db.flush().map_err(io_err("flushing to disk"))?;
+        let written = self.write_pending().and_then(|()| {
+            self.db
+                .flush()
+                .map_err(io_err("flushing to disk"))
+                .map(drop)
+        });
+        *self.stalled.lock().unwrap_or_else(PoisonError::into_inner) =
+            written.as_ref().err().map(ToString::to_string);
+        written?;
         let arrived_meanwhile = self.tickets.load(Ordering::SeqCst) > ticket;
         self.committed.send_replace(Committed {
             ticket,
@@ -628,12 +831,34 @@ impl Drop for SledStore {
 }
 
 impl DocStore for SledStore {
+    /// Queues the update (see the module docs): visible to `load` at once,
+    /// written to sled and flushed by the next group commit.
     fn append(&self, doc: &str, update: &[u8]) -> Result<Appended, StoreError> {
-        // Log entries over the chunk size are chunked like states.
-        self.append_entry(tree_name(doc), doc, update, true, update.len() as i128, 1)
+        let seq = self
+            .shared
+            .db
+            .generate_id()
+            .map_err(io_err("generating an entry id"))?;
+        {
+            let mut pending = self.shared.lock_pending();
+            let max = self.shared.max_pending_bytes;
+            if pending.bytes() > 0 && pending.bytes() + update.len() as u64 > max {
+                let why = self.shared.stalled_reason();
+                return Err(StoreError::Unavailable(format!(
+                    "more than {max} bytes of writes are waiting for the disk{}",
+                    why.map(|why| format!(" ({why})")).unwrap_or_default()
+                )));
+            }
+            pending.push(doc, seq, update, now_ms());
+        }
+        Ok(Appended {
+            seq,
+            ticket: self.take_ticket(),
+        })
     }
 
     fn load(&self, doc: &str) -> Result<Option<StoredDoc>, StoreError> {
+        self.shared.write_pending()?;
         let _trees = self.read_lock();
         let Some(tree) = self.existing_tree(doc)? else {
             return Ok(None);
@@ -643,11 +868,17 @@ impl DocStore for SledStore {
         let mut stored = StoredDoc::default();
         for entry in tree.iter() {
             let (key, value) = entry.map_err(io_err(format_args!("loading {doc:?}")))?;
-            let (seq, chunk) = decode_key(doc, &key)?;
-            match (chunk, stored.updates.last_mut()) {
-                // The next chunk of the state being read.
-                (Some(index), Some(state)) if index > 0 && seq == stored.last_seq => {
+            let (seq, kind) = decode_key(doc, &key)?;
+            match (kind, stored.updates.last_mut()) {
+                // The next chunk of the value being read.
+                (Entry::Chunk(index), Some(state)) if index > 0 && seq == stored.last_seq => {
                     state.extend_from_slice(&value);
+                }
+                (Entry::Pack, _) => {
+                    let updates = pending::unpack(&value).ok_or_else(|| corrupt_pack(doc))?;
+                    stored
+                        .updates
+                        .extend(updates.into_iter().map(<[u8]>::to_vec));
                 }
                 _ => stored.updates.push(value.to_vec()),
             }
@@ -657,6 +888,8 @@ impl DocStore for SledStore {
     }
 
     fn compact(&self, doc: &str, upto: Seq, state: &[u8]) -> Result<(), StoreError> {
+        // What is queued up to `upto` goes first, to be replaced as well.
+        self.shared.write_pending()?;
         let _trees = self.read_lock();
         // A document deleted meanwhile stays deleted.
         let Some(tree) = self.existing_tree(doc)? else {
@@ -664,15 +897,18 @@ impl DocStore for SledStore {
         };
         let (bytes_in, updates_in) = self.write_state_over(doc, &tree, upto, state)?;
         let (bytes_out, updates_out) = self.remove_before(doc, &tree, upto)?;
-        self.adjust_meta(doc, bytes_in + bytes_out, updates_in + updates_out)?;
+        self.shared.adjust_meta(
+            doc,
+            bytes_in + bytes_out,
+            updates_in + updates_out,
+            now_ms(),
+        )?;
         self.take_ticket();
         Ok(())
     }
 
     fn append_chat(&self, doc: &str, record: &[u8]) -> Result<Appended, StoreError> {
-        // A document with only a chat exists too (and its chat is not an
-        // orphan), so the meta record is touched without changing its counts.
-        self.append_entry(chat_tree_name(doc), doc, record, false, 0, 0)
+        self.append_chat_entry(doc, record)
     }
 
     fn recent_chat(&self, doc: &str, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
@@ -720,6 +956,8 @@ impl DocStore for SledStore {
     }
 
     fn info(&self, doc: &str) -> Result<Option<DocInfo>, StoreError> {
+        // The counts include every append made so far.
+        self.shared.write_pending()?;
         let raw = self
             .shared
             .meta
@@ -737,6 +975,7 @@ impl DocStore for SledStore {
     }
 
     fn list(&self) -> Result<Vec<DocInfo>, StoreError> {
+        self.shared.write_pending()?;
         // sled iterates in byte order, which is `str` order, so the result is
         // already sorted by name.
         let mut docs = Vec::new();
@@ -761,6 +1000,8 @@ impl DocStore for SledStore {
             .trees
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        // Its queued appends go first: none may recreate it.
+        let queued = self.shared.lock_pending().remove(doc);
         // Record first: from here on the document no longer exists, even if
         // we crash before the tree is gone (open drops it then).
         let existed = self
@@ -768,7 +1009,8 @@ impl DocStore for SledStore {
             .meta
             .remove(doc)
             .map_err(io_err(format_args!("deleting metadata of {doc:?}")))?
-            .is_some();
+            .is_some()
+            || queued;
         let dropped = self
             .shared
             .db
@@ -797,6 +1039,22 @@ impl DocStore for SledStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.shared.flush_now().map(drop)
+    }
+
+    /// Writes taken but not yet durable, the bytes still queued in memory,
+    /// and why the last group commit failed if it did (nothing is
+    /// acknowledged meanwhile; the flusher retries).
+    fn health(&self) -> StoreHealth {
+        let pending_writes = self
+            .shared
+            .tickets
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.shared.committed_ticket());
+        StoreHealth {
+            pending_writes,
+            pending_bytes: self.shared.lock_pending().bytes(),
+            stalled: self.shared.stalled_reason(),
+        }
     }
 
     fn hurry(&self) {

@@ -453,6 +453,39 @@ fn a_long_log_is_compacted_into_one_entry_holding_the_same_document() {
     assert_eq!(text_of(&reopened), "cba");
 }
 
+/// Issue 14, target 2: compacting every `compact_after` entries encoded
+/// the whole document each time, O(n²) over a growing document. After a
+/// compaction, the live room waits until the entries after the state hold
+/// as many bytes as it, or until the log is 16 times `compact_after` long.
+#[test]
+fn a_live_room_compacts_again_once_the_log_after_the_state_is_as_big_as_the_state() {
+    let mut room = room_with(|c| c.compact_after = 3);
+    room.join(1, true, true).unwrap();
+    let doc = Doc::with_client_id(7);
+    let big = "x".repeat(2_000);
+    for text in [big.as_str(), "a", "b"] {
+        room.send_update(1, &edit(&doc, text));
+    }
+    assert_eq!(room.log().len(), 1, "the first compaction (no state yet)");
+    let state = room.log()[0].len();
+    assert!(state > 2_000);
+    for i in 0..10 {
+        room.send_update(1, &edit(&doc, &format!("{i}")));
+    }
+    assert_eq!(room.log().len(), 11, "small edits next to the state wait");
+    room.send_update(1, &edit(&doc, &"y".repeat(state)));
+    assert_eq!(room.log().len(), 1, "as many bytes as the state: compacted");
+    for i in 0..46 {
+        room.send_update(1, &edit(&doc, &format!("{i}")));
+    }
+    assert_eq!(room.log().len(), 47);
+    room.send_update(1, &edit(&doc, "z"));
+    assert_eq!(room.log().len(), 1, "16 × compact_after entries: compacted");
+    let mut reopened = room.reopen();
+    reopened.join(1, true, true).unwrap();
+    assert_eq!(text_of(&reopened), text_of(&room));
+}
+
 #[test]
 fn an_empty_room_asks_to_be_evicted_after_the_grace_period() {
     let mut room = room_with(|c| c.room_grace = Duration::from_millis(1_000));

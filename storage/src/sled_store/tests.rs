@@ -151,7 +151,7 @@ fn crash_mid_compaction_still_loads_the_state() {
 fn big_compacted_state_loads_back_identical_and_replaces_the_old_one() {
     let dir = tempfile::tempdir().unwrap();
     let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-    let small: Vec<u8> = big[..STATE_CHUNK_BYTES + 1].to_vec();
+    let small: Vec<u8> = big[..value_bytes_for(SledOptions::default().segment_bytes) + 1].to_vec();
     let upto = {
         let store = open(dir.path());
         for i in 0..50u8 {
@@ -417,6 +417,7 @@ fn interrupted_delete_is_finished_on_open() {
         let store = open(dir.path());
         store.append("gone", b"x").unwrap();
         store.append("kept", b"y").unwrap();
+        store.flush().unwrap();
         // Step 1 of delete only: the meta record goes, the tree stays.
         store.shared.meta.remove("gone").unwrap();
         store.flush().unwrap();
@@ -547,4 +548,179 @@ fn trim_chat_keeps_the_newest_within_count_and_bytes() {
     );
     store.trim_chat("nope", 5, 4).unwrap();
     assert!(store.load("nope").unwrap().is_none(), "creates nothing");
+}
+
+/// The keys of a document's log tree as sled holds them.
+fn log_keys(store: &SledStore, doc: &str) -> Vec<Vec<u8>> {
+    let tree = store.shared.db.open_tree(tree_name(doc)).unwrap();
+    tree.iter().keys().map(|k| k.unwrap().to_vec()).collect()
+}
+
+/// Issue 14, target 2: every update was its own sled insert plus a
+/// read-modify-write of the meta record, on the room's task. Queued
+/// appends are written as packs, in order, between bigger updates, and
+/// loaded back one by one.
+#[test]
+fn queued_appends_are_packed_and_load_back_one_by_one_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let value_bytes = value_bytes_for(SledOptions::default().segment_bytes);
+    let big: Vec<u8> = (0..3 * value_bytes).map(|i| (i % 249) as u8).collect();
+    let mut expected = Vec::new();
+    {
+        let store = with_window(dir.path(), Duration::from_secs(5));
+        for i in 0..1_000u32 {
+            let update = if i == 500 {
+                big.clone()
+            } else {
+                format!("update {i}").into_bytes()
+            };
+            store.append("d", &update).unwrap();
+            expected.push(update);
+        }
+        assert!(
+            store.health().pending_bytes > 0,
+            "queued, not yet written: {:?}",
+            store.health()
+        );
+        assert_eq!(updates(&store, "d"), expected, "load sees the queue");
+        let keys = log_keys(&store, "d");
+        assert!(
+            keys.len() < 100,
+            "1,000 updates in {} entries (packs, and the big one's chunks)",
+            keys.len()
+        );
+        assert!(keys.iter().any(|k| k.len() == 9), "packs");
+        assert_eq!(keys.iter().filter(|k| k.len() == 12).count(), 3, "chunks");
+    }
+    let store = open(dir.path());
+    assert_eq!(updates(&store, "d"), expected);
+}
+
+/// The counts of `info` are those of what is stored, queued or written,
+/// before and after a compaction, and after reopening.
+#[test]
+fn counts_after_reopen_equal_the_counts_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = vec![7; 5_000];
+    let before = {
+        let store = open(dir.path());
+        for i in 0..300u32 {
+            store.append("d", &i.to_le_bytes()).unwrap();
+        }
+        store.append("d", &big).unwrap();
+        let info = store.info("d").unwrap().unwrap();
+        assert_eq!((info.updates, info.bytes), (301, 1_200 + 5_000));
+        let upto = store.load("d").unwrap().unwrap().last_seq;
+        for i in 0..7u32 {
+            store.append("d", &i.to_le_bytes()).unwrap();
+        }
+        store.compact("d", upto, b"STATE").unwrap();
+        let info = store.info("d").unwrap().unwrap();
+        assert_eq!((info.updates, info.bytes), (8, 5 + 28));
+        for i in 0..40u32 {
+            store.append("d", &i.to_le_bytes()).unwrap();
+        }
+        store.info("d").unwrap().unwrap()
+    };
+    let store = open(dir.path());
+    let after = store.info("d").unwrap().unwrap();
+    assert_eq!((after.updates, after.bytes), (48, 5 + 28 + 160));
+    assert_eq!(after, before);
+    assert_eq!(updates(&store, "d").len(), 48);
+}
+
+/// The room compacts up to its newest append off its task while it keeps
+/// appending: the queue written first then holds updates on both sides of
+/// the boundary, and none after it may go.
+#[test]
+fn compaction_keeps_what_was_appended_after_its_boundary_in_the_same_pack() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = with_window(dir.path(), Duration::from_secs(5));
+    let mut upto = 0;
+    for i in 0..10u8 {
+        upto = store.append("d", &[i]).unwrap().seq;
+    }
+    let later: Vec<Vec<u8>> = (10..15u8).map(|i| vec![i]).collect();
+    for update in &later {
+        store.append("d", update).unwrap();
+    }
+    store.compact("d", upto, b"STATE").unwrap();
+    let mut expected = vec![b"STATE".to_vec()];
+    // The pack holding 0..15 is keyed by its newest, past the boundary:
+    // it stays whole (what it repeats merges to nothing new).
+    expected.extend((0..15u8).map(|i| vec![i]));
+    assert_eq!(updates(&store, "d"), expected);
+    let info = store.info("d").unwrap().unwrap();
+    assert_eq!((info.updates, info.bytes), (16, 5 + 15));
+    // The next compaction takes it.
+    let last = store.load("d").unwrap().unwrap().last_seq;
+    store.compact("d", last, b"ALL").unwrap();
+    assert_eq!(updates(&store, "d"), vec![b"ALL".to_vec()]);
+}
+
+/// A deleted document's queued appends are dropped, not written after it.
+#[test]
+fn delete_drops_appends_still_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = with_window(dir.path(), Duration::from_secs(5));
+        store.append("d", b"queued").unwrap();
+        assert!(store.delete("d").unwrap(), "a queued document exists");
+        store.flush().unwrap();
+        assert!(store.load("d").unwrap().is_none());
+        assert!(store.list().unwrap().is_empty());
+    }
+    let store = open(dir.path());
+    assert!(store.load("d").unwrap().is_none());
+}
+
+/// Issue 14, target 2: states were stored in 8 KiB chunks, so any leaf
+/// holding two was over sled's blob threshold and written as a new file
+/// in `blobs/` on every rewrite (5 % of a trace replay's CPU creating files).
+#[test]
+fn a_big_state_and_big_updates_make_no_blob_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let state: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let store = open(dir.path());
+    for round in 0..5u32 {
+        for i in 0..200u32 {
+            store
+                .append("d", &(round * 1_000 + i).to_le_bytes())
+                .unwrap();
+        }
+        store.append("d", &state[..20_000]).unwrap();
+        let upto = store.load("d").unwrap().unwrap().last_seq;
+        store.compact("d", upto, &state).unwrap();
+        store.flush().unwrap();
+    }
+    assert_eq!(updates(&store, "d"), vec![state]);
+    let blobs = std::fs::read_dir(dir.path().join("blobs"))
+        .map(|entries| entries.count())
+        .unwrap_or(0);
+    assert_eq!(blobs, 0, "files in blobs/");
+}
+
+/// Appends only queue, so while the disk does not take them they must
+/// not pile up without bound: past `max_pending_bytes` they are refused.
+#[test]
+fn appends_past_the_queue_bound_are_refused_until_it_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SledOptions {
+        commit_window: Duration::from_secs(60),
+        max_pending_bytes: 1_000,
+        ..SledOptions::default()
+    };
+    let store = SledStore::open(dir.path(), options).unwrap();
+    for _ in 0..10 {
+        store.append("d", &[1; 100]).unwrap();
+    }
+    match store.append("d", &[2; 100]) {
+        Err(StoreError::Unavailable(why)) => assert!(why.contains("1000 bytes"), "{why}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert_eq!(store.health().pending_bytes, 1_000);
+    store.flush().unwrap();
+    assert_eq!(store.health(), StoreHealth::default());
+    store.append("d", &[3; 100]).unwrap();
+    assert_eq!(updates(&store, "d").len(), 11);
 }

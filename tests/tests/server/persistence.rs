@@ -80,39 +80,27 @@ async fn compaction_keeps_the_document_byte_identical() {
     let before = http::get(server.addr, "/api/docs/churn/snapshot?format=yjs").await;
     assert_eq!(before.status, 200);
 
-    // The live room compacts every 25 updates (off its task, so the last
-    // rewrite may still be finishing): the log stays short.
-    let log_len = || {
-        server
-            .state
-            .store
-            .load("churn")
-            .unwrap()
-            .unwrap()
-            .updates
-            .len()
+    // The live room compacts once the log holds 25 entries and those after
+    // its state hold as many bytes as the state (off its task, so the last
+    // rewrite may still be finishing): of the 160 updates written, the log
+    // keeps fewer than 25 entries or fewer bytes after the state than in it.
+    let log = || server.state.store.load("churn").unwrap().unwrap().updates;
+    let short = |log: &[Vec<u8>]| {
+        let after_state: usize = log.iter().skip(1).map(Vec::len).sum();
+        log.len() < 25 || after_state < log[0].len()
     };
     assert!(
-        eventually(|| log_len() < 25).await,
+        eventually(|| short(&log())).await,
         "log has {} entries",
-        log_len()
+        log().len()
     );
+    assert!(log().len() < 100, "compacted while live");
 
     writer.close().await;
     watcher.close().await;
     assert!(eventually(|| server.live_rooms() == 0).await);
     // Eviction compacts what is left into one state update.
-    assert_eq!(
-        server
-            .state
-            .store
-            .load("churn")
-            .unwrap()
-            .unwrap()
-            .updates
-            .len(),
-        1
-    );
+    assert_eq!(log().len(), 1);
 
     let server = server.restart().await;
     let after = http::get(server.addr, "/api/docs/churn/snapshot?format=yjs").await;
