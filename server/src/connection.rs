@@ -2,66 +2,73 @@
 //! room; write what the room queues for it; keep checking the link is alive;
 //! close with a clear code when either side says so.
 //!
-//! A connection goes through three steps, one function each:
+//! **Architecture Invariant:** one task per connection, reading and writing
+//! in one poll loop, and an idle connection holds no buffer: the socket
+//! ([`WebSocket`]) reads into a buffer only while a frame arrives and writes
+//! the room's shared frames as they are, the outbox is empty, and the task's
+//! idle state is the [`Live`] struct plus one timer (the setup and closing
+//! steps, whose futures are larger, are boxed and freed after use).
+//!
+//! A connection goes through four steps, one function each:
 //!
 //! 1. [`handshake`]: the document name is checked and the token found (in
 //!    the URL, or in-band as the first message of a Quire client) and
 //!    checked;
-//! 2. [`join`]: the outbound queues are made, Quire clients get their
-//!    Welcome, and the room takes the connection in;
-//! 3. [`read_loop`]: until the end, each binary frame is decoded
+//! 2. [`join`]: the outbox is made, Quire clients get their Welcome, and the
+//!    room takes the connection in;
+//! 3. [`Live::run`]: until the end, each binary message is decoded
 //!    ([`decode`]) into an [`Inbound`] (malformed input is refused here,
 //!    before it costs the room anything) and handed to the room, whose
 //!    mailbox slows down a client that sends faster than its room can
 //!    merge; application pings are answered; a ping goes out every
 //!    interval and the connection is dropped when one goes unanswered for
-//!    the timeout.
+//!    the timeout. Between messages, and while a message waits for the
+//!    room's mailbox or for the rate limits, the same loop writes;
+//! 4. [`Live::finish`]: the room is left, the close written and the client's
+//!    answer awaited.
 //!
 //! Every way this ends early is an [`Ending`], which carries its close code.
 //!
-//! The **writer** runs beside the read loop and sends, in this priority: a
-//! close (preceded by a typed error for Quire clients), control frames
-//! (welcome, pings, pongs), then the room's frames. For Quire clients a
+//! The loop writes, in this priority: a close (preceded by a typed error for
+//! Quire clients), control frames (welcome, pings, pongs), then the room's
+//! frames, each batch of them with one vectored write. For Quire clients a
 //! large frame goes out in fragments with control frames in between, so a
 //! 50 MB initial sync does not starve the heartbeat.
 //!
 //! Stock y-websocket clients get WebSocket ping frames and no extension
 //! message ever; Quire clients (subprotocol `quire.v1`) get the extensions.
 
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use quire_protocol::ext::{self, Ext, SUBPROTOCOL, Welcome};
+use quire_protocol::ext::{self, Ext, Welcome};
 use quire_protocol::{DocName, DocNameError, Message, SyncMessage, close};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::{Instant, Sleep, sleep_until, timeout};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::auth::{self, AuthError, Permission};
+use crate::config::Config;
 use crate::limits::{Admitted, MessageProgress, RateLimit, ReadMeter, RoomTime};
+use crate::metrics::Metrics;
 use crate::outbox::{OutboxReceiver, outbox};
 use crate::room::{Close, ConnId, Inbound, MemberChannels, RoomError, RoomHandle};
+use crate::websocket::{Incoming, PROTOCOL_ERROR, ReadError, WebSocket};
 use crate::{AppState, unix_ms};
 
-/// Longest close reason a WebSocket close frame can carry, in bytes.
-const MAX_REASON_BYTES: usize = 123;
-/// Control frames that may wait for the writer (pings are skipped beyond).
+/// Control frames (pings, pongs) that may wait on the socket beyond a batch
+/// of room frames; more are skipped (a ping is skipped, not the link).
 const CONTROL_CAPACITY: usize = 64;
-/// Room frames written with one flush, at most.
+/// Room frames written with one vectored write, at most.
 const BATCH_FRAMES: usize = 64;
-/// Read buffer of each socket. tungstenite's default (128 KiB) would make
-/// every idle connection cost that much memory; larger messages still
-/// arrive whole, read in more steps.
-pub(crate) const READ_BUFFER_BYTES: usize = 4 * 1024;
-/// Bytes a socket's writer gathers before writing (it also writes on flush,
-/// after every batch).
-pub(crate) const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+/// How long the last frames and the close may take to write.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the client's answer to a close is waited for.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -86,6 +93,9 @@ pub enum Ending {
     /// A frame that does not decode, or one a client may not send (1007).
     #[error(transparent)]
     Undecodable(#[from] DecodeError),
+    /// A frame that breaks the WebSocket protocol (1002).
+    #[error("WebSocket protocol violation: {0}")]
+    Protocol(&'static str),
     /// No answer to a ping within the timeout, in milliseconds (4000).
     #[error("no answer to ping within {0} ms")]
     PingTimeout(u128),
@@ -104,6 +114,7 @@ impl Ending {
             Ending::TextFrame => close::UNSUPPORTED_DATA,
             Ending::TooBig(_) => close::MESSAGE_TOO_BIG,
             Ending::Undecodable(_) => close::INVALID_PAYLOAD,
+            Ending::Protocol(_) => PROTOCOL_ERROR,
             Ending::PingTimeout(_) => close::PING_TIMEOUT,
             Ending::MessageTimeout(_) => close::TOO_SLOW,
         };
@@ -115,7 +126,11 @@ impl Ending {
     fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            Ending::BadName(_) | Ending::TextFrame | Ending::TooBig(_) | Ending::Undecodable(_)
+            Ending::BadName(_)
+                | Ending::TextFrame
+                | Ending::TooBig(_)
+                | Ending::Undecodable(_)
+                | Ending::Protocol(_)
         )
     }
 }
@@ -126,111 +141,110 @@ pub struct Opening {
     pub raw_name: String,
     /// The `?token=` of the URL.
     pub token: Option<String>,
+    /// Whether the client asked for Quire's extensions (`quire.v1`).
+    pub extensions: bool,
     /// The connection's place under the connection limits until it ends.
     pub admitted: Admitted,
     /// Bytes read from its socket (`None` when the router runs without
     /// `serve`: then no message timeout applies).
     pub meter: Option<Arc<ReadMeter>>,
+    pub state: AppState,
 }
 
 /// Serves one upgraded WebSocket until it closes.
-pub async fn serve(socket: WebSocket, opening: Opening, state: AppState) {
+///
+/// The task's future is what an idle connection costs, so everything the
+/// setup needs travels boxed (a future keeps its arguments for its whole
+/// life) and the setup and closing steps are boxed futures of their own.
+pub fn serve(socket: WebSocket, opening: Box<Opening>) -> impl Future<Output = ()> + Send {
+    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let span = info_span!("conn", doc = %opening.raw_name, conn, quire = opening.extensions);
+    run(conn, Box::new((socket, opening))).instrument(span)
+}
+
+/// The steps of a connection (see the module docs).
+async fn run(conn: ConnId, start: Box<(WebSocket, Box<Opening>)>) {
+    let metrics = start.1.state.metrics.clone();
+    metrics.connections.inc();
+    metrics.connections_opened.inc();
+    if let Some(mut live) = Box::pin(open(conn, start)).await {
+        let exit = live.run().await;
+        Box::pin(live.finish(exit)).await;
+    }
+    metrics.connections.dec();
+    debug!("connection closed");
+}
+
+/// Steps 1 and 2; a connection refused is closed here.
+async fn open(conn: ConnId, start: Box<(WebSocket, Box<Opening>)>) -> Option<Live> {
+    let (mut socket, opening) = *start;
     let Opening {
         raw_name,
         token,
+        extensions,
         admitted,
         meter,
-    } = opening;
-    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    let extensions = socket
-        .protocol()
-        .is_some_and(|p| p.as_bytes() == SUBPROTOCOL.as_bytes());
-    let span = info_span!("conn", doc = %raw_name, conn, quire = extensions);
-    async move {
-        state.metrics.connections.inc();
-        state.metrics.connections_opened.inc();
-        run(socket, conn, extensions, &raw_name, token, meter, &state).await;
-        drop(admitted);
-        state.metrics.connections.dec();
-        debug!("connection closed");
-    }
-    .instrument(span)
-    .await
-}
-
-/// The three steps of a connection (see the module docs).
-async fn run(
-    socket: WebSocket,
-    conn: ConnId,
-    extensions: bool,
-    raw_name: &str,
-    token: Option<String>,
-    meter: Option<Arc<ReadMeter>>,
-    state: &AppState,
-) {
-    let (mut sink, mut stream) = socket.split();
-    let opened = match handshake(&mut stream, raw_name, token, extensions, state).await {
-        Ok(opened) => opened,
-        Err(ending) => {
-            if let Ending::Access(err) = &ending
-                && !extensions
-            {
-                // Stock y-websocket clients understand the auth message.
-                let denied = Message::PermissionDenied(&err.to_string()).encode();
-                let _ = sink.send(WsMessage::Binary(denied.into())).await;
-            }
-            refuse(sink, stream, &ending, extensions, state).await;
-            return;
-        }
+        state,
+    } = *opening;
+    let joined = match handshake(&mut socket, &raw_name, token, extensions, &state).await {
+        Ok(opened) => join(&mut socket, conn, extensions, &opened, &state)
+            .await
+            .map(|joined| (opened, joined)),
+        Err(ending) => Err(ending),
     };
-    let joined = match join(conn, extensions, &opened, state).await {
+    let (opened, joined) = match joined {
         Ok(joined) => joined,
         Err(ending) => {
-            refuse(sink, stream, &ending, extensions, state).await;
-            return;
+            refuse(socket, &ending, extensions, &state).await;
+            return None;
         }
     };
-    let writer = Writer {
-        sink,
-        frames: joined.frames,
-        close: joined.close,
-        control: joined.control,
-        extensions,
-        fragment_bytes: state.config.fragment_bytes,
-    };
-    let writer = tokio::spawn(writer.run());
-    let link = Link {
-        conn,
-        extensions,
-        name: opened.name,
-        access: opened.access,
-        room: joined.room,
-        close_tx: joined.close_tx,
-        control_tx: joined.control_tx,
-        room_time: Arc::default(),
-        state,
-    };
     let progress = meter.map(|meter| MessageProgress::new(meter, state.config.message_timeout));
-    link.read_loop(stream, writer, progress).await;
+    Some(Live {
+        wire: Wire {
+            socket,
+            frames: joined.frames,
+            extensions,
+            fragment_bytes: state.config.fragment_bytes,
+            pieces: None,
+            closing: false,
+            ended: None,
+        },
+        link: Link {
+            conn,
+            extensions,
+            name: opened.name,
+            access: opened.access,
+            room: joined.room,
+            room_time: Arc::default(),
+            config: state.config.clone(),
+            metrics: state.metrics.clone(),
+        },
+        progress,
+        _admitted: admitted,
+    })
 }
 
 /// Closes a connection that never joined its room (with a typed error
 /// first for Quire clients), then waits for the client's answer.
-async fn refuse(
-    mut sink: SplitSink<WebSocket, WsMessage>,
-    mut stream: SplitStream<WebSocket>,
-    ending: &Ending,
-    extensions: bool,
-    state: &AppState,
-) {
+async fn refuse(mut socket: WebSocket, ending: &Ending, extensions: bool, state: &AppState) {
     if ending.is_bad_input() || matches!(ending, Ending::Access(_)) {
         warn!(%ending, "refusing the connection");
         state.metrics.rejected_inputs.inc();
     } else {
         warn!(%ending, "could not join the room");
     }
-    send_close(&mut sink, &ending.close(), extensions).await;
-    drain(&mut stream).await;
+    if let Ending::Access(err) = ending
+        && !extensions
+    {
+        // Stock y-websocket clients understand the auth message.
+        let denied = Message::PermissionDenied(&err.to_string()).encode();
+        socket.queue_binary(denied.into());
+    }
+    queue_close(&mut socket, &ending.close(), extensions);
+    if let Ok(Ok(())) = timeout(CLOSE_WRITE_TIMEOUT, socket.write_out()).await {
+        drain(&mut socket).await;
+    }
 }
 
 /// What the handshake settled.
@@ -241,14 +255,14 @@ struct Opened {
 
 /// Step 1: the document name and the token.
 async fn handshake(
-    stream: &mut SplitStream<WebSocket>,
+    socket: &mut WebSocket,
     raw_name: &str,
     token: Option<String>,
     extensions: bool,
     state: &AppState,
 ) -> Result<Opened, Ending> {
     let name = DocName::parse(raw_name)?;
-    let access = authenticate(stream, token, &name, extensions, state).await?;
+    let access = authenticate(socket, token, &name, extensions, state).await?;
     Ok(Opened { name, access })
 }
 
@@ -256,14 +270,11 @@ async fn handshake(
 struct Joined {
     room: RoomHandle,
     frames: OutboxReceiver,
-    close: mpsc::Receiver<Close>,
-    close_tx: mpsc::Sender<Close>,
-    control: mpsc::Receiver<WsMessage>,
-    control_tx: mpsc::Sender<WsMessage>,
 }
 
-/// Step 2: the outbound queues, the Welcome, and a place in the room.
+/// Step 2: the outbox, the Welcome, and a place in the room.
 async fn join(
+    socket: &mut WebSocket,
     conn: ConnId,
     extensions: bool,
     opened: &Opened,
@@ -275,8 +286,6 @@ async fn join(
         config.outbox_bytes,
         state.metrics.clone(),
     );
-    let (close_tx, close) = mpsc::channel::<Close>(1);
-    let (control_tx, control) = mpsc::channel::<WsMessage>(CONTROL_CAPACITY);
     if extensions {
         let welcome = Ext::Welcome(Welcome {
             conn_id: conn,
@@ -286,11 +295,12 @@ async fn join(
             max_message_bytes: config.max_message_bytes as u64,
             max_document_bytes: config.max_document_bytes,
         });
-        let _ = control_tx.try_send(WsMessage::Binary(welcome.encode().into()));
+        // Queued before the room's first frame can be taken.
+        socket.queue_binary(welcome.encode().into());
     }
     let member = MemberChannels {
+        close: frames_tx.closer(),
         frames: frames_tx,
-        close: close_tx.clone(),
         extensions,
         can_write: opened.access.can_write,
     };
@@ -301,47 +311,199 @@ async fn join(
             async move { room.join(conn, member).await.map(|()| room) }
         })
         .await?;
-    Ok(Joined {
-        room,
-        frames,
-        close,
-        close_tx,
-        control,
-        control_tx,
-    })
+    Ok(Joined { room, frames })
 }
 
-/// A joined connection's reading side.
-struct Link<'a> {
+/// A joined connection: its socket and what it writes, and its place in
+/// the room.
+struct Live {
+    wire: Wire,
+    link: Link,
+    /// Whether a message has been arriving for too long.
+    progress: Option<MessageProgress>,
+    /// The connection's place under the connection limits, given back last.
+    _admitted: Admitted,
+}
+
+/// The socket and what is to be written on it.
+struct Wire {
+    socket: WebSocket,
+    /// The room's frames and the close slot (the room's and ours).
+    frames: OutboxReceiver,
+    extensions: bool,
+    /// Quire clients get frames larger than this in fragments.
+    fragment_bytes: usize,
+    /// What is left of a large frame going out in fragments.
+    pieces: Option<std::vec::IntoIter<Vec<u8>>>,
+    /// A close frame is queued: nothing more is written after it.
+    closing: bool,
+    /// Why writing ended, once it has (asked again, the same answer).
+    ended: Option<WireEnd>,
+}
+
+/// Why the writing side stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WireEnd {
+    /// A close (the room's or ours) is queued.
+    Closing,
+    /// The socket failed.
+    Gone,
+    /// The room let go of the connection without a close.
+    RoomLeft,
+}
+
+/// What woke the loop.
+enum Event {
+    Wire(WireEnd),
+    Read(Option<Result<Incoming, ReadError>>),
+    Timer,
+}
+
+/// How the loop ended, and so what closing takes.
+enum Exit {
+    /// A close is asked for: write it, then (when the room asked for it)
+    /// wait for the client's answer. A close the connection decides itself
+    /// (a dead link, bad input) is not waited on.
+    Closing { drain: bool },
+    /// The client sent a close (with this code): answer it.
+    ClientClosed(Option<u16>),
+    /// The room is gone or let go: close without a code.
+    RoomLeft,
+    /// The socket ended or failed.
+    Gone,
+}
+
+impl Wire {
+    /// Writes what is queued, taking the close first and then batches of
+    /// the room's frames; `Ready` once writing has ended (see [`WireEnd`]).
+    fn poll_writes(&mut self, cx: &mut Context<'_>) -> Poll<WireEnd> {
+        if let Some(end) = self.ended {
+            return Poll::Ready(end);
+        }
+        let end = loop {
+            if self.queue_close() {
+                break WireEnd::Closing;
+            }
+            if !self.socket.is_writing() && !self.fill() {
+                match self.frames.poll_wait(cx) {
+                    Poll::Ready(true) => continue,
+                    Poll::Ready(false) => break WireEnd::RoomLeft,
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            match self.socket.poll_write_out(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(err)) => {
+                    debug!(%err, "write failed");
+                    break WireEnd::Gone;
+                }
+                Poll::Pending => {
+                    // A close must still be noticed while the socket is full.
+                    self.frames.register(cx);
+                    return Poll::Pending;
+                }
+            }
+        };
+        self.ended = Some(end);
+        Poll::Ready(end)
+    }
+
+    /// Queues the close asked for (by the room or by us), if any and not
+    /// yet done: a typed error first for Quire clients. Whether a close is
+    /// queued now.
+    fn queue_close(&mut self) -> bool {
+        if !self.closing
+            && let Some(close) = self.frames.take_close()
+        {
+            self.pieces = None;
+            queue_close(&mut self.socket, &close, self.extensions);
+            self.closing = true;
+        }
+        self.closing
+    }
+
+    /// Queues the next piece of a large frame, or else a batch of the
+    /// room's frames; whether anything was queued.
+    fn fill(&mut self) -> bool {
+        if let Some(pieces) = &mut self.pieces {
+            if let Some(piece) = pieces.next() {
+                self.socket.queue_binary(piece.into());
+                return true;
+            }
+            self.pieces = None;
+        }
+        let mut taken = 0;
+        while taken < BATCH_FRAMES
+            && let Some(frame) = self.frames.try_recv()
+        {
+            taken += 1;
+            if self.extensions && frame.len() > self.fragment_bytes {
+                let mut pieces = ext::fragment(&frame, self.fragment_bytes).into_iter();
+                if let Some(piece) = pieces.next() {
+                    self.socket.queue_binary(piece.into());
+                }
+                self.pieces = Some(pieces);
+                break;
+            }
+            self.socket.queue_binary(frame);
+        }
+        taken > 0
+    }
+
+    /// Whether a control frame may be queued now (not after a close, and
+    /// not beyond [`CONTROL_CAPACITY`]).
+    fn takes_control(&self) -> bool {
+        !self.closing && self.socket.queued_frames() < BATCH_FRAMES + CONTROL_CAPACITY
+    }
+
+    /// Waits for the next event: writing ended, a message (when `reading`),
+    /// or the timer.
+    fn poll_event(
+        &mut self,
+        cx: &mut Context<'_>,
+        timer: Pin<&mut Sleep>,
+        reading: bool,
+    ) -> Poll<Event> {
+        if let Poll::Ready(end) = self.poll_writes(cx) {
+            return Poll::Ready(Event::Wire(end));
+        }
+        if reading && let Poll::Ready(read) = self.socket.poll_next(cx) {
+            return Poll::Ready(Event::Read(read));
+        }
+        if timer.poll(cx).is_ready() {
+            return Poll::Ready(Event::Timer);
+        }
+        Poll::Pending
+    }
+}
+
+/// A joined connection's place in its room.
+struct Link {
     conn: ConnId,
     extensions: bool,
     name: DocName,
     access: Access,
     room: RoomHandle,
-    /// The writer's close queue (the room holds the other sender).
-    close_tx: mpsc::Sender<Close>,
-    /// The writer's control queue: pings, pongs.
-    control_tx: mpsc::Sender<WsMessage>,
     /// The room's time spent on this connection's messages (the room adds
     /// to it; the room-time rate limit reads it).
     room_time: Arc<RoomTime>,
-    state: &'a AppState,
+    /// The server's settings and counters (not all of `AppState`: this is
+    /// kept by every idle connection).
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
 }
 
-impl Link<'_> {
-    /// Step 3: reads until the client leaves, the link dies, the token
-    /// expires or the input is refused; then leaves the room and lets the
-    /// writer send its close.
-    async fn read_loop(
-        mut self,
-        mut stream: SplitStream<WebSocket>,
-        mut writer: JoinHandle<()>,
-        mut progress: Option<MessageProgress>,
-    ) {
-        let config = &self.state.config;
-        // Set once the writer has ended (it sent a close or the socket
-        // failed), so it is not awaited twice.
-        let mut writer_done = false;
+impl Live {
+    /// Step 3: reads and writes until the client leaves, the link dies,
+    /// the token expires, the input is refused or the room closes it.
+    async fn run(&mut self) -> Exit {
+        let Live {
+            wire,
+            link,
+            progress,
+            ..
+        } = self;
+        let config = link.config.clone();
         // Heartbeat: a ping every interval; the oldest unanswered one must
         // be answered (by anything at all) within the timeout.
         let mut nonce = 0u64;
@@ -354,6 +516,10 @@ impl Link<'_> {
         let mut room_rate = RateLimit::new(f64::from(config.max_room_ms_per_sec), burst);
         // How much of the room's time on this connection has been charged.
         let mut charged = Duration::ZERO;
+        // A message that waits out the rate limits (reading pauses
+        // meanwhile; writing does not), and until when.
+        let mut held: Option<Inbound> = None;
+        let mut paused_until: Option<Instant> = None;
         // A message in progress must complete in time (the heartbeat alone
         // does not keep it open); checked this often.
         let check_every = progress.as_ref().map(MessageProgress::check_every);
@@ -366,8 +532,8 @@ impl Link<'_> {
         let mut timer_at = next_ping;
         loop {
             let ping_deadline = unanswered_since.map(|t| t + config.ping_timeout);
-            let expiry = self.access.expires_at;
-            let due = [ping_deadline, expiry, next_check]
+            let expiry = link.access.expires_at;
+            let due = [ping_deadline, expiry, next_check, paused_until]
                 .into_iter()
                 .flatten()
                 .fold(next_ping, Instant::min);
@@ -375,250 +541,202 @@ impl Link<'_> {
                 timer.as_mut().reset(due);
                 timer_at = due;
             }
-            let frame = tokio::select! {
-                frame = stream.next() => frame,
-                _ = &mut writer => {
-                    // The writer sent a close: wait for the client's reply.
-                    writer_done = true;
-                    drain(&mut stream).await;
-                    break;
-                }
-                () = &mut timer => {
+            let reading = paused_until.is_none();
+            let event = poll_fn(|cx| wire.poll_event(cx, timer.as_mut(), reading)).await;
+            let incoming = match event {
+                Event::Wire(WireEnd::Closing) => return Exit::Closing { drain: true },
+                Event::Wire(WireEnd::Gone) => return Exit::Gone,
+                Event::Wire(WireEnd::RoomLeft) => return Exit::RoomLeft,
+                Event::Timer => {
                     let now = Instant::now();
                     if expiry.is_some_and(|at| now >= at) {
-                        self.end(Ending::Access(AuthError::Expired));
-                        break;
+                        return link.end(wire, Ending::Access(AuthError::Expired));
                     }
                     if ping_deadline.is_some_and(|at| now >= at) {
-                        self.end(Ending::PingTimeout(config.ping_timeout.as_millis()));
-                        break;
+                        return link
+                            .end(wire, Ending::PingTimeout(config.ping_timeout.as_millis()));
                     }
                     if next_check.is_some_and(|at| now >= at) {
                         if progress.as_mut().is_some_and(|p| p.stalled(now)) {
-                            self.end(Ending::MessageTimeout(config.message_timeout.as_millis()));
-                            break;
+                            let timeout = config.message_timeout.as_millis();
+                            return link.end(wire, Ending::MessageTimeout(timeout));
                         }
                         next_check = check_every.map(|every| now + every);
                     }
+                    if paused_until.is_some_and(|at| now >= at) {
+                        paused_until = None;
+                        if let Some(inbound) = held.take()
+                            && !deliver(wire, link, inbound).await
+                        {
+                            return Exit::RoomLeft;
+                        }
+                    }
                     if now >= next_ping {
                         nonce += 1;
-                        let ping = if self.extensions {
-                            WsMessage::Binary(Ext::Ping(nonce).encode().into())
-                        } else {
-                            WsMessage::Ping(Bytes::from(nonce.to_be_bytes().to_vec()))
-                        };
-                        // A writer too busy to take a ping is not dead; skip this one.
-                        let _ = self.control_tx.try_send(ping);
+                        // A socket too busy to take a ping is not dead; skip this one.
+                        if wire.takes_control() {
+                            if link.extensions {
+                                wire.socket.queue_binary(Ext::Ping(nonce).encode().into());
+                            } else {
+                                wire.socket
+                                    .queue_ping(Bytes::copy_from_slice(&nonce.to_be_bytes()));
+                            }
+                        }
                         unanswered_since.get_or_insert(now);
                         next_ping = now + config.ping_interval;
                     }
                     continue;
                 }
+                Event::Read(None) => return Exit::Gone,
+                Event::Read(Some(Err(err))) => {
+                    return match err {
+                        ReadError::TooBig(_) => {
+                            link.end(wire, Ending::TooBig(config.max_message_bytes))
+                        }
+                        ReadError::Protocol(what) => link.end(wire, Ending::Protocol(what)),
+                        ReadError::Io(err) => {
+                            debug!(%err, "read failed");
+                            Exit::Gone
+                        }
+                    };
+                }
+                Event::Read(Some(Ok(incoming))) => incoming,
             };
             // Anything from the client proves the link is alive.
             unanswered_since = None;
-            if let (Some(progress), Some(Ok(message))) = (progress.as_mut(), &frame) {
-                let (len, data) = match message {
-                    WsMessage::Binary(bytes) => (bytes.len(), true),
-                    WsMessage::Text(text) => (text.len(), true),
-                    WsMessage::Ping(bytes) | WsMessage::Pong(bytes) => (bytes.len(), false),
-                    WsMessage::Close(_) => (0, false),
+            if let Some(progress) = progress.as_mut() {
+                let (len, data) = match &incoming {
+                    Incoming::Binary(bytes) => (bytes.len(), true),
+                    Incoming::Text(len) => (*len, true),
+                    Incoming::Ping(bytes) => (bytes.len(), false),
+                    Incoming::Pong(len) => (*len, false),
+                    Incoming::Close(_) => (0, false),
                 };
                 progress.delivered(len, data);
             }
-            let bytes = match frame {
-                None | Some(Ok(WsMessage::Close(_))) => break,
-                Some(Ok(WsMessage::Binary(bytes))) => bytes,
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-                Some(Ok(WsMessage::Text(_))) => {
-                    self.end(Ending::TextFrame);
-                    break;
-                }
-                Some(Err(err)) => {
-                    let err = err.into_inner();
-                    match err.downcast_ref::<tungstenite::Error>() {
-                        Some(tungstenite::Error::Capacity(_)) => {
-                            self.end(Ending::TooBig(config.max_message_bytes));
-                        }
-                        _ => debug!(%err, "read failed"),
+            let bytes = match incoming {
+                Incoming::Close(code) => return Exit::ClientClosed(code),
+                Incoming::Binary(bytes) => bytes,
+                Incoming::Ping(payload) => {
+                    if wire.takes_control() {
+                        wire.socket.queue_pong(payload);
                     }
-                    break;
+                    continue;
                 }
+                Incoming::Pong(_) => continue,
+                Incoming::Text(_) => return link.end(wire, Ending::TextFrame),
             };
-            self.state.metrics.bytes_in.inc_by(bytes.len() as u64);
-            let inbound = match decode(&bytes, self.extensions) {
+            link.metrics.bytes_in.inc_by(bytes.len() as u64);
+            let inbound = match decode(&bytes, link.extensions) {
                 Ok(Decoded::Room(inbound)) => inbound,
                 Ok(Decoded::Ping(nonce)) => {
-                    let pong = WsMessage::Binary(Ext::Pong(nonce).encode().into());
-                    let _ = self.control_tx.try_send(pong);
+                    if wire.takes_control() {
+                        wire.socket.queue_binary(Ext::Pong(nonce).encode().into());
+                    }
                     continue;
                 }
                 Ok(Decoded::Nothing) => continue,
-                Ok(Decoded::Auth(token)) => match self.refresh(&token).await {
+                Ok(Decoded::Auth(token)) => match Box::pin(refresh(wire, link, &token)).await {
                     Ok(()) => continue,
-                    Err(ending) => {
-                        if let Some(ending) = ending {
-                            self.end(ending);
-                        }
-                        break;
-                    }
+                    Err(Some(ending)) => return link.end(wire, ending),
+                    Err(None) => return Exit::RoomLeft,
                 },
-                Err(err) => {
-                    self.end(err.into());
-                    break;
-                }
+                Err(err) => return link.end(wire, err.into()),
             };
             // A connection over its rate is slowed down (not read from), never
             // cut. The room's time is charged as it is reported, a few
             // messages late: the debt is waited off all the same.
             let now = Instant::now();
-            let spent = self.room_time.total();
+            let spent = link.room_time.total();
             let wait = messages
                 .take(1.0, now)
                 .max(bytes_rate.take(bytes.len() as f64, now))
                 .max(room_rate.take((spent - charged).as_secs_f64() * 1000.0, now));
             charged = spent;
             if !wait.is_zero() {
-                self.state.metrics.throttled.inc();
-                tokio::time::sleep(wait).await;
+                link.metrics.throttled.inc();
+                paused_until = Some(now + wait);
+                held = Some(inbound);
+                continue;
             }
-            if self
-                .room
-                .deliver(self.conn, inbound, &self.room_time)
-                .await
-                .is_err()
-            {
-                break;
+            if !deliver(wire, link, inbound).await {
+                return Exit::RoomLeft;
             }
         }
+    }
 
-        self.room.leave(self.conn).await;
-        // Let the writer send its close frame; the room has dropped our queue.
-        drop(self.close_tx);
-        drop(self.control_tx);
-        if !writer_done
-            && tokio::time::timeout(Duration::from_secs(5), &mut writer)
-                .await
-                .is_err()
+    /// Step 4: leaves the room, writes what is queued and the close, and
+    /// waits for the client's answer.
+    async fn finish(self, exit: Exit) {
+        let Live { mut wire, link, .. } = self;
+        link.room.leave(link.conn).await;
+        let drain_after = match exit {
+            Exit::Gone => return,
+            Exit::Closing { drain } => {
+                wire.queue_close();
+                drain
+            }
+            Exit::RoomLeft => {
+                wire.socket.queue_close(None);
+                true
+            }
+            Exit::ClientClosed(code) => {
+                wire.socket.queue_close(code.map(|code| (code, "")));
+                false
+            }
+        };
+        let written = timeout(CLOSE_WRITE_TIMEOUT, wire.socket.write_out()).await;
+        if let Ok(Ok(())) = written
+            && drain_after
         {
-            writer.abort();
+            drain(&mut wire.socket).await;
         }
     }
+}
 
-    /// A token presented in-band mid-connection: same document, new expiry
-    /// (and maybe permission). `Err(None)`: the room is gone.
-    async fn refresh(&mut self, token: &str) -> Result<(), Option<Ending>> {
-        let refreshed = check_token(self.state, Some(token), &self.name)
-            .map_err(|err| Some(Ending::Access(err)))?;
-        if refreshed.can_write != self.access.can_write {
-            let writable = Inbound::SetWritable(refreshed.can_write);
-            self.room
-                .deliver(self.conn, writable, &self.room_time)
-                .await
-                .map_err(|_| None)?;
-        }
-        self.access = refreshed;
-        Ok(())
-    }
-
-    /// Asks the writer to close the connection for `ending`.
-    fn end(&self, ending: Ending) {
+impl Link {
+    /// Asks for the connection to be closed for `ending`.
+    fn end(&self, wire: &mut Wire, ending: Ending) -> Exit {
         if ending.is_bad_input() {
             warn!(%ending, "closing connection for bad input");
-            self.state.metrics.rejected_inputs.inc();
+            self.metrics.rejected_inputs.inc();
         } else {
             warn!(%ending, "closing connection");
         }
-        let _ = self.close_tx.try_send(ending.close());
+        wire.frames.close(ending.close());
+        Exit::Closing { drain: false }
     }
 }
 
-/// The sending half of the socket and its three queues.
-struct Writer {
-    sink: SplitSink<WebSocket, WsMessage>,
-    frames: OutboxReceiver,
-    close: mpsc::Receiver<Close>,
-    control: mpsc::Receiver<WsMessage>,
-    extensions: bool,
-    fragment_bytes: usize,
+/// Hands a message to the room; false if the room is gone. While the
+/// room's mailbox is full, what the room queued for us still goes out.
+async fn deliver(wire: &mut Wire, link: &Link, inbound: Inbound) -> bool {
+    // Boxed (one allocation per message): the loop's idle state does not
+    // carry room for it.
+    let mut delivering = Box::pin(link.room.deliver(link.conn, inbound, &link.room_time));
+    poll_fn(|cx| {
+        if let Poll::Ready(delivered) = delivering.as_mut().poll(cx) {
+            return Poll::Ready(delivered.is_ok());
+        }
+        // Writing ending is seen by the loop after this message.
+        let _ = wire.poll_writes(cx);
+        Poll::Pending
+    })
+    .await
 }
 
-impl Writer {
-    async fn run(mut self) {
-        loop {
-            tokio::select! {
-                biased;
-                Some(close) = self.close.recv() => {
-                    send_close(&mut self.sink, &close, self.extensions).await;
-                    break;
-                }
-                Some(control) = self.control.recv() => {
-                    if self.sink.send(control).await.is_err() {
-                        break;
-                    }
-                }
-                frame = self.frames.recv() => match frame {
-                    Some(frame) => {
-                        if !self.send_batch(frame).await {
-                            break;
-                        }
-                    }
-                    // The room let go of us: the connection is over.
-                    None => break,
-                },
-            }
-        }
-        let _ = self.sink.close().await;
+/// A token presented in-band mid-connection: same document, new expiry
+/// (and maybe permission). `Err(None)`: the room is gone.
+async fn refresh(wire: &mut Wire, link: &mut Link, token: &str) -> Result<(), Option<Ending>> {
+    let refreshed = check_token(&link.config, Some(token), &link.name)
+        .map_err(|err| Some(Ending::Access(err)))?;
+    if refreshed.can_write != link.access.can_write
+        && !deliver(wire, link, Inbound::SetWritable(refreshed.can_write)).await
+    {
+        return Err(None);
     }
-
-    /// Sends `first` and whatever else the room has queued by now (up to
-    /// [`BATCH_FRAMES`]) with one flush: under load a busy room's frames leave
-    /// in few writes instead of one system call each.
-    async fn send_batch(&mut self, first: Bytes) -> bool {
-        let mut next = Some(first);
-        let mut batched = 0;
-        while let Some(frame) = next.take() {
-            if self.extensions && frame.len() > self.fragment_bytes {
-                if !self.send_fragments(frame).await {
-                    return false;
-                }
-            } else if self.sink.feed(WsMessage::Binary(frame)).await.is_err() {
-                return false;
-            }
-            batched += 1;
-            if batched < BATCH_FRAMES && self.control.is_empty() && self.close.is_empty() {
-                next = self.frames.try_recv();
-            }
-        }
-        self.sink.flush().await.is_ok()
-    }
-
-    /// Sends one large frame in fragments, letting a close or control frames
-    /// through between pieces; returns false once the socket is gone or a
-    /// close was sent.
-    async fn send_fragments(&mut self, frame: Bytes) -> bool {
-        for piece in ext::fragment(&frame, self.fragment_bytes) {
-            if self
-                .sink
-                .send(WsMessage::Binary(piece.into()))
-                .await
-                .is_err()
-            {
-                return false;
-            }
-            // Between pieces: a close wins, control frames go first.
-            if let Ok(close) = self.close.try_recv() {
-                send_close(&mut self.sink, &close, true).await;
-                return false;
-            }
-            while let Ok(control) = self.control.try_recv() {
-                if self.sink.send(control).await.is_err() {
-                    return false;
-                }
-            }
-        }
-        true
-    }
+    link.access = refreshed;
+    Ok(())
 }
 
 /// What a client frame turned out to be.
@@ -682,8 +800,8 @@ struct Access {
 }
 
 /// Checks a token for `doc` (anyone may do anything without `--auth-key`).
-fn check_token(state: &AppState, token: Option<&str>, doc: &DocName) -> Result<Access, AuthError> {
-    let Some(key) = &state.config.auth_key else {
+fn check_token(config: &Config, token: Option<&str>, doc: &DocName) -> Result<Access, AuthError> {
+    let Some(key) = &config.auth_key else {
         return Ok(Access {
             can_write: true,
             expires_at: None,
@@ -702,34 +820,34 @@ fn check_token(state: &AppState, token: Option<&str>, doc: &DocName) -> Result<A
 /// Finds the connection's token: in the URL, or else (Quire clients, which
 /// send it in-band so it stays out of URLs and logs) as the first message.
 async fn authenticate(
-    stream: &mut SplitStream<WebSocket>,
+    socket: &mut WebSocket,
     token: Option<String>,
     doc: &DocName,
     extensions: bool,
     state: &AppState,
 ) -> Result<Access, AuthError> {
     if state.config.auth_key.is_none() || token.is_some() || !extensions {
-        return check_token(state, token.as_deref(), doc);
+        return check_token(&state.config, token.as_deref(), doc);
     }
-    let first = tokio::time::timeout(state.config.auth_timeout, stream.next()).await;
+    let first = timeout(state.config.auth_timeout, socket.next()).await;
     let token = match first {
-        Ok(Some(Ok(WsMessage::Binary(frame)))) => match Ext::decode(&frame) {
+        Ok(Some(Ok(Incoming::Binary(frame)))) => match Ext::decode(&frame) {
             Ok(Ext::Auth { token }) => Some(token.to_owned()),
             _ => None,
         },
         _ => None,
     };
-    check_token(state, token.as_deref(), doc)
+    check_token(&state.config, token.as_deref(), doc)
 }
 
 /// After sending a close frame, reads (and ignores) what the client still
 /// sends until it answers the close, for at most a second. Closing a socket
 /// with unread input makes the kernel reset it, and a reset can destroy the
 /// close frame (and typed error) before the client reads them.
-async fn drain(stream: &mut SplitStream<WebSocket>) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Some(Ok(message)) = stream.next().await {
-            if matches!(message, WsMessage::Close(_)) {
+async fn drain(socket: &mut WebSocket) {
+    let _ = timeout(DRAIN_TIMEOUT, async {
+        while let Some(Ok(message)) = socket.next().await {
+            if matches!(message, Incoming::Close(_)) {
                 break;
             }
         }
@@ -737,29 +855,14 @@ async fn drain(stream: &mut SplitStream<WebSocket>) {
     .await;
 }
 
-/// Sends a typed error (Quire clients) and then the close frame.
-async fn send_close(sink: &mut SplitSink<WebSocket, WsMessage>, close: &Close, extensions: bool) {
+/// Queues a typed error (Quire clients) and then the close frame.
+fn queue_close(socket: &mut WebSocket, close: &Close, extensions: bool) {
     if extensions {
         let error = Ext::Error {
             code: u64::from(close.code),
             message: &close.reason,
         };
-        let _ = sink.send(WsMessage::Binary(error.encode().into())).await;
+        socket.queue_binary(error.encode().into());
     }
-    let _ = sink.send(close_message(close)).await;
-}
-
-fn close_message(close: &Close) -> WsMessage {
-    let mut reason = close.reason.as_str();
-    if reason.len() > MAX_REASON_BYTES {
-        let mut end = MAX_REASON_BYTES;
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        reason = &reason[..end];
-    }
-    WsMessage::Close(Some(CloseFrame {
-        code: close.code,
-        reason: Utf8Bytes::from(reason.to_owned()),
-    }))
+    socket.queue_close(Some((close.code, &close.reason)));
 }

@@ -48,13 +48,13 @@ pub mod room_core;
 pub mod rooms;
 pub mod snapshot;
 pub mod web;
+pub mod websocket;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
@@ -289,7 +289,7 @@ fn refusal_response(refusal: &limits::Refusal) -> Response {
 }
 
 async fn ws_upgrade(
-    ws: WebSocketUpgrade,
+    upgrade: websocket::Upgrade,
     Path(doc): Path<String>,
     Query(query): Query<RoomQuery>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -326,21 +326,21 @@ async fn ws_upgrade(
             return refusal_response(&refusal);
         }
     };
-    let limit = state.config.max_message_bytes;
-    ws.protocols([quire_protocol::ext::SUBPROTOCOL])
-        .read_buffer_size(connection::READ_BUFFER_BYTES)
-        .write_buffer_size(connection::WRITE_BUFFER_BYTES)
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| {
-            let opening = connection::Opening {
-                raw_name: doc,
-                token: query.token,
-                admitted,
-                meter,
-            };
-            connection::serve(socket, opening, state)
-        })
+    let extensions = upgrade.offers(quire_protocol::ext::SUBPROTOCOL);
+    let protocol = extensions.then_some(quire_protocol::ext::SUBPROTOCOL);
+    let max_message = state.config.max_message_bytes;
+    // Boxed: the connection's task keeps what it captures for its life.
+    let opening = Box::new(connection::Opening {
+        raw_name: doc,
+        token: query.token,
+        extensions,
+        admitted,
+        meter,
+        state,
+    });
+    upgrade.accept(protocol, max_message, move |socket| {
+        connection::serve(socket, opening)
+    })
 }
 
 /// Cross-site WebSocket hijacking guard: a browser always sends `Origin`;

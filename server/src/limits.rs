@@ -184,6 +184,11 @@ impl<T> Metered<T> {
     pub fn new(inner: T, meter: Arc<ReadMeter>) -> Self {
         Self { inner, meter }
     }
+
+    /// The socket itself (a WebSocket waits on its readiness).
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {

@@ -41,7 +41,7 @@ use crate::config::Config;
 use crate::fanout::{Fanout, Incoming, NodeMessage};
 use crate::limits::RoomTime;
 use crate::metrics::Metrics;
-use crate::outbox::OutboxSender;
+use crate::outbox::{CloseSender, OutboxSender};
 use crate::room_core::pop_settled;
 pub use crate::room_core::{
     Answer, Close, ConnId, Inbound, Joining, MemberQueue, Now, Output, Pushed, Restored, RoomCore,
@@ -99,8 +99,8 @@ pub trait Departure: Send + Sync {
 pub struct MemberChannels {
     /// Encoded frames to write to the socket, in order (bounded in bytes).
     pub frames: OutboxSender,
-    /// A close to perform; capacity 1, and one close is all that matters.
-    pub close: mpsc::Sender<Close>,
+    /// A close to perform (the queue's close slot: the first one wins).
+    pub close: CloseSender,
     /// Whether the client negotiated Quire's extensions (acks, events, ...).
     pub extensions: bool,
     /// Whether its token allows changing the document (read-only otherwise).
@@ -113,7 +113,7 @@ pub struct Outbound {
     /// (it counts what it queues in the metrics).
     frames: OutboxSender,
     /// Where a close goes (the connection's writer sends it first).
-    close: mpsc::Sender<Close>,
+    close: CloseSender,
 }
 
 impl MemberQueue for Outbound {

@@ -17,3 +17,4 @@ mod rich_compat;
 mod stock_clients;
 mod sync;
 mod update_walk;
+mod websocket;

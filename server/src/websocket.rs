@@ -1,0 +1,746 @@
+//! One server-side WebSocket (RFC 6455) over the socket the HTTP upgrade
+//! hands over: the upgrade itself ([`Upgrade`]), frames read and decoded
+//! into [`Incoming`] messages, frames written in front of their payloads.
+//!
+//! tungstenite parses and formats every frame header (`FrameHeader`); this
+//! module keeps what one connection needs between frames, and **nothing
+//! while it is idle** (issue 14, target 3: tungstenite's `WebSocket` keeps a
+//! read buffer and a write buffer per connection for its whole life, and the
+//! write buffer as large as the largest frame ever sent, e.g. an initial
+//! sync):
+//!
+//! - Reading waits for the socket to be readable with no buffer at all, then
+//!   reads into a buffer made for the occasion and given back as soon as it
+//!   holds no unfinished frame. A payload smaller than the buffer is copied
+//!   out, so nothing the room keeps (an awareness state) pins a read buffer.
+//! - Writing takes each frame's payload as it is (a [`Bytes`] the room may
+//!   share with every member), puts the 2–10 header bytes in front and
+//!   writes all queued frames with one vectored write: no copy of a payload
+//!   into a per-connection buffer, and one system call for a batch.
+//!
+//! The rules a server must apply to a client's frames are checked here:
+//! frames must be masked, reserved bits clear, control frames short and
+//! whole, fragments in order; a violation is a [`ReadError::Protocol`]
+//! (close code 1002), a message over the limit [`ReadError::TooBig`] (1009).
+//! Ping frames are returned to the caller, which answers them (the pong
+//! goes out among its control frames).
+
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::io::{self, Cursor, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tracing::warn;
+use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+
+use crate::limits::Metered;
+
+/// Close code for a frame that breaks the WebSocket protocol.
+pub const PROTOCOL_ERROR: u16 = 1002;
+/// What a read asks the socket for at least; also the largest payload
+/// copied out of the read buffer (larger ones take the buffer with them).
+pub const READ_CHUNK: usize = 4 * 1024;
+/// What one read asks for at most, even while a larger frame arrives.
+const READ_MAX: usize = 1 << 20;
+/// Longest payload of a control frame (RFC 6455 §5.5).
+const MAX_CONTROL_PAYLOAD: usize = 125;
+/// Longest header of a frame the server sends (no mask).
+const MAX_HEAD: usize = 10;
+/// Buffers handed to one vectored write (two per frame).
+const WRITE_SLICES: usize = 128;
+
+/// The socket under a WebSocket: the TCP stream itself when the upgrade
+/// came through [`crate::serve`] (so readiness can be awaited without a
+/// buffer), else hyper's upgraded connection.
+pub enum Transport {
+    Tcp(Metered<TcpStream>),
+    Upgraded(TokioIo<Upgraded>),
+}
+
+impl Transport {
+    /// Whether a read would find something (always "maybe" for hyper's
+    /// upgraded connection, which cannot tell).
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Transport::Tcp(tcp) => tcp.get_ref().poll_read_ready(cx),
+            Transport::Upgraded(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Transport::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Transport::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Transport::Tcp(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Transport::Upgraded(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+        }
+    }
+}
+
+/// A message from the client.
+#[derive(Debug)]
+pub enum Incoming {
+    Binary(Bytes),
+    /// A text message (not part of Quire's protocol), of this many bytes.
+    Text(usize),
+    /// A ping frame, to be answered with its payload.
+    Ping(Bytes),
+    /// A pong frame, of this many bytes.
+    Pong(usize),
+    /// A close frame, with its code if it had one.
+    Close(Option<u16>),
+}
+
+/// Why reading from the client stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("message larger than the limit of {0} bytes")]
+    TooBig(usize),
+    #[error("WebSocket protocol violation: {0}")]
+    Protocol(&'static str),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A fragmented message being put together (browsers send whole frames;
+/// other clients may not).
+struct Partial {
+    text: bool,
+    data: BytesMut,
+}
+
+/// A frame being written: its header and its payload.
+struct Outgoing {
+    head: [u8; MAX_HEAD],
+    head_len: u8,
+    payload: Bytes,
+    /// Bytes of header and payload already written.
+    sent: usize,
+}
+
+impl Outgoing {
+    fn len(&self) -> usize {
+        usize::from(self.head_len) + self.payload.len()
+    }
+
+    /// What is still to write, as up to two slices.
+    fn unsent(&self) -> [&[u8]; 2] {
+        let head_len = usize::from(self.head_len);
+        if self.sent < head_len {
+            [&self.head[self.sent..head_len], &self.payload[..]]
+        } else {
+            [&[], &self.payload[self.sent - head_len..]]
+        }
+    }
+}
+
+/// One WebSocket, server side. Every field is empty (no allocation) while
+/// the connection is idle.
+pub struct WebSocket {
+    io: Transport,
+    /// Bytes read and not yet part of a whole frame.
+    read: BytesMut,
+    /// The header of the frame whose payload is still arriving, and the
+    /// payload's length.
+    header: Option<(FrameHeader, usize)>,
+    /// A fragmented message in progress.
+    partial: Option<Box<Partial>>,
+    /// The largest message (and frame) accepted, in bytes.
+    max_message: usize,
+    /// The socket ended (no more reads).
+    eof: bool,
+    /// Frames queued and not yet fully written, oldest first.
+    out: VecDeque<Outgoing>,
+}
+
+impl WebSocket {
+    /// A WebSocket over `io`, starting with what was read past the upgrade
+    /// request (`read_ahead`).
+    pub fn new(io: Transport, read_ahead: Bytes, max_message: usize) -> Self {
+        Self {
+            io,
+            read: BytesMut::from(&read_ahead[..]),
+            header: None,
+            partial: None,
+            max_message,
+            eof: false,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The next message; `None` once the socket has ended.
+    pub async fn next(&mut self) -> Option<Result<Incoming, ReadError>> {
+        poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// Polls for the next message. Cancel-safe: a frame read in part stays
+    /// in the buffer.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Incoming, ReadError>>> {
+        loop {
+            match self.take_frame() {
+                Ok(Some(message)) => return Poll::Ready(Some(Ok(message))),
+                Ok(None) => {}
+                Err(err) => return Poll::Ready(Some(Err(err))),
+            }
+            if self.eof {
+                return Poll::Ready(None);
+            }
+            if self.read.is_empty() {
+                // Nothing unfinished: wait for the socket with no buffer.
+                self.read = BytesMut::new();
+                if let Err(err) = ready!(self.io.poll_read_ready(cx)) {
+                    return Poll::Ready(Some(Err(err.into())));
+                }
+            }
+            let missing = match &self.header {
+                Some((_, len)) => len.saturating_sub(self.read.len()),
+                None => 0,
+            };
+            let want = missing.clamp(READ_CHUNK, READ_MAX);
+            let filled = self.read.len();
+            self.read.resize(filled + want, 0);
+            let mut buf = ReadBuf::new(&mut self.read[filled..]);
+            let polled = self.io.poll_read(cx, &mut buf);
+            let got = buf.filled().len();
+            self.read.truncate(filled + got);
+            match polled {
+                Poll::Pending => {
+                    if self.read.is_empty() {
+                        self.read = BytesMut::new();
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(err)) => return Poll::Ready(Some(Err(err.into()))),
+                Poll::Ready(Ok(())) if got == 0 => self.eof = true,
+                Poll::Ready(Ok(())) => {}
+            }
+        }
+    }
+
+    /// Takes whole frames out of the buffer until one completes a message
+    /// (returned) or none is left whole.
+    fn take_frame(&mut self) -> Result<Option<Incoming>, ReadError> {
+        loop {
+            if self.header.is_none() {
+                let mut cursor = Cursor::new(&self.read[..]);
+                let parsed = FrameHeader::parse(&mut cursor)
+                    .map_err(|_| ReadError::Protocol("reserved opcode"))?;
+                let Some((header, len)) = parsed else {
+                    return Ok(None);
+                };
+                let used = cursor.position() as usize;
+                let len = self.check(&header, len)?;
+                self.read.advance(used);
+                self.header = Some((header, len));
+            }
+            let len = self.header.as_ref().map_or(0, |(_, len)| *len);
+            if self.read.len() < len {
+                return Ok(None);
+            }
+            let (header, len) = self.header.take().expect("a header was parsed");
+            if let Some(mask) = header.mask {
+                unmask(&mut self.read[..len], mask);
+            }
+            let payload = if len <= READ_CHUNK {
+                let payload = Bytes::copy_from_slice(&self.read[..len]);
+                self.read.advance(len);
+                payload
+            } else {
+                self.read.split_to(len).freeze()
+            };
+            if let Some(message) = self.message(&header, payload)? {
+                return Ok(Some(message));
+            }
+        }
+    }
+
+    /// Checks a client frame's header; its payload length.
+    fn check(&self, header: &FrameHeader, len: u64) -> Result<usize, ReadError> {
+        if header.rsv1 || header.rsv2 || header.rsv3 {
+            return Err(ReadError::Protocol("reserved bits set"));
+        }
+        if header.mask.is_none() {
+            return Err(ReadError::Protocol("unmasked client frame"));
+        }
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        match header.opcode {
+            OpCode::Control(_) if !header.is_final => {
+                Err(ReadError::Protocol("fragmented control frame"))
+            }
+            OpCode::Control(_) if len > MAX_CONTROL_PAYLOAD => {
+                Err(ReadError::Protocol("control frame over 125 bytes"))
+            }
+            OpCode::Data(_) => {
+                let before = self.partial.as_ref().map_or(0, |p| p.data.len());
+                if before.saturating_add(len) > self.max_message {
+                    Err(ReadError::TooBig(self.max_message))
+                } else {
+                    Ok(len)
+                }
+            }
+            OpCode::Control(_) => Ok(len),
+        }
+    }
+
+    /// What a whole frame means: a message, or a piece of one.
+    fn message(
+        &mut self,
+        header: &FrameHeader,
+        payload: Bytes,
+    ) -> Result<Option<Incoming>, ReadError> {
+        let data = match header.opcode {
+            OpCode::Control(Control::Close) => {
+                return match payload.len() {
+                    0 => Ok(Some(Incoming::Close(None))),
+                    1 => Err(ReadError::Protocol("close frame of one byte")),
+                    _ => Ok(Some(Incoming::Close(Some(u16::from_be_bytes([
+                        payload[0], payload[1],
+                    ]))))),
+                };
+            }
+            OpCode::Control(Control::Ping) => return Ok(Some(Incoming::Ping(payload))),
+            OpCode::Control(Control::Pong) => return Ok(Some(Incoming::Pong(payload.len()))),
+            OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
+                return Err(ReadError::Protocol("reserved opcode"));
+            }
+            OpCode::Data(data) => data,
+        };
+        let text = match (data, self.partial.as_mut()) {
+            (Data::Continue, None) => {
+                return Err(ReadError::Protocol("continuation without a message"));
+            }
+            (Data::Continue, Some(partial)) => {
+                partial.data.extend_from_slice(&payload);
+                if !header.is_final {
+                    return Ok(None);
+                }
+                let partial = self.partial.take().expect("a message in progress");
+                return Ok(Some(if partial.text {
+                    Incoming::Text(partial.data.len())
+                } else {
+                    Incoming::Binary(partial.data.freeze())
+                }));
+            }
+            (_, Some(_)) => return Err(ReadError::Protocol("new message inside a fragmented one")),
+            (data, None) => data == Data::Text,
+        };
+        if header.is_final {
+            return Ok(Some(if text {
+                Incoming::Text(payload.len())
+            } else {
+                Incoming::Binary(payload)
+            }));
+        }
+        self.partial = Some(Box::new(Partial {
+            text,
+            data: BytesMut::from(&payload[..]),
+        }));
+        Ok(None)
+    }
+
+    /// Whether the socket has frames still to write.
+    pub fn is_writing(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Frames queued and not yet fully written.
+    pub fn queued_frames(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Queues a binary frame.
+    pub fn queue_binary(&mut self, payload: Bytes) {
+        self.queue(OpCode::Data(Data::Binary), payload);
+    }
+
+    /// Queues a ping frame (at most 125 bytes of payload).
+    pub fn queue_ping(&mut self, payload: Bytes) {
+        self.queue(OpCode::Control(Control::Ping), payload);
+    }
+
+    /// Queues a pong frame answering a ping's payload.
+    pub fn queue_pong(&mut self, payload: Bytes) {
+        self.queue(OpCode::Control(Control::Pong), payload);
+    }
+
+    /// Queues a close frame: with a code and a reason (cut to what a close
+    /// frame holds), or empty.
+    pub fn queue_close(&mut self, close: Option<(u16, &str)>) {
+        let payload = match close {
+            Some((code, reason)) => {
+                let reason = cut_to_char(reason, MAX_CONTROL_PAYLOAD - 2);
+                let mut payload = Vec::with_capacity(2 + reason.len());
+                payload.extend_from_slice(&code.to_be_bytes());
+                payload.extend_from_slice(reason.as_bytes());
+                Bytes::from(payload)
+            }
+            None => Bytes::new(),
+        };
+        self.queue(OpCode::Control(Control::Close), payload);
+    }
+
+    fn queue(&mut self, opcode: OpCode, payload: Bytes) {
+        let header = FrameHeader {
+            opcode,
+            ..FrameHeader::default()
+        };
+        let mut head = [0u8; MAX_HEAD];
+        let mut cursor = Cursor::new(&mut head[..]);
+        header
+            .format(payload.len() as u64, &mut cursor)
+            .expect("an unmasked header fits in 10 bytes");
+        let head_len = cursor.position() as u8;
+        self.out.push_back(Outgoing {
+            head,
+            head_len,
+            payload,
+            sent: 0,
+        });
+    }
+
+    /// Writes every queued frame, as few system calls as the socket takes;
+    /// `Ready(Ok)` once all are written (the queue is then given back).
+    pub fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+            let mut used = 0;
+            for frame in &self.out {
+                if used + 2 > WRITE_SLICES {
+                    break;
+                }
+                for part in frame.unsent() {
+                    if !part.is_empty() {
+                        slices[used] = IoSlice::new(part);
+                        used += 1;
+                    }
+                }
+            }
+            let mut written = ready!(self.io.poll_write_vectored(cx, &slices[..used]))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            while written > 0 {
+                let frame = self
+                    .out
+                    .front_mut()
+                    .expect("written bytes belong to a frame");
+                let left = frame.len() - frame.sent;
+                if written >= left {
+                    written -= left;
+                    self.out.pop_front();
+                } else {
+                    frame.sent += written;
+                    written = 0;
+                }
+            }
+        }
+        self.out = VecDeque::new();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes every queued frame.
+    pub async fn write_out(&mut self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_write_out(cx)).await
+    }
+}
+
+/// Unmasks a client payload in place (RFC 6455 §5.3).
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    let word = u32::from_ne_bytes(mask);
+    let mut chunks = payload.chunks_exact_mut(4);
+    for chunk in &mut chunks {
+        let value = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) ^ word;
+        chunk.copy_from_slice(&value.to_ne_bytes());
+    }
+    for (byte, key) in chunks.into_remainder().iter_mut().zip(mask) {
+        *byte ^= key;
+    }
+}
+
+/// `text` cut to at most `max` bytes at a character boundary.
+fn cut_to_char(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A checked WebSocket upgrade request (RFC 6455 §4.2.1), as an extractor:
+/// a request that is not one is answered 400 (405 for another method, 426
+/// when the connection cannot be upgraded).
+pub struct Upgrade {
+    key: HeaderValue,
+    protocols: Vec<HeaderValue>,
+    on_upgrade: OnUpgrade,
+}
+
+/// Why a request is not a WebSocket upgrade.
+#[derive(Debug)]
+pub struct NotAnUpgrade(StatusCode, &'static str);
+
+impl IntoResponse for NotAnUpgrade {
+    fn into_response(self) -> Response {
+        (self.0, self.1).into_response()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
+    type Rejection = NotAnUpgrade;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let bad = |text| Err(NotAnUpgrade(StatusCode::BAD_REQUEST, text));
+        if parts.method != Method::GET {
+            return Err(NotAnUpgrade(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "a WebSocket upgrade is a GET request",
+            ));
+        }
+        let headers = &parts.headers;
+        if !header_has_token(headers, header::CONNECTION, "upgrade") {
+            return bad("Connection header did not include 'upgrade'");
+        }
+        if !header_has_token(headers, header::UPGRADE, "websocket") {
+            return bad("Upgrade header did not include 'websocket'");
+        }
+        if headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_none_or(|v| v.as_bytes() != b"13")
+        {
+            return bad("Sec-WebSocket-Version header did not include '13'");
+        }
+        let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+            return bad("Sec-WebSocket-Key header missing");
+        };
+        let protocols = headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+            .filter_map(|token| HeaderValue::from_bytes(token.trim_ascii()).ok())
+            .collect();
+        let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
+            return Err(NotAnUpgrade(
+                StatusCode::UPGRADE_REQUIRED,
+                "WebSocket request couldn't be upgraded since no upgrade state was present",
+            ));
+        };
+        Ok(Self {
+            key,
+            protocols,
+            on_upgrade,
+        })
+    }
+}
+
+impl Upgrade {
+    /// Whether the client offered this subprotocol.
+    pub fn offers(&self, protocol: &str) -> bool {
+        self.protocols
+            .iter()
+            .any(|p| p.as_bytes() == protocol.as_bytes())
+    }
+
+    /// Answers 101 (naming `protocol` when chosen) and, once hyper hands
+    /// the connection over, runs `serve` on its WebSocket in a new task.
+    pub fn accept<F, Fut>(
+        self,
+        protocol: Option<&'static str>,
+        max_message: usize,
+        serve: F,
+    ) -> Response
+    where
+        F: FnOnce(WebSocket) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let accept = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
+        let on_upgrade = self.on_upgrade;
+        tokio::spawn(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(err) => {
+                    warn!(%err, "WebSocket upgrade failed");
+                    return;
+                }
+            };
+            serve(socket_of(upgraded, max_message)).await;
+        });
+        let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_str(&accept).expect("base64 is a header value"),
+        );
+        if let Some(protocol) = protocol {
+            headers.insert(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(protocol),
+            );
+        }
+        response
+    }
+}
+
+/// The WebSocket over an upgraded connection: over its TCP stream when
+/// [`crate::serve`] accepted it (hyper's wrapper and buffer dropped), else
+/// over hyper's upgraded connection.
+fn socket_of(upgraded: Upgraded, max_message: usize) -> WebSocket {
+    match upgraded.downcast::<TokioIo<Metered<TcpStream>>>() {
+        Ok(parts) => WebSocket::new(
+            Transport::Tcp(parts.io.into_inner()),
+            parts.read_buf,
+            max_message,
+        ),
+        Err(upgraded) => WebSocket::new(
+            Transport::Upgraded(TokioIo::new(upgraded)),
+            Bytes::new(),
+            max_message,
+        ),
+    }
+}
+
+/// Whether a comma-separated header holds `token` (any case).
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|part| part.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A server-side socket and the client's end of it.
+    async fn pair() -> (WebSocket, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let tcp = Metered::new(accepted.unwrap().0, Arc::default());
+        (
+            WebSocket::new(Transport::Tcp(tcp), Bytes::new(), 1 << 20),
+            client.unwrap(),
+        )
+    }
+
+    fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut header = FrameHeader {
+            opcode: OpCode::from(opcode),
+            mask: Some([1, 2, 3, 4]),
+            ..FrameHeader::default()
+        };
+        let mut out = Vec::new();
+        header.format(payload.len() as u64, &mut out).unwrap();
+        let mask = header.mask.take().unwrap();
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    #[tokio::test]
+    async fn an_idle_socket_holds_no_buffer_after_reading_and_writing() {
+        let (mut socket, mut client) = pair().await;
+        let big = vec![7u8; 3 * READ_CHUNK + 5];
+        let mut sent = masked(2, b"small");
+        sent.extend(masked(2, &big));
+        client.write_all(&sent).await.unwrap();
+        match socket.next().await {
+            Some(Ok(Incoming::Binary(bytes))) => assert_eq!(&bytes[..], b"small"),
+            other => panic!("{other:?}"),
+        }
+        match socket.next().await {
+            Some(Ok(Incoming::Binary(bytes))) => assert_eq!(bytes, big),
+            other => panic!("{other:?}"),
+        }
+        // Nothing more to read: the read buffer is given back.
+        let polled = poll_fn(|cx| Poll::Ready(socket.poll_next(cx).is_pending())).await;
+        assert!(polled, "nothing else arrived");
+        assert_eq!(socket.read.capacity(), 0, "no read buffer while idle");
+        socket.queue_binary(Bytes::from_static(b"one"));
+        socket.queue_binary(Bytes::from(vec![9u8; 70_000]));
+        socket.write_out().await.unwrap();
+        assert_eq!(socket.out.capacity(), 0, "no write queue while idle");
+        let mut got = vec![0u8; 2 + 3 + 10 + 70_000];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..5], &[0x82, 3, b'o', b'n', b'e']);
+        assert_eq!(&got[5..15], &[0x82, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+        assert!(got[15..].iter().all(|&b| b == 9));
+    }
+
+    #[tokio::test]
+    async fn client_frames_that_break_the_protocol_are_refused() {
+        for (frame, what) in [
+            (
+                {
+                    let mut f = masked(2, b"x");
+                    f[1] &= 0x7f; // unmasked (and the mask bytes read as payload)
+                    f
+                },
+                "unmasked client frame",
+            ),
+            (masked(0, b"x"), "continuation without a message"),
+            (
+                {
+                    let mut f = masked(9, b"x");
+                    f[0] &= 0x7f; // a fragmented ping
+                    f
+                },
+                "fragmented control frame",
+            ),
+            (masked(9, &[0; 126]), "control frame over 125 bytes"),
+            (masked(3, b"x"), "reserved opcode"),
+        ] {
+            let (mut socket, mut client) = pair().await;
+            client.write_all(&frame).await.unwrap();
+            match socket.next().await {
+                Some(Err(ReadError::Protocol(got))) => assert_eq!(got, what),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_over_the_limit_is_refused_before_it_is_read() {
+        let (socket, mut client) = pair().await;
+        let mut socket = WebSocket {
+            max_message: 100,
+            ..socket
+        };
+        let mut first = masked(2, &[0; 60]);
+        first[0] &= 0x7f; // more to come
+        client.write_all(&first).await.unwrap();
+        // The header of the second piece announces more than the limit.
+        client.write_all(&masked(0, &[0; 60])[..8]).await.unwrap();
+        assert!(matches!(
+            socket.next().await,
+            Some(Err(ReadError::TooBig(100)))
+        ));
+    }
+}

@@ -1,0 +1,154 @@
+//! The server's own WebSocket (issue 14: one task per connection, no
+//! buffer while idle) speaks RFC 6455 as tungstenite did: a message sent in
+//! fragments arrives whole, control frames between fragments are answered,
+//! and a frame that breaks the protocol closes only its connection, with
+//! 1002. Spoken here byte by byte over a raw TCP socket.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use quire_protocol::{Message, SyncMessage};
+use quire_tests::{Client, TestServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact};
+
+const WAIT: Duration = Duration::from_secs(10);
+const BINARY: u8 = 0x2;
+const CONTINUATION: u8 = 0x0;
+const CLOSE: u8 = 0x8;
+const PING: u8 = 0x9;
+const PONG: u8 = 0xA;
+
+/// Opens `/ws/{doc}` and reads the 101 answer.
+async fn upgrade(addr: SocketAddr, doc: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /ws/{doc} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.unwrap());
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // RFC 6455's own example key and its accept value.
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    tcp
+}
+
+/// One client frame: masked unless `masked` is false.
+fn frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        len @ 0..=125 => out.push(mask_bit | len as u8),
+        len @ 126..=65_535 => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// Reads server frames until one of `opcode`; its payload.
+async fn read_until(tcp: &mut TcpStream, opcode: u8) -> Vec<u8> {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let first = tcp.read_u8().await.unwrap();
+            let second = tcp.read_u8().await.unwrap();
+            assert_eq!(second & 0x80, 0, "server frames are not masked");
+            let len = match second & 0x7f {
+                126 => u64::from(tcp.read_u16().await.unwrap()),
+                127 => tcp.read_u64().await.unwrap(),
+                len => u64::from(len),
+            };
+            let mut payload = vec![0; len as usize];
+            tcp.read_exact(&mut payload).await.unwrap();
+            if first & 0x0f == opcode {
+                return payload;
+            }
+        }
+    })
+    .await
+    .expect("the frame arrives")
+}
+
+/// A Yjs update inserting `text` into the shared text.
+fn update_inserting(text: &str) -> Vec<u8> {
+    let doc = Doc::new();
+    let content = doc.get_or_insert_text("content");
+    content.insert(&mut doc.transact_mut(), 0, text);
+    let update = doc
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    assert_eq!(content.get_string(&doc.transact()), text);
+    Message::Sync(SyncMessage::Update(&update)).encode()
+}
+
+#[tokio::test]
+async fn a_message_sent_in_fragments_arrives_whole_and_pings_between_them_are_answered() {
+    let server = TestServer::start().await;
+    let mut reader = Client::connect_synced(server.ws_url("pieces")).await;
+    let mut raw = upgrade(server.addr, "pieces").await;
+    // Large enough that the room's copy is read in several reads.
+    let text = "fragmented ".repeat(2_000);
+    let message = update_inserting(&text);
+    let (a, rest) = message.split_at(10);
+    let (b, c) = rest.split_at(rest.len() / 2);
+    raw.write_all(&frame(false, BINARY, a, true)).await.unwrap();
+    raw.write_all(&frame(false, CONTINUATION, b, true))
+        .await
+        .unwrap();
+    raw.write_all(&frame(true, PING, b"between", true))
+        .await
+        .unwrap();
+    assert_eq!(read_until(&mut raw, PONG).await, b"between");
+    raw.write_all(&frame(true, CONTINUATION, c, true))
+        .await
+        .unwrap();
+    reader.wait_text(&text).await;
+    // A close is answered with the same code.
+    raw.write_all(&frame(true, CLOSE, &1000u16.to_be_bytes(), true))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_until(&mut raw, CLOSE).await[..2],
+        1000u16.to_be_bytes()
+    );
+}
+
+#[tokio::test]
+async fn an_unmasked_client_frame_closes_that_connection_with_1002() {
+    let server = TestServer::start().await;
+    let mut alice = Client::connect_synced(server.ws_url("masks")).await;
+    let mut bob = Client::connect_synced(server.ws_url("masks")).await;
+    let mut raw = upgrade(server.addr, "masks").await;
+    raw.write_all(&frame(true, BINARY, &update_inserting("unmasked"), false))
+        .await
+        .unwrap();
+    let close = read_until(&mut raw, CLOSE).await;
+    assert_eq!(close[..2], 1002u16.to_be_bytes(), "{close:?}");
+    assert!(!close[2..].is_empty(), "a close reason is given");
+    alice.push("still fine");
+    bob.wait_text("still fine").await;
+    assert!(!bob.text().contains("unmasked"));
+    assert_eq!(server.state.metrics.rejected_inputs.get(), 1);
+}
