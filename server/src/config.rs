@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use quire_storage::PgOptions;
+
 use crate::auth::TokenKey;
 
 /// The default of every setting. Durations are written as `quire serve`
@@ -40,6 +42,9 @@ pub mod defaults {
     pub const MAX_PRESENCE_STATE_BYTES: usize = 64 * 1024;
     pub const MAX_CHAT_MESSAGE_BYTES: usize = 4 * 1024;
     pub const CHAT_HISTORY_BYTES: u64 = 64 * 1024;
+
+    // ----- cluster mode (issue 15) -----
+    pub const DATABASE_POOL_SIZE: u32 = 8;
 }
 
 /// Defaults of the abuse-resistance settings (issue 12, connection side).
@@ -212,12 +217,19 @@ pub struct Config {
     /// share it.
     #[arg(long, env = "QUIRE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Connections this node opens to PostgreSQL at most: one for the
+    /// writer that commits updates, the rest for reads (at least 2).
+    #[arg(long, env = "QUIRE_DATABASE_POOL_SIZE", value_name = "N", default_value_t = defaults::DATABASE_POOL_SIZE, value_parser = clap::value_parser!(u32).range(MIN_DATABASE_POOL_SIZE as i64..))]
+    pub database_pool_size: u32,
     /// Fan updates, presence, events and chat out to the other nodes
     /// through this Redis 7 server (`redis://host:port`); needs
     /// --database-url.
     #[arg(long, env = "QUIRE_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 }
+
+/// The store's own writer connection plus one for reads.
+const MIN_DATABASE_POOL_SIZE: u32 = 2;
 
 /// Most chat history a document may keep: its one join frame stays far
 /// below what Quire clients reassemble (256 MiB by default).
@@ -273,6 +285,7 @@ impl Config {
             max_chat_message_bytes: defaults::MAX_CHAT_MESSAGE_BYTES,
             chat_history_bytes: defaults::CHAT_HISTORY_BYTES,
             database_url: None,
+            database_pool_size: defaults::DATABASE_POOL_SIZE,
             redis_url: None,
         }
     }
@@ -287,7 +300,25 @@ impl Config {
                     .into(),
             );
         }
+        if self.database_pool_size < MIN_DATABASE_POOL_SIZE {
+            return Err(format!(
+                "--database-pool-size must be at least {MIN_DATABASE_POOL_SIZE}: one \
+                 connection for the writer, at least one for reads"
+            ));
+        }
         Ok(())
+    }
+
+    /// How `quire serve --database-url` opens its
+    /// [`PgStore`](quire_storage::PgStore): the commit
+    /// window and the connections the flags ask for, the rest defaults.
+    pub fn pg_options(&self) -> PgOptions {
+        PgOptions {
+            commit_window: self.commit_window,
+            // The writer has its own connection, outside the pool.
+            pool_size: self.database_pool_size.saturating_sub(1).max(1) as usize,
+            ..PgOptions::default()
+        }
     }
 
     /// Raises settings the server cannot work with to the least it can: a
@@ -356,5 +387,34 @@ mod tests {
         ]);
         assert!(both.check().is_ok());
         assert!(parsed(&[]).check().is_ok());
+    }
+
+    #[test]
+    fn the_database_pool_size_counts_the_writer_and_is_at_least_two() {
+        let eight = parsed(&[]).pg_options();
+        assert_eq!(
+            eight.pool_size, 7,
+            "8 connections: the writer and 7 readers"
+        );
+        let two = parsed(&["--database-pool-size", "2"]);
+        assert!(two.check().is_ok());
+        assert_eq!(two.pg_options().pool_size, 1);
+        for refused in ["1", "0", "-3", "many"] {
+            let command = Config::augment_args(clap::Command::new("quire"))
+                .mut_args(|arg| arg.env(None::<&str>));
+            let error = command
+                .try_get_matches_from(["quire".into(), format!("--database-pool-size={refused}")])
+                .expect_err("refused");
+            assert!(
+                error.to_string().contains("--database-pool-size"),
+                "{refused}: {error}"
+            );
+        }
+        let mut config = parsed(&[]);
+        config.database_pool_size = 1;
+        let refused = config
+            .check()
+            .expect_err("refused in a Config built by hand");
+        assert!(refused.contains("at least 2"), "{refused}");
     }
 }

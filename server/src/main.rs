@@ -16,7 +16,7 @@ use quire_server::fanout::redis::RedisFanout;
 use quire_server::import::{self as file_import, ImportFormat};
 use quire_server::snapshot::{self, Format};
 use quire_server::{AppState, Config, open_store};
-use quire_storage::{DocStore, PgOptions, PgStore};
+use quire_storage::{DocStore, PgStore};
 use std::sync::Arc;
 use tracing::{info, warn};
 
@@ -426,10 +426,7 @@ async fn open_cluster(config: &Config) -> anyhow::Result<(Arc<dyn DocStore>, Arc
     let store: Arc<dyn DocStore> = match config.database_url.clone() {
         None => open_store(config)?,
         Some(url) => {
-            let options = PgOptions {
-                commit_window: config.commit_window,
-                ..PgOptions::default()
-            };
+            let options = config.pg_options();
             let store = tokio::task::spawn_blocking(move || PgStore::open(&url, options))
                 .await?
                 .context("cannot open the PostgreSQL store")?;

@@ -31,6 +31,12 @@
 //! beyond that `append` fails), the ticket stands still, [`DocStore::health`]
 //! says why, and the writer retries until they commit.
 //!
+//! A write someone waits for ([`DocStore::hurry`]) does not sit out
+//! [`PgOptions::commit_window`]: the writer commits what is queued as soon
+//! as no transaction is in flight, and what arrives meanwhile joins the
+//! next one. Writes nobody waits for (stock clients) still gather for the
+//! window.
+//!
 //! # Seqs
 //!
 //! Database seqs come from one sequence shared by every document and node,
@@ -55,7 +61,7 @@ mod writer;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -80,8 +86,9 @@ pub struct PgOptions {
     /// Connections for reads (the writer has its own). Default 8.
     pub pool_size: usize,
     /// How long the writer waits before taking a batch, so more appends
-    /// join it. Default zero: batches form from what arrives while the
-    /// previous transaction is in flight.
+    /// join it; cut short when someone waits for the queued writes
+    /// ([`DocStore::hurry`]). Default zero: batches form from what arrives
+    /// while the previous transaction is in flight (with any window, too).
     pub commit_window: Duration,
     /// At most this many appends per transaction. Default 2,048.
     pub max_batch_rows: usize,
@@ -146,8 +153,12 @@ struct Shared {
     writer_id: i64,
     /// The uncommitted writes, in ticket order.
     queue: Mutex<Queue>,
-    /// Wakes the writer when a write is queued or the store stops.
+    /// Wakes the writer when a write is queued, someone hurries it, or the
+    /// store stops.
     wake: Notify,
+    /// Set by [`DocStore::hurry`]: someone waits for the queued writes, so
+    /// the writer skips its commit window; cleared as it takes a job.
+    hurry: AtomicBool,
     /// The last ticket committed, for acknowledgements.
     committed: watch::Sender<Committed>,
     /// Why writes are stalled, and counters.
@@ -467,6 +478,7 @@ impl PgStore {
             writer_id,
             queue: Mutex::new(Queue::new()),
             wake: Notify::new(),
+            hurry: AtomicBool::new(false),
             committed: watch::Sender::new(Committed::default()),
             trouble: Mutex::new(Trouble::default()),
             stop_deadline: OnceLock::new(),
@@ -828,6 +840,15 @@ impl DocStore for PgStore {
 
     fn last_ticket(&self) -> u64 {
         self.shared.lock_queue().last_ticket
+    }
+
+    /// Cuts the writer's commit window: the next transaction starts once
+    /// none is in flight (the acknowledgement still waits for its COMMIT).
+    fn hurry(&self) {
+        // One notification per hurry the writer has not taken yet.
+        if !self.shared.hurry.swap(true, Ordering::SeqCst) {
+            self.shared.wake.notify_one();
+        }
     }
 
     fn health(&self) -> StoreHealth {

@@ -5,7 +5,10 @@
 //! the batch limits: one transaction, one COMMIT, however many documents),
 //! or one compaction, or one deletion. Whatever arrives while a transaction
 //! is in flight waits for the next one, so batches grow with the load
-//! without any timer (an optional commit window adds one).
+//! without any timer. An optional commit window adds one, for writes
+//! nobody waits for: a write someone waits for ([`crate::DocStore::hurry`],
+//! a client's `Saved`) is committed as soon as no transaction is in
+//! flight, with whatever else is queued.
 //!
 //! **Retries.** A job that fails (database down, connection lost, timeout)
 //! is retried, the same job with the same batch number, until it succeeds:
@@ -172,10 +175,10 @@ pub(super) async fn run(shared: Arc<Shared>) {
             shared.wake.notified().await;
             continue;
         }
-        let window = shared.options.commit_window;
-        if !window.is_zero() && !shared.stopping() {
-            tokio::time::sleep(window).await;
-        }
+        wait_commit_window(&shared).await;
+        // Before the job is taken: a hurry from now on asks for writes the
+        // job may not hold, so it counts for the next one.
+        shared.hurry.store(false, Ordering::SeqCst);
         let Some(job) = next_job(&shared) else {
             continue;
         };
@@ -224,6 +227,28 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 &[&shared.writer_id],
             )
             .await;
+    }
+}
+
+/// Waits out the commit window (if any) so more writes join the next
+/// transaction, unless someone waits for what is queued
+/// ([`crate::DocStore::hurry`]), before or during the wait, or the store
+/// stops. What arrived while the previous transaction was in flight is
+/// queued already, so a hurried commit still takes it all in one batch.
+async fn wait_commit_window(shared: &Shared) {
+    let window = shared.options.commit_window;
+    if window.is_zero() {
+        return;
+    }
+    let sleep = tokio::time::sleep(window);
+    tokio::pin!(sleep);
+    // `hurry` sets the flag before it notifies: a notification either
+    // finds this loop waiting or leaves a permit for its next wait.
+    while !shared.hurry.load(Ordering::SeqCst) && !shared.stopping() {
+        tokio::select! {
+            () = &mut sleep => return,
+            () = shared.wake.notified() => {}
+        }
     }
 }
 

@@ -47,20 +47,21 @@ impl Node {
         fanout: Arc<dyn Fanout>,
         tune: impl FnOnce(&mut Config),
     ) -> Self {
-        let store = spawn_blocking(move || {
-            let options = PgOptions {
-                wait_timeout: Duration::from_secs(3),
-                connect_timeout: Duration::from_secs(1),
-                ..PgOptions::default()
-            };
-            PgStore::open(&pg_url, options).expect("open the postgres store")
-        })
-        .await
-        .unwrap();
         let unused = std::env::temp_dir().join("quire-unused-sled-folder");
         let mut config = Config::new(SocketAddr::from(([127, 0, 0, 1], 0)), unused);
         config.room_grace = Duration::from_millis(200);
         tune(&mut config);
+        // What `quire serve` asks of the store, with short timeouts.
+        let options = PgOptions {
+            wait_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(1),
+            ..config.pg_options()
+        };
+        let store = spawn_blocking(move || {
+            PgStore::open(&pg_url, options).expect("open the postgres store")
+        })
+        .await
+        .unwrap();
         let listener = tokio::net::TcpListener::bind(config.addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let store: Arc<dyn DocStore> = Arc::new(store);

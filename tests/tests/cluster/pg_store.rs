@@ -28,6 +28,17 @@ fn open(url: &str, options: PgOptions) -> PgStore {
     PgStore::open(url, options).expect("open the postgres store")
 }
 
+/// A store whose writer waits `window` before each batch nobody hurries.
+fn with_window(url: &str, window: Duration) -> PgStore {
+    open(
+        url,
+        PgOptions {
+            commit_window: window,
+            ..PgOptions::default()
+        },
+    )
+}
+
 /// `SELECT ...` through psql, as one number.
 fn count(pg: &Postgres, sql: &str) -> i64 {
     pg.psql("postgres", sql)
@@ -50,6 +61,31 @@ fn stored_payloads(pg: &Postgres, doc: &str) -> BTreeMap<String, usize> {
         *counts.entry(line.to_owned()).or_insert(0) += 1;
     }
     counts
+}
+
+/// Makes every COMMIT of an append batch take 200 ms inside the server (a
+/// deferred trigger on the commit record). Needs the schema: open a store
+/// first.
+fn slow_commits(pg: &Postgres) {
+    pg.psql(
+        "postgres",
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql
+             AS $$ BEGIN PERFORM pg_sleep(0.2); RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT OR UPDATE ON quire_batches
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();",
+    )
+    .unwrap();
+}
+
+/// How many append batches `store` committed: its commit record's number.
+fn batches_committed(pg: &Postgres, store: &PgStore) -> i64 {
+    count(
+        pg,
+        &format!(
+            "SELECT batch FROM quire_batches WHERE writer = {}",
+            store.writer_id()
+        ),
+    )
 }
 
 /// Appends `"{prefix}{i}"` to `doc` from a thread until told to stop;
@@ -184,17 +220,9 @@ fn kill_9_of_postgres_mid_batch_loses_no_acknowledged_row() {
 fn lost_commit_replies_are_confirmed_on_retry_never_inserted_twice() {
     let pg = Postgres::start().expect("start postgres");
     drop(open(&pg.url(), PgOptions::default()));
-    // Every COMMIT of a batch takes 200 ms inside the server (a deferred
-    // trigger on the commit record), so a cut connection most likely loses
-    // the reply of a COMMIT that then completes.
-    pg.psql(
-        "postgres",
-        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql
-             AS $$ BEGIN PERFORM pg_sleep(0.2); RETURN NULL; END $$;
-         CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT OR UPDATE ON quire_batches
-             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();",
-    )
-    .unwrap();
+    // A cut connection most likely loses the reply of a COMMIT that then
+    // completes.
+    slow_commits(&pg);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let upstream = format!("127.0.0.1:{}", pg.port()).parse().unwrap();
     let proxy = runtime.block_on(FaultProxy::start(upstream));
@@ -370,14 +398,7 @@ fn load_after_returns_the_committed_entries_past_a_seq_from_any_node() {
 #[test]
 fn own_queued_appends_are_visible_at_once_and_acknowledged_only_after_commit() {
     let pg = Postgres::start().expect("start postgres");
-    let window = Duration::from_millis(800);
-    let store = open(
-        &pg.url(),
-        PgOptions {
-            commit_window: window,
-            ..PgOptions::default()
-        },
-    );
+    let store = with_window(&pg.url(), Duration::from_millis(800));
     let appended = store.append("d", b"x").unwrap();
     store.append_chat("d", b"hello").unwrap();
     assert_eq!(store.last_ticket(), 2, "the newest ticket issued");
@@ -481,4 +502,40 @@ fn an_unreachable_database_is_reported_at_open() {
         Err(other) => panic!("expected Unavailable, got {other}"),
         Ok(_) => panic!("opened a store without a database"),
     }
+}
+
+/// Waiting writers cut the window, not the batching: what arrives while a
+/// transaction is in flight goes into the next one together.
+#[test]
+fn writes_someone_waits_for_that_arrive_during_a_commit_batch_into_the_next() {
+    let pg = Postgres::start().expect("start postgres");
+    drop(open(&pg.url(), PgOptions::default()));
+    slow_commits(&pg);
+    let window = Duration::from_secs(10);
+    let store = Arc::new(with_window(&pg.url(), window));
+    let started = Instant::now();
+    let writer = {
+        let store = Arc::clone(&store);
+        thread::spawn(move || {
+            let mut last = 0;
+            for i in 0..200u32 {
+                // Each write waited for, as by a Quire client's `Saved`.
+                last = store.append("d", &i.to_le_bytes()).unwrap().ticket;
+                store.hurry();
+                thread::sleep(Duration::from_millis(5));
+            }
+            last
+        })
+    };
+    let first = wait_durable(&*store, 1);
+    let last = writer.join().unwrap();
+    wait_durable(&*store, last);
+    let took = started.elapsed();
+    let batches = batches_committed(&pg, &store);
+    eprintln!("200 writes over {took:?} in {batches} commits; first {first:?}");
+    assert!(took < window, "a commit waited for the window: {took:?}");
+    // 200 writes over >= 1 s at >= 200 ms per commit: a handful of
+    // commits; one per write would be 200.
+    assert!(batches <= 20, "{batches} commits for 200 writes");
+    assert_eq!(count(&pg, "SELECT count(*) FROM quire_updates"), 200);
 }

@@ -71,3 +71,34 @@ async fn edits_on_postgres_are_acknowledged_only_after_commit_and_survive_a_new_
     second.stop().await;
     drop(spawn_blocking(move || drop(pg)).await);
 }
+
+/// Issue 15 follow-up: on PostgreSQL every `Saved` waited out the commit
+/// window, since `PgStore` had no `hurry`. With a window far longer than
+/// the test may wait, each edit is acknowledged by its own commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saved_on_postgres_does_not_wait_out_a_long_commit_window() {
+    let pg = spawn_blocking(|| Postgres::start().expect("start postgres"))
+        .await
+        .unwrap();
+    let window = Duration::from_secs(30);
+    let server = PgServer::start_with(pg.url(), None, |config| {
+        config.commit_window = window;
+    })
+    .await;
+    let client = NativeClient::start(server.url("notes"), SessionConfig::default());
+    client.wait_synced(WAIT).await.expect("synced");
+    for word in ["one ", "two ", "three"] {
+        client.push(word);
+        client
+            .wait_saved(window / 3)
+            .await
+            .expect("saved without waiting out the window");
+    }
+    let stored = pg
+        .psql("postgres", "SELECT count(*) FROM quire_updates")
+        .expect("psql");
+    assert!(stored.parse::<u32>().unwrap() >= 3, "committed: {stored}");
+    client.stop().await;
+    server.stop().await;
+    drop(spawn_blocking(move || drop(pg)).await);
+}
