@@ -18,6 +18,7 @@
 //! 12 bytes (`seq ++ index`), one chunk of a value too big for one entry
 //! (a compacted state, a big update).
 
+use std::collections::HashSet;
 use std::fmt::Display;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -136,6 +137,12 @@ struct Shared {
     stalled: Mutex<Option<String>>,
     /// Copied from the options for `append`.
     max_pending_bytes: u64,
+    /// Documents that have a chat tree. Reading a chat consults this
+    /// instead of `open_tree`, which would create an empty tree: sled keeps
+    /// every tree ever opened in its tree table for the life of the
+    /// process (≈ 18 KiB each), so loading a document without a chat must
+    /// open none. Filled from sled's tree names at open.
+    chats: Mutex<HashSet<String>>,
 }
 
 /// Fixed-size `meta` record; advisory statistics, see the module docs.
@@ -365,8 +372,10 @@ impl SledStore {
             value_bytes: value_bytes_for(segment_bytes),
             stalled: Mutex::new(None),
             max_pending_bytes: options.max_pending_bytes,
+            chats: Mutex::new(HashSet::new()),
         });
         shared.drop_orphan_trees()?;
+        shared.note_chat_trees();
         let flusher = {
             let shared = Arc::clone(&shared);
             thread::Builder::new()
@@ -393,6 +402,7 @@ impl SledStore {
             .db
             .open_tree(chat_tree_name(doc))
             .map_err(io_err(format_args!("opening the chat of {doc:?}")))?;
+        self.shared.lock_chats().insert(doc.to_owned());
         let seq = self
             .shared
             .db
@@ -669,6 +679,25 @@ impl Shared {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Notes which documents have a chat tree (after the orphans are gone).
+    fn note_chat_trees(&self) {
+        let names = self.db.tree_names();
+        let mut chats = self.lock_chats();
+        for name in names {
+            if let Some(doc) = name.strip_prefix(CHAT_TREE_PREFIX.as_bytes()) {
+                chats.insert(String::from_utf8_lossy(doc).into_owned());
+            }
+        }
+    }
+
+    fn lock_chats(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.chats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn has_chat(&self, doc: &str) -> bool {
+        self.lock_chats().contains(doc)
+    }
+
     /// Drops `doc:` trees without a meta record: leftovers of a deletion or a
     /// first append that a crash interrupted (see the module docs).
     fn drop_orphan_trees(&self) -> Result<(), StoreError> {
@@ -913,6 +942,9 @@ impl DocStore for SledStore {
 
     fn recent_chat(&self, doc: &str, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
         let _trees = self.read_lock();
+        if !self.shared.has_chat(doc) {
+            return Ok(Vec::new());
+        }
         let Some(tree) = self.existing(doc, chat_tree_name(doc), "the chat of")? else {
             return Ok(Vec::new());
         };
@@ -932,6 +964,9 @@ impl DocStore for SledStore {
 
     fn trim_chat(&self, doc: &str, keep: usize, max_bytes: u64) -> Result<(), StoreError> {
         let _trees = self.read_lock();
+        if !self.shared.has_chat(doc) {
+            return Ok(());
+        }
         let Some(tree) = self.existing(doc, chat_tree_name(doc), "the chat of")? else {
             return Ok(());
         };
@@ -1021,6 +1056,7 @@ impl DocStore for SledStore {
             .db
             .drop_tree(chat_tree_name(doc))
             .map_err(io_err(format_args!("deleting the chat of {doc:?}")))?;
+        self.shared.lock_chats().remove(doc);
         if existed || dropped || dropped_chat {
             self.take_ticket();
         }

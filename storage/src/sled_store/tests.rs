@@ -724,3 +724,37 @@ fn appends_past_the_queue_bound_are_refused_until_it_is_written() {
     store.append("d", &[3; 100]).unwrap();
     assert_eq!(updates(&store, "d").len(), 11);
 }
+
+/// Found measuring memory after eviction (bench/results/alloc-84a7421.md):
+/// loading a document and reading its (absent) chat opened, and so
+/// created, an empty `chat:` tree, which sled keeps in its tree table for
+/// the life of the process (≈ 18 KiB per document ever loaded).
+#[test]
+fn reading_the_chat_of_a_document_without_one_creates_no_chat_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let chat_trees = |store: &SledStore| {
+        store
+            .shared
+            .db
+            .tree_names()
+            .iter()
+            .filter(|n| n.starts_with(CHAT_TREE_PREFIX.as_bytes()))
+            .count()
+    };
+    {
+        let store = open(dir.path());
+        let ticket = store.append("quiet", b"update").unwrap().ticket;
+        wait_durable(&store, ticket);
+        assert!(store.load("quiet").unwrap().is_some());
+        assert!(store.recent_chat("quiet", 10).unwrap().is_empty());
+        store.trim_chat("quiet", 5, 1_000).unwrap();
+        assert_eq!(chat_trees(&store), 0, "reading a chat must not create one");
+        let ticket = store.append_chat("talk", b"hello").unwrap().ticket;
+        wait_durable(&store, ticket);
+    }
+    // A chat written before a restart is still found after it.
+    let store = open(dir.path());
+    assert_eq!(store.recent_chat("talk", 3).unwrap(), [b"hello".to_vec()]);
+    assert!(store.recent_chat("quiet", 3).unwrap().is_empty());
+    assert_eq!(chat_trees(&store), 1);
+}
