@@ -288,7 +288,7 @@ fn entry_counts(doc: &str, entry: Entry, value: &[u8]) -> Result<(i128, i128), S
         Entry::Chunk(_) => (value.len() as i128, 0),
         Entry::Pack => {
             let updates = pending::unpack(value).ok_or_else(|| corrupt_pack(doc))?;
-            let bytes: usize = updates.iter().map(|u| u.len()).sum();
+            let bytes: usize = updates.iter().map(|(_, u)| u.len()).sum();
             (bytes as i128, updates.len() as i128)
         }
     })
@@ -306,20 +306,26 @@ fn corrupt_pack(doc: &str) -> StoreError {
 struct PackBuilder<'a> {
     /// The packed updates so far.
     pack: Vec<u8>,
-    /// The newest of them.
+    /// The newest of them, with its seq.
     newest: Option<(Seq, &'a [u8])>,
     /// How many there are.
     count: usize,
 }
 
 impl<'a> PackBuilder<'a> {
-    /// The pack's size once `update` joins it.
-    fn bytes_with(&self, update: &[u8]) -> usize {
-        self.pack.len() + pending::pack_overhead(update) + update.len()
+    /// The seq the next update's distance is counted from.
+    fn previous(&self) -> Seq {
+        self.newest.map_or(0, |(seq, _)| seq)
+    }
+
+    /// The pack's size once `update` (at `seq`) joins it.
+    fn bytes_with(&self, seq: Seq, update: &[u8]) -> usize {
+        self.pack.len() + pending::pack_overhead(self.previous(), seq, update) + update.len()
     }
 
     fn add(&mut self, seq: Seq, update: &'a [u8]) {
-        pending::pack_into(&mut self.pack, update);
+        let previous = self.previous();
+        pending::pack_into(&mut self.pack, previous, seq, update);
         self.newest = Some((seq, update));
         self.count += 1;
     }
@@ -513,9 +519,7 @@ impl SledStore {
         // document (its room) is the only compactor, so what was read is
         // what the batch removes.
         let mut batch = sled::Batch::default();
-        // A pack keyed `upto` sorts before the state's chunks; a pack
-        // keyed later may hold updates up to `upto` too, and stays (it
-        // merges to nothing new).
+        // A pack keyed `upto` sorts before the state's chunks.
         for entry in tree.range(..chunk_key(upto, 0)) {
             let (key, value) = entry.map_err(io_err(format_args!("compacting {doc:?}")))?;
             let (_, kind) = decode_key(doc, &key)?;
@@ -523,6 +527,36 @@ impl SledStore {
             bytes -= b;
             updates -= u;
             batch.remove(key);
+        }
+        // The first entry after the state may be a pack the boundary falls
+        // inside (written when the room had appended past `upto`): it
+        // keeps only its updates after `upto`. Packs are written in seq
+        // order, so no later entry holds any update up to `upto`.
+        let after_state = (
+            std::ops::Bound::Excluded(&chunk_key(upto, u32::MAX)[..]),
+            std::ops::Bound::Unbounded,
+        );
+        if let Some(entry) = tree.range::<&[u8], _>(after_state).next() {
+            let (key, value) = entry.map_err(io_err(format_args!("compacting {doc:?}")))?;
+            if let (_, Entry::Pack) = decode_key(doc, &key)? {
+                let packed = pending::unpack(&value).ok_or_else(|| corrupt_pack(doc))?;
+                let (repeated, kept): (Vec<_>, Vec<_>) =
+                    packed.into_iter().partition(|&(seq, _)| seq <= upto);
+                if !repeated.is_empty() {
+                    bytes -= repeated.iter().map(|(_, u)| u.len() as i128).sum::<i128>();
+                    updates -= repeated.len() as i128;
+                    batch.remove(key);
+                    let mut pack = PackBuilder::default();
+                    for &(seq, update) in &kept {
+                        pack.add(seq, update);
+                    }
+                    let mut rewritten = Vec::new();
+                    pack.close_into(&mut rewritten);
+                    for (key, value) in rewritten {
+                        batch.insert(key, value);
+                    }
+                }
+            }
         }
         tree.apply_batch(batch)
             .map_err(io_err(format_args!("compacting {doc:?}")))?;
@@ -639,7 +673,7 @@ impl Shared {
                 }
                 continue;
             }
-            if pack.bytes_with(update) > self.value_bytes {
+            if pack.bytes_with(seq, update) > self.value_bytes {
                 pack.close_into(&mut entries);
             }
             pack.add(seq, update);
@@ -907,7 +941,7 @@ impl DocStore for SledStore {
                     let updates = pending::unpack(&value).ok_or_else(|| corrupt_pack(doc))?;
                     stored
                         .updates
-                        .extend(updates.into_iter().map(<[u8]>::to_vec));
+                        .extend(updates.into_iter().map(|(_, update)| update.to_vec()));
                 }
                 _ => stored.updates.push(value.to_vec()),
             }

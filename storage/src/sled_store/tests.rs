@@ -647,11 +647,23 @@ fn compaction_keeps_what_was_appended_after_its_boundary_in_the_same_pack() {
     store.compact("d", upto, b"STATE").unwrap();
     let mut expected = vec![b"STATE".to_vec()];
     // The pack holding 0..15 is keyed by its newest, past the boundary:
-    // it stays whole (what it repeats merges to nothing new).
-    expected.extend((0..15u8).map(|i| vec![i]));
+    // it keeps only what follows the boundary.
+    expected.extend(later.iter().cloned());
     assert_eq!(updates(&store, "d"), expected);
     let info = store.info("d").unwrap().unwrap();
-    assert_eq!((info.updates, info.bytes), (16, 5 + 15));
+    assert_eq!((info.updates, info.bytes), (6, 5 + 5));
+    // So does a boundary that leaves a single update of a pack.
+    let last = store.load("d").unwrap().unwrap().last_seq;
+    let tail = store.append("d", b"tail").unwrap().seq;
+    store.append("d", b"end").unwrap();
+    store.compact("d", tail, b"MOST").unwrap();
+    assert_eq!(
+        updates(&store, "d"),
+        vec![b"MOST".to_vec(), b"end".to_vec()]
+    );
+    assert!(tail > last);
+    let info = store.info("d").unwrap().unwrap();
+    assert_eq!((info.updates, info.bytes), (2, 4 + 3));
     // The next compaction takes it.
     let last = store.load("d").unwrap().unwrap().last_seq;
     store.compact("d", last, b"ALL").unwrap();
