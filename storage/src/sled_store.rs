@@ -18,6 +18,7 @@
 //! 12 bytes (`seq ++ index`), one chunk of a value too big for one entry
 //! (a compacted state, a big update).
 
+use std::collections::HashSet;
 use std::fmt::Display;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -136,6 +137,12 @@ struct Shared {
     stalled: Mutex<Option<String>>,
     /// Copied from the options for `append`.
     max_pending_bytes: u64,
+    /// Documents that have a chat tree. Reading a chat consults this
+    /// instead of `open_tree`, which would create an empty tree: sled keeps
+    /// every tree ever opened in its tree table for the life of the
+    /// process (≈ 18 KiB each), so loading a document without a chat must
+    /// open none. Filled from sled's tree names at open.
+    chats: Mutex<HashSet<String>>,
 }
 
 /// Fixed-size `meta` record; advisory statistics, see the module docs.
@@ -281,7 +288,7 @@ fn entry_counts(doc: &str, entry: Entry, value: &[u8]) -> Result<(i128, i128), S
         Entry::Chunk(_) => (value.len() as i128, 0),
         Entry::Pack => {
             let updates = pending::unpack(value).ok_or_else(|| corrupt_pack(doc))?;
-            let bytes: usize = updates.iter().map(|u| u.len()).sum();
+            let bytes: usize = updates.iter().map(|(_, u)| u.len()).sum();
             (bytes as i128, updates.len() as i128)
         }
     })
@@ -299,20 +306,26 @@ fn corrupt_pack(doc: &str) -> StoreError {
 struct PackBuilder<'a> {
     /// The packed updates so far.
     pack: Vec<u8>,
-    /// The newest of them.
+    /// The newest of them, with its seq.
     newest: Option<(Seq, &'a [u8])>,
     /// How many there are.
     count: usize,
 }
 
 impl<'a> PackBuilder<'a> {
-    /// The pack's size once `update` joins it.
-    fn bytes_with(&self, update: &[u8]) -> usize {
-        self.pack.len() + pending::pack_overhead(update) + update.len()
+    /// The seq the next update's distance is counted from.
+    fn previous(&self) -> Seq {
+        self.newest.map_or(0, |(seq, _)| seq)
+    }
+
+    /// The pack's size once `update` (at `seq`) joins it.
+    fn bytes_with(&self, seq: Seq, update: &[u8]) -> usize {
+        self.pack.len() + pending::pack_overhead(self.previous(), seq, update) + update.len()
     }
 
     fn add(&mut self, seq: Seq, update: &'a [u8]) {
-        pending::pack_into(&mut self.pack, update);
+        let previous = self.previous();
+        pending::pack_into(&mut self.pack, previous, seq, update);
         self.newest = Some((seq, update));
         self.count += 1;
     }
@@ -365,8 +378,10 @@ impl SledStore {
             value_bytes: value_bytes_for(segment_bytes),
             stalled: Mutex::new(None),
             max_pending_bytes: options.max_pending_bytes,
+            chats: Mutex::new(HashSet::new()),
         });
         shared.drop_orphan_trees()?;
+        shared.note_chat_trees();
         let flusher = {
             let shared = Arc::clone(&shared);
             thread::Builder::new()
@@ -393,6 +408,7 @@ impl SledStore {
             .db
             .open_tree(chat_tree_name(doc))
             .map_err(io_err(format_args!("opening the chat of {doc:?}")))?;
+        self.shared.lock_chats().insert(doc.to_owned());
         let seq = self
             .shared
             .db
@@ -503,9 +519,7 @@ impl SledStore {
         // document (its room) is the only compactor, so what was read is
         // what the batch removes.
         let mut batch = sled::Batch::default();
-        // A pack keyed `upto` sorts before the state's chunks; a pack
-        // keyed later may hold updates up to `upto` too, and stays (it
-        // merges to nothing new).
+        // A pack keyed `upto` sorts before the state's chunks.
         for entry in tree.range(..chunk_key(upto, 0)) {
             let (key, value) = entry.map_err(io_err(format_args!("compacting {doc:?}")))?;
             let (_, kind) = decode_key(doc, &key)?;
@@ -513,6 +527,36 @@ impl SledStore {
             bytes -= b;
             updates -= u;
             batch.remove(key);
+        }
+        // The first entry after the state may be a pack the boundary falls
+        // inside (written when the room had appended past `upto`): it
+        // keeps only its updates after `upto`. Packs are written in seq
+        // order, so no later entry holds any update up to `upto`.
+        let after_state = (
+            std::ops::Bound::Excluded(&chunk_key(upto, u32::MAX)[..]),
+            std::ops::Bound::Unbounded,
+        );
+        if let Some(entry) = tree.range::<&[u8], _>(after_state).next() {
+            let (key, value) = entry.map_err(io_err(format_args!("compacting {doc:?}")))?;
+            if let (_, Entry::Pack) = decode_key(doc, &key)? {
+                let packed = pending::unpack(&value).ok_or_else(|| corrupt_pack(doc))?;
+                let (repeated, kept): (Vec<_>, Vec<_>) =
+                    packed.into_iter().partition(|&(seq, _)| seq <= upto);
+                if !repeated.is_empty() {
+                    bytes -= repeated.iter().map(|(_, u)| u.len() as i128).sum::<i128>();
+                    updates -= repeated.len() as i128;
+                    batch.remove(key);
+                    let mut pack = PackBuilder::default();
+                    for &(seq, update) in &kept {
+                        pack.add(seq, update);
+                    }
+                    let mut rewritten = Vec::new();
+                    pack.close_into(&mut rewritten);
+                    for (key, value) in rewritten {
+                        batch.insert(key, value);
+                    }
+                }
+            }
         }
         tree.apply_batch(batch)
             .map_err(io_err(format_args!("compacting {doc:?}")))?;
@@ -629,7 +673,7 @@ impl Shared {
                 }
                 continue;
             }
-            if pack.bytes_with(update) > self.value_bytes {
+            if pack.bytes_with(seq, update) > self.value_bytes {
                 pack.close_into(&mut entries);
             }
             pack.add(seq, update);
@@ -667,6 +711,25 @@ impl Shared {
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Notes which documents have a chat tree (after the orphans are gone).
+    fn note_chat_trees(&self) {
+        let names = self.db.tree_names();
+        let mut chats = self.lock_chats();
+        for name in names {
+            if let Some(doc) = name.strip_prefix(CHAT_TREE_PREFIX.as_bytes()) {
+                chats.insert(String::from_utf8_lossy(doc).into_owned());
+            }
+        }
+    }
+
+    fn lock_chats(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.chats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn has_chat(&self, doc: &str) -> bool {
+        self.lock_chats().contains(doc)
     }
 
     /// Drops `doc:` trees without a meta record: leftovers of a deletion or a
@@ -878,7 +941,7 @@ impl DocStore for SledStore {
                     let updates = pending::unpack(&value).ok_or_else(|| corrupt_pack(doc))?;
                     stored
                         .updates
-                        .extend(updates.into_iter().map(<[u8]>::to_vec));
+                        .extend(updates.into_iter().map(|(_, update)| update.to_vec()));
                 }
                 _ => stored.updates.push(value.to_vec()),
             }
@@ -913,6 +976,9 @@ impl DocStore for SledStore {
 
     fn recent_chat(&self, doc: &str, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
         let _trees = self.read_lock();
+        if !self.shared.has_chat(doc) {
+            return Ok(Vec::new());
+        }
         let Some(tree) = self.existing(doc, chat_tree_name(doc), "the chat of")? else {
             return Ok(Vec::new());
         };
@@ -932,6 +998,9 @@ impl DocStore for SledStore {
 
     fn trim_chat(&self, doc: &str, keep: usize, max_bytes: u64) -> Result<(), StoreError> {
         let _trees = self.read_lock();
+        if !self.shared.has_chat(doc) {
+            return Ok(());
+        }
         let Some(tree) = self.existing(doc, chat_tree_name(doc), "the chat of")? else {
             return Ok(());
         };
@@ -1021,6 +1090,7 @@ impl DocStore for SledStore {
             .db
             .drop_tree(chat_tree_name(doc))
             .map_err(io_err(format_args!("deleting the chat of {doc:?}")))?;
+        self.shared.lock_chats().remove(doc);
         if existed || dropped || dropped_chat {
             self.take_ticket();
         }

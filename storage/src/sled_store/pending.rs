@@ -8,8 +8,10 @@
 //! costs one sled insert per pack instead of an insert plus a meta-tree
 //! read-modify-write of its own, and none of it on the room's task.
 //!
-//! Pack layout: the updates one after another, each preceded by its length
-//! as an unsigned LEB128 varint (the `leb128` crate).
+//! Pack layout: the updates one after another, each preceded by two
+//! unsigned LEB128 varints (the `leb128` crate): its seq's distance from the
+//! previous update's (the first: from 0), and its length. The seqs let a
+//! compaction whose boundary falls inside a pack keep only what follows it.
 
 use std::collections::HashMap;
 
@@ -115,25 +117,32 @@ impl Pending {
     }
 }
 
-/// Appends `update` to a pack being built.
-pub(super) fn pack_into(pack: &mut Vec<u8>, update: &[u8]) {
+/// Appends `update` (at `seq`, after one at `previous`, 0 for the first)
+/// to a pack being built. Seqs only grow within a pack.
+pub(super) fn pack_into(pack: &mut Vec<u8>, previous: Seq, seq: Seq, update: &[u8]) {
+    debug_assert!(seq >= previous, "a pack's seqs only grow");
+    leb128::write::unsigned(pack, seq - previous).expect("writing to a Vec");
     leb128::write::unsigned(pack, update.len() as u64).expect("writing to a Vec");
     pack.extend_from_slice(update);
 }
 
-/// Bytes a pack spends on `update` besides its own (its length's varint).
-pub(super) fn pack_overhead(update: &[u8]) -> usize {
-    leb128::write::unsigned_len(update.len() as u64)
+/// Bytes a pack spends on `update` besides its own (its two varints).
+pub(super) fn pack_overhead(previous: Seq, seq: Seq, update: &[u8]) -> usize {
+    leb128::write::unsigned_len(seq - previous) + leb128::write::unsigned_len(update.len() as u64)
 }
 
-/// The updates of a pack, or `None` if it does not have the pack layout.
-pub(super) fn unpack(mut pack: &[u8]) -> Option<Vec<&[u8]>> {
+/// The updates of a pack with their seqs, or `None` if it does not have
+/// the pack layout.
+pub(super) fn unpack(mut pack: &[u8]) -> Option<Vec<(Seq, &[u8])>> {
     let mut updates = Vec::new();
+    let mut seq: Seq = 0;
     while !pack.is_empty() {
+        let distance = leb128::read::unsigned(&mut pack).ok()?;
+        seq = seq.checked_add(distance)?;
         let len = leb128::read::unsigned(&mut pack).ok()?;
         let len = usize::try_from(len).ok().filter(|&l| l <= pack.len())?;
         let (update, rest) = pack.split_at(len);
-        updates.push(update);
+        updates.push((seq, update));
         pack = rest;
     }
     Some(updates)
@@ -150,22 +159,36 @@ mod tests {
             .map(|&n| (0..n).map(|i| (i % 251) as u8).collect())
             .collect();
         let mut pack = Vec::new();
-        for update in &updates {
+        let seqs: Vec<Seq> = (0..updates.len() as u64)
+            .map(|i| 1_000 + i * i * 97)
+            .collect();
+        let mut previous = 0;
+        for (&seq, update) in seqs.iter().zip(&updates) {
             let before = pack.len();
-            pack_into(&mut pack, update);
-            assert_eq!(pack.len() - before, update.len() + pack_overhead(update));
+            pack_into(&mut pack, previous, seq, update);
+            assert_eq!(
+                pack.len() - before,
+                update.len() + pack_overhead(previous, seq, update)
+            );
+            previous = seq;
         }
         let back = unpack(&pack).expect("a pack");
-        assert_eq!(back, updates.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        let expected: Vec<(Seq, &[u8])> = seqs
+            .iter()
+            .copied()
+            .zip(updates.iter().map(Vec::as_slice))
+            .collect();
+        assert_eq!(back, expected);
     }
 
     #[test]
     fn a_truncated_pack_is_refused() {
         let mut pack = Vec::new();
-        pack_into(&mut pack, b"hello");
+        pack_into(&mut pack, 0, 7, b"hello");
         assert!(unpack(&pack[..pack.len() - 1]).is_none());
         assert!(unpack(&[0x80]).is_none(), "varint cut short");
         assert!(unpack(&[0xff; 11]).is_none(), "varint too long");
+        assert!(unpack(&[1, 0x80]).is_none(), "length cut short");
     }
 
     #[test]

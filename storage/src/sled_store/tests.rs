@@ -647,11 +647,23 @@ fn compaction_keeps_what_was_appended_after_its_boundary_in_the_same_pack() {
     store.compact("d", upto, b"STATE").unwrap();
     let mut expected = vec![b"STATE".to_vec()];
     // The pack holding 0..15 is keyed by its newest, past the boundary:
-    // it stays whole (what it repeats merges to nothing new).
-    expected.extend((0..15u8).map(|i| vec![i]));
+    // it keeps only what follows the boundary.
+    expected.extend(later.iter().cloned());
     assert_eq!(updates(&store, "d"), expected);
     let info = store.info("d").unwrap().unwrap();
-    assert_eq!((info.updates, info.bytes), (16, 5 + 15));
+    assert_eq!((info.updates, info.bytes), (6, 5 + 5));
+    // So does a boundary that leaves a single update of a pack.
+    let last = store.load("d").unwrap().unwrap().last_seq;
+    let tail = store.append("d", b"tail").unwrap().seq;
+    store.append("d", b"end").unwrap();
+    store.compact("d", tail, b"MOST").unwrap();
+    assert_eq!(
+        updates(&store, "d"),
+        vec![b"MOST".to_vec(), b"end".to_vec()]
+    );
+    assert!(tail > last);
+    let info = store.info("d").unwrap().unwrap();
+    assert_eq!((info.updates, info.bytes), (2, 4 + 3));
     // The next compaction takes it.
     let last = store.load("d").unwrap().unwrap().last_seq;
     store.compact("d", last, b"ALL").unwrap();
@@ -723,4 +735,38 @@ fn appends_past_the_queue_bound_are_refused_until_it_is_written() {
     assert_eq!(store.health(), StoreHealth::default());
     store.append("d", &[3; 100]).unwrap();
     assert_eq!(updates(&store, "d").len(), 11);
+}
+
+/// Found measuring memory after eviction (bench/results/alloc-84a7421.md):
+/// loading a document and reading its (absent) chat opened, and so
+/// created, an empty `chat:` tree, which sled keeps in its tree table for
+/// the life of the process (≈ 18 KiB per document ever loaded).
+#[test]
+fn reading_the_chat_of_a_document_without_one_creates_no_chat_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let chat_trees = |store: &SledStore| {
+        store
+            .shared
+            .db
+            .tree_names()
+            .iter()
+            .filter(|n| n.starts_with(CHAT_TREE_PREFIX.as_bytes()))
+            .count()
+    };
+    {
+        let store = open(dir.path());
+        let ticket = store.append("quiet", b"update").unwrap().ticket;
+        wait_durable(&store, ticket);
+        assert!(store.load("quiet").unwrap().is_some());
+        assert!(store.recent_chat("quiet", 10).unwrap().is_empty());
+        store.trim_chat("quiet", 5, 1_000).unwrap();
+        assert_eq!(chat_trees(&store), 0, "reading a chat must not create one");
+        let ticket = store.append_chat("talk", b"hello").unwrap().ticket;
+        wait_durable(&store, ticket);
+    }
+    // A chat written before a restart is still found after it.
+    let store = open(dir.path());
+    assert_eq!(store.recent_chat("talk", 3).unwrap(), [b"hello".to_vec()]);
+    assert!(store.recent_chat("quiet", 3).unwrap().is_empty());
+    assert_eq!(chat_trees(&store), 1);
 }
