@@ -268,6 +268,12 @@ pub(crate) struct Room {
     /// The newest seq read from the store (load, resync): where a resync
     /// reads from, and the compaction bound in cluster mode.
     read_seq: Seq,
+    /// Whether the document is known to be in the shared store: read from
+    /// it, or an update arrived from another node (which publishes only
+    /// what it committed). A resync that then finds no document means it
+    /// was deleted elsewhere; without this a new document whose first
+    /// writes are not committed yet would look deleted.
+    known_stored: bool,
     /// When a resync the store refused is tried again.
     resync_at: Option<Instant>,
     /// The store read of a resync under way, off the room's task (a
@@ -300,6 +306,7 @@ impl Room {
             compaction: None,
             closed: false,
             read_seq: 0,
+            known_stored: false,
             resync_at: None,
             resyncing: None,
             resync_again: false,
@@ -347,8 +354,11 @@ impl Room {
                 _ = sleep_until(self.resync_at.unwrap_or_else(Instant::now)), if self.resync_at.is_some() => self.resync(),
                 read = async { self.resyncing.as_mut().expect("guarded").await }, if self.resyncing.is_some() => {
                     self.resyncing = None;
-                    self.resynced(read);
+                    let deleted = self.resynced(read);
                     self.carry_out().await;
+                    if deleted {
+                        self.leave_deleted();
+                    }
                 }
                 Ok(()) = shutdown.changed() => {
                     let now = self.now();
@@ -547,6 +557,7 @@ impl Room {
                 self.leave_deleted();
             }
             Incoming::Message(message) => {
+                self.known_stored |= matches!(message, NodeMessage::Update(_));
                 self.core.remote(message, self.now());
                 self.carry_out().await;
             }
@@ -573,8 +584,10 @@ impl Room {
 
     /// Hands what a resync read to the core as if another node had sent it
     /// (what the room already has merges to nothing); the caller carries
-    /// out what the core then hands out. A refusal is retried shortly.
-    fn resynced(&mut self, read: Result<ResyncRead, tokio::task::JoinError>) {
+    /// out what the core then hands out, and leaves when this returns that
+    /// the document was deleted. A refusal is retried shortly.
+    fn resynced(&mut self, read: Result<ResyncRead, tokio::task::JoinError>) -> bool {
+        let mut deleted = false;
         match read {
             Ok(Ok(Some(StoredDoc { updates, last_seq }))) => {
                 debug!(entries = updates.len(), "resynced from the store");
@@ -583,8 +596,17 @@ impl Room {
                         .remote(NodeMessage::Update(update.into()), self.now());
                 }
                 self.read_seq = self.read_seq.max(last_seq);
+                self.known_stored = true;
             }
-            // Deleted meanwhile: its deletion entry closes the room.
+            // A document known to be in the database is gone from it: deleted through another node whose `Deleted`
+            // never reached this one (Redis was away; its resync marker
+            // brought us here). A document never read (new, its first
+            // writes not yet committed) is not gone, only not there yet.
+            Ok(Ok(None)) if self.known_stored => {
+                info!("document deleted through another node (found on resync)");
+                self.core.remote(NodeMessage::Deleted, self.now());
+                deleted = true;
+            }
             Ok(Ok(None)) => {}
             Ok(Err(err)) => {
                 warn!(%err, "could not resync from the store; trying again");
@@ -592,9 +614,10 @@ impl Room {
             }
             Err(join) => error!(%join, "resync panicked"),
         }
-        if std::mem::take(&mut self.resync_again) {
+        if std::mem::take(&mut self.resync_again) && !deleted {
             self.resync();
         }
+        deleted
     }
 
     /// Makes `write` (standing for what the store held when the room
@@ -731,6 +754,7 @@ impl Room {
             Ok(Ok((restored, last_seq))) => {
                 self.last_seq = last_seq;
                 self.read_seq = last_seq;
+                self.known_stored |= last_seq > 0;
                 Ok(restored)
             }
             Ok(Err(reason)) => Err(reason),

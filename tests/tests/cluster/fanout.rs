@@ -286,6 +286,17 @@ async fn a_lone_edit_reaches_other_nodes_without_waiting_for_the_rooms_next_even
     stop_services(pg, redis).await;
 }
 
+/// Deletes `doc` through the node at `addr`, which must accept.
+async fn delete_doc(addr: std::net::SocketAddr, doc: &str) {
+    let deleted = http::request(addr, "DELETE", &format!("/api/docs/{doc}"), b"").await;
+    assert!(
+        deleted.status < 300,
+        "delete: {} {}",
+        deleted.status,
+        deleted.text()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_document_deleted_through_one_node_closes_its_connections_on_every_node() {
     let (pg, redis) = services().await;
@@ -295,19 +306,54 @@ async fn a_document_deleted_through_one_node_closes_its_connections_on_every_nod
     on_a.push("soon gone");
     on_b.wait_text("soon gone").await;
 
-    let deleted = http::request(a.addr, "DELETE", "/api/docs/doomed", b"").await;
-    assert!(
-        deleted.status < 300,
-        "delete: {} {}",
-        deleted.status,
-        deleted.text()
-    );
+    delete_doc(a.addr, "doomed").await;
     let (code_a, _) = on_a.wait_closed().await;
     let (code_b, reason) = on_b.wait_closed().await;
     assert_eq!(code_a, 4404);
     assert_eq!(code_b, 4404, "closed on node B too: {reason}");
 
     // The document is gone for both nodes.
+    let listed = http::get(b.addr, "/api/docs").await.text();
+    assert!(!listed.contains("doomed"), "{listed}");
+    a.stop().await;
+    b.stop().await;
+    stop_services(pg, redis).await;
+}
+
+/// Found in review: a deletion whose `Deleted` could not be published
+/// (Redis away) left the document's rooms open on the other nodes; their
+/// resync found the document gone and did nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_deleted_while_redis_is_away_closes_its_connections_on_every_node_once_it_returns()
+ {
+    let (pg, mut redis) = services().await;
+    let (a, b) = two_nodes(&pg, &redis).await;
+    let mut on_a = Client::connect_synced(a.url("doomed")).await;
+    let mut on_b = Client::connect_synced(b.url("doomed")).await;
+    on_a.push("soon gone");
+    on_b.wait_text("soon gone").await;
+
+    redis = spawn_blocking(move || {
+        redis.kill();
+        redis
+    })
+    .await
+    .unwrap();
+    delete_doc(a.addr, "doomed").await;
+    let (code_a, _) = on_a.wait_closed().await;
+    assert_eq!(code_a, 4404);
+
+    redis = spawn_blocking(move || {
+        redis.start_again().expect("redis back");
+        redis
+    })
+    .await
+    .unwrap();
+    let (code_b, reason) = on_b.wait_closed().await;
+    assert_eq!(
+        code_b, 4404,
+        "closed on node B once Redis returned: {reason}"
+    );
     let listed = http::get(b.addr, "/api/docs").await.text();
     assert!(!listed.contains("doomed"), "{listed}");
     a.stop().await;
