@@ -40,6 +40,7 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
 use tracing::warn;
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
@@ -78,13 +79,6 @@ impl Transport {
         }
     }
 
-    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self {
-            Transport::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Transport::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
-        }
-    }
-
     fn poll_write_vectored(
         &mut self,
         cx: &mut Context<'_>,
@@ -93,6 +87,19 @@ impl Transport {
         match self {
             Transport::Tcp(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
             Transport::Upgraded(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+        }
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Transport::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
         }
     }
 }
@@ -216,13 +223,19 @@ impl WebSocket {
                 Some((_, len)) => len.saturating_sub(self.read.len()),
                 None => 0,
             };
-            let want = missing.clamp(READ_CHUNK, READ_MAX);
             let filled = self.read.len();
-            self.read.resize(filled + want, 0);
-            let mut buf = ReadBuf::new(&mut self.read[filled..]);
-            let polled = self.io.poll_read(cx, &mut buf);
-            let got = buf.filled().len();
-            self.read.truncate(filled + got);
+            // Grows once nearly full, by what arrived (doubling), never by
+            // what a header announces: a silent client that announced a
+            // large frame pins about twice what it sent, no more.
+            if self.read.capacity() - filled < READ_CHUNK {
+                let want = missing
+                    .min(filled.max(READ_CHUNK))
+                    .clamp(READ_CHUNK, READ_MAX);
+                self.read.reserve(want);
+            }
+            // Into spare capacity, not zeroed first.
+            let polled = poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read);
+            let got = self.read.len() - filled;
             match polled {
                 Poll::Pending => {
                     if self.read.is_empty() {
@@ -231,8 +244,8 @@ impl WebSocket {
                     return Poll::Pending;
                 }
                 Poll::Ready(Err(err)) => return Poll::Ready(Some(Err(err.into()))),
-                Poll::Ready(Ok(())) if got == 0 => self.eof = true,
-                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Ok(_)) if got == 0 => self.eof = true,
+                Poll::Ready(Ok(_)) => {}
             }
         }
     }
@@ -692,6 +705,56 @@ mod tests {
         assert_eq!(&got[..5], &[0x82, 3, b'o', b'n', b'e']);
         assert_eq!(&got[5..15], &[0x82, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
         assert!(got[15..].iter().all(|&b| b == 9));
+    }
+
+    /// Review finding: after a frame's header the buffer grew to the
+    /// announced length (up to 1 MiB per read), so 15 bytes pinned 1 MiB.
+    #[tokio::test]
+    async fn a_frame_start_announcing_a_large_payload_pins_only_what_arrived() {
+        let (socket, mut client) = pair().await;
+        let mut socket = WebSocket {
+            max_message: 64 << 20,
+            ..socket
+        };
+        let announced = (32 << 20) + 1;
+        let mut start = Vec::new();
+        FrameHeader {
+            opcode: OpCode::Data(Data::Binary),
+            mask: Some([1, 2, 3, 4]),
+            ..FrameHeader::default()
+        }
+        .format(announced, &mut start)
+        .unwrap();
+        start.push(0);
+        client.write_all(&start).await.unwrap();
+        // Read until the header is taken and the byte after it is held.
+        while socket.header.is_none() || socket.read.is_empty() {
+            let polled = poll_fn(|cx| Poll::Ready(socket.poll_next(cx).is_pending())).await;
+            assert!(polled, "the frame is not whole");
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            socket.read.capacity() <= 4 * READ_CHUNK,
+            "{} bytes held for one byte of payload",
+            socket.read.capacity()
+        );
+        // What arrives later is read all the same, the buffer growing with it.
+        let mut arrived = 1;
+        let piece = vec![0u8; 64 * 1024];
+        for _ in 0..8 {
+            client.write_all(&piece).await.unwrap();
+            arrived += piece.len();
+            while socket.read.len() < arrived {
+                let polled = poll_fn(|cx| Poll::Ready(socket.poll_next(cx).is_pending())).await;
+                assert!(polled, "the frame is not whole");
+                tokio::task::yield_now().await;
+            }
+            assert!(
+                socket.read.capacity() <= 2 * arrived + 4 * READ_CHUNK,
+                "{} bytes held for {arrived}",
+                socket.read.capacity()
+            );
+        }
     }
 
     #[tokio::test]
