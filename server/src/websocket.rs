@@ -323,13 +323,7 @@ impl WebSocket {
     ) -> Result<Option<Incoming>, ReadError> {
         let data = match header.opcode {
             OpCode::Control(Control::Close) => {
-                return match payload.len() {
-                    0 => Ok(Some(Incoming::Close(None))),
-                    1 => Err(ReadError::Protocol("close frame of one byte")),
-                    _ => Ok(Some(Incoming::Close(Some(u16::from_be_bytes([
-                        payload[0], payload[1],
-                    ]))))),
-                };
+                return close_code(&payload).map(|code| Some(Incoming::Close(code)));
             }
             OpCode::Control(Control::Ping) => return Ok(Some(Incoming::Ping(payload))),
             OpCode::Control(Control::Pong) => return Ok(Some(Incoming::Pong(payload.len()))),
@@ -475,6 +469,26 @@ impl WebSocket {
     pub async fn write_out(&mut self) -> io::Result<()> {
         poll_fn(|cx| self.poll_write_out(cx)).await
     }
+}
+
+/// The code of a client's close frame, if it has one: a code a peer may
+/// send (RFC 6455 §7.4: not 1004–1006, 1015 or outside 1000–4999; 1016–2999
+/// are unassigned), followed by a UTF-8 reason.
+fn close_code(payload: &[u8]) -> Result<Option<u16>, ReadError> {
+    let [high, low, reason @ ..] = payload else {
+        return match payload.len() {
+            0 => Ok(None),
+            _ => Err(ReadError::Protocol("close frame of one byte")),
+        };
+    };
+    let code = u16::from_be_bytes([*high, *low]);
+    if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+        return Err(ReadError::Protocol("invalid close code"));
+    }
+    if std::str::from_utf8(reason).is_err() {
+        return Err(ReadError::Protocol("close reason not UTF-8"));
+    }
+    Ok(Some(code))
 }
 
 /// Unmasks a client payload in place (RFC 6455 §5.3).

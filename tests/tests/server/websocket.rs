@@ -152,3 +152,33 @@ async fn an_unmasked_client_frame_closes_that_connection_with_1002() {
     assert!(!bob.text().contains("unmasked"));
     assert_eq!(server.state.metrics.rejected_inputs.get(), 1);
 }
+
+/// Review finding: a client's close with a code no peer may send (1005,
+/// 1006, 1015, 999, 0, 5000) was answered with the same code, and a
+/// reason that is not UTF-8 was not looked at. Such a close is answered
+/// 1002; a valid one still with its own code.
+#[tokio::test]
+async fn invalid_close_codes_are_answered_1002_not_echoed() {
+    let server = TestServer::start().await;
+    let mut invalid: Vec<Vec<u8>> = [1005u16, 1006, 1015, 999, 0, 5000, 1004, 2000]
+        .iter()
+        .map(|code| code.to_be_bytes().to_vec())
+        .collect();
+    invalid.push([&1000u16.to_be_bytes()[..], &[0xff, 0xfe]].concat());
+    for payload in invalid {
+        let mut raw = upgrade(server.addr, "closes").await;
+        raw.write_all(&frame(true, CLOSE, &payload, true))
+            .await
+            .unwrap();
+        let close = read_until(&mut raw, CLOSE).await;
+        assert_eq!(close[..2], 1002u16.to_be_bytes(), "{payload:?}: {close:?}");
+    }
+    for code in [1001u16, 1003, 1007, 1014, 3000, 4999] {
+        let mut raw = upgrade(server.addr, "closes").await;
+        let payload = [&code.to_be_bytes()[..], "bye ✓".as_bytes()].concat();
+        raw.write_all(&frame(true, CLOSE, &payload, true))
+            .await
+            .unwrap();
+        assert_eq!(read_until(&mut raw, CLOSE).await, code.to_be_bytes());
+    }
+}
