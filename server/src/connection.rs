@@ -531,7 +531,11 @@ impl Live {
         tokio::pin!(timer);
         let mut timer_at = next_ping;
         loop {
-            let ping_deadline = unanswered_since.map(|t| t + config.ping_timeout);
+            // While paused the link is alive (we are the ones not reading
+            // the client's pongs): no ping deadline, and no pings.
+            let ping_deadline = unanswered_since
+                .filter(|_| paused_until.is_none())
+                .map(|t| t + config.ping_timeout);
             let expiry = link.access.expires_at;
             let due = [ping_deadline, expiry, next_check, paused_until]
                 .into_iter()
@@ -565,6 +569,8 @@ impl Live {
                     }
                     if paused_until.is_some_and(|at| now >= at) {
                         paused_until = None;
+                        // The heartbeat starts afresh with reading.
+                        unanswered_since = None;
                         if let Some(inbound) = held.take()
                             && !deliver(wire, link, inbound).await
                         {
@@ -572,17 +578,19 @@ impl Live {
                         }
                     }
                     if now >= next_ping {
-                        nonce += 1;
-                        // A socket too busy to take a ping is not dead; skip this one.
-                        if wire.takes_control() {
-                            if link.extensions {
-                                wire.socket.queue_binary(Ext::Ping(nonce).encode().into());
-                            } else {
-                                wire.socket
-                                    .queue_ping(Bytes::copy_from_slice(&nonce.to_be_bytes()));
+                        if paused_until.is_none() {
+                            nonce += 1;
+                            // A socket too busy to take a ping is not dead; skip this one.
+                            if wire.takes_control() {
+                                if link.extensions {
+                                    wire.socket.queue_binary(Ext::Ping(nonce).encode().into());
+                                } else {
+                                    wire.socket
+                                        .queue_ping(Bytes::copy_from_slice(&nonce.to_be_bytes()));
+                                }
                             }
+                            unanswered_since.get_or_insert(now);
                         }
-                        unanswered_since.get_or_insert(now);
                         next_ping = now + config.ping_interval;
                     }
                     continue;

@@ -68,21 +68,27 @@ fn frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
     out
 }
 
+/// Reads one server frame: its opcode and payload.
+async fn read_frame(tcp: &mut TcpStream) -> (u8, Vec<u8>) {
+    let first = tcp.read_u8().await.unwrap();
+    let second = tcp.read_u8().await.unwrap();
+    assert_eq!(second & 0x80, 0, "server frames are not masked");
+    let len = match second & 0x7f {
+        126 => u64::from(tcp.read_u16().await.unwrap()),
+        127 => tcp.read_u64().await.unwrap(),
+        len => u64::from(len),
+    };
+    let mut payload = vec![0; len as usize];
+    tcp.read_exact(&mut payload).await.unwrap();
+    (first & 0x0f, payload)
+}
+
 /// Reads server frames until one of `opcode`; its payload.
 async fn read_until(tcp: &mut TcpStream, opcode: u8) -> Vec<u8> {
     tokio::time::timeout(WAIT, async {
         loop {
-            let first = tcp.read_u8().await.unwrap();
-            let second = tcp.read_u8().await.unwrap();
-            assert_eq!(second & 0x80, 0, "server frames are not masked");
-            let len = match second & 0x7f {
-                126 => u64::from(tcp.read_u16().await.unwrap()),
-                127 => tcp.read_u64().await.unwrap(),
-                len => u64::from(len),
-            };
-            let mut payload = vec![0; len as usize];
-            tcp.read_exact(&mut payload).await.unwrap();
-            if first & 0x0f == opcode {
+            let (got, payload) = read_frame(tcp).await;
+            if got == opcode {
                 return payload;
             }
         }
@@ -181,4 +187,44 @@ async fn invalid_close_codes_are_answered_1002_not_echoed() {
             .unwrap();
         assert_eq!(read_until(&mut raw, CLOSE).await, code.to_be_bytes());
     }
+}
+
+/// Review finding: reading stops while a client waits out its rate limit,
+/// but pings went on and their deadline ran, so a client answering every
+/// ping was cut with 4000 (its pongs sat unread). A paused client is
+/// slowed down, never cut: no pings, no ping deadline until reading resumes.
+#[tokio::test]
+async fn a_rate_limited_client_that_answers_every_ping_is_not_cut() {
+    let server = TestServer::start_with(|c| {
+        c.max_bytes_per_sec = 1000;
+        c.rate_burst = Duration::from_secs(1);
+        c.ping_interval = Duration::from_millis(200);
+        c.ping_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let mut reader = Client::connect_synced(server.ws_url("slow")).await;
+    let mut raw = upgrade(server.addr, "slow").await;
+    // About 3 KB: some two seconds of waiting at 1000 bytes a second.
+    let text = "throttled ".repeat(300);
+    raw.write_all(&frame(true, BINARY, &update_inserting(&text), true))
+        .await
+        .unwrap();
+    let answering = tokio::spawn(async move {
+        loop {
+            let (opcode, payload) = read_frame(&mut raw).await;
+            match opcode {
+                PING => raw
+                    .write_all(&frame(true, PONG, &payload, true))
+                    .await
+                    .unwrap(),
+                CLOSE => return payload,
+                _ => {}
+            }
+        }
+    });
+    reader.wait_text(&text).await;
+    // Reading resumed: the heartbeat goes on, answered, for a while longer.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!answering.is_finished(), "closed: {:?}", answering.await);
+    assert!(server.state.metrics.throttled.get() >= 1);
 }
