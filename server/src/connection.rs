@@ -93,6 +93,9 @@ pub enum Ending {
     /// A frame that does not decode, or one a client may not send (1007).
     #[error(transparent)]
     Undecodable(#[from] DecodeError),
+    /// A text message that is not UTF-8 (1007).
+    #[error("a text message that is not UTF-8")]
+    TextNotUtf8,
     /// A frame that breaks the WebSocket protocol (1002).
     #[error("WebSocket protocol violation: {0}")]
     Protocol(&'static str),
@@ -112,6 +115,7 @@ impl Ending {
             Ending::Access(err) => err.close_code(),
             Ending::Room(err) => return err.close(),
             Ending::TextFrame => close::UNSUPPORTED_DATA,
+            Ending::TextNotUtf8 => close::INVALID_PAYLOAD,
             Ending::TooBig(_) => close::MESSAGE_TOO_BIG,
             Ending::Undecodable(_) => close::INVALID_PAYLOAD,
             Ending::Protocol(_) => PROTOCOL_ERROR,
@@ -128,6 +132,7 @@ impl Ending {
             self,
             Ending::BadName(_)
                 | Ending::TextFrame
+                | Ending::TextNotUtf8
                 | Ending::TooBig(_)
                 | Ending::Undecodable(_)
                 | Ending::Protocol(_)
@@ -602,6 +607,7 @@ impl Live {
                             link.end(wire, Ending::TooBig(config.max_message_bytes))
                         }
                         ReadError::Protocol(what) => link.end(wire, Ending::Protocol(what)),
+                        ReadError::TextNotUtf8 => link.end(wire, Ending::TextNotUtf8),
                         ReadError::Io(err) => {
                             debug!(%err, "read failed");
                             Exit::Gone

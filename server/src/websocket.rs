@@ -125,6 +125,9 @@ pub enum ReadError {
     TooBig(usize),
     #[error("WebSocket protocol violation: {0}")]
     Protocol(&'static str),
+    /// A text message that is not UTF-8 (close code 1007).
+    #[error("a text message that is not UTF-8")]
+    TextNotUtf8,
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -295,6 +298,9 @@ impl WebSocket {
         if header.mask.is_none() {
             return Err(ReadError::Protocol("unmasked client frame"));
         }
+        if len > i64::MAX as u64 {
+            return Err(ReadError::Protocol("64-bit length with the top bit set"));
+        }
         let len = usize::try_from(len).unwrap_or(usize::MAX);
         match header.opcode {
             OpCode::Control(_) if !header.is_final => {
@@ -343,7 +349,7 @@ impl WebSocket {
                 }
                 let partial = self.partial.take().expect("a message in progress");
                 return Ok(Some(if partial.text {
-                    Incoming::Text(partial.data.len())
+                    Incoming::Text(text_len(&partial.data)?)
                 } else {
                     Incoming::Binary(partial.data.freeze())
                 }));
@@ -353,7 +359,7 @@ impl WebSocket {
         };
         if header.is_final {
             return Ok(Some(if text {
-                Incoming::Text(payload.len())
+                Incoming::Text(text_len(&payload)?)
             } else {
                 Incoming::Binary(payload)
             }));
@@ -469,6 +475,12 @@ impl WebSocket {
     pub async fn write_out(&mut self) -> io::Result<()> {
         poll_fn(|cx| self.poll_write_out(cx)).await
     }
+}
+
+/// The length of a whole text message, which must be UTF-8 (RFC 6455 §8.1).
+fn text_len(text: &[u8]) -> Result<usize, ReadError> {
+    std::str::from_utf8(text).map_err(|_| ReadError::TextNotUtf8)?;
+    Ok(text.len())
 }
 
 /// The code of a client's close frame, if it has one: a code a peer may
@@ -793,6 +805,16 @@ mod tests {
             ),
             (masked(9, &[0; 126]), "control frame over 125 bytes"),
             (masked(3, b"x"), "reserved opcode"),
+            (
+                // A length of 2^63: the top bit of a 64-bit length set.
+                [
+                    &[0x82, 0xff][..],
+                    &(1u64 << 63).to_be_bytes(),
+                    &[1, 2, 3, 4],
+                ]
+                .concat(),
+                "64-bit length with the top bit set",
+            ),
         ] {
             let (mut socket, mut client) = pair().await;
             client.write_all(&frame).await.unwrap();
@@ -801,6 +823,30 @@ mod tests {
                 other => panic!("{what}: {other:?}"),
             }
         }
+    }
+
+    /// Review finding: text frames were answered 1003 whatever they held;
+    /// one that is not UTF-8 is invalid data (1007), whole or in pieces.
+    #[tokio::test]
+    async fn text_frames_that_are_not_utf8_are_refused_as_invalid() {
+        let (mut socket, mut client) = pair().await;
+        client
+            .write_all(&masked(1, "fine ✓".as_bytes()))
+            .await
+            .unwrap();
+        assert!(matches!(socket.next().await, Some(Ok(Incoming::Text(8)))));
+        // "✓" split between two fragments is still UTF-8 once whole.
+        let check = "✓".as_bytes();
+        let mut first = masked(1, &check[..1]);
+        first[0] &= 0x7f; // more to come
+        client.write_all(&first).await.unwrap();
+        client.write_all(&masked(0, &check[1..])).await.unwrap();
+        assert!(matches!(socket.next().await, Some(Ok(Incoming::Text(3)))));
+        client.write_all(&masked(1, &[b'a', 0xff])).await.unwrap();
+        assert!(matches!(
+            socket.next().await,
+            Some(Err(ReadError::TextNotUtf8))
+        ));
     }
 
     #[tokio::test]
