@@ -35,6 +35,8 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
@@ -536,11 +538,24 @@ pub struct Upgrade {
 
 /// Why a request is not a WebSocket upgrade.
 #[derive(Debug)]
-pub struct NotAnUpgrade(StatusCode, &'static str);
+pub enum NotAnUpgrade {
+    /// Answered with this status and text.
+    Refused(StatusCode, &'static str),
+    /// A version other than 13: 426 naming the one spoken (RFC 6455 §4.4).
+    Version,
+}
 
 impl IntoResponse for NotAnUpgrade {
     fn into_response(self) -> Response {
-        (self.0, self.1).into_response()
+        match self {
+            NotAnUpgrade::Refused(status, text) => (status, text).into_response(),
+            NotAnUpgrade::Version => (
+                StatusCode::UPGRADE_REQUIRED,
+                [(header::SEC_WEBSOCKET_VERSION, "13")],
+                "Sec-WebSocket-Version must be 13",
+            )
+                .into_response(),
+        }
     }
 }
 
@@ -548,9 +563,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
     type Rejection = NotAnUpgrade;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let bad = |text| Err(NotAnUpgrade(StatusCode::BAD_REQUEST, text));
+        let bad = |text| Err(NotAnUpgrade::Refused(StatusCode::BAD_REQUEST, text));
         if parts.method != Method::GET {
-            return Err(NotAnUpgrade(
+            return Err(NotAnUpgrade::Refused(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "a WebSocket upgrade is a GET request",
             ));
@@ -562,15 +577,21 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
         if !header_has_token(headers, header::UPGRADE, "websocket") {
             return bad("Upgrade header did not include 'websocket'");
         }
-        if headers
-            .get(header::SEC_WEBSOCKET_VERSION)
-            .is_none_or(|v| v.as_bytes() != b"13")
-        {
-            return bad("Sec-WebSocket-Version header did not include '13'");
+        match headers.get(header::SEC_WEBSOCKET_VERSION) {
+            None => return bad("Sec-WebSocket-Version header missing"),
+            Some(version) if version.as_bytes() != b"13" => return Err(NotAnUpgrade::Version),
+            Some(_) => {}
         }
         let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
             return bad("Sec-WebSocket-Key header missing");
         };
+        // A nonce of 16 bytes in base64 (RFC 6455 §4.1).
+        if BASE64
+            .decode(key.as_bytes())
+            .map_or(true, |nonce| nonce.len() != 16)
+        {
+            return bad("Sec-WebSocket-Key is not 16 bytes in base64");
+        }
         let protocols = headers
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)
             .iter()
@@ -578,7 +599,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
             .filter_map(|token| HeaderValue::from_bytes(token.trim_ascii()).ok())
             .collect();
         let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
-            return Err(NotAnUpgrade(
+            return Err(NotAnUpgrade::Refused(
                 StatusCode::UPGRADE_REQUIRED,
                 "WebSocket request couldn't be upgraded since no upgrade state was present",
             ));

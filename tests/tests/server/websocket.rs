@@ -20,24 +20,37 @@ const CLOSE: u8 = 0x8;
 const PING: u8 = 0x9;
 const PONG: u8 = 0xA;
 
-/// Opens `/ws/{doc}` and reads the 101 answer.
-async fn upgrade(addr: SocketAddr, doc: &str) -> TcpStream {
+/// RFC 6455's own example key.
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// Sends an upgrade request for `/ws/{doc}` with this version and key; the
+/// socket and the response head.
+async fn request_upgrade(
+    addr: SocketAddr,
+    doc: &str,
+    version: &str,
+    key: &str,
+) -> (TcpStream, String) {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let request = format!(
         "GET /ws/{doc} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+         Sec-WebSocket-Version: {version}\r\nSec-WebSocket-Key: {key}\r\n\r\n"
     );
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         head.push(tcp.read_u8().await.unwrap());
     }
-    let head = String::from_utf8(head).unwrap();
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    // RFC 6455's own example key and its accept value.
+    (tcp, String::from_utf8(head).unwrap().to_ascii_lowercase())
+}
+
+/// Opens `/ws/{doc}` and reads the 101 answer.
+async fn upgrade(addr: SocketAddr, doc: &str) -> TcpStream {
+    let (tcp, head) = request_upgrade(addr, doc, "13", KEY).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    // The example key's accept value.
     assert!(
-        head.to_ascii_lowercase()
-            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
         "{head}"
     );
     tcp
@@ -227,4 +240,31 @@ async fn a_rate_limited_client_that_answers_every_ping_is_not_cut() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!answering.is_finished(), "closed: {:?}", answering.await);
     assert!(server.state.metrics.throttled.get() >= 1);
+}
+
+/// The response head to an upgrade request with this version and key.
+async fn upgrade_answer(addr: SocketAddr, version: &str, key: &str) -> String {
+    request_upgrade(addr, "keys", version, key).await.1
+}
+
+/// Review finding: any `Sec-WebSocket-Key` was accepted, and a wrong
+/// version answered 400 without naming the one spoken. A key must be 16
+/// bytes in base64 (400 otherwise); another version gets 426 with
+/// `Sec-WebSocket-Version: 13` (RFC 6455 §4.2.1, §4.4).
+#[tokio::test]
+async fn a_bad_websocket_key_gets_400_and_a_wrong_version_426_naming_13() {
+    let server = TestServer::start().await;
+    for key in [
+        "not base64!",
+        "c2hvcnQ=",
+        "dGhpcyBub25jZSBpcyBzZXZlbnRlZW4h",
+    ] {
+        let head = upgrade_answer(server.addr, "13", key).await;
+        assert!(head.starts_with("http/1.1 400"), "{key}: {head}");
+    }
+    let head = upgrade_answer(server.addr, "8", KEY).await;
+    assert!(head.starts_with("http/1.1 426"), "{head}");
+    assert!(head.contains("sec-websocket-version: 13\r\n"), "{head}");
+    let head = upgrade_answer(server.addr, "13", KEY).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
 }
