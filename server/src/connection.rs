@@ -353,7 +353,7 @@ enum WireEnd {
     Closing,
     /// The socket failed.
     Gone,
-    /// The room let go of the connection without a close.
+    /// The room let go of the connection without a close (1011 is sent).
     RoomLeft,
 }
 
@@ -372,7 +372,7 @@ enum Exit {
     Closing { drain: bool },
     /// The client sent a close (with this code): answer it.
     ClientClosed(Option<u16>),
-    /// The room is gone or let go: close without a code.
+    /// The room is gone or let go: close with 1011.
     RoomLeft,
     /// The socket ended or failed.
     Gone,
@@ -634,6 +634,9 @@ impl Live {
                 Incoming::Ping(payload) => {
                     if wire.takes_control() {
                         wire.socket.queue_pong(payload);
+                    } else if !wire.closing {
+                        // Full: the most recent ping is the one answered.
+                        wire.socket.replace_waiting_pong(payload);
                     }
                     continue;
                 }
@@ -691,7 +694,9 @@ impl Live {
                 drain
             }
             Exit::RoomLeft => {
-                wire.socket.queue_close(None);
+                let reason = "the document's room let go of the connection";
+                wire.socket
+                    .queue_close(Some((close::INTERNAL_ERROR, reason)));
                 true
             }
             Exit::ClientClosed(code) => {

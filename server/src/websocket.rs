@@ -151,6 +151,26 @@ struct Outgoing {
 }
 
 impl Outgoing {
+    /// A frame of `opcode` carrying `payload`, header formatted.
+    fn new(opcode: OpCode, payload: Bytes) -> Self {
+        let header = FrameHeader {
+            opcode,
+            ..FrameHeader::default()
+        };
+        let mut head = [0u8; MAX_HEAD];
+        let mut cursor = Cursor::new(&mut head[..]);
+        header
+            .format(payload.len() as u64, &mut cursor)
+            .expect("an unmasked header fits in 10 bytes");
+        let head_len = cursor.position() as u8;
+        Self {
+            head,
+            head_len,
+            payload,
+            sent: 0,
+        }
+    }
+
     fn len(&self) -> usize {
         usize::from(self.head_len) + self.payload.len()
     }
@@ -414,23 +434,25 @@ impl WebSocket {
         self.queue(OpCode::Control(Control::Close), payload);
     }
 
-    fn queue(&mut self, opcode: OpCode, payload: Bytes) {
-        let header = FrameHeader {
-            opcode,
-            ..FrameHeader::default()
+    /// Answers a ping when no more control frames may be queued: the
+    /// newest pong not yet begun answers this ping instead (RFC 6455 §5.5.3
+    /// lets a peer answer only the most recent ping); false if none waits.
+    pub fn replace_waiting_pong(&mut self, payload: Bytes) -> bool {
+        let pong = OpCode::Control(Control::Pong);
+        let Some(waiting) = self
+            .out
+            .iter_mut()
+            .rev()
+            .find(|frame| frame.sent == 0 && frame.head[0] & 0x0f == u8::from(pong))
+        else {
+            return false;
         };
-        let mut head = [0u8; MAX_HEAD];
-        let mut cursor = Cursor::new(&mut head[..]);
-        header
-            .format(payload.len() as u64, &mut cursor)
-            .expect("an unmasked header fits in 10 bytes");
-        let head_len = cursor.position() as u8;
-        self.out.push_back(Outgoing {
-            head,
-            head_len,
-            payload,
-            sent: 0,
-        });
+        *waiting = Outgoing::new(pong, payload);
+        true
+    }
+
+    fn queue(&mut self, opcode: OpCode, payload: Bytes) {
+        self.out.push_back(Outgoing::new(opcode, payload));
     }
 
     /// Writes every queued frame, as few system calls as the socket takes;
@@ -868,6 +890,23 @@ mod tests {
             socket.next().await,
             Some(Err(ReadError::TextNotUtf8))
         ));
+    }
+
+    /// Review finding: with the control queue full, the newest ping went
+    /// unanswered and older answers went out; the most recent ping is the
+    /// one answered.
+    #[tokio::test]
+    async fn with_the_queue_full_the_most_recent_ping_is_answered() {
+        let (mut socket, mut client) = pair().await;
+        assert!(!socket.replace_waiting_pong(Bytes::from_static(b"none")));
+        socket.queue_pong(Bytes::from_static(b"old"));
+        socket.queue_binary(Bytes::from_static(b"data"));
+        assert!(socket.replace_waiting_pong(Bytes::from_static(b"newest")));
+        socket.write_out().await.unwrap();
+        let mut got = vec![0u8; 2 + 6 + 2 + 4];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..8], &[0x8a, 6, b'n', b'e', b'w', b'e', b's', b't']);
+        assert_eq!(&got[8..], &[0x82, 4, b'd', b'a', b't', b'a']);
     }
 
     #[tokio::test]
