@@ -93,6 +93,9 @@ pub enum Ending {
     /// A frame that does not decode, or one a client may not send (1007).
     #[error(transparent)]
     Undecodable(#[from] DecodeError),
+    /// A text message that is not UTF-8 (1007).
+    #[error("a text message that is not UTF-8")]
+    TextNotUtf8,
     /// A frame that breaks the WebSocket protocol (1002).
     #[error("WebSocket protocol violation: {0}")]
     Protocol(&'static str),
@@ -112,6 +115,7 @@ impl Ending {
             Ending::Access(err) => err.close_code(),
             Ending::Room(err) => return err.close(),
             Ending::TextFrame => close::UNSUPPORTED_DATA,
+            Ending::TextNotUtf8 => close::INVALID_PAYLOAD,
             Ending::TooBig(_) => close::MESSAGE_TOO_BIG,
             Ending::Undecodable(_) => close::INVALID_PAYLOAD,
             Ending::Protocol(_) => PROTOCOL_ERROR,
@@ -128,6 +132,7 @@ impl Ending {
             self,
             Ending::BadName(_)
                 | Ending::TextFrame
+                | Ending::TextNotUtf8
                 | Ending::TooBig(_)
                 | Ending::Undecodable(_)
                 | Ending::Protocol(_)
@@ -348,7 +353,7 @@ enum WireEnd {
     Closing,
     /// The socket failed.
     Gone,
-    /// The room let go of the connection without a close.
+    /// The room let go of the connection without a close (1011 is sent).
     RoomLeft,
 }
 
@@ -367,7 +372,7 @@ enum Exit {
     Closing { drain: bool },
     /// The client sent a close (with this code): answer it.
     ClientClosed(Option<u16>),
-    /// The room is gone or let go: close without a code.
+    /// The room is gone or let go: close with 1011.
     RoomLeft,
     /// The socket ended or failed.
     Gone,
@@ -531,7 +536,11 @@ impl Live {
         tokio::pin!(timer);
         let mut timer_at = next_ping;
         loop {
-            let ping_deadline = unanswered_since.map(|t| t + config.ping_timeout);
+            // While paused the link is alive (we are the ones not reading
+            // the client's pongs): no ping deadline, and no pings.
+            let ping_deadline = unanswered_since
+                .filter(|_| paused_until.is_none())
+                .map(|t| t + config.ping_timeout);
             let expiry = link.access.expires_at;
             let due = [ping_deadline, expiry, next_check, paused_until]
                 .into_iter()
@@ -565,6 +574,8 @@ impl Live {
                     }
                     if paused_until.is_some_and(|at| now >= at) {
                         paused_until = None;
+                        // The heartbeat starts afresh with reading.
+                        unanswered_since = None;
                         if let Some(inbound) = held.take()
                             && !deliver(wire, link, inbound).await
                         {
@@ -572,17 +583,19 @@ impl Live {
                         }
                     }
                     if now >= next_ping {
-                        nonce += 1;
-                        // A socket too busy to take a ping is not dead; skip this one.
-                        if wire.takes_control() {
-                            if link.extensions {
-                                wire.socket.queue_binary(Ext::Ping(nonce).encode().into());
-                            } else {
-                                wire.socket
-                                    .queue_ping(Bytes::copy_from_slice(&nonce.to_be_bytes()));
+                        if paused_until.is_none() {
+                            nonce += 1;
+                            // A socket too busy to take a ping is not dead; skip this one.
+                            if wire.takes_control() {
+                                if link.extensions {
+                                    wire.socket.queue_binary(Ext::Ping(nonce).encode().into());
+                                } else {
+                                    wire.socket
+                                        .queue_ping(Bytes::copy_from_slice(&nonce.to_be_bytes()));
+                                }
                             }
+                            unanswered_since.get_or_insert(now);
                         }
-                        unanswered_since.get_or_insert(now);
                         next_ping = now + config.ping_interval;
                     }
                     continue;
@@ -594,6 +607,7 @@ impl Live {
                             link.end(wire, Ending::TooBig(config.max_message_bytes))
                         }
                         ReadError::Protocol(what) => link.end(wire, Ending::Protocol(what)),
+                        ReadError::TextNotUtf8 => link.end(wire, Ending::TextNotUtf8),
                         ReadError::Io(err) => {
                             debug!(%err, "read failed");
                             Exit::Gone
@@ -620,6 +634,9 @@ impl Live {
                 Incoming::Ping(payload) => {
                     if wire.takes_control() {
                         wire.socket.queue_pong(payload);
+                    } else if !wire.closing {
+                        // Full: the most recent ping is the one answered.
+                        wire.socket.replace_waiting_pong(payload);
                     }
                     continue;
                 }
@@ -677,7 +694,9 @@ impl Live {
                 drain
             }
             Exit::RoomLeft => {
-                wire.socket.queue_close(None);
+                let reason = "the document's room let go of the connection";
+                wire.socket
+                    .queue_close(Some((close::INTERNAL_ERROR, reason)));
                 true
             }
             Exit::ClientClosed(code) => {

@@ -35,11 +35,14 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
 use tracing::warn;
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
@@ -78,13 +81,6 @@ impl Transport {
         }
     }
 
-    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self {
-            Transport::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Transport::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
-        }
-    }
-
     fn poll_write_vectored(
         &mut self,
         cx: &mut Context<'_>,
@@ -93,6 +89,19 @@ impl Transport {
         match self {
             Transport::Tcp(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
             Transport::Upgraded(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+        }
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Transport::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
         }
     }
 }
@@ -118,6 +127,9 @@ pub enum ReadError {
     TooBig(usize),
     #[error("WebSocket protocol violation: {0}")]
     Protocol(&'static str),
+    /// A text message that is not UTF-8 (close code 1007).
+    #[error("a text message that is not UTF-8")]
+    TextNotUtf8,
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -139,6 +151,26 @@ struct Outgoing {
 }
 
 impl Outgoing {
+    /// A frame of `opcode` carrying `payload`, header formatted.
+    fn new(opcode: OpCode, payload: Bytes) -> Self {
+        let header = FrameHeader {
+            opcode,
+            ..FrameHeader::default()
+        };
+        let mut head = [0u8; MAX_HEAD];
+        let mut cursor = Cursor::new(&mut head[..]);
+        header
+            .format(payload.len() as u64, &mut cursor)
+            .expect("an unmasked header fits in 10 bytes");
+        let head_len = cursor.position() as u8;
+        Self {
+            head,
+            head_len,
+            payload,
+            sent: 0,
+        }
+    }
+
     fn len(&self) -> usize {
         usize::from(self.head_len) + self.payload.len()
     }
@@ -216,13 +248,19 @@ impl WebSocket {
                 Some((_, len)) => len.saturating_sub(self.read.len()),
                 None => 0,
             };
-            let want = missing.clamp(READ_CHUNK, READ_MAX);
             let filled = self.read.len();
-            self.read.resize(filled + want, 0);
-            let mut buf = ReadBuf::new(&mut self.read[filled..]);
-            let polled = self.io.poll_read(cx, &mut buf);
-            let got = buf.filled().len();
-            self.read.truncate(filled + got);
+            // Grows once nearly full, by what arrived (doubling), never by
+            // what a header announces: a silent client that announced a
+            // large frame pins about twice what it sent, no more.
+            if self.read.capacity() - filled < READ_CHUNK {
+                let want = missing
+                    .min(filled.max(READ_CHUNK))
+                    .clamp(READ_CHUNK, READ_MAX);
+                self.read.reserve(want);
+            }
+            // Into spare capacity, not zeroed first.
+            let polled = poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read);
+            let got = self.read.len() - filled;
             match polled {
                 Poll::Pending => {
                     if self.read.is_empty() {
@@ -231,8 +269,8 @@ impl WebSocket {
                     return Poll::Pending;
                 }
                 Poll::Ready(Err(err)) => return Poll::Ready(Some(Err(err.into()))),
-                Poll::Ready(Ok(())) if got == 0 => self.eof = true,
-                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Ok(_)) if got == 0 => self.eof = true,
+                Poll::Ready(Ok(_)) => {}
             }
         }
     }
@@ -282,6 +320,9 @@ impl WebSocket {
         if header.mask.is_none() {
             return Err(ReadError::Protocol("unmasked client frame"));
         }
+        if len > i64::MAX as u64 {
+            return Err(ReadError::Protocol("64-bit length with the top bit set"));
+        }
         let len = usize::try_from(len).unwrap_or(usize::MAX);
         match header.opcode {
             OpCode::Control(_) if !header.is_final => {
@@ -310,13 +351,7 @@ impl WebSocket {
     ) -> Result<Option<Incoming>, ReadError> {
         let data = match header.opcode {
             OpCode::Control(Control::Close) => {
-                return match payload.len() {
-                    0 => Ok(Some(Incoming::Close(None))),
-                    1 => Err(ReadError::Protocol("close frame of one byte")),
-                    _ => Ok(Some(Incoming::Close(Some(u16::from_be_bytes([
-                        payload[0], payload[1],
-                    ]))))),
-                };
+                return close_code(&payload).map(|code| Some(Incoming::Close(code)));
             }
             OpCode::Control(Control::Ping) => return Ok(Some(Incoming::Ping(payload))),
             OpCode::Control(Control::Pong) => return Ok(Some(Incoming::Pong(payload.len()))),
@@ -336,7 +371,7 @@ impl WebSocket {
                 }
                 let partial = self.partial.take().expect("a message in progress");
                 return Ok(Some(if partial.text {
-                    Incoming::Text(partial.data.len())
+                    Incoming::Text(text_len(&partial.data)?)
                 } else {
                     Incoming::Binary(partial.data.freeze())
                 }));
@@ -346,7 +381,7 @@ impl WebSocket {
         };
         if header.is_final {
             return Ok(Some(if text {
-                Incoming::Text(payload.len())
+                Incoming::Text(text_len(&payload)?)
             } else {
                 Incoming::Binary(payload)
             }));
@@ -399,23 +434,25 @@ impl WebSocket {
         self.queue(OpCode::Control(Control::Close), payload);
     }
 
-    fn queue(&mut self, opcode: OpCode, payload: Bytes) {
-        let header = FrameHeader {
-            opcode,
-            ..FrameHeader::default()
+    /// Answers a ping when no more control frames may be queued: the
+    /// newest pong not yet begun answers this ping instead (RFC 6455 §5.5.3
+    /// lets a peer answer only the most recent ping); false if none waits.
+    pub fn replace_waiting_pong(&mut self, payload: Bytes) -> bool {
+        let pong = OpCode::Control(Control::Pong);
+        let Some(waiting) = self
+            .out
+            .iter_mut()
+            .rev()
+            .find(|frame| frame.sent == 0 && frame.head[0] & 0x0f == u8::from(pong))
+        else {
+            return false;
         };
-        let mut head = [0u8; MAX_HEAD];
-        let mut cursor = Cursor::new(&mut head[..]);
-        header
-            .format(payload.len() as u64, &mut cursor)
-            .expect("an unmasked header fits in 10 bytes");
-        let head_len = cursor.position() as u8;
-        self.out.push_back(Outgoing {
-            head,
-            head_len,
-            payload,
-            sent: 0,
-        });
+        *waiting = Outgoing::new(pong, payload);
+        true
+    }
+
+    fn queue(&mut self, opcode: OpCode, payload: Bytes) {
+        self.out.push_back(Outgoing::new(opcode, payload));
     }
 
     /// Writes every queued frame, as few system calls as the socket takes;
@@ -464,6 +501,32 @@ impl WebSocket {
     }
 }
 
+/// The length of a whole text message, which must be UTF-8 (RFC 6455 §8.1).
+fn text_len(text: &[u8]) -> Result<usize, ReadError> {
+    std::str::from_utf8(text).map_err(|_| ReadError::TextNotUtf8)?;
+    Ok(text.len())
+}
+
+/// The code of a client's close frame, if it has one: a code a peer may
+/// send (RFC 6455 §7.4: not 1004–1006, 1015 or outside 1000–4999; 1016–2999
+/// are unassigned), followed by a UTF-8 reason.
+fn close_code(payload: &[u8]) -> Result<Option<u16>, ReadError> {
+    let [high, low, reason @ ..] = payload else {
+        return match payload.len() {
+            0 => Ok(None),
+            _ => Err(ReadError::Protocol("close frame of one byte")),
+        };
+    };
+    let code = u16::from_be_bytes([*high, *low]);
+    if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+        return Err(ReadError::Protocol("invalid close code"));
+    }
+    if std::str::from_utf8(reason).is_err() {
+        return Err(ReadError::Protocol("close reason not UTF-8"));
+    }
+    Ok(Some(code))
+}
+
 /// Unmasks a client payload in place (RFC 6455 §5.3).
 fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     let word = u32::from_ne_bytes(mask);
@@ -497,11 +560,24 @@ pub struct Upgrade {
 
 /// Why a request is not a WebSocket upgrade.
 #[derive(Debug)]
-pub struct NotAnUpgrade(StatusCode, &'static str);
+pub enum NotAnUpgrade {
+    /// Answered with this status and text.
+    Refused(StatusCode, &'static str),
+    /// A version other than 13: 426 naming the one spoken (RFC 6455 §4.4).
+    Version,
+}
 
 impl IntoResponse for NotAnUpgrade {
     fn into_response(self) -> Response {
-        (self.0, self.1).into_response()
+        match self {
+            NotAnUpgrade::Refused(status, text) => (status, text).into_response(),
+            NotAnUpgrade::Version => (
+                StatusCode::UPGRADE_REQUIRED,
+                [(header::SEC_WEBSOCKET_VERSION, "13")],
+                "Sec-WebSocket-Version must be 13",
+            )
+                .into_response(),
+        }
     }
 }
 
@@ -509,9 +585,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
     type Rejection = NotAnUpgrade;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let bad = |text| Err(NotAnUpgrade(StatusCode::BAD_REQUEST, text));
+        let bad = |text| Err(NotAnUpgrade::Refused(StatusCode::BAD_REQUEST, text));
         if parts.method != Method::GET {
-            return Err(NotAnUpgrade(
+            return Err(NotAnUpgrade::Refused(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "a WebSocket upgrade is a GET request",
             ));
@@ -523,15 +599,21 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
         if !header_has_token(headers, header::UPGRADE, "websocket") {
             return bad("Upgrade header did not include 'websocket'");
         }
-        if headers
-            .get(header::SEC_WEBSOCKET_VERSION)
-            .is_none_or(|v| v.as_bytes() != b"13")
-        {
-            return bad("Sec-WebSocket-Version header did not include '13'");
+        match headers.get(header::SEC_WEBSOCKET_VERSION) {
+            None => return bad("Sec-WebSocket-Version header missing"),
+            Some(version) if version.as_bytes() != b"13" => return Err(NotAnUpgrade::Version),
+            Some(_) => {}
         }
         let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
             return bad("Sec-WebSocket-Key header missing");
         };
+        // A nonce of 16 bytes in base64 (RFC 6455 §4.1).
+        if BASE64
+            .decode(key.as_bytes())
+            .map_or(true, |nonce| nonce.len() != 16)
+        {
+            return bad("Sec-WebSocket-Key is not 16 bytes in base64");
+        }
         let protocols = headers
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)
             .iter()
@@ -539,7 +621,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
             .filter_map(|token| HeaderValue::from_bytes(token.trim_ascii()).ok())
             .collect();
         let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
-            return Err(NotAnUpgrade(
+            return Err(NotAnUpgrade::Refused(
                 StatusCode::UPGRADE_REQUIRED,
                 "WebSocket request couldn't be upgraded since no upgrade state was present",
             ));
@@ -694,6 +776,56 @@ mod tests {
         assert!(got[15..].iter().all(|&b| b == 9));
     }
 
+    /// Review finding: after a frame's header the buffer grew to the
+    /// announced length (up to 1 MiB per read), so 15 bytes pinned 1 MiB.
+    #[tokio::test]
+    async fn a_frame_start_announcing_a_large_payload_pins_only_what_arrived() {
+        let (socket, mut client) = pair().await;
+        let mut socket = WebSocket {
+            max_message: 64 << 20,
+            ..socket
+        };
+        let announced = (32 << 20) + 1;
+        let mut start = Vec::new();
+        FrameHeader {
+            opcode: OpCode::Data(Data::Binary),
+            mask: Some([1, 2, 3, 4]),
+            ..FrameHeader::default()
+        }
+        .format(announced, &mut start)
+        .unwrap();
+        start.push(0);
+        client.write_all(&start).await.unwrap();
+        // Read until the header is taken and the byte after it is held.
+        while socket.header.is_none() || socket.read.is_empty() {
+            let polled = poll_fn(|cx| Poll::Ready(socket.poll_next(cx).is_pending())).await;
+            assert!(polled, "the frame is not whole");
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            socket.read.capacity() <= 4 * READ_CHUNK,
+            "{} bytes held for one byte of payload",
+            socket.read.capacity()
+        );
+        // What arrives later is read all the same, the buffer growing with it.
+        let mut arrived = 1;
+        let piece = vec![0u8; 64 * 1024];
+        for _ in 0..8 {
+            client.write_all(&piece).await.unwrap();
+            arrived += piece.len();
+            while socket.read.len() < arrived {
+                let polled = poll_fn(|cx| Poll::Ready(socket.poll_next(cx).is_pending())).await;
+                assert!(polled, "the frame is not whole");
+                tokio::task::yield_now().await;
+            }
+            assert!(
+                socket.read.capacity() <= 2 * arrived + 4 * READ_CHUNK,
+                "{} bytes held for {arrived}",
+                socket.read.capacity()
+            );
+        }
+    }
+
     #[tokio::test]
     async fn client_frames_that_break_the_protocol_are_refused() {
         for (frame, what) in [
@@ -716,6 +848,16 @@ mod tests {
             ),
             (masked(9, &[0; 126]), "control frame over 125 bytes"),
             (masked(3, b"x"), "reserved opcode"),
+            (
+                // A length of 2^63: the top bit of a 64-bit length set.
+                [
+                    &[0x82, 0xff][..],
+                    &(1u64 << 63).to_be_bytes(),
+                    &[1, 2, 3, 4],
+                ]
+                .concat(),
+                "64-bit length with the top bit set",
+            ),
         ] {
             let (mut socket, mut client) = pair().await;
             client.write_all(&frame).await.unwrap();
@@ -724,6 +866,47 @@ mod tests {
                 other => panic!("{what}: {other:?}"),
             }
         }
+    }
+
+    /// Review finding: text frames were answered 1003 whatever they held;
+    /// one that is not UTF-8 is invalid data (1007), whole or in pieces.
+    #[tokio::test]
+    async fn text_frames_that_are_not_utf8_are_refused_as_invalid() {
+        let (mut socket, mut client) = pair().await;
+        client
+            .write_all(&masked(1, "fine ✓".as_bytes()))
+            .await
+            .unwrap();
+        assert!(matches!(socket.next().await, Some(Ok(Incoming::Text(8)))));
+        // "✓" split between two fragments is still UTF-8 once whole.
+        let check = "✓".as_bytes();
+        let mut first = masked(1, &check[..1]);
+        first[0] &= 0x7f; // more to come
+        client.write_all(&first).await.unwrap();
+        client.write_all(&masked(0, &check[1..])).await.unwrap();
+        assert!(matches!(socket.next().await, Some(Ok(Incoming::Text(3)))));
+        client.write_all(&masked(1, &[b'a', 0xff])).await.unwrap();
+        assert!(matches!(
+            socket.next().await,
+            Some(Err(ReadError::TextNotUtf8))
+        ));
+    }
+
+    /// Review finding: with the control queue full, the newest ping went
+    /// unanswered and older answers went out; the most recent ping is the
+    /// one answered.
+    #[tokio::test]
+    async fn with_the_queue_full_the_most_recent_ping_is_answered() {
+        let (mut socket, mut client) = pair().await;
+        assert!(!socket.replace_waiting_pong(Bytes::from_static(b"none")));
+        socket.queue_pong(Bytes::from_static(b"old"));
+        socket.queue_binary(Bytes::from_static(b"data"));
+        assert!(socket.replace_waiting_pong(Bytes::from_static(b"newest")));
+        socket.write_out().await.unwrap();
+        let mut got = vec![0u8; 2 + 6 + 2 + 4];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..8], &[0x8a, 6, b'n', b'e', b'w', b'e', b's', b't']);
+        assert_eq!(&got[8..], &[0x82, 4, b'd', b'a', b't', b'a']);
     }
 
     #[tokio::test]
