@@ -99,11 +99,17 @@ const Q = {
     const e = Q.root();
     if (!Q.rich()) { const q = p === null ? e.value.length : p; e.setSelectionRange(q, q); return true; }
     return new Promise((resolve) => {
+      const s = getSelection();
+      const before = [s.anchorNode, s.anchorOffset, s.focusNode, s.focusOffset];
       const done = () => resolve(true);
       document.addEventListener('selectionchange', done, { once: true });
-      // An unchanged selection fires nothing.
-      setTimeout(done, 250);
-      if (!Q.placeCaret(e, p)) { document.removeEventListener('selectionchange', done); resolve(false); }
+      const placed = Q.placeCaret(e, p);
+      const after = [s.anchorNode, s.anchorOffset, s.focusNode, s.focusOffset];
+      // A selection that did not change fires no event: nothing to wait for.
+      if (!placed || after.every((v, i) => v === before[i])) {
+        document.removeEventListener('selectionchange', done);
+        resolve(placed);
+      }
     });
   },
   placeCaret: (e, p) => {
