@@ -12,6 +12,9 @@
 //! - **Selection** is kept as sticky indices (yrs `StickyIndex`, Yjs
 //!   relative positions) taken whenever it changes, and put back after
 //!   every change, so it stays on the same characters whatever others do.
+//!   The selection is taken again right before every update from
+//!   elsewhere is applied ([`RichEditor::take_dom_selection`]), since
+//!   `selectionchange` may not have arrived yet.
 //!   Presence carries it as Yjs RelativePosition JSON ([`crate::relpos`]).
 //! - **IME**: during a composition the browser owns the block being
 //!   composed in; remote changes to that block are held back, other blocks
@@ -296,7 +299,7 @@ impl RichEditor {
             "selectionchange",
             move |_| {
                 if let Some(editor) = weak.upgrade() {
-                    editor.selection_changed();
+                    editor.take_dom_selection();
                 }
             },
         ));
@@ -467,7 +470,18 @@ impl RichEditor {
         }
     }
 
-    fn selection_changed(&self) {
+    /// Takes the DOM selection as the editor's selection (and its sticky
+    /// indices), as the `selectionchange` handler does. The owner also
+    /// calls it right before applying an update from elsewhere (the
+    /// socket, another tab, the local copy): the caret may have moved (a
+    /// click, an arrow key, a script) while `selectionchange` is still
+    /// queued, and the selection put back after the update must be the
+    /// one on screen, not the one before. Not from inside the update's
+    /// observer: by then positions have moved. Cheap when nothing moved
+    /// (a selection read and a mirror lookup, no layout); does nothing
+    /// during an IME composition or when the selection is outside the
+    /// editor.
+    pub fn take_dom_selection(&self) {
         if self.composing.borrow().is_some() {
             return;
         }

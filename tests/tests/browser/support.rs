@@ -92,9 +92,9 @@ const Q = {
   },
   // Puts the caret at a text offset (null: the end). In the rich editor it
   // resolves once the editor has heard of it (its `selectionchange`
-  // listener ran first), as after a person's click: a remote edit that
-  // lands before that restores the old caret (a known race, see issue 10's
-  // notes), which is not what the tests using this are about.
+  // listener ran first), as after a person's click. A remote edit landing
+  // before that is a race of its own, tested on purpose in caret.rs; the
+  // tests using this are about other things.
   setCaret: (p) => {
     const e = Q.root();
     if (!Q.rich()) { const q = p === null ? e.value.length : p; e.setSelectionRange(q, q); return true; }
