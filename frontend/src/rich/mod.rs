@@ -321,8 +321,23 @@ impl RichEditor {
             cur = cur.parent_node()?;
         }
         chain.reverse();
+        let tree = self.tree.borrow();
+        // The chunks around top-level blocks are the DOM's only: a point on
+        // the root or a chunk becomes one between top-level blocks.
+        match chain.first() {
+            None => {
+                return tree.pos_before_child(&[], dom::top_index_at(&tree, root, offset));
+            }
+            Some(first) if dom::is_chunk(first) => {
+                if chain.len() == 1 {
+                    return tree.pos_before_child(&[], dom::top_index_at(&tree, first, offset));
+                }
+                chain.remove(0);
+            }
+            Some(_) => {}
+        }
         let near = self.sel.borrow().as_ref().map(|s| s.head.path.clone());
-        self.tree.borrow().pos_at_near(
+        tree.pos_at_near(
             &chain,
             node.node_type() == web_sys::Node::TEXT_NODE,
             offset,

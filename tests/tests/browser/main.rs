@@ -9,6 +9,7 @@
 
 mod caret;
 mod chat;
+mod chunks;
 mod formats;
 mod plain;
 mod rich;

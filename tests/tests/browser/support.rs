@@ -85,8 +85,11 @@ const Q = {
     if (!Q.rich()) return e.value;
     return Q.blocks(e).map(Q.blockText).join('\n');
   },
+  // The editor's HTML without its layout wrappers: the chunks around
+  // top-level blocks, the trailing breaks of empty lines.
   html: () => {
     const c = Q.root().cloneNode(true);
+    c.querySelectorAll(':scope > div.chunk').forEach((k) => k.replaceWith(...k.childNodes));
     c.querySelectorAll('br.trailing-break').forEach((b) => b.remove());
     return c.innerHTML;
   },
