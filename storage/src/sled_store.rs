@@ -66,6 +66,11 @@ const QUIET_WINDOW: u8 = 1;
 /// The flusher flushes, or waits out the window under load: nothing wakes it.
 const BUSY: u8 = 2;
 
+/// Writes arriving during one flush that make it load: the next flush
+/// then waits the commit window, hurried or not, so that batches grow.
+/// Fewer (a handful of writers at a human pace) count as a quiet spell.
+const LOAD_WRITES: u64 = 8;
+
 /// Tuning knobs for [`SledStore`].
 #[derive(Debug, Clone)]
 pub struct SledOptions {
@@ -1095,9 +1100,9 @@ impl Shared {
 
     /// Flushes sled if any write is not yet covered and publishes the result.
     ///
-    /// Returns whether writes arrived while it flushed (load), as opposed to
-    /// after it published (a lone writer answering its `Saved`).
-    fn flush_now(&self) -> Result<bool, StoreError> {
+    /// Returns how many writes arrived while it flushed (load, if many), as
+    /// opposed to after it published (a lone writer answering its `Saved`).
+    fn flush_now(&self) -> Result<u64, StoreError> {
         let _serial = self
             .flush_lock
             .lock()
@@ -1106,7 +1111,7 @@ impl Shared {
         let ticket = self.tickets.load(Ordering::SeqCst);
         let previous = self.committed_ticket();
         if ticket <= previous {
-            return Ok(false);
+            return Ok(0);
         }
         let started = Instant::now();
         let written = self.write_pending().and_then(|()| {
@@ -1118,7 +1123,7 @@ impl Shared {
         *self.stalled.lock().unwrap_or_else(PoisonError::into_inner) =
             written.as_ref().err().map(ToString::to_string);
         written?;
-        let arrived_meanwhile = self.tickets.load(Ordering::SeqCst) > ticket;
+        let arrived_meanwhile = self.tickets.load(Ordering::SeqCst) - ticket;
         self.committed.send_replace(Committed {
             ticket,
             batch: ticket - previous,
@@ -1132,13 +1137,15 @@ impl Shared {
     /// the commit window so more writes join, flush once, repeat. Two
     /// things cut the window: a write after a quiet spell that someone
     /// waits for ([`DocStore::hurry`]) is flushed at once, so a lone
-    /// writer's `Saved` waits for one flush, not a window; writes that
-    /// arrive while a flush runs (load) always wait the window, so that
-    /// under load a flush covers many writes.
+    /// writer's `Saved` waits for one flush, not a window, and a few
+    /// writers' hurried writes that arrived during a flush are flushed
+    /// right after it; [`LOAD_WRITES`] or more arriving while a flush runs
+    /// (load) always wait the window, so that under load a flush covers
+    /// many writes.
     fn run_flusher(&self) {
         // Whether what is pending came after a quiet spell: the flusher
-        // parked (found nothing to flush), or nothing arrived while it
-        // last flushed.
+        // parked (found nothing to flush), or fewer than `LOAD_WRITES`
+        // arrived while it last flushed.
         let mut quiet = true;
         loop {
             let stopping = self.stopping.load(Ordering::SeqCst);
@@ -1168,7 +1175,10 @@ impl Shared {
             match self.flush_now() {
                 // What arrived after the flush published answers it (a lone
                 // writer's next update): still a quiet spell.
-                Ok(arrived_meanwhile) => quiet = !arrived_meanwhile,
+                // A few writes during the flush (moderate load: a handful
+                // of writers) are not load either: a hurried one is flushed
+                // right after, back to back, instead of a window later.
+                Ok(arrived_meanwhile) => quiet = arrived_meanwhile < LOAD_WRITES,
                 Err(e) => {
                     tracing::error!(error = %e, "group commit flush failed; will retry");
                     if stopping {
