@@ -393,6 +393,17 @@ fn entry_counts(doc: &str, entry: Entry, value: &[u8]) -> Result<(i128, i128), S
     })
 }
 
+/// A value file of a document, as its `values` entry names it.
+#[derive(Debug, Clone, Copy)]
+struct ValueRef {
+    /// Where the value is in the document's log.
+    seq: Seq,
+    /// The file's length.
+    len: u64,
+    /// The file's id (its name).
+    file: u64,
+}
+
 /// The value files a compacted state contains, from [`Shared::files_contained`].
 #[derive(Default)]
 struct Contained {
@@ -589,10 +600,9 @@ impl SledStore {
         self.shared.chats.open(&self.shared.db, doc)
     }
 
-    /// Compaction into a value file: the state is written as the file of
-    /// `upto` (durably, replacing a file already there atomically), then,
-    /// in one batch of the `values` tree, referred to while the entries of
-    /// older files go; then the log's entries up to `upto` go (chunks at
+    /// Compaction into a value file: the state is written durably as a new
+    /// file, then, in one batch of the `values` tree, referred to at `upto`
+    /// while the entries of the files it contains go; then the log's entries up to `upto` go (chunks at
     /// `upto` included, from a folder written before value files). At every
     /// step the log merges to the same content. Returns the (bytes,
     /// updates) change for the meta record and the files to remove once
@@ -605,19 +615,24 @@ impl SledStore {
     ) -> Result<(i128, i128, Vec<PathBuf>), StoreError> {
         let (mut bytes, mut updates) = (state.len() as i128, 1i128);
         let shared = &self.shared;
+        // A new file, never one a load may be reading.
+        let file = shared
+            .db
+            .generate_id()
+            .map_err(io_err("generating a file id"))?;
         shared
             .files
-            .write(doc, upto, state)
+            .write(doc, file, state)
             .map_err(|e| StoreError::Io(format!("writing the state of {doc:?}: {e}")))?;
         shared.sync_value_dir(doc)?;
-        // The file at `upto` is the state now.
-        let mut contained = shared.files_contained(doc, upto, true)?;
+        let mut contained = shared.files_contained(doc, upto)?;
         bytes -= contained.bytes;
         updates -= contained.updates;
+        // Last in the batch: replaces an entry at `upto` it removed.
         let mut refs = contained.refs;
         refs.insert(
             values::ref_key(doc, upto),
-            &(state.len() as u64).to_le_bytes(),
+            &values::encode_ref(state.len() as u64, file),
         );
         shared
             .values
@@ -645,7 +660,7 @@ impl SledStore {
         let shared = &self.shared;
         let tree = shared.logs.open_or_create(&shared.db, doc)?;
         let (mut bytes, mut updates) = self.write_state_over(doc, &tree, upto, state)?;
-        let contained = shared.files_contained(doc, upto, false)?;
+        let contained = shared.files_contained(doc, upto)?;
         if !contained.paths.is_empty() {
             shared
                 .values
@@ -811,46 +826,37 @@ impl Shared {
             .map_err(|e| StoreError::Io(format!("syncing the value files of {doc:?}: {e}")))
     }
 
-    /// The seqs of the document's value files with their lengths, oldest first.
-    fn value_refs(&self, doc: &str) -> Result<Vec<(Seq, u64)>, StoreError> {
+    /// The document's value files, by seq.
+    fn value_refs(&self, doc: &str) -> Result<Vec<ValueRef>, StoreError> {
         let mut refs = Vec::new();
         for entry in self.values.scan_prefix(values::ref_prefix(doc)) {
             let (key, value) =
                 entry.map_err(io_err(format_args!("reading the value files of {doc:?}")))?;
-            let (Some((_, seq)), Some(len)) =
-                (values::decode_ref_key(&key), values::decode_ref_len(&value))
+            let (Some((_, seq)), Some((len, file))) =
+                (values::decode_ref_key(&key), values::decode_ref(&value))
             else {
                 return Err(StoreError::Corrupt {
                     doc: doc.to_owned(),
                     detail: "an entry of the values tree does not have its layout".into(),
                 });
             };
-            refs.push((seq, len));
+            refs.push(ValueRef { seq, len, file });
         }
         Ok(refs)
     }
 
     /// The value files of `doc` that a state at `upto` contains (seq <=
-    /// `upto`), but the one at `upto` itself if `state_took_upto` (a state
-    /// file took its place): what to remove. Their bytes and updates count
-    /// all of them.
-    fn files_contained(
-        &self,
-        doc: &str,
-        upto: Seq,
-        state_took_upto: bool,
-    ) -> Result<Contained, StoreError> {
+    /// `upto`): what to remove.
+    fn files_contained(&self, doc: &str, upto: Seq) -> Result<Contained, StoreError> {
         let mut contained = Contained::default();
-        for (seq, len) in self.value_refs(doc)? {
-            if seq > upto {
+        for value in self.value_refs(doc)? {
+            if value.seq > upto {
                 break;
             }
-            contained.bytes += i128::from(len);
+            contained.bytes += i128::from(value.len);
             contained.updates += 1;
-            if seq < upto || !state_took_upto {
-                contained.refs.remove(values::ref_key(doc, seq));
-                contained.paths.push(self.files.path(doc, seq));
-            }
+            contained.refs.remove(values::ref_key(doc, value.seq));
+            contained.paths.push(self.files.path(doc, value.file));
         }
         Ok(contained)
     }
@@ -863,8 +869,10 @@ impl Shared {
         let mut gone = sled::Batch::default();
         let mut dropped = false;
         for entry in self.values.iter() {
-            let (key, _) = entry.map_err(io_err("reading the values tree"))?;
-            let Some((name, seq)) = values::decode_ref_key(&key) else {
+            let (key, value) = entry.map_err(io_err("reading the values tree"))?;
+            let (Some((name, _)), Some((_, file))) =
+                (values::decode_ref_key(&key), values::decode_ref(&value))
+            else {
                 continue;
             };
             let known = self
@@ -873,7 +881,7 @@ impl Shared {
                 .map_err(io_err("checking for orphaned value files"))?;
             match std::str::from_utf8(name) {
                 Ok(doc) if known => {
-                    expected.insert(self.files.path(doc, seq));
+                    expected.insert(self.files.path(doc, file));
                 }
                 _ => {
                     gone.remove(key);
@@ -988,9 +996,10 @@ impl Shared {
                 self.files
                     .write(doc, seq, update)
                     .map_err(|e| StoreError::Io(format!("writing a value file of {doc:?}: {e}")))?;
+                // An update's file id is its own seq.
                 refs.insert(
                     values::ref_key(doc, seq),
-                    &(update.len() as u64).to_le_bytes(),
+                    &values::encode_ref(update.len() as u64, seq),
                 );
                 files += 1;
                 continue;
@@ -1270,19 +1279,18 @@ impl DocStore for SledStore {
         let mut files = self.shared.value_refs(doc)?.into_iter().peekable();
         // Those before `until`, or all that are left.
         let mut read_files_before = |until: Option<Seq>, stored: &mut StoredDoc| {
-            while let Some((file_seq, len)) =
-                files.next_if(|&(file_seq, _)| until.is_none_or(|until| file_seq < until))
+            while let Some(file) = files.next_if(|file| until.is_none_or(|until| file.seq < until))
             {
                 let value = self
                     .shared
                     .files
-                    .read(doc, file_seq, len)
+                    .read(doc, file.file, file.len)
                     .map_err(|detail| StoreError::Corrupt {
                         doc: doc.to_owned(),
                         detail,
                     })?;
                 stored.updates.push(value);
-                stored.last_seq = file_seq;
+                stored.last_seq = file.seq;
             }
             Ok::<_, StoreError>(())
         };
@@ -1448,9 +1456,9 @@ impl DocStore for SledStore {
         // document back whole); `open` removes what a crash left.
         let mut refs = sled::Batch::default();
         let mut files = Vec::new();
-        for (seq, _) in self.shared.value_refs(doc)? {
-            refs.remove(values::ref_key(doc, seq));
-            files.push(self.shared.files.path(doc, seq));
+        for value in self.shared.value_refs(doc)? {
+            refs.remove(values::ref_key(doc, value.seq));
+            files.push(self.shared.files.path(doc, value.file));
         }
         if !files.is_empty() {
             self.shared

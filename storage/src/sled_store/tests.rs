@@ -886,16 +886,16 @@ fn value_files_nothing_refers_to_are_removed_at_open() {
         store.append("d", b"small").unwrap();
         store.flush().unwrap();
         // An update whose write a crash interrupted, of a known document
-        // and of one that never came to exist, and a half-written file.
+        // and of one that never came to exist, and a stray file.
         let files = &store.shared.files;
         files.write("d", 1 << 60, b"unacknowledged").unwrap();
         files.write("new", (1 << 60) + 1, b"never created").unwrap();
-        let tmp = files.path("d", (1 << 60) + 2).with_extension("tmp");
-        std::fs::write(&tmp, b"half").unwrap();
+        let stray = files.dir("d").join("stray.tmp");
+        std::fs::write(&stray, b"half").unwrap();
         vec![
             files.path("d", 1 << 60),
             files.path("new", (1 << 60) + 1),
-            tmp,
+            stray,
         ]
     };
     assert_eq!(value_files(dir.path()).len(), 4);
@@ -946,13 +946,13 @@ fn compaction_into_a_file_removes_the_files_it_replaces_once_durable() {
         store.flush().unwrap();
         assert_eq!(value_files(dir.path()).len(), 3);
         store.compact("d", upto, &state).unwrap();
-        // Not durable yet: the replaced file is still there (the state
-        // took the place of the file at `upto` itself).
-        assert_eq!(value_files(dir.path()).len(), 3);
+        // Not durable yet: the replaced files are still there, the one at
+        // `upto` too (the state is a new file).
+        assert_eq!(value_files(dir.path()).len(), 4);
         store.flush().unwrap();
         let files = value_files(dir.path());
         assert_eq!(files.len(), 2, "the state and the later update: {files:?}");
-        assert!(files.contains(&store.shared.files.path("d", upto)));
+        assert!(!files.contains(&store.shared.files.path("d", upto)));
         let expected = vec![state.clone(), big_value(1_500, 6), b"later".to_vec()];
         assert_eq!(updates(&store, "d"), expected);
         let info = store.info("d").unwrap().unwrap();
@@ -996,11 +996,14 @@ fn a_compaction_into_a_file_cut_by_a_crash_loses_nothing() {
         assert_eq!(updates(&store, "d"), expected_old);
         assert_eq!(value_files(dir.path()).len(), 1, "the orphan went");
         // Crash after the entry, before the log's entries went.
-        store.shared.files.write("d", upto, &state).unwrap();
+        store.shared.files.write("d", 1 << 60, &state).unwrap();
         store
             .shared
             .values
-            .insert(values::ref_key("d", upto), &10_000u64.to_le_bytes())
+            .insert(
+                values::ref_key("d", upto),
+                &values::encode_ref(10_000, 1 << 60),
+            )
             .unwrap();
         store.flush().unwrap();
     }

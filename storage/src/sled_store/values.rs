@@ -1,19 +1,22 @@
 //! Values too big for one sled entry, each in a file of its own.
 //!
 //! A compacted state or an update over the store's value size is written
-//! to `<data>/values/<doc dir>/<seq>` (the document's directory: 16 hex
-//! digits of the FNV-1a hash of its name; the file: its seq in 16 hex
-//! digits) and read back with plain file I/O, so that once a document is
+//! to `<data>/values/<doc dir>/<file id>` (the document's directory: 16 hex
+//! digits of the FNV-1a hash of its name; the file: an id from sled's
+//! `generate_id` in 16 hex digits, the update's own seq or a fresh one for
+//! a state, so a file is never written twice and a load never reads one
+//! being replaced) and read back with plain file I/O, so that once a document is
 //! closed nothing of its big values stays in the process: sled keeps every
 //! page a load reads in its page cache (bench/results/alloc-84a7421.md).
 //!
 //! A file is referred to by an entry of the global sled tree `values`
-//! ([`ref_key`]: the document's name and the seq, value: the file's length),
+//! ([`ref_key`]: the document's name and the seq of the value in its log;
+//! value: [`encode_ref`], the file's length and id),
 //! written only once the file and its directory are durable; so a file
 //! without an entry is an orphan (a write a crash interrupted, or a file
 //! replaced or deleted whose unlink did not happen), which
 //! [`ValueFiles::sweep`] removes when the store opens, and an entry without
-//! its file is corruption. Seqs are unique over the whole store, so two
+//! its file is corruption. File ids are unique over the whole store, so two
 //! documents whose names hash alike share a directory without clashing.
 
 use std::collections::HashSet;
@@ -25,8 +28,6 @@ use crate::Seq;
 
 /// Name of the folder in the data folder that holds the value files.
 const VALUES_DIR: &str = "values";
-/// Extension of a file being written, renamed into place once durable.
-const TMP_EXTENSION: &str = "tmp";
 
 /// The value files of one data folder.
 pub(super) struct ValueFiles {
@@ -50,32 +51,29 @@ impl ValueFiles {
         self.root.join(format!("{:016x}", fnv1a(doc.as_bytes())))
     }
 
-    /// Where the value at `seq` of `doc` is stored.
-    pub(super) fn path(&self, doc: &str, seq: Seq) -> PathBuf {
-        self.dir(doc).join(format!("{seq:016x}"))
+    /// Where the value file `file` of `doc` is stored.
+    pub(super) fn path(&self, doc: &str, file: u64) -> PathBuf {
+        self.dir(doc).join(format!("{file:016x}"))
     }
 
-    /// Writes `value` as the file of `seq` (replacing one already there
-    /// atomically): a temporary file, synced, renamed into place. The
-    /// rename is durable only once the caller synced the directory
-    /// ([`sync_dir`] of [`Self::dir`]), before it refers to the file.
-    pub(super) fn write(&self, doc: &str, seq: Seq, value: &[u8]) -> io::Result<()> {
+    /// Writes `value` as the new file `file` and syncs it. Its name is in
+    /// the folder durably only once the caller synced the folder
+    /// ([`sync_dir`] of [`Self::dir`]), before it refers to the file; a
+    /// write a crash cut is an orphan.
+    pub(super) fn write(&self, doc: &str, file: u64, value: &[u8]) -> io::Result<()> {
         let dir = self.dir(doc);
         if create_dir(&dir)? {
             sync_dir(&self.root)?;
         }
-        let path = self.path(doc, seq);
-        let tmp = path.with_extension(TMP_EXTENSION);
-        let mut file = File::create(&tmp)?;
-        file.write_all(value)?;
-        file.sync_data()?;
-        drop(file);
-        fs::rename(&tmp, &path)
+        // A left-over of a write retried after a failure is rewritten.
+        let mut out = File::create(self.path(doc, file))?;
+        out.write_all(value)?;
+        out.sync_data()
     }
 
-    /// The value at `seq` of `doc`, which must be `len` bytes long.
-    pub(super) fn read(&self, doc: &str, seq: Seq, len: u64) -> Result<Vec<u8>, String> {
-        let path = self.path(doc, seq);
+    /// The value file `file` of `doc`, which must be `len` bytes long.
+    pub(super) fn read(&self, doc: &str, file: u64, len: u64) -> Result<Vec<u8>, String> {
+        let path = self.path(doc, file);
         let value = fs::read(&path).map_err(|e| format!("value file {}: {e}", path.display()))?;
         if value.len() as u64 != len {
             return Err(format!(
@@ -106,7 +104,7 @@ impl ValueFiles {
     }
 
     /// Removes every file under `values/` that is not in `expected`
-    /// (orphans, see the module docs, and temporary files), and folders
+    /// (orphans, see the module docs), and folders
     /// left empty. Returns how many files went.
     pub(super) fn sweep(&self, expected: &HashSet<PathBuf>) -> io::Result<usize> {
         let mut removed = 0;
@@ -191,9 +189,23 @@ pub(super) fn decode_ref_key(key: &[u8]) -> Option<(&[u8], Seq)> {
     Some((name, Seq::from_be_bytes(seq.try_into().ok()?)))
 }
 
-/// The value of a `values` entry: the file's length, little-endian.
-pub(super) fn decode_ref_len(value: &[u8]) -> Option<u64> {
-    Some(u64::from_le_bytes(value.try_into().ok()?))
+/// The value of a `values` entry: the file's length and id, little-endian.
+pub(super) fn encode_ref(len: u64, file: u64) -> [u8; 16] {
+    let mut value = [0; 16];
+    value[..8].copy_from_slice(&len.to_le_bytes());
+    value[8..].copy_from_slice(&file.to_le_bytes());
+    value
+}
+
+/// The length and file id of a `values` entry ([`encode_ref`]).
+pub(super) fn decode_ref(value: &[u8]) -> Option<(u64, u64)> {
+    let value: &[u8; 16] = value.try_into().ok()?;
+    let word = |at: usize| {
+        let mut w = [0; 8];
+        w.copy_from_slice(&value[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    Some((word(0), word(8)))
 }
 
 #[cfg(test)]
@@ -209,6 +221,8 @@ mod tests {
         assert!(!ref_key("doc2", 1).starts_with(&ref_prefix("doc")));
         assert_eq!(decode_ref_key(&b), Some((&b"doc"[..], 300)));
         assert_eq!(decode_ref_key(&b[..b.len() - 1]), None);
+        assert_eq!(decode_ref(&encode_ref(7, 1 << 40)), Some((7, 1 << 40)));
+        assert_eq!(decode_ref(&[0; 8]), None);
     }
 
     #[test]
