@@ -3,14 +3,17 @@
 //! with `Date.now()` as the clock, and carries out what the session asks
 //! (connect, disconnect, send). Every protocol decision (backoff, heartbeat,
 //! offline edits, save tracking) stays in the session; this only moves bytes
-//! and time, exactly like the native client.
+//! and time, exactly like the native client. The one thing it adds: a frame
+//! that carries a document update is announced (`before_apply`) right before
+//! the session applies it, so the editor can take the caret as it is on
+//! screen first.
 
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 
 use quire_protocol::ext::SUBPROTOCOL;
 use quire_protocol::session::{Action, EmitError};
-use quire_protocol::{SessionEvent, Status, SyncSession};
+use quire_protocol::{Message, SessionEvent, Status, SyncMessage, SyncSession};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
@@ -21,6 +24,7 @@ use crate::browser::{Listener, now_ms, window};
 const CONNECT_TIMEOUT_MS: u32 = 10_000;
 
 type Handler = Rc<dyn Fn(SessionEvent)>;
+type BeforeApply = Rc<dyn Fn()>;
 
 struct Socket {
     ws: WebSocket,
@@ -70,6 +74,8 @@ struct Inner {
     timer_at: Option<u64>,
     tick: Option<Closure<dyn FnMut()>>,
     handler: Handler,
+    /// Runs right before a frame carrying a document update is applied.
+    before_apply: BeforeApply,
     listeners: Vec<Listener>,
 }
 
@@ -82,10 +88,14 @@ pub struct Conn {
 impl Conn {
     /// Wraps `session` (not started yet); `handler` receives every session
     /// event, outside of any borrow, so it may call back into the `Conn`.
+    /// `before_apply` runs right before a received frame that carries a
+    /// document update (sync step 2 or update) reaches the session,
+    /// outside of any borrow of the `Conn`; it must not call into it.
     pub fn new(
         session: SyncSession,
         url: String,
         handler: impl Fn(SessionEvent) + 'static,
+        before_apply: impl Fn() + 'static,
     ) -> Self {
         let inner = Rc::new(RefCell::new(Inner {
             session,
@@ -96,6 +106,7 @@ impl Conn {
             timer_at: None,
             tick: None,
             handler: Rc::new(handler),
+            before_apply: Rc::new(before_apply),
             listeners: Vec::new(),
         }));
         let weak = Rc::downgrade(&inner);
@@ -226,7 +237,7 @@ fn pump(inner: &Rc<RefCell<Inner>>) {
                             retired.push(old);
                         }
                         i.generation += 1;
-                        match open_socket(inner, &i.url, i.generation) {
+                        match open_socket(inner, &i.url, i.generation, i.before_apply.clone()) {
                             Ok(socket) => i.socket = Some(socket),
                             // The URL was refused outright: count it as a failed attempt.
                             Err(err) => {
@@ -282,7 +293,22 @@ fn pump(inner: &Rc<RefCell<Inner>>) {
     }
 }
 
-fn open_socket(inner: &Rc<RefCell<Inner>>, url: &str, generation: u64) -> Result<Socket, JsValue> {
+/// Whether a received frame changes the document when the session applies it.
+fn carries_update(frame: &[u8]) -> bool {
+    matches!(
+        Message::decode(frame),
+        Ok(Message::Sync(
+            SyncMessage::Step2(_) | SyncMessage::Update(_)
+        ))
+    )
+}
+
+fn open_socket(
+    inner: &Rc<RefCell<Inner>>,
+    url: &str,
+    generation: u64,
+    before_apply: BeforeApply,
+) -> Result<Socket, JsValue> {
     let ws = WebSocket::new_with_str(url, SUBPROTOCOL)?;
     ws.set_binary_type(BinaryType::Arraybuffer);
 
@@ -304,6 +330,9 @@ fn open_socket(inner: &Rc<RefCell<Inner>>, url: &str, generation: u64) -> Result
             return; // text frames are not part of the protocol
         };
         let bytes = js_sys::Uint8Array::new(&buffer).to_vec();
+        if carries_update(&bytes) {
+            before_apply();
+        }
         with_current(&weak, generation, |i| {
             i.session.on_message(&bytes, now_ms())
         });

@@ -383,11 +383,21 @@ impl Runtime {
 
         let runtime = Rc::new_cyclic(|weak: &Weak<Runtime>| {
             let w = weak.clone();
-            let conn = Conn::new(session, ws_url(&name), move |event| {
-                if let Some(rt) = w.upgrade() {
-                    rt.on_event(event);
-                }
-            });
+            let w2 = weak.clone();
+            let conn = Conn::new(
+                session,
+                ws_url(&name),
+                move |event| {
+                    if let Some(rt) = w.upgrade() {
+                        rt.on_event(event);
+                    }
+                },
+                move || {
+                    if let Some(rt) = w2.upgrade() {
+                        rt.before_remote_apply();
+                    }
+                },
+            );
             let saver = Rc::new(Saver {
                 name: name.clone(),
                 doc: doc.clone(),
@@ -429,12 +439,21 @@ impl Runtime {
                 rt.model_maybe_changed(txn);
             }
         });
-        let weak = Rc::downgrade(&runtime);
-        *runtime.tabs.borrow_mut() = Tabs::join(&name, doc.clone(), move || {
-            if let Some(rt) = weak.upgrade() {
-                rt.conn.flush();
-            }
-        });
+        let (w1, w2) = (Rc::downgrade(&runtime), Rc::downgrade(&runtime));
+        *runtime.tabs.borrow_mut() = Tabs::join(
+            &name,
+            doc.clone(),
+            move || {
+                if let Some(rt) = w1.upgrade() {
+                    rt.before_remote_apply();
+                }
+            },
+            move || {
+                if let Some(rt) = w2.upgrade() {
+                    rt.conn.flush();
+                }
+            },
+        );
 
         let target: web_sys::EventTarget = window().into();
         let weak = Rc::downgrade(&runtime);
@@ -709,11 +728,27 @@ impl Runtime {
         converted
     }
 
+    /// Right before an update from elsewhere (the socket, another tab, the
+    /// local copy) is applied: the rich editor takes the caret as it is on
+    /// screen, in case `selectionchange` has not reached it yet (else the
+    /// update would put the caret back where it was before a click). The
+    /// textarea needs nothing: it compares the live selection itself.
+    fn before_remote_apply(&self) {
+        let editor = match self.mounted.try_borrow().as_deref() {
+            Ok(Mounted::Rich { editor, .. }) => Some(editor.clone()),
+            _ => None,
+        };
+        if let Some(editor) = editor {
+            editor.take_dom_selection();
+        }
+    }
+
     /// Merges a local copy that arrived after start-up.
     fn merge_late(&self, state: &[u8]) {
         if self.closed.get() {
             return;
         }
+        self.before_remote_apply();
         apply(&self.doc, state);
         self.conn.flush();
     }

@@ -8,7 +8,8 @@
 //! - `{t: "s2", d}`: the answer to `s1`, applied like `u`.
 //!
 //! Received updates are applied with [`TAB_ORIGIN`], so they are not sent
-//! back to the channel and are not undone by this tab's undo.
+//! back to the channel and are not undone by this tab's undo; right before
+//! each, `before_apply` runs (the editor takes the caret as it is on screen).
 
 use std::rc::Rc;
 
@@ -41,9 +42,15 @@ fn message(kind: &str, data: &[u8], reply: bool) -> JsValue {
 }
 
 impl Tabs {
-    /// Joins the channel of `name`; `changed` runs after an update from
-    /// another tab was applied (to send it to the server, save it, ...).
-    pub fn join(name: &str, doc: Doc, changed: impl Fn() + 'static) -> Option<Rc<Self>> {
+    /// Joins the channel of `name`; `before_apply` runs right before an
+    /// update from another tab is applied, `changed` after it was (to send
+    /// it to the server, save it, ...).
+    pub fn join(
+        name: &str,
+        doc: Doc,
+        before_apply: impl Fn() + 'static,
+        changed: impl Fn() + 'static,
+    ) -> Option<Rc<Self>> {
         let channel = BroadcastChannel::new(&format!("quire:doc:{name}")).ok()?;
 
         let sender = channel.clone();
@@ -76,6 +83,7 @@ impl Tabs {
                     let Ok(update) = Update::decode_v1(&bytes) else {
                         return;
                     };
+                    before_apply();
                     let applied = match receiver.try_transact_mut_with(TAB_ORIGIN) {
                         Ok(mut txn) => txn.apply_update(update).is_ok(),
                         Err(_) => false,

@@ -98,8 +98,11 @@ pub struct AwarenessChange {
     pub removed: Vec<ClientId>,
     /// Entries that only renewed their clock with an identical state.
     pub renewed: Vec<ClientId>,
-    /// Entries ignored because another owner introduced that client.
+    /// States ignored because another owner introduced that client.
     pub foreign: Vec<ClientId>,
+    /// Removals (`null`) ignored because another owner introduced that
+    /// client.
+    pub foreign_removed: Vec<ClientId>,
 }
 
 impl AwarenessChange {
@@ -178,7 +181,8 @@ impl AwarenessTable {
 
     /// Merges an encoded awareness update sent by `owner`: entries of
     /// clients another owner introduced are ignored (reported in
-    /// [`AwarenessChange::foreign`]); new clients become `owner`'s. Refused
+    /// [`AwarenessChange::foreign`], [`AwarenessChange::foreign_removed`]);
+    /// new clients become `owner`'s. Refused
     /// whole, changing nothing, if it is invalid or passes `bounds`.
     pub fn apply_as(
         &mut self,
@@ -238,7 +242,11 @@ impl AwarenessTable {
         for (client, clock, state) in incoming {
             let known = self.entries.get(&client);
             if known.is_some_and(|e| e.owner != owner) {
-                change.foreign.push(client);
+                if state.is_some() {
+                    change.foreign.push(client);
+                } else {
+                    change.foreign_removed.push(client);
+                }
                 continue;
             }
             let known_clock = known.map_or(0, |e| e.clock);
@@ -321,6 +329,11 @@ impl AwarenessTable {
             write_var_string(&mut buf, "null");
         }
         Some(buf)
+    }
+
+    /// Whether `owner` introduced any entry still listed (live or removed).
+    pub fn has_owner(&self, owner: Owner) -> bool {
+        self.owned.contains_key(&owner)
     }
 
     /// Who introduced `client`'s entry (live or removed), if it is listed.
@@ -516,8 +529,12 @@ mod tests {
         ] {
             let change = table.apply_as(&forged, 2, BOUNDS, 1).unwrap();
             assert!(change.is_empty());
-            assert_eq!(change.foreign, [7]);
+            assert_eq!(change.foreign.len() + change.foreign_removed.len(), 1);
         }
+        let change = table
+            .apply_as(&update(&[(7, 4, "null")]), 2, BOUNDS, 1)
+            .unwrap();
+        assert_eq!((change.foreign, change.foreign_removed), (vec![], vec![7]));
         assert_eq!(table.state(7), Some(ann));
         let change = table
             .apply_as(&update(&[(7, 2, "null")]), 1, BOUNDS, 2)

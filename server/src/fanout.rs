@@ -55,6 +55,26 @@ pub enum NodeMessage {
     Deleted,
 }
 
+/// Which node a message came from: a hash of the id the node stamps on
+/// what it publishes. Rooms use it to tell apart the presence that
+/// different nodes relay (a client that moved between them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NodeKey(pub u64);
+
+impl NodeKey {
+    /// Stands for the store in what a room's resync read from it (updates
+    /// and deletions; presence never comes that way).
+    pub const STORE: NodeKey = NodeKey(0);
+
+    /// The key of the node whose id is `id`.
+    pub fn of(id: &[u8]) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut hasher);
+        Self(hasher.finish())
+    }
+}
+
 /// A named event or chat message as it crosses nodes: what the local
 /// members' frame is built from.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -71,7 +91,7 @@ pub struct RemoteEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
     /// A message from another node's room.
-    Message(NodeMessage),
+    Message { from: NodeKey, message: NodeMessage },
     /// Something from other nodes may have been missed (the feed was full,
     /// the connection to the other nodes was lost, another node could not
     /// publish): read what the store holds past the last seq read.
@@ -139,7 +159,7 @@ impl Lag {
 /// a flag for "you missed some". Dropping it stops following.
 pub struct Feed {
     /// Messages from other nodes, in stream order; `None`: nothing comes.
-    messages: Option<mpsc::Receiver<NodeMessage>>,
+    messages: Option<mpsc::Receiver<(NodeKey, NodeMessage)>>,
     /// Raised when a message could not be queued (or may have been lost).
     lag: Arc<Lag>,
     /// Unregisters the room from the fan-out when dropped.
@@ -159,7 +179,7 @@ impl Feed {
     /// A feed over `messages`, flagged by `lag`, that runs `following`'s
     /// `Drop` when the room stops.
     pub fn new(
-        messages: mpsc::Receiver<NodeMessage>,
+        messages: mpsc::Receiver<(NodeKey, NodeMessage)>,
         lag: Arc<Lag>,
         following: Box<dyn Send + Sync>,
     ) -> Self {
@@ -183,7 +203,7 @@ impl Feed {
                 biased;
                 _ = self.lag.wake.notified() => {}
                 message = messages.recv() => match message {
-                    Some(message) => return Incoming::Message(message),
+                    Some((from, message)) => return Incoming::Message { from, message },
                     None => return std::future::pending().await,
                 },
             }

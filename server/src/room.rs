@@ -38,7 +38,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
-use crate::fanout::{Fanout, Incoming, NodeMessage};
+use crate::fanout::{Fanout, Incoming, NodeKey, NodeMessage};
 use crate::limits::RoomTime;
 use crate::metrics::Metrics;
 use crate::outbox::{CloseSender, OutboxSender};
@@ -550,15 +550,18 @@ impl Room {
     /// Something from another node's room of this document.
     async fn on_incoming(&mut self, incoming: Incoming) {
         match incoming {
-            Incoming::Message(NodeMessage::Deleted) => {
+            Incoming::Message {
+                from,
+                message: NodeMessage::Deleted,
+            } => {
                 info!("document deleted through another node");
-                self.core.remote(NodeMessage::Deleted, self.now());
+                self.core.remote(from, NodeMessage::Deleted, self.now());
                 self.carry_out().await;
                 self.leave_deleted();
             }
-            Incoming::Message(message) => {
+            Incoming::Message { from, message } => {
                 self.known_stored |= matches!(message, NodeMessage::Update(_));
-                self.core.remote(message, self.now());
+                self.core.remote(from, message, self.now());
                 self.carry_out().await;
             }
             Incoming::Resync => self.resync(),
@@ -592,8 +595,8 @@ impl Room {
             Ok(Ok(Some(StoredDoc { updates, last_seq }))) => {
                 debug!(entries = updates.len(), "resynced from the store");
                 for update in updates {
-                    self.core
-                        .remote(NodeMessage::Update(update.into()), self.now());
+                    let update = NodeMessage::Update(update.into());
+                    self.core.remote(NodeKey::STORE, update, self.now());
                 }
                 self.read_seq = self.read_seq.max(last_seq);
                 self.known_stored = true;
@@ -604,7 +607,8 @@ impl Room {
             // writes not yet committed) is not gone, only not there yet.
             Ok(Ok(None)) if self.known_stored => {
                 info!("document deleted through another node (found on resync)");
-                self.core.remote(NodeMessage::Deleted, self.now());
+                self.core
+                    .remote(NodeKey::STORE, NodeMessage::Deleted, self.now());
                 deleted = true;
             }
             Ok(Ok(None)) => {}

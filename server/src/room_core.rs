@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use quire_protocol::awareness::{AwarenessError, Bounds};
+use quire_protocol::awareness::{AwarenessError, Bounds, NO_OWNER, Owner};
 use quire_protocol::ext::{CHAT_EVENT, CHAT_HISTORY_EVENT, Ext};
 use quire_protocol::session::SAVES_STALLED;
 use quire_protocol::update::Footprint;
@@ -47,7 +47,7 @@ use tracing::{debug, error, warn};
 
 use crate::config::Config;
 use crate::document::{Document, DocumentError};
-use crate::fanout::NodeMessage;
+use crate::fanout::{NodeKey, NodeMessage};
 use crate::metrics::Metrics;
 
 #[cfg(any(test, feature = "harness"))]
@@ -393,6 +393,13 @@ pub struct RoomCore<Q> {
     clustered: bool,
     /// (write, delta) of stored updates to publish once that write is durable.
     unpublished: VecDeque<(u64, Bytes)>,
+    /// The presence owner of each other node that relayed presence here:
+    /// one owner per node, so a removal from the node a client left cannot
+    /// erase what the node it moved to announced (see `remote`).
+    node_owners: HashMap<NodeKey, Owner>,
+    /// The owner the next node seen gets; counts down from below
+    /// `NO_OWNER`, as connection ids count up from 1.
+    next_node_owner: Owner,
 }
 
 impl<Q: MemberQueue> RoomCore<Q> {
@@ -419,6 +426,8 @@ impl<Q: MemberQueue> RoomCore<Q> {
             next_sweep: 0,
             clustered: false,
             unpublished: VecDeque::new(),
+            node_owners: HashMap::new(),
+            next_node_owner: NO_OWNER - 1,
         }
     }
 
@@ -605,7 +614,7 @@ impl<Q: MemberQueue> RoomCore<Q> {
                     total: self.config.max_presence_per_room,
                     state_bytes: self.config.max_presence_state_bytes,
                 };
-                match self.apply_member_presence(conn, &update, bounds, now) {
+                match self.apply_presence_as(conn, &update, bounds, now) {
                     Ok((accepted, foreign)) => {
                         if !foreign.is_empty() {
                             debug!(

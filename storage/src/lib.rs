@@ -10,9 +10,13 @@
 //! - Tree `doc:<name>` holds one document's log: key = the update's [`Seq`]
 //!   (from `Db::generate_id`, 8 bytes big-endian, so key order is append
 //!   order), value = the update bytes; or a pack of consecutive updates
-//!   keyed by its newest one's seq plus a zero byte; or one chunk of a big
-//!   value (a compacted state) keyed by its seq plus a 4-byte index (see
-//!   `sled_store`).
+//!   keyed by its newest one's seq plus a zero byte; or a small compacted
+//!   state keyed by its seq plus a 4-byte index (0; folders written before
+//!   value files also hold bigger values there in chunks; see `sled_store`).
+//! - A value too big for one entry (a compacted state, a big update) is a
+//!   file `values/<hash of the name>/<seq>` in the data folder, which tree
+//!   `values` refers to (key: the name's length, the name, the seq; value:
+//!   the file's length); `load` merges the files into the log by seq.
 //! - Tree `chat:<name>` holds the document's chat messages, keyed like the
 //!   log; deleting the document deletes them too.
 //! - Tree `meta` maps a document name to a fixed 24-byte record

@@ -15,17 +15,26 @@
 //!
 //! Log keys (in the document's tree, sorted by seq): 8 bytes, one update;
 //! 9 bytes (`seq ++ 0`), a pack of updates whose newest has that seq;
-//! 12 bytes (`seq ++ index`), one chunk of a value too big for one entry
-//! (a compacted state, a big update).
+//! 12 bytes (`seq ++ index`), one chunk of a value stored in chunks (a
+//! compacted state that fits one entry, as chunk 0; bigger values in folders
+//! written before value files, still read).
+//!
+//! Value files ([`values`]): a value too big for one entry (a compacted
+//! state, a big update) is a file of its own, referred to by an entry of the
+//! `values` tree, and merged into the log by seq when it is loaded; so
+//! loading a document leaves none of its big values in sled's page cache.
+//! A document has a log tree only once something was written to it in
+//! sled: loading one whose log is all in files opens (creates) no tree.
 
 use std::collections::HashSet;
 use std::fmt::Display;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use sled::Transactional;
 use tokio::sync::watch;
 
 use crate::{Appended, Committed, DocInfo, DocStore, Seq, StoreError, StoreHealth, StoredDoc};
@@ -33,14 +42,18 @@ use crate::{Appended, Committed, DocInfo, DocStore, Seq, StoreError, StoreHealth
 mod pending;
 #[cfg(test)]
 mod tests;
+mod values;
 
 use pending::{Pending, PendingDoc};
+use values::ValueFiles;
 
 /// Prefix of the per-document log trees; keeps them apart from `meta` and
 /// sled's own default tree.
 const DOC_TREE_PREFIX: &str = "doc:";
 /// Name of the tree with the per-document summary records.
 const META_TREE: &str = "meta";
+/// Name of the tree referring to the value files ([`values`]).
+const VALUES_TREE: &str = "values";
 /// How long the flusher waits before retrying a failed flush, so a broken
 /// disk produces a log line every so often rather than a busy loop.
 const FLUSH_RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -52,6 +65,11 @@ const IDLE: u8 = 0;
 const QUIET_WINDOW: u8 = 1;
 /// The flusher flushes, or waits out the window under load: nothing wakes it.
 const BUSY: u8 = 2;
+
+/// Writes arriving during one flush that make it load: the next flush
+/// then waits the commit window, hurried or not, so that batches grow.
+/// Fewer (a handful of writers at a human pace) count as a quiet spell.
+const LOAD_WRITES: u64 = 8;
 
 /// Tuning knobs for [`SledStore`].
 #[derive(Debug, Clone)]
@@ -102,6 +120,16 @@ struct Shared {
     db: sled::Db,
     /// The `meta` tree (name -> summary record), opened once.
     meta: sled::Tree,
+    /// The `values` tree (document and seq -> length of its value file),
+    /// opened once.
+    values: sled::Tree,
+    /// The value files themselves (`<data>/values`).
+    files: ValueFiles,
+    /// Value files no entry refers to any more (replaced by a compaction,
+    /// or of a deleted document), with the ticket of the write that
+    /// dropped their entries: removed once that ticket is durable, since
+    /// until then a crash brings the entries back.
+    doomed: Mutex<Vec<(u64, PathBuf)>>,
     /// Number of writes made so far; a write takes its ticket by incrementing
     /// this *after* its sled operations, so a flush that starts after reading
     /// value N covers every write with ticket <= N.
@@ -141,8 +169,79 @@ struct Shared {
     /// instead of `open_tree`, which would create an empty tree: sled keeps
     /// every tree ever opened in its tree table for the life of the
     /// process (≈ 18 KiB each), so loading a document without a chat must
-    /// open none. Filled from sled's tree names at open.
-    chats: Mutex<HashSet<String>>,
+    /// open none.
+    chats: KnownTrees,
+    /// Documents that have a log tree, for the same reason: a document
+    /// whose log is all in value files has none, and loading it opens none.
+    logs: KnownTrees,
+}
+
+/// The documents that have a tree of one kind (name prefix), filled from
+/// sled's tree names at open and kept up to date as trees are created and
+/// dropped.
+struct KnownTrees {
+    /// The kind's tree name prefix (`doc:`, `chat:`).
+    prefix: &'static str,
+    /// The documents; taken only to look up, add or remove one.
+    docs: Mutex<HashSet<String>>,
+}
+
+impl KnownTrees {
+    fn new(prefix: &'static str) -> Self {
+        Self {
+            prefix,
+            docs: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.docs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Notes the trees of this kind among sled's tree names.
+    fn note(&self, db: &sled::Db) {
+        let mut docs = self.lock();
+        for name in db.tree_names() {
+            if let Some(doc) = name.strip_prefix(self.prefix.as_bytes()) {
+                docs.insert(String::from_utf8_lossy(doc).into_owned());
+            }
+        }
+    }
+
+    fn contains(&self, doc: &str) -> bool {
+        self.lock().contains(doc)
+    }
+
+    fn insert(&self, doc: &str) {
+        let mut docs = self.lock();
+        if !docs.contains(doc) {
+            docs.insert(doc.to_owned());
+        }
+    }
+
+    fn remove(&self, doc: &str) {
+        self.lock().remove(doc);
+    }
+
+    /// The document's tree of this kind if it has one; never creates one.
+    fn open(&self, db: &sled::Db, doc: &str) -> Result<Option<sled::Tree>, StoreError> {
+        if !self.contains(doc) {
+            return Ok(None);
+        }
+        let name = format!("{}{doc}", self.prefix);
+        db.open_tree(name)
+            .map(Some)
+            .map_err(io_err(format_args!("opening the tree of {doc:?}")))
+    }
+
+    /// The document's tree of this kind, created if it has none.
+    fn open_or_create(&self, db: &sled::Db, doc: &str) -> Result<sled::Tree, StoreError> {
+        let tree = db
+            .open_tree(format!("{}{doc}", self.prefix))
+            .map_err(io_err(format_args!("opening the tree of {doc:?}")))?;
+        self.insert(doc);
+        Ok(tree)
+    }
 }
 
 /// Fixed-size `meta` record; advisory statistics, see the module docs.
@@ -219,8 +318,8 @@ fn io_err(what: impl Display) -> impl FnOnce(sled::Error) -> StoreError {
 const SEQ_LEN: usize = 8;
 
 /// The biggest value stored as one log entry with segments of
-/// `segment_bytes`: a pack of updates is closed, and a compacted state or a
-/// bigger update is stored in chunks, at this size. sled writes a node
+/// `segment_bytes`: a pack of updates is closed at this size, and a
+/// compacted state or an update bigger than this is a value file. sled writes a node
 /// over a quarter of a segment (its blob threshold, 16 KiB with 64 KiB
 /// segments) as a file of its own, created on every rewrite of the node,
 /// deleted only lazily, and counted by the page cache by the size of its
@@ -294,6 +393,39 @@ fn entry_counts(doc: &str, entry: Entry, value: &[u8]) -> Result<(i128, i128), S
     })
 }
 
+/// A value file of a document, as its `values` entry names it.
+#[derive(Debug, Clone, Copy)]
+struct ValueRef {
+    /// Where the value is in the document's log.
+    seq: Seq,
+    /// The file's length.
+    len: u64,
+    /// The file's id (its name).
+    file: u64,
+}
+
+/// The value files a compacted state contains, from [`Shared::files_contained`].
+#[derive(Default)]
+struct Contained {
+    /// Removes the entries of those that go.
+    refs: sled::Batch,
+    /// The files that go, once that is durable.
+    paths: Vec<PathBuf>,
+    /// Bytes of all of them, for the meta record.
+    bytes: i128,
+    /// How many they are, for the meta record.
+    updates: i128,
+}
+
+/// One atomic batch of log entries: a crash never leaves part of them.
+fn log_batch(entries: Vec<(sled::IVec, sled::IVec)>) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    for (key, value) in entries {
+        batch.insert(key, value);
+    }
+    batch
+}
+
 fn corrupt_pack(doc: &str) -> StoreError {
     StoreError::Corrupt {
         doc: doc.to_owned(),
@@ -362,9 +494,21 @@ impl SledStore {
         let meta = db
             .open_tree(META_TREE)
             .map_err(io_err("opening the meta tree"))?;
+        let values = db
+            .open_tree(VALUES_TREE)
+            .map_err(io_err("opening the values tree"))?;
+        let files = ValueFiles::open(path).map_err(|e| {
+            StoreError::Io(format!(
+                "cannot create the value folder in {}: {e}",
+                path.display()
+            ))
+        })?;
         let shared = Arc::new(Shared {
             db,
             meta,
+            values,
+            files,
+            doomed: Mutex::new(Vec::new()),
             tickets: AtomicU64::new(0),
             committed: watch::Sender::new(Committed::default()),
             flush_lock: Mutex::new(()),
@@ -378,10 +522,13 @@ impl SledStore {
             value_bytes: value_bytes_for(segment_bytes),
             stalled: Mutex::new(None),
             max_pending_bytes: options.max_pending_bytes,
-            chats: Mutex::new(HashSet::new()),
+            chats: KnownTrees::new(CHAT_TREE_PREFIX),
+            logs: KnownTrees::new(DOC_TREE_PREFIX),
         });
         shared.drop_orphan_trees()?;
-        shared.note_chat_trees();
+        shared.sweep_value_files()?;
+        shared.chats.note(&shared.db);
+        shared.logs.note(&shared.db);
         let flusher = {
             let shared = Arc::clone(&shared);
             thread::Builder::new()
@@ -403,12 +550,7 @@ impl SledStore {
     /// once, not queued.
     fn append_chat_entry(&self, doc: &str, record: &[u8]) -> Result<Appended, StoreError> {
         let _trees = self.read_lock();
-        let tree = self
-            .shared
-            .db
-            .open_tree(chat_tree_name(doc))
-            .map_err(io_err(format_args!("opening the chat of {doc:?}")))?;
-        self.shared.lock_chats().insert(doc.to_owned());
+        let tree = self.shared.chats.open_or_create(&self.shared.db, doc)?;
         let seq = self
             .shared
             .db
@@ -441,39 +583,113 @@ impl SledStore {
         }
     }
 
-    /// Opens the log tree of an existing document (`None` if it has no meta
-    /// record); never creates one, so probing unknown names leaves no trace.
-    fn existing_tree(&self, doc: &str) -> Result<Option<sled::Tree>, StoreError> {
-        self.existing(doc, tree_name(doc), "document")
-    }
-
-    /// Opens the tree `tree` (the document's `what`: log or chat) of an
-    /// existing document, as [`Self::existing_tree`].
-    fn existing(
-        &self,
-        doc: &str,
-        tree: String,
-        what: &str,
-    ) -> Result<Option<sled::Tree>, StoreError> {
-        let exists = self
-            .shared
+    /// Whether the document exists (has a meta record); probing unknown
+    /// names leaves no trace.
+    fn exists(&self, doc: &str) -> Result<bool, StoreError> {
+        self.shared
             .meta
             .contains_key(doc)
-            .map_err(io_err(format_args!("reading metadata of {doc:?}")))?;
-        if !exists {
-            return Ok(None);
-        }
-        let tree = self
-            .shared
-            .db
-            .open_tree(tree)
-            .map_err(io_err(format_args!("opening {what} {doc:?}")))?;
-        Ok(Some(tree))
+            .map_err(io_err(format_args!("reading metadata of {doc:?}")))
     }
 
-    /// Compaction step 1, one atomic batch: put `state` as chunks at keys
-    /// `upto ++ index` (replacing any chunks a compaction at the same
-    /// `upto` left). Afterwards the log holds the old updates *and* a state
+    /// The chat tree of an existing document that has one; creates none.
+    fn existing_chat(&self, doc: &str) -> Result<Option<sled::Tree>, StoreError> {
+        if !self.shared.chats.contains(doc) || !self.exists(doc)? {
+            return Ok(None);
+        }
+        self.shared.chats.open(&self.shared.db, doc)
+    }
+
+    /// Compaction into a value file: the state is written durably as a new
+    /// file, then, in one batch of the `values` tree, referred to at `upto`
+    /// while the entries of the files it contains go; then the log's entries up to `upto` go (chunks at
+    /// `upto` included, from a folder written before value files). At every
+    /// step the log merges to the same content. Returns the (bytes,
+    /// updates) change for the meta record and the files to remove once
+    /// that is durable.
+    fn compact_into_file(
+        &self,
+        doc: &str,
+        upto: Seq,
+        state: &[u8],
+    ) -> Result<(i128, i128, Vec<PathBuf>), StoreError> {
+        let (mut bytes, mut updates) = (state.len() as i128, 1i128);
+        let shared = &self.shared;
+        // A new file, never one a load may be reading.
+        let file = shared
+            .db
+            .generate_id()
+            .map_err(io_err("generating a file id"))?;
+        shared
+            .files
+            .write(doc, file, state)
+            .map_err(|e| StoreError::Io(format!("writing the state of {doc:?}: {e}")))?;
+        shared.sync_value_dir(doc)?;
+        let mut contained = shared.files_contained(doc, upto)?;
+        bytes -= contained.bytes;
+        updates -= contained.updates;
+        // Last in the batch: replaces an entry at `upto` it removed.
+        let mut refs = contained.refs;
+        refs.insert(
+            values::ref_key(doc, upto),
+            &values::encode_ref(state.len() as u64, file),
+        );
+        shared
+            .values
+            .apply_batch(refs)
+            .map_err(io_err(format_args!(
+                "writing the compacted state of {doc:?}"
+            )))?;
+        if let Some(tree) = shared.logs.open(&shared.db, doc)? {
+            let (b, u) = self.remove_before(doc, &tree, upto, true)?;
+            bytes += b;
+            updates += u;
+        }
+        Ok((bytes, updates, std::mem::take(&mut contained.paths)))
+    }
+
+    /// Compaction of a state that fits one entry: written as chunk 0 at
+    /// `upto` in the log ([`Self::write_state_over`]), then every value
+    /// file up to `upto` and the log's entries before the state go.
+    fn compact_into_log(
+        &self,
+        doc: &str,
+        upto: Seq,
+        state: &[u8],
+    ) -> Result<(i128, i128, Vec<PathBuf>), StoreError> {
+        let shared = &self.shared;
+        let tree = shared.logs.open_or_create(&shared.db, doc)?;
+        let (mut bytes, mut updates) = self.write_state_over(doc, &tree, upto, state)?;
+        let contained = shared.files_contained(doc, upto)?;
+        if !contained.paths.is_empty() {
+            shared
+                .values
+                .apply_batch(contained.refs)
+                .map_err(io_err(format_args!("compacting {doc:?}")))?;
+        }
+        let (b, u) = self.remove_before(doc, &tree, upto, false)?;
+        bytes += b - contained.bytes;
+        updates += u - contained.updates;
+        Ok((bytes, updates, contained.paths))
+    }
+
+    /// Takes the ticket of a write just made that dropped the entries of
+    /// `paths`, and has them removed once it is durable.
+    fn doom_after_next_ticket(&self, paths: Vec<PathBuf>) {
+        // Held across the ticket: a flush that covers it finds the paths.
+        let mut doomed = self
+            .shared
+            .doomed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let ticket = self.take_ticket();
+        doomed.extend(paths.into_iter().map(|path| (ticket, path)));
+    }
+
+    /// Compaction of a small state, step 1, one atomic batch: put `state`
+    /// as chunks at keys `upto ++ index` (one chunk, unless a test writes
+    /// a folder of the layout before value files; replacing any chunks a
+    /// compaction at the same `upto` left). Afterwards the log holds the old updates *and* a state
     /// containing them, which merges to the same content. Returns the
     /// (bytes, updates) change for the meta record.
     fn write_state_over(
@@ -505,22 +721,32 @@ impl SledStore {
         Ok((bytes, updates))
     }
 
-    /// Compaction step 2: remove every entry before the state at `upto`
-    /// (the updates and packs up to and including `upto`, older states),
-    /// all of which that state contains. Returns the (bytes, updates) change.
+    /// Compaction's last step: remove every log entry before the state at
+    /// `upto` (the updates and packs up to and including `upto`, older
+    /// states), all of which that state contains, and the chunks at `upto`
+    /// too if `chunks_at_upto` (the state is in a file). Returns the
+    /// (bytes, updates) change.
     fn remove_before(
         &self,
         doc: &str,
         tree: &sled::Tree,
         upto: Seq,
+        chunks_at_upto: bool,
     ) -> Result<(i128, i128), StoreError> {
+        use std::ops::Bound;
         let (mut bytes, mut updates) = (0i128, 0i128);
         // One batch instead of a write per entry. The single writer of a
         // document (its room) is the only compactor, so what was read is
         // what the batch removes.
         let mut batch = sled::Batch::default();
         // A pack keyed `upto` sorts before the state's chunks.
-        for entry in tree.range(..chunk_key(upto, 0)) {
+        let (state_first, state_last) = (chunk_key(upto, 0), chunk_key(upto, u32::MAX));
+        let end = if chunks_at_upto {
+            Bound::Included(&state_last[..])
+        } else {
+            Bound::Excluded(&state_first[..])
+        };
+        for entry in tree.range::<&[u8], _>((Bound::Unbounded, end)) {
             let (key, value) = entry.map_err(io_err(format_args!("compacting {doc:?}")))?;
             let (_, kind) = decode_key(doc, &key)?;
             let (b, u) = entry_counts(doc, kind, &value)?;
@@ -532,10 +758,7 @@ impl SledStore {
         // inside (written when the room had appended past `upto`): it
         // keeps only its updates after `upto`. Packs are written in seq
         // order, so no later entry holds any update up to `upto`.
-        let after_state = (
-            std::ops::Bound::Excluded(&chunk_key(upto, u32::MAX)[..]),
-            std::ops::Bound::Unbounded,
-        );
+        let after_state = (Bound::Excluded(&state_last[..]), Bound::Unbounded);
         if let Some(entry) = tree.range::<&[u8], _>(after_state).next() {
             let (key, value) = entry.map_err(io_err(format_args!("compacting {doc:?}")))?;
             if let (_, Entry::Pack) = decode_key(doc, &key)? {
@@ -597,6 +820,108 @@ fn open_error(path: &Path, e: sled::Error) -> StoreError {
 }
 
 impl Shared {
+    /// Makes the value files just written for `doc` durable in its folder.
+    fn sync_value_dir(&self, doc: &str) -> Result<(), StoreError> {
+        values::sync_dir(&self.files.dir(doc))
+            .map_err(|e| StoreError::Io(format!("syncing the value files of {doc:?}: {e}")))
+    }
+
+    /// The document's value files, by seq.
+    fn value_refs(&self, doc: &str) -> Result<Vec<ValueRef>, StoreError> {
+        let mut refs = Vec::new();
+        for entry in self.values.scan_prefix(values::ref_prefix(doc)) {
+            let (key, value) =
+                entry.map_err(io_err(format_args!("reading the value files of {doc:?}")))?;
+            let (Some((_, seq)), Some((len, file))) =
+                (values::decode_ref_key(&key), values::decode_ref(&value))
+            else {
+                return Err(StoreError::Corrupt {
+                    doc: doc.to_owned(),
+                    detail: "an entry of the values tree does not have its layout".into(),
+                });
+            };
+            refs.push(ValueRef { seq, len, file });
+        }
+        Ok(refs)
+    }
+
+    /// The value files of `doc` that a state at `upto` contains (seq <=
+    /// `upto`): what to remove.
+    fn files_contained(&self, doc: &str, upto: Seq) -> Result<Contained, StoreError> {
+        let mut contained = Contained::default();
+        for value in self.value_refs(doc)? {
+            if value.seq > upto {
+                break;
+            }
+            contained.bytes += i128::from(value.len);
+            contained.updates += 1;
+            contained.refs.remove(values::ref_key(doc, value.seq));
+            contained.paths.push(self.files.path(doc, value.file));
+        }
+        Ok(contained)
+    }
+
+    /// At open: drops the `values` entries of documents that no longer
+    /// exist (a deletion a crash interrupted), then removes every value
+    /// file no entry refers to (see [`values`]).
+    fn sweep_value_files(&self) -> Result<(), StoreError> {
+        let mut expected = HashSet::new();
+        let mut gone = sled::Batch::default();
+        let mut dropped = false;
+        for entry in self.values.iter() {
+            let (key, value) = entry.map_err(io_err("reading the values tree"))?;
+            let (Some((name, _)), Some((_, file))) =
+                (values::decode_ref_key(&key), values::decode_ref(&value))
+            else {
+                continue;
+            };
+            let known = self
+                .meta
+                .contains_key(name)
+                .map_err(io_err("checking for orphaned value files"))?;
+            match std::str::from_utf8(name) {
+                Ok(doc) if known => {
+                    expected.insert(self.files.path(doc, file));
+                }
+                _ => {
+                    gone.remove(key);
+                    dropped = true;
+                }
+            }
+        }
+        if dropped {
+            self.values
+                .apply_batch(gone)
+                .map_err(io_err("dropping the value files of deleted documents"))?;
+            self.db
+                .flush()
+                .map_err(io_err("flushing after value file cleanup"))?;
+        }
+        self.files
+            .sweep(&expected)
+            .map_err(|e| StoreError::Io(format!("removing orphaned value files: {e}")))?;
+        Ok(())
+    }
+
+    /// Removes the doomed files whose ticket `ticket` made durable.
+    fn remove_doomed(&self, ticket: u64) {
+        let ready: Vec<PathBuf> = {
+            let mut doomed = self.doomed.lock().unwrap_or_else(PoisonError::into_inner);
+            if doomed.iter().all(|&(t, _)| t > ticket) {
+                return;
+            }
+            let (ready, later) = std::mem::take(&mut *doomed)
+                .into_iter()
+                .partition(|&(t, _)| t <= ticket);
+            *doomed = later;
+            ready.into_iter().map(|(_, path)| path).collect()
+        };
+        // Exclusive: no load is reading one of them meanwhile, and no
+        // file is being written into a folder that goes.
+        let _trees = self.trees.write().unwrap_or_else(PoisonError::into_inner);
+        self.files.remove(&ready);
+    }
+
     /// Adds the given deltas to a document's meta record (creating it),
     /// atomically with respect to concurrent updates of the same record.
     fn adjust_meta(
@@ -633,8 +958,8 @@ impl Shared {
     }
 
     /// Writes every queued append to sled: per document one atomic batch of
-    /// packs (each up to [`Self::value_bytes`]; a bigger update alone, in
-    /// chunks if it must be), then its meta record once. When it returns
+    /// packs (each up to [`Self::value_bytes`]; a bigger update is a value
+    /// file, referred to in the same atomic write), then its meta record once. When it returns
     /// `Ok`, everything queued before the call is in sled (not yet
     /// flushed). A document that fails goes back to the front of the queue
     /// with every one not yet written, to be tried again.
@@ -657,20 +982,26 @@ impl Shared {
         Ok(())
     }
 
-    /// One document's part of [`Self::write_pending`].
+    /// One document's part of [`Self::write_pending`]: its big updates
+    /// as value files (durable before anything refers to them), then in
+    /// one atomic write the packs and the files' entries.
     fn write_queue(&self, doc: &str, queue: &PendingDoc) -> Result<(), StoreError> {
-        let tree = self
-            .db
-            .open_tree(tree_name(doc))
-            .map_err(io_err(format_args!("opening document {doc:?}")))?;
         let mut entries = Vec::new();
+        let mut refs = sled::Batch::default();
+        let mut files = 0;
         let mut pack = PackBuilder::default();
         for (seq, update) in queue.iter() {
             if update.len() > self.value_bytes {
                 pack.close_into(&mut entries);
-                for (index, chunk) in (0u32..).zip(update.chunks(self.value_bytes)) {
-                    entries.push((chunk_key(seq, index)[..].into(), chunk.into()));
-                }
+                self.files
+                    .write(doc, seq, update)
+                    .map_err(|e| StoreError::Io(format!("writing a value file of {doc:?}: {e}")))?;
+                // An update's file id is its own seq.
+                refs.insert(
+                    values::ref_key(doc, seq),
+                    &values::encode_ref(update.len() as u64, seq),
+                );
+                files += 1;
                 continue;
             }
             if pack.bytes_with(seq, update) > self.value_bytes {
@@ -679,19 +1010,44 @@ impl Shared {
             pack.add(seq, update);
         }
         pack.close_into(&mut entries);
-        let written = if entries.len() == 1 {
-            // A lone writer's update, flushed at once for its `Saved`: a
-            // plain insert costs less than a batch (which takes sled's
-            // global write lock and logs a manifest).
-            let (key, value) = entries.pop().expect("one entry");
-            tree.insert(key, value).map(drop)
-        } else {
-            // One atomic batch: a crash never leaves part of an update.
-            let mut batch = sled::Batch::default();
-            for (key, value) in entries {
-                batch.insert(key, value);
+        if files > 0 {
+            self.sync_value_dir(doc)?;
+        }
+        let written = match (entries.len(), files) {
+            (0, 0) => Ok(()),
+            (0, _) => self.values.apply_batch(refs),
+            (1, 0) => {
+                // A lone writer's update, flushed at once for its `Saved`: a
+                // plain insert costs less than a batch (which takes sled's
+                // global write lock and logs a manifest).
+                let (key, value) = entries.pop().expect("one entry");
+                self.logs
+                    .open_or_create(&self.db, doc)?
+                    .insert(key, value)
+                    .map(drop)
             }
-            tree.apply_batch(batch)
+            (_, 0) => self
+                .logs
+                .open_or_create(&self.db, doc)?
+                .apply_batch(log_batch(entries)),
+            // Packs and files (rare: big updates among small ones): both
+            // trees in one transaction, so a crash never leaves a part.
+            _ => {
+                let tree = self.logs.open_or_create(&self.db, doc)?;
+                let log = log_batch(entries);
+                (&tree, &self.values)
+                    .transaction(|(tree, values)| {
+                        tree.apply_batch(&log)?;
+                        values.apply_batch(&refs)?;
+                        Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+                    })
+                    .map_err(|e| match e {
+                        sled::transaction::TransactionError::Abort(()) => {
+                            unreachable!("the transaction never aborts")
+                        }
+                        sled::transaction::TransactionError::Storage(e) => e,
+                    })
+            }
         };
         written.map_err(io_err(format_args!("appending to {doc:?}")))?;
         self.adjust_meta(
@@ -711,25 +1067,6 @@ impl Shared {
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Notes which documents have a chat tree (after the orphans are gone).
-    fn note_chat_trees(&self) {
-        let names = self.db.tree_names();
-        let mut chats = self.lock_chats();
-        for name in names {
-            if let Some(doc) = name.strip_prefix(CHAT_TREE_PREFIX.as_bytes()) {
-                chats.insert(String::from_utf8_lossy(doc).into_owned());
-            }
-        }
-    }
-
-    fn lock_chats(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.chats.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn has_chat(&self, doc: &str) -> bool {
-        self.lock_chats().contains(doc)
     }
 
     /// Drops `doc:` trees without a meta record: leftovers of a deletion or a
@@ -772,9 +1109,9 @@ impl Shared {
 
     /// Flushes sled if any write is not yet covered and publishes the result.
     ///
-    /// Returns whether writes arrived while it flushed (load), as opposed to
-    /// after it published (a lone writer answering its `Saved`).
-    fn flush_now(&self) -> Result<bool, StoreError> {
+    /// Returns how many writes arrived while it flushed (load, if many), as
+    /// opposed to after it published (a lone writer answering its `Saved`).
+    fn flush_now(&self) -> Result<u64, StoreError> {
         let _serial = self
             .flush_lock
             .lock()
@@ -783,7 +1120,7 @@ impl Shared {
         let ticket = self.tickets.load(Ordering::SeqCst);
         let previous = self.committed_ticket();
         if ticket <= previous {
-            return Ok(false);
+            return Ok(0);
         }
         let started = Instant::now();
         let written = self.write_pending().and_then(|()| {
@@ -795,12 +1132,13 @@ impl Shared {
         *self.stalled.lock().unwrap_or_else(PoisonError::into_inner) =
             written.as_ref().err().map(ToString::to_string);
         written?;
-        let arrived_meanwhile = self.tickets.load(Ordering::SeqCst) > ticket;
+        let arrived_meanwhile = self.tickets.load(Ordering::SeqCst) - ticket;
         self.committed.send_replace(Committed {
             ticket,
             batch: ticket - previous,
             flush_time: started.elapsed(),
         });
+        self.remove_doomed(ticket);
         Ok(arrived_meanwhile)
     }
 
@@ -808,13 +1146,15 @@ impl Shared {
     /// the commit window so more writes join, flush once, repeat. Two
     /// things cut the window: a write after a quiet spell that someone
     /// waits for ([`DocStore::hurry`]) is flushed at once, so a lone
-    /// writer's `Saved` waits for one flush, not a window; writes that
-    /// arrive while a flush runs (load) always wait the window, so that
-    /// under load a flush covers many writes.
+    /// writer's `Saved` waits for one flush, not a window, and a few
+    /// writers' hurried writes that arrived during a flush are flushed
+    /// right after it; [`LOAD_WRITES`] or more arriving while a flush runs
+    /// (load) always wait the window, so that under load a flush covers
+    /// many writes.
     fn run_flusher(&self) {
         // Whether what is pending came after a quiet spell: the flusher
-        // parked (found nothing to flush), or nothing arrived while it
-        // last flushed.
+        // parked (found nothing to flush), or fewer than `LOAD_WRITES`
+        // arrived while it last flushed.
         let mut quiet = true;
         loop {
             let stopping = self.stopping.load(Ordering::SeqCst);
@@ -844,7 +1184,10 @@ impl Shared {
             match self.flush_now() {
                 // What arrived after the flush published answers it (a lone
                 // writer's next update): still a quiet spell.
-                Ok(arrived_meanwhile) => quiet = !arrived_meanwhile,
+                // A few writes during the flush (moderate load: a handful
+                // of writers) are not load either: a hurried one is flushed
+                // right after, back to back, instead of a window later.
+                Ok(arrived_meanwhile) => quiet = arrived_meanwhile < LOAD_WRITES,
                 Err(e) => {
                     tracing::error!(error = %e, "group commit flush failed; will retry");
                     if stopping {
@@ -922,16 +1265,40 @@ impl DocStore for SledStore {
 
     fn load(&self, doc: &str) -> Result<Option<StoredDoc>, StoreError> {
         self.shared.write_pending()?;
+        // Shared: no value file this read refers to is removed meanwhile
+        // (removals take it exclusively).
         let _trees = self.read_lock();
-        let Some(tree) = self.existing_tree(doc)? else {
+        if !self.exists(doc)? {
             return Ok(None);
-        };
+        }
         // A concurrent compaction can make this read see both old updates and
         // the state that contains them; that still merges to the same content.
         let mut stored = StoredDoc::default();
-        for entry in tree.iter() {
+        // The value files, merged in by seq (before log entries of the
+        // same seq: a pack or chunks there come first).
+        let mut files = self.shared.value_refs(doc)?.into_iter().peekable();
+        // Those before `until`, or all that are left.
+        let mut read_files_before = |until: Option<Seq>, stored: &mut StoredDoc| {
+            while let Some(file) = files.next_if(|file| until.is_none_or(|until| file.seq < until))
+            {
+                let value = self
+                    .shared
+                    .files
+                    .read(doc, file.file, file.len)
+                    .map_err(|detail| StoreError::Corrupt {
+                        doc: doc.to_owned(),
+                        detail,
+                    })?;
+                stored.updates.push(value);
+                stored.last_seq = file.seq;
+            }
+            Ok::<_, StoreError>(())
+        };
+        let log = self.shared.logs.open(&self.shared.db, doc)?;
+        for entry in log.iter().flat_map(sled::Tree::iter) {
             let (key, value) = entry.map_err(io_err(format_args!("loading {doc:?}")))?;
             let (seq, kind) = decode_key(doc, &key)?;
+            read_files_before(Some(seq), &mut stored)?;
             match (kind, stored.updates.last_mut()) {
                 // The next chunk of the value being read.
                 (Entry::Chunk(index), Some(state)) if index > 0 && seq == stored.last_seq => {
@@ -947,6 +1314,7 @@ impl DocStore for SledStore {
             }
             stored.last_seq = seq;
         }
+        read_files_before(None, &mut stored)?;
         Ok(Some(stored))
     }
 
@@ -955,18 +1323,16 @@ impl DocStore for SledStore {
         self.shared.write_pending()?;
         let _trees = self.read_lock();
         // A document deleted meanwhile stays deleted.
-        let Some(tree) = self.existing_tree(doc)? else {
+        if !self.exists(doc)? {
             return Ok(());
+        }
+        let (bytes, updates, replaced) = if state.len() > self.shared.value_bytes {
+            self.compact_into_file(doc, upto, state)?
+        } else {
+            self.compact_into_log(doc, upto, state)?
         };
-        let (bytes_in, updates_in) = self.write_state_over(doc, &tree, upto, state)?;
-        let (bytes_out, updates_out) = self.remove_before(doc, &tree, upto)?;
-        self.shared.adjust_meta(
-            doc,
-            bytes_in + bytes_out,
-            updates_in + updates_out,
-            now_ms(),
-        )?;
-        self.take_ticket();
+        self.shared.adjust_meta(doc, bytes, updates, now_ms())?;
+        self.doom_after_next_ticket(replaced);
         Ok(())
     }
 
@@ -976,10 +1342,7 @@ impl DocStore for SledStore {
 
     fn recent_chat(&self, doc: &str, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
         let _trees = self.read_lock();
-        if !self.shared.has_chat(doc) {
-            return Ok(Vec::new());
-        }
-        let Some(tree) = self.existing(doc, chat_tree_name(doc), "the chat of")? else {
+        let Some(tree) = self.existing_chat(doc)? else {
             return Ok(Vec::new());
         };
         let mut records = tree
@@ -998,10 +1361,7 @@ impl DocStore for SledStore {
 
     fn trim_chat(&self, doc: &str, keep: usize, max_bytes: u64) -> Result<(), StoreError> {
         let _trees = self.read_lock();
-        if !self.shared.has_chat(doc) {
-            return Ok(());
-        }
-        let Some(tree) = self.existing(doc, chat_tree_name(doc), "the chat of")? else {
+        let Some(tree) = self.existing_chat(doc)? else {
             return Ok(());
         };
         let (mut kept, mut bytes) = (0usize, 0u64);
@@ -1090,9 +1450,24 @@ impl DocStore for SledStore {
             .db
             .drop_tree(chat_tree_name(doc))
             .map_err(io_err(format_args!("deleting the chat of {doc:?}")))?;
-        self.shared.lock_chats().remove(doc);
-        if existed || dropped || dropped_chat {
-            self.take_ticket();
+        self.shared.chats.remove(doc);
+        self.shared.logs.remove(doc);
+        // The files go once this is durable (a crash before brings the
+        // document back whole); `open` removes what a crash left.
+        let mut refs = sled::Batch::default();
+        let mut files = Vec::new();
+        for value in self.shared.value_refs(doc)? {
+            refs.remove(values::ref_key(doc, value.seq));
+            files.push(self.shared.files.path(doc, value.file));
+        }
+        if !files.is_empty() {
+            self.shared
+                .values
+                .apply_batch(refs)
+                .map_err(io_err(format_args!("deleting the value files of {doc:?}")))?;
+        }
+        if existed || dropped || dropped_chat || !files.is_empty() {
+            self.doom_after_next_ticket(files);
         }
         Ok(existed)
     }

@@ -5,6 +5,14 @@
 //! removed, nothing else is touched. Nothing is ever redrawn whole except
 //! at start-up.
 //!
+//! Top-level blocks sit in chunks (`div.chunk`, [`CHUNK`] blocks each at
+//! start-up, split when one grows past twice that) and only chunks have
+//! `content-visibility: auto`: the frame after a keystroke then lays out a
+//! hundred chunk boxes instead of every top-level block (thousands in a
+//! big document). Chunks exist only in the DOM; the mirror's paths count
+//! blocks, and [`top_index`] maps a DOM point on a chunk or the root back
+//! to them.
+//!
 //! Semantic HTML: `p`, `h1`–`h6`, `ul`/`ol` > `li`, `blockquote`,
 //! `pre > code`, `hr`, `br`, `strong`, `em`, `u`, `s`, `code`, `a href`
 //! (only for http, https and mailto links, with `target=_blank` and
@@ -32,6 +40,123 @@ pub type DomBlock = VBlock<Node>;
 
 fn el(tag: &str) -> Element {
     document().create_element(tag).expect("create an element")
+}
+
+/// Top-level blocks per chunk at start-up (a chunk is split in two when
+/// it grows past twice this).
+pub const CHUNK: usize = 64;
+pub const CHUNK_CLASS: &str = "chunk";
+
+fn new_chunk() -> Element {
+    let chunk = el("div");
+    chunk.set_class_name(CHUNK_CLASS);
+    chunk
+}
+
+/// Whether `node` is one of the root's chunks.
+pub fn is_chunk(node: &Node) -> bool {
+    node.dyn_ref::<Element>()
+        .is_some_and(|e| e.tag_name() == "DIV" && e.class_name() == CHUNK_CLASS)
+}
+
+/// The index of the top-level block drawn by `dom` (the end when `None`,
+/// or when the mirror does not know it).
+pub fn top_index(tree: &DomTree, dom: Option<&Node>) -> u32 {
+    dom.and_then(|d| tree.blocks.iter().position(|b| &b.dom == d))
+        .unwrap_or(tree.blocks.len()) as u32
+}
+
+/// The top-level block a DOM point `(node, offset)` on the root or on a
+/// chunk stands before (`node` is the root or a chunk; `offset` a child index).
+pub fn top_index_at(tree: &DomTree, node: &Node, offset: u32) -> u32 {
+    let child = node.child_nodes().item(offset);
+    let block = match child {
+        Some(c) if is_chunk(&c) => c.first_child(),
+        other => other,
+    };
+    match block {
+        Some(b) => top_index(tree, Some(&b)),
+        // After the last child: the end of this chunk (the next chunk's first block).
+        None if is_chunk(node) => match node.next_sibling().and_then(|n| n.first_child()) {
+            Some(b) => top_index(tree, Some(&b)),
+            None => tree.blocks.len() as u32,
+        },
+        None => tree.blocks.len() as u32,
+    }
+}
+
+/// Inserts top-level block `dom` before the block `before` (at the end
+/// of the document when `None`; `after` is the block before it), in that
+/// block's chunk (at the end, a full chunk starts the next one); splits
+/// the chunk when it is past twice [`CHUNK`]. The half moved out is the
+/// one without `keep` (the block being composed in, else the selection):
+/// moving a node drops a selection or composition inside it.
+fn insert_top(
+    root: &Node,
+    dom: &Node,
+    before: Option<&Node>,
+    after: Option<&Node>,
+    keep: Option<&Node>,
+) {
+    let chunk = match (
+        before.and_then(Node::parent_node),
+        after.and_then(Node::parent_node),
+    ) {
+        (Some(chunk), _) if is_chunk(&chunk) => chunk,
+        // At the end of a chunk: a full one (blocks added at the end of
+        // the document, or a document arriving whole) starts the next.
+        (None, Some(chunk))
+            if is_chunk(&chunk) && (chunk.child_nodes().length() as usize) < CHUNK =>
+        {
+            chunk
+        }
+        (None, Some(full)) if is_chunk(&full) => {
+            let chunk: Node = new_chunk().into();
+            let _ = root.insert_before(&chunk, full.next_sibling().as_ref());
+            chunk
+        }
+        _ => {
+            let chunk: Node = new_chunk().into();
+            let _ = root.append_child(&chunk);
+            chunk
+        }
+    };
+    let before = before.filter(|b| b.parent_node().as_ref() == Some(&chunk));
+    let _ = chunk.insert_before(dom, before);
+    let children = chunk.child_nodes();
+    let len = children.length() as usize;
+    if len <= 2 * CHUNK {
+        return;
+    }
+    let nodes: Vec<Node> = (0..len as u32).filter_map(|i| children.item(i)).collect();
+    let (first, second) = nodes.split_at(len / 2);
+    let holds_keep = |half: &[Node]| keep.is_some_and(|k| half.iter().any(|n| n.contains(Some(k))));
+    let fresh: Node = new_chunk().into();
+    if holds_keep(second) {
+        let _ = root.insert_before(&fresh, Some(&chunk));
+        for n in first {
+            let _ = fresh.append_child(n);
+        }
+    } else {
+        let _ = root.insert_before(&fresh, chunk.next_sibling().as_ref());
+        for n in second {
+            let _ = fresh.append_child(n);
+        }
+    }
+}
+
+/// Removes top-level block `dom`, and its chunk when that is left empty.
+fn remove_top(dom: &Node) {
+    let Some(chunk) = dom.parent_node() else {
+        return;
+    };
+    let _ = chunk.remove_child(dom);
+    if is_chunk(&chunk)
+        && !chunk.has_child_nodes()
+        && let Some(root) = chunk.parent_node()
+    {
+        let _ = root.remove_child(&chunk);
+    }
 }
 
 /// The items of a text block, read from yrs.
@@ -420,8 +545,12 @@ pub fn build_tree<T: ReadTxn>(txn: &T, fragment: &XmlFragmentRef, root: &Element
         .map(|c| build_block(txn, &c))
         .collect();
     let frag = document().create_document_fragment();
-    for b in &blocks {
-        let _ = frag.append_child(&b.dom);
+    for group in blocks.chunks(CHUNK) {
+        let chunk = new_chunk();
+        for b in group {
+            let _ = chunk.append_child(&b.dom);
+        }
+        let _ = frag.append_child(&chunk);
     }
     let _ = root.append_child(&frag);
     Tree {
@@ -557,6 +686,19 @@ pub fn apply_events(
             }
         };
         let delta: Vec<Change> = e.delta(txn).to_vec();
+        let top = block_path.is_empty();
+        // What a chunk split must not move: the composition, else the caret.
+        let keep = if top {
+            hold.cloned().or_else(|| {
+                crate::browser::window()
+                    .get_selection()
+                    .ok()
+                    .flatten()
+                    .and_then(|s| s.focus_node())
+            })
+        } else {
+            None
+        };
         let Some(children) = tree.children_mut(&block_path) else {
             rebuild(tree, txn, fragment, &block_path);
             done.push(block_path);
@@ -570,7 +712,11 @@ pub fn apply_events(
                     for _ in 0..n {
                         if i < children.len() {
                             let gone = children.remove(i);
-                            let _ = parent_dom.remove_child(&gone.dom);
+                            if top {
+                                remove_top(&gone.dom);
+                            } else {
+                                let _ = parent_dom.remove_child(&gone.dom);
+                            }
                         }
                     }
                 }
@@ -584,7 +730,18 @@ pub fn apply_events(
                         };
                         let block = build_block(txn, &xml);
                         let before = children.get(i).map(|b| b.dom.clone());
-                        let _ = parent_dom.insert_before(&block.dom, before.as_ref());
+                        if top {
+                            let after = i.checked_sub(1).and_then(|j| children.get(j));
+                            insert_top(
+                                &parent_dom,
+                                &block.dom,
+                                before.as_ref(),
+                                after.map(|b| &b.dom),
+                                keep.as_ref(),
+                            );
+                        } else {
+                            let _ = parent_dom.insert_before(&block.dom, before.as_ref());
+                        }
                         children.insert(i, block);
                         i += 1;
                     }

@@ -12,6 +12,9 @@
 //! - **Selection** is kept as sticky indices (yrs `StickyIndex`, Yjs
 //!   relative positions) taken whenever it changes, and put back after
 //!   every change, so it stays on the same characters whatever others do.
+//!   The selection is taken again right before every update from
+//!   elsewhere is applied ([`RichEditor::take_dom_selection`]), since
+//!   `selectionchange` may not have arrived yet.
 //!   Presence carries it as Yjs RelativePosition JSON ([`crate::relpos`]).
 //! - **IME**: during a composition the browser owns the block being
 //!   composed in; remote changes to that block are held back, other blocks
@@ -296,7 +299,7 @@ impl RichEditor {
             "selectionchange",
             move |_| {
                 if let Some(editor) = weak.upgrade() {
-                    editor.selection_changed();
+                    editor.take_dom_selection();
                 }
             },
         ));
@@ -318,8 +321,23 @@ impl RichEditor {
             cur = cur.parent_node()?;
         }
         chain.reverse();
+        let tree = self.tree.borrow();
+        // The chunks around top-level blocks are the DOM's only: a point on
+        // the root or a chunk becomes one between top-level blocks.
+        match chain.first() {
+            None => {
+                return tree.pos_before_child(&[], dom::top_index_at(&tree, root, offset));
+            }
+            Some(first) if dom::is_chunk(first) => {
+                if chain.len() == 1 {
+                    return tree.pos_before_child(&[], dom::top_index_at(&tree, first, offset));
+                }
+                chain.remove(0);
+            }
+            Some(_) => {}
+        }
         let near = self.sel.borrow().as_ref().map(|s| s.head.path.clone());
-        self.tree.borrow().pos_at_near(
+        tree.pos_at_near(
             &chain,
             node.node_type() == web_sys::Node::TEXT_NODE,
             offset,
@@ -467,7 +485,18 @@ impl RichEditor {
         }
     }
 
-    fn selection_changed(&self) {
+    /// Takes the DOM selection as the editor's selection (and its sticky
+    /// indices), as the `selectionchange` handler does. The owner also
+    /// calls it right before applying an update from elsewhere (the
+    /// socket, another tab, the local copy): the caret may have moved (a
+    /// click, an arrow key, a script) while `selectionchange` is still
+    /// queued, and the selection put back after the update must be the
+    /// one on screen, not the one before. Not from inside the update's
+    /// observer: by then positions have moved. Cheap when nothing moved
+    /// (a selection read and a mirror lookup, no layout); does nothing
+    /// during an IME composition or when the selection is outside the
+    /// editor.
+    pub fn take_dom_selection(&self) {
         if self.composing.borrow().is_some() {
             return;
         }

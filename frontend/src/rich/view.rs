@@ -7,8 +7,9 @@
 //!   offset) becomes a DOM point: a text node and an offset in it, or an
 //!   element and a child index;
 //! - DOM → model ([`Tree::pos_at`]): a DOM point, given as the chain of
-//!   DOM nodes from a child of the editor root down to the node the
-//!   browser names, becomes a [`Pos`].
+//!   DOM nodes from a top-level block down to the node the browser names,
+//!   becomes a [`Pos`] (the chunks the DOM groups top-level blocks in,
+//!   see [`super::dom`], are left out of the chain by the caller).
 //!
 //! Inline content is kept as *items*: one per formatted run of text, one
 //! per hard break (or other inline node); each item is one child of the
@@ -142,7 +143,8 @@ pub enum DomPoint<H> {
     Element(H, u32),
 }
 
-/// The mirror of the whole document (the children of the editor root).
+/// The mirror of the whole document: the top-level blocks (in the DOM,
+/// children of the editor root's chunks).
 #[derive(Debug, Clone)]
 pub struct Tree<H> {
     pub root: H,
@@ -315,7 +317,7 @@ impl<H: Clone + PartialEq> Tree<H> {
         }
     }
 
-    /// DOM → model. `chain` runs from a child of the editor root down to
+    /// DOM → model. `chain` runs from a top-level block's node down to
     /// the node the browser named; `offset` is the browser's offset in
     /// that node (a text offset for text nodes, a child index otherwise).
     /// An empty chain means the editor root itself.

@@ -60,7 +60,7 @@ use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, RedisResult, Valu
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
-use super::{Fanout, Feed, Lag, NodeMessage, RemoteEvent};
+use super::{Fanout, Feed, Lag, NodeKey, NodeMessage, RemoteEvent};
 
 /// Approximate length a document's stream is trimmed to, by default
 /// ([`RedisOptions::doc_stream_len`]).
@@ -143,7 +143,7 @@ struct Followed {
     /// stream; `None` until noted (Redis was unreachable at `follow`).
     positions: Option<(String, String)>,
     /// The room's feed.
-    feed: mpsc::Sender<NodeMessage>,
+    feed: mpsc::Sender<(NodeKey, NodeMessage)>,
     lag: Arc<Lag>,
 }
 
@@ -748,7 +748,8 @@ fn deliver(shared: &Shared, stream: redis::streams::StreamKey) {
         } else {
             positions.0 = entry.id.clone();
         }
-        if field(&mut entry.map, "node") == shared.node.as_bytes() {
+        let node = field(&mut entry.map, "node");
+        if node == shared.node.as_bytes() {
             continue;
         }
         let kind = field(&mut entry.map, "kind");
@@ -763,7 +764,7 @@ fn deliver(shared: &Shared, stream: redis::streams::StreamKey) {
                 continue;
             }
         };
-        match followed.feed.try_send(message) {
+        match followed.feed.try_send((NodeKey::of(&node), message)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 // The room is behind: it reads the database instead.

@@ -392,9 +392,18 @@ impl Harness {
         self.core.set_clustered(true);
     }
 
-    /// A message from another node's room.
+    /// A message from another node's room (always the same other node).
     pub fn remote(&mut self, message: crate::fanout::NodeMessage) {
-        self.core.remote(message, self.now());
+        self.remote_from(crate::fanout::NodeKey(1), message);
+    }
+
+    /// A message from the room of node `from`.
+    pub fn remote_from(
+        &mut self,
+        from: crate::fanout::NodeKey,
+        message: crate::fanout::NodeMessage,
+    ) {
+        self.core.remote(from, message, self.now());
         self.settle();
     }
 

@@ -7,12 +7,15 @@
 //!   members, never stored or acknowledged here (its origin did both). One
 //!   that refers to what this room lacks (it missed something) asks the
 //!   shell to read the store ([`Output::Resync`]).
-//! - Presence from other nodes joins the table without belonging to a
-//!   member: it goes when its node announces the removal, or when it is no
-//!   longer refreshed (a dead node) and the sweep removes it; either way
-//!   its entry is deleted once the removal was announced (no `null` kept
-//!   until the room ends). A member announcing a client that other nodes'
-//!   entries hold takes it over: the client moved here.
+//! - Presence from other nodes joins the table owned by the node that
+//!   relayed it, not by a member: it goes when that node announces the
+//!   removal, or when it is no longer refreshed (a dead node) and the
+//!   sweep removes it; either way its entry is deleted once the removal
+//!   was announced (no `null` kept until the room ends). A member, or
+//!   another node, announcing a state for a client that a node's entries
+//!   hold takes it over: the client moved. A removal from a node that no
+//!   longer holds the client is ignored: it comes from the node the client
+//!   left, and may arrive after the new node's announcement (same clock).
 //! - Events and chat are sent to the local Quire clients; chat joins the
 //!   recent history (its origin stored it).
 
@@ -22,13 +25,9 @@ use quire_protocol::ext::{CHAT_EVENT, Ext};
 use quire_protocol::{ClientId, Message, SyncMessage};
 use tracing::{debug, warn};
 
-use super::{ConnId, MemberQueue, Now, Output, RoomCore, State, Target};
+use super::{MemberQueue, Now, Output, RoomCore, State, Target};
 use crate::document::DocumentError;
-use crate::fanout::{NodeMessage, RemoteEvent};
-
-/// The owner of presence entries that came from other nodes (connection
-/// ids count up from 1 and `NO_OWNER` is `u64::MAX`).
-const OTHER_NODES: Owner = u64::MAX - 1;
+use crate::fanout::{NodeKey, NodeMessage, RemoteEvent};
 
 impl<Q: MemberQueue> RoomCore<Q> {
     /// Other nodes serve this document too: publish to them from now on.
@@ -41,24 +40,22 @@ impl<Q: MemberQueue> RoomCore<Q> {
         !self.unpublished.is_empty()
     }
 
-    /// A message from another node's room of this document.
-    pub fn remote(&mut self, message: NodeMessage, now: Now) {
+    /// A message from the room of node `from` (what a resync read from
+    /// the store is handed in as from [`NodeKey::STORE`]).
+    pub fn remote(&mut self, from: NodeKey, message: NodeMessage, now: Now) {
         match message {
             NodeMessage::Update(update) => self.apply_remote(&update, now),
             NodeMessage::Awareness(update) => {
-                // Other nodes' clients are one owner here: their own nodes
-                // bound them per connection; the room's total still holds.
+                // A node's clients are one owner here: their own node
+                // bounds them per connection; the room's total still holds.
                 let bounds = Bounds {
                     per_owner: usize::MAX,
                     total: self.config.max_presence_per_room,
                     state_bytes: self.config.max_presence_state_bytes,
                 };
-                match self
-                    .awareness
-                    .apply_as(&update, OTHER_NODES, bounds, now.ms)
-                {
-                    Ok(change) => {
-                        let accepted: Vec<ClientId> = change.accepted().collect();
+                let owner = self.node_owner(from);
+                match self.apply_presence_as(owner, &update, bounds, now) {
+                    Ok((accepted, _)) => {
                         self.announce_awareness(None, &accepted, now);
                         self.forget_remote_removed();
                     }
@@ -93,37 +90,60 @@ impl<Q: MemberQueue> RoomCore<Q> {
     /// back at the clock it had (y-websocket keeps its clock across
     /// reconnections) through its restarted node or through this one.
     pub(super) fn forget_remote_removed(&mut self) {
-        self.awareness.forget_removed_of(OTHER_NODES);
+        let awareness = &mut self.awareness;
+        self.node_owners.retain(|_, &mut owner| {
+            awareness.forget_removed_of(owner);
+            awareness.has_owner(owner)
+        });
     }
 
-    /// Applies a member's presence update. Clients it names that other
-    /// nodes' entries hold moved here (their node died, or the proxy sent
-    /// them elsewhere): their entries become the member's, instead of its
-    /// update being ignored as another owner's. Returns the accepted and
-    /// the still foreign clients.
-    pub(super) fn apply_member_presence(
+    /// The presence owner of node `from`'s clients (see `node_owners`).
+    fn node_owner(&mut self, from: NodeKey) -> Owner {
+        let next = &mut self.next_node_owner;
+        *self.node_owners.entry(from).or_insert_with(|| {
+            let owner = *next;
+            *next -= 1;
+            owner
+        })
+    }
+
+    fn is_node_owner(&self, owner: Owner) -> bool {
+        self.node_owners.values().any(|&o| o == owner)
+    }
+
+    /// Applies a presence update from `owner` (a member, or a node's
+    /// owner). Clients it gives a state that another node's entries hold
+    /// moved (their node died, or the proxy sent them elsewhere): their
+    /// entries become `owner`'s, instead of the update being ignored as
+    /// another owner's. Removals of clients someone else holds are
+    /// ignored. Returns the accepted and the still foreign clients.
+    pub(super) fn apply_presence_as(
         &mut self,
-        conn: ConnId,
+        owner: Owner,
         update: &[u8],
         bounds: Bounds,
         now: Now,
     ) -> Result<(Vec<ClientId>, Vec<ClientId>), AwarenessError> {
-        let change = self.awareness.apply_as(update, conn, bounds, now.ms)?;
+        let change = self.awareness.apply_as(update, owner, bounds, now.ms)?;
         let mut accepted: Vec<ClientId> = change.accepted().collect();
         let moved: Vec<ClientId> = change
             .foreign
             .iter()
             .copied()
-            .filter(|&client| self.awareness.owner_of(client) == Some(OTHER_NODES))
+            .filter(|&client| {
+                self.awareness
+                    .owner_of(client)
+                    .is_some_and(|held_by| self.is_node_owner(held_by))
+            })
             .collect();
         if moved.is_empty() {
             return Ok((accepted, change.foreign));
         }
-        debug!(conn, ?moved, "presence moved here from another node");
+        debug!(owner, ?moved, "presence moved here from another node");
         self.awareness.forget(moved);
         // Applied again: what the first pass took is no longer new, so
         // only the moved clients' entries are accepted this time.
-        let again = self.awareness.apply_as(update, conn, bounds, now.ms)?;
+        let again = self.awareness.apply_as(update, owner, bounds, now.ms)?;
         accepted.extend(again.accepted());
         Ok((accepted, again.foreign))
     }

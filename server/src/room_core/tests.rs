@@ -638,7 +638,7 @@ mod abuse;
 
 mod cluster {
     use super::*;
-    use crate::fanout::{NodeMessage, RemoteEvent};
+    use crate::fanout::{NodeKey, NodeMessage, RemoteEvent};
 
     fn clustered() -> Harness {
         let mut room = room();
@@ -725,6 +725,41 @@ mod cluster {
             Some(1),
             "a member's own entry stays (removed) while it is connected"
         );
+    }
+
+    /// Issue 15's note: a client that moved from node A to node B at the
+    /// clock it had vanished from a third node when A's removal came
+    /// after B's announcement, until its next renewal (up to 15 s).
+    #[test]
+    fn a_client_moving_between_two_other_nodes_stays_listed_whatever_order_their_news_comes_in() {
+        let (a, b) = (NodeKey(1), NodeKey(2));
+        let mut room = clustered();
+        room.join(1, true, true).unwrap();
+        room.remote_from(a, remote_presence(9, 3, r#"{"at":"a"}"#));
+        room.frames(1);
+        // B's announcement first, at the same clock: the client moved.
+        room.remote_from(b, remote_presence(9, 3, r#"{"at":"b"}"#));
+        assert_eq!(
+            got(&mut room, 1),
+            [Got::Awareness(vec![(9, r#"{"at":"b"}"#.into())])]
+        );
+        // Then A's removal, from the node the client left: ignored.
+        room.remote_from(a, remote_presence(9, 3, "null"));
+        assert!(got(&mut room, 1).is_empty(), "A's late removal was relayed");
+        assert_eq!(room.core().presence().state(9), Some(r#"{"at":"b"}"#));
+        // B's own removal still removes it.
+        room.remote_from(b, remote_presence(9, 3, "null"));
+        assert_eq!(
+            got(&mut room, 1),
+            [Got::Awareness(vec![(9, "null".into())])]
+        );
+        assert_eq!(room.core().presence().owner_of(9), None);
+        // The other order: A's removal first, then B's announcement.
+        room.remote_from(a, remote_presence(11, 5, "{}"));
+        room.remote_from(a, remote_presence(11, 5, "null"));
+        room.remote_from(b, remote_presence(11, 5, r#"{"at":"b"}"#));
+        room.frames(1);
+        assert_eq!(room.core().presence().state(11), Some(r#"{"at":"b"}"#));
     }
 
     #[test]

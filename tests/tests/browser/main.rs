@@ -3,10 +3,13 @@
 //! document; a tab that goes offline, keeps editing and comes back; a
 //! snapshot exported from the server that equals what the editors show.
 //! Plus the home page, and (in the modules) the rich-text editor, plain-text
-//! documents and interop with Tiptap apps. Every test saves screenshots
+//! documents, interop with Tiptap apps and the caret when a remote edit
+//! races a caret move. Every test saves screenshots
 //! under `$CARGO_TARGET_DIR/browser-screenshots/`.
 
+mod caret;
 mod chat;
+mod chunks;
 mod formats;
 mod plain;
 mod rich;

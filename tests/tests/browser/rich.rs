@@ -1011,52 +1011,85 @@ const BLOCK_BOXES: &str = "const root = Q.root(); const top = root.getBoundingCl
     return [...root.querySelectorAll('p, h1, h2, ul, ol, li, blockquote, pre, hr')].map((e) => {\
       const r = e.getBoundingClientRect(); return [e.tagName, r.top - top, r.bottom - top]; })";
 
-#[tokio::test]
-async fn content_visibility_does_not_change_the_spacing_of_blocks() {
-    // Top-level blocks have `content-visibility: auto` (layout only near
-    // the viewport, for speed in big documents). It contains their
-    // layout, which stops the margins of a list's first and last
-    // paragraphs collapsing with the list's own: extra space showed
-    // around lists. The blocks must sit exactly where they do without it.
-    let server = app_server().await;
-    let base = format!("http://{}", server.addr);
-    seed(&server, "spacing", &spacing_sample()).await;
-    let browser = Browser::start().await;
-    open_editor(&browser, &base, "spacing", "Ann").await;
-    let visibility = js(
-        &browser,
-        "return [...Q.root().children].map((e) => getComputedStyle(e).contentVisibility)",
-        vec![],
-    )
-    .await;
-    let visibility = visibility.as_array().expect("a list");
-    assert_eq!(visibility.len(), 11);
-    assert!(visibility.iter().all(|v| v == "auto"), "{visibility:?}");
-    let with = js(&browser, BLOCK_BOXES, vec![]).await;
-    browser.screenshot("rich-spacing-content-visibility").await;
-    js(
-        &browser,
-        "const s = document.createElement('style'); s.id = 'no-cv';\
-         s.textContent = '.rich-editor > * { content-visibility: visible !important; contain-intrinsic-block-size: none !important; }';\
-         document.head.append(s); return true",
-        vec![],
-    )
-    .await;
-    let without = js(&browser, BLOCK_BOXES, vec![]).await;
-    browser.screenshot("rich-spacing-without").await;
-    let (with, without) = (with.as_array().unwrap(), without.as_array().unwrap());
-    assert_eq!(with.len(), without.len());
-    assert!(with.len() > 20, "every block measured: {with:?}");
-    for (a, b) in with.iter().zip(without) {
+/// Wraps every top-level block of the editor in a chunk of its own (as if
+/// chunks held one block each, so every pair of neighbours meets at a
+/// chunk edge), or with `arguments[0]` takes the blocks out of their
+/// chunks. New chunks get a small placeholder height, so that all are near
+/// the viewport and drawn (not skipped) after the next frames, which it
+/// waits for. Returns each child's class, content-visibility and whether
+/// the browser draws its content.
+const RECHUNK: &str = "const root = Q.root(); const blocks = [...root.querySelectorAll(':scope > .chunk > *')];\
+    root.replaceChildren(...blocks.map((b) => { if (arguments[0]) return b;\
+      const c = document.createElement('div'); c.className = 'chunk'; c.style.containIntrinsicBlockSize = 'auto 1px';\
+      c.append(b); return c; }));\
+    return new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(() => done(\
+      [...root.children].map((e) => [e.className, getComputedStyle(e).contentVisibility,\
+        (e.firstElementChild || e).checkVisibility({ contentVisibilityAuto: true })])))))";
+
+fn assert_same_boxes(what: &str, boxes: &serde_json::Value, plain: &serde_json::Value) {
+    let (boxes, plain) = (boxes.as_array().unwrap(), plain.as_array().unwrap());
+    assert_eq!(boxes.len(), plain.len());
+    assert!(boxes.len() > 20, "every block measured: {boxes:?}");
+    for (a, b) in boxes.iter().zip(plain) {
         assert_eq!(a[0], b[0]);
         for k in [1, 2] {
             let (x, y) = (a[k].as_f64().unwrap(), b[k].as_f64().unwrap());
             assert!(
                 (x - y).abs() < 0.5,
-                "{} at {x:.1} px with content-visibility, {y:.1} px without\nwith:    {with:?}\nwithout: {without:?}",
+                "{} at {x:.1} px {what}, {y:.1} px without chunks or content-visibility\n{what}: {boxes:?}\nwithout: {plain:?}",
                 a[0]
             );
         }
     }
+}
+
+#[tokio::test]
+async fn content_visibility_does_not_change_the_spacing_of_blocks() {
+    // Top-level blocks sit in chunks with `content-visibility: auto`
+    // (layout only near the viewport, for speed in big documents). It
+    // contains a chunk's layout, which stops the margins at its edges
+    // collapsing with its neighbours' (and a list's with its first and
+    // last paragraphs'): extra space showed. The blocks must sit exactly
+    // where they do with no chunks and no content-visibility, whichever
+    // blocks meet at a chunk's edge.
+    let server = app_server().await;
+    let base = format!("http://{}", server.addr);
+    seed(&server, "spacing", &spacing_sample()).await;
+    let browser = Browser::start().await;
+    open_editor(&browser, &base, "spacing", "Ann").await;
+    let chunks = js(
+        &browser,
+        "return [...Q.root().children].map((e) => [e.className, getComputedStyle(e).contentVisibility, e.children.length])",
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        chunks,
+        json!([["chunk", "auto", 11]]),
+        "one chunk holds the 11 blocks"
+    );
+    let one_chunk = js(&browser, BLOCK_BOXES, vec![]).await;
+    browser.screenshot("rich-spacing-content-visibility").await;
+    let rechunked = js(&browser, RECHUNK, vec![json!(false)]).await;
+    assert_eq!(
+        rechunked,
+        json!(vec![json!(["chunk", "auto", true]); 11]),
+        "a chunk per block, each drawn"
+    );
+    let chunk_each = js(&browser, BLOCK_BOXES, vec![]).await;
+    let unwrapped = js(&browser, RECHUNK, vec![json!(true)]).await;
+    assert_eq!(unwrapped.as_array().map(Vec::len), Some(11));
+    assert!(
+        unwrapped
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v[0] != json!("chunk") && v[1] == json!("visible")),
+        "no chunks left: {unwrapped}"
+    );
+    let plain = js(&browser, BLOCK_BOXES, vec![]).await;
+    browser.screenshot("rich-spacing-without").await;
+    assert_same_boxes("in one chunk", &one_chunk, &plain);
+    assert_same_boxes("in a chunk each", &chunk_each, &plain);
     browser.close().await;
 }

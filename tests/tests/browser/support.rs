@@ -85,16 +85,19 @@ const Q = {
     if (!Q.rich()) return e.value;
     return Q.blocks(e).map(Q.blockText).join('\n');
   },
+  // The editor's HTML without its layout wrappers: the chunks around
+  // top-level blocks, the trailing breaks of empty lines.
   html: () => {
     const c = Q.root().cloneNode(true);
+    c.querySelectorAll(':scope > div.chunk').forEach((k) => k.replaceWith(...k.childNodes));
     c.querySelectorAll('br.trailing-break').forEach((b) => b.remove());
     return c.innerHTML;
   },
   // Puts the caret at a text offset (null: the end). In the rich editor it
   // resolves once the editor has heard of it (its `selectionchange`
-  // listener ran first), as after a person's click: a remote edit that
-  // lands before that restores the old caret (a known race, see issue 10's
-  // notes), which is not what the tests using this are about.
+  // listener ran first), as after a person's click. A remote edit landing
+  // before that is a race of its own, tested on purpose in caret.rs; the
+  // tests using this are about other things.
   setCaret: (p) => {
     const e = Q.root();
     if (!Q.rich()) { const q = p === null ? e.value.length : p; e.setSelectionRange(q, q); return true; }
