@@ -31,7 +31,11 @@
 //!
 //! The loop writes, in this priority: a close (preceded by a typed error for
 //! Quire clients), control frames (welcome, pings, pongs), then the room's
-//! frames, each batch of them with one vectored write. For Quire clients a
+//! frames, each batch of them with one vectored write. Most room frames never
+//! reach the loop: while it has nothing to write, the room writes them to
+//! the socket itself ([`crate::outbox`], direct writes); the loop claims
+//! writing back ([`Wire::claim`]) before it writes anything, and finishes
+//! first a frame the room began. For Quire clients a
 //! large frame goes out in fragments with control frames in between, so a
 //! 50 MB initial sync does not starve the heartbeat.
 //!
@@ -55,7 +59,7 @@ use crate::auth::{self, AuthError, Permission};
 use crate::config::Config;
 use crate::limits::{Admitted, MessageProgress, RateLimit, ReadMeter, RoomTime};
 use crate::metrics::Metrics;
-use crate::outbox::{OutboxReceiver, outbox};
+use crate::outbox::{Direct, OutboxReceiver, outbox};
 use crate::room::{Close, ConnId, Inbound, MemberChannels, RoomError, RoomHandle};
 use crate::websocket::{Incoming, PROTOCOL_ERROR, ReadError, WebSocket};
 use crate::{AppState, unix_ms};
@@ -65,6 +69,11 @@ use crate::{AppState, unix_ms};
 const CONTROL_CAPACITY: usize = 64;
 /// Room frames written with one vectored write, at most.
 const BATCH_FRAMES: usize = 64;
+/// Room frames up to this long are written by the room's task itself when
+/// the connection is writing nothing (see [`crate::outbox`]); a larger one
+/// (an initial sync) is left to the connection, so one member's frame does
+/// not hold the room's task for a large copy.
+const DIRECT_MAX_BYTES: usize = 64 * 1024;
 /// How long the last frames and the close may take to write.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the client's answer to a close is waited for.
@@ -213,6 +222,7 @@ async fn open(conn: ConnId, start: Box<(WebSocket, Box<Opening>)>) -> Option<Liv
             fragment_bytes: state.config.fragment_bytes,
             pieces: None,
             closing: false,
+            claimed: true,
             ended: None,
         },
         link: Link {
@@ -286,9 +296,17 @@ async fn join(
     state: &AppState,
 ) -> Result<Joined, Ending> {
     let config = &state.config;
+    // Frames a Quire client gets in fragments are the connection's to write.
+    let max_frame = if extensions {
+        config.fragment_bytes.min(DIRECT_MAX_BYTES)
+    } else {
+        DIRECT_MAX_BYTES
+    };
+    let direct = socket.writer().map(|writer| Direct { writer, max_frame });
     let (frames_tx, frames) = outbox(
         config.outbox_capacity,
         config.outbox_bytes,
+        direct,
         state.metrics.clone(),
     );
     if extensions {
@@ -342,6 +360,9 @@ struct Wire {
     pieces: Option<std::vec::IntoIter<Vec<u8>>>,
     /// A close frame is queued: nothing more is written after it.
     closing: bool,
+    /// Whether this side owns writing ([`OutboxReceiver::claim`]): the
+    /// outbox's flag as last set from here (the room never clears it).
+    claimed: bool,
     /// Why writing ended, once it has (asked again, the same answer).
     ended: Option<WireEnd>,
 }
@@ -386,14 +407,19 @@ impl Wire {
             return Poll::Ready(end);
         }
         let end = loop {
+            self.claim();
             if self.queue_close() {
                 break WireEnd::Closing;
             }
             if !self.socket.is_writing() && !self.fill() {
-                match self.frames.poll_wait(cx) {
+                match self.frames.poll_idle(cx) {
                     Poll::Ready(true) => continue,
                     Poll::Ready(false) => break WireEnd::RoomLeft,
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        // The room writes directly until we claim again.
+                        self.claimed = false;
+                        return Poll::Pending;
+                    }
                 }
             }
             match self.socket.poll_write_out(cx) {
@@ -413,10 +439,22 @@ impl Wire {
         Poll::Ready(end)
     }
 
+    /// Takes writing over from the room before anything is written here;
+    /// the rest of a frame the room began goes out first.
+    fn claim(&mut self) {
+        if !self.claimed {
+            self.claimed = true;
+            if let Some((frame, sent)) = self.frames.claim() {
+                self.socket.resume_first(frame, sent);
+            }
+        }
+    }
+
     /// Queues the close asked for (by the room or by us), if any and not
     /// yet done: a typed error first for Quire clients. Whether a close is
     /// queued now.
     fn queue_close(&mut self) -> bool {
+        self.claim();
         if !self.closing
             && let Some(close) = self.frames.take_close()
         {
@@ -439,9 +477,14 @@ impl Wire {
         }
         let mut taken = 0;
         while taken < BATCH_FRAMES
-            && let Some(frame) = self.frames.try_recv()
+            && let Some((frame, sent)) = self.frames.try_recv()
         {
             taken += 1;
+            if sent > 0 {
+                // Begun by the room (when this side had claimed nothing).
+                self.socket.resume_first(frame, sent);
+                continue;
+            }
             if self.extensions && frame.len() > self.fragment_bytes {
                 let mut pieces = ext::fragment(&frame, self.fragment_bytes).into_iter();
                 if let Some(piece) = pieces.next() {
@@ -687,6 +730,7 @@ impl Live {
     async fn finish(self, exit: Exit) {
         let Live { mut wire, link, .. } = self;
         link.room.leave(link.conn).await;
+        wire.claim();
         let drain_after = match exit {
             Exit::Gone => return,
             Exit::Closing { drain } => {

@@ -171,6 +171,12 @@ impl ReadMeter {
     pub fn bytes(&self) -> u64 {
         self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
+
+    /// Counts `bytes` read (for a socket read without [`Metered`]).
+    pub fn add(&self, bytes: usize) {
+        self.0
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A socket whose reads are counted in a [`ReadMeter`].
@@ -189,6 +195,12 @@ impl<T> Metered<T> {
     pub fn get_ref(&self) -> &T {
         &self.inner
     }
+
+    /// The socket and its meter, apart (a WebSocket shares the socket with
+    /// the room, which writes to it, and counts its reads itself).
+    pub fn into_parts(self) -> (T, Arc<ReadMeter>) {
+        (self.inner, self.meter)
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
@@ -199,10 +211,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
     ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        let read = (buf.filled().len() - before) as u64;
-        self.meter
-            .0
-            .fetch_add(read, std::sync::atomic::Ordering::Relaxed);
+        self.meter.add(buf.filled().len() - before);
         polled
     }
 }

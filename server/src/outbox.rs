@@ -28,6 +28,24 @@
 //!   room's, and [`OutboxReceiver::close`], the connection's own): one slot,
 //!   the first close wins, and it goes out before any frame still queued.
 //!   (Two channels of tokio's did this before, ≈ 3.5 KiB per connection.)
+//! - **Direct writes** (issue 14, target 1): a frame pushed while the queue
+//!   is empty and the connection is writing nothing is written to the
+//!   socket right there, by the room's task, with one non-blocking vectored
+//!   write ([`SocketWriter`]), and the connection's task is not woken. Only
+//!   when the socket does not take the whole frame (full: `WouldBlock`, or
+//!   a partial write) is the frame (its rest) queued and the connection
+//!   woken, which then owns writing until it has nothing left
+//!   ([`OutboxReceiver::poll_idle`] hands writing back). At the issue's
+//!   load every edit woke 49 connection tasks for one frame each; a
+//!   scheduling share of ≈ 20 % of the profile.
+//!
+//! **Architecture Invariant:** every write to a socket is ordered and goes
+//! through one place at a time: the room writes only under this queue's
+//! lock, only whole frames, and only while `connection_writes` is false;
+//! the connection sets it (under the lock, [`OutboxReceiver::claim`])
+//! before it writes anything of its own, and clears it only once it has
+//! written everything. A frame the room began is finished first. The lock
+//! is never held across `.await`, and the room never waits on a socket.
 //!
 //! [`MemberQueue::answer_pending`]: crate::room_core::MemberQueue::answer_pending
 
@@ -40,6 +58,7 @@ use futures_util::task::AtomicWaker;
 
 use crate::metrics::Metrics;
 use crate::room_core::{Answer, Close, Pushed};
+use crate::websocket::{SocketWriter, Wrote};
 
 /// What the two ends share.
 #[derive(Debug)]
@@ -51,6 +70,10 @@ struct Shared {
     waker: AtomicWaker,
     /// The bound in bytes (at least 1).
     max_bytes: usize,
+    /// Frames up to this long may be written by the room directly (larger
+    /// ones, e.g. initial syncs or frames a Quire connection sends in
+    /// fragments, are the connection's to write).
+    direct_max: usize,
     /// The server-wide gauge of queued bytes (`quire_outbound_queued_bytes`).
     metrics: Arc<Metrics>,
 }
@@ -78,6 +101,19 @@ struct Queue {
     receiver: bool,
     /// A close to perform before anything still queued (the first wins).
     close: Option<Close>,
+    /// The socket, for the room's direct writes (`None`: never written
+    /// directly; taken when the connection's end drops, so the socket does
+    /// not outlive its connection).
+    writer: Option<SocketWriter>,
+    /// The connection's task owns writing: it has frames of its own (the
+    /// Welcome, pings, pongs, a close) or taken from here not yet fully
+    /// written. Starts true; only [`OutboxReceiver::poll_idle`] clears it,
+    /// when the connection has nothing left to write. While true the room
+    /// queues instead of writing.
+    connection_writes: bool,
+    /// Bytes of the oldest frame a direct write already put on the socket
+    /// (header included), when it took only part of it.
+    sent: usize,
 }
 
 /// One queued frame.
@@ -93,8 +129,10 @@ struct Queued {
 pub fn outbox(
     max_frames: usize,
     max_bytes: usize,
+    direct: Option<Direct>,
     metrics: Arc<Metrics>,
 ) -> (OutboxSender, OutboxReceiver) {
+    let (writer, direct_max) = direct.map_or((None, 0), |d| (Some(d.writer), d.max_frame));
     let shared = Arc::new(Shared {
         queue: Mutex::new(Queue {
             frames: VecDeque::new(),
@@ -105,9 +143,13 @@ pub fn outbox(
             senders: 1,
             receiver: true,
             close: None,
+            writer,
+            connection_writes: true,
+            sent: 0,
         }),
         waker: AtomicWaker::new(),
         max_bytes: max_bytes.max(1),
+        direct_max,
         metrics,
     });
     let sender = OutboxSender {
@@ -115,6 +157,14 @@ pub fn outbox(
         max_frames: max_frames.max(1),
     };
     (sender, OutboxReceiver { shared })
+}
+
+/// How the room may write to the connection's socket itself.
+#[derive(Debug)]
+pub struct Direct {
+    pub writer: SocketWriter,
+    /// The longest frame written so (see `Shared::direct_max`).
+    pub max_frame: usize,
 }
 
 /// Where the room puts the close it decided for the member (its queue's
@@ -205,6 +255,28 @@ impl OutboxSender {
             {
                 return Pushed::Full;
             }
+            let mut sent = 0;
+            if let Some(writer) = &queue.writer
+                && !queue.connection_writes
+                && queue.frames.is_empty()
+                && queue.close.is_none()
+                && len <= shared.direct_max
+            {
+                match writer.try_write_binary(&frame) {
+                    Ok(Wrote::Whole) => {
+                        drop(queue);
+                        shared.metrics.record_out(len);
+                        return Pushed::Queued;
+                    }
+                    Ok(Wrote::Part(written)) => sent = written,
+                    // The connection's own write meets the error (or its
+                    // read the end) and it ends; the frame waits as usual.
+                    Err(_) => {}
+                }
+                // The rest is the connection's: it is woken to write it.
+                queue.connection_writes = true;
+                queue.sent = sent;
+            }
             if large {
                 queue.large += 1;
             } else {
@@ -256,9 +328,11 @@ impl Shared {
         len >= self.max_bytes
     }
 
-    /// Takes the oldest frame, uncounted.
-    fn take(&self, queue: &mut Queue) -> Option<Bytes> {
+    /// Takes the oldest frame, uncounted, with the bytes of it a direct
+    /// write already put on the socket.
+    fn take(&self, queue: &mut Queue) -> Option<(Bytes, usize)> {
         let queued = queue.frames.pop_front()?;
+        let sent = std::mem::take(&mut queue.sent);
         let len = queued.frame.len();
         if self.is_large(len) {
             queue.large -= 1;
@@ -275,7 +349,7 @@ impl Shared {
             queue.answers = VecDeque::new();
         }
         self.metrics.outbound_queued_bytes.dec_by(len as i64);
-        Some(queued.frame)
+        Some((queued.frame, sent))
     }
 }
 
@@ -286,16 +360,18 @@ pub struct OutboxReceiver {
 }
 
 impl OutboxReceiver {
-    /// The next frame; `None` once every sender is gone and the queue is
+    /// The next frame and the bytes of its WebSocket frame already on
+    /// the socket; `None` once every sender is gone and the queue is
     /// empty. Cancel-safe.
-    pub async fn recv(&mut self) -> Option<Bytes> {
+    pub async fn recv(&mut self) -> Option<(Bytes, usize)> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<(Bytes, usize)>> {
         let mut queue = self.shared.lock();
-        if let Some(frame) = self.shared.take(&mut queue) {
-            return Poll::Ready(Some(frame));
+        queue.connection_writes = true;
+        if let Some(taken) = self.shared.take(&mut queue) {
+            return Poll::Ready(Some(taken));
         }
         if queue.senders == 0 {
             return Poll::Ready(None);
@@ -305,15 +381,34 @@ impl OutboxReceiver {
         Poll::Pending
     }
 
-    /// The next frame if one is queued.
-    pub fn try_recv(&mut self) -> Option<Bytes> {
+    /// The next frame if one is queued, and the bytes of its WebSocket
+    /// frame already on the socket (the connection writes the rest first).
+    /// The connection owns writing from here (see [`Self::claim`]).
+    pub fn try_recv(&mut self) -> Option<(Bytes, usize)> {
         let mut queue = self.shared.lock();
+        queue.connection_writes = true;
         self.shared.take(&mut queue)
     }
 
-    /// The close asked for, if any (taken once).
+    /// Takes writing over from the room: no direct write starts until
+    /// [`Self::poll_idle`] hands it back. Returns the frame a direct write
+    /// began and did not finish, if any, with the bytes of it written: the
+    /// connection writes its rest before anything else.
+    pub fn claim(&mut self) -> Option<(Bytes, usize)> {
+        let mut queue = self.shared.lock();
+        queue.connection_writes = true;
+        if queue.sent == 0 {
+            return None;
+        }
+        self.shared.take(&mut queue)
+    }
+
+    /// The close asked for, if any (taken once). Call [`Self::claim`]
+    /// first: the close goes out after a frame already begun.
     pub fn take_close(&mut self) -> Option<Close> {
-        self.shared.lock().close.take()
+        let mut queue = self.shared.lock();
+        debug_assert!(queue.connection_writes && queue.sent == 0);
+        queue.close.take()
     }
 
     /// Asks for a close from the connection's side (the first close wins).
@@ -327,17 +422,21 @@ impl OutboxReceiver {
         self.shared.waker.register(cx.waker());
     }
 
-    /// `Ready(true)` once a frame or a close waits, `Ready(false)` once
-    /// every sender is gone and nothing is queued; else registers the
-    /// task's waker (a push, a close or the last sender leaving wakes it).
-    pub fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
-        let queue = self.shared.lock();
+    /// For a connection with nothing left to write: `Ready(true)` once a
+    /// frame or a close waits, `Ready(false)` once every sender is gone
+    /// and nothing is queued; else hands writing to the room (its direct
+    /// writes) and registers the task's waker (a frame queued, a close or
+    /// the last sender leaving wakes it). After `Pending` the connection
+    /// claims ([`Self::claim`]) before it writes anything.
+    pub fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut queue = self.shared.lock();
         if !queue.frames.is_empty() || queue.close.is_some() {
             return Poll::Ready(true);
         }
         if queue.senders == 0 {
             return Poll::Ready(false);
         }
+        queue.connection_writes = false;
         // Registered under the lock: a push after it wakes this waker.
         self.shared.waker.register(cx.waker());
         Poll::Pending
@@ -350,6 +449,7 @@ impl Drop for OutboxReceiver {
         // queue for good.
         let mut queue = self.shared.lock();
         queue.receiver = false;
+        queue.writer = None;
         while self.shared.take(&mut queue).is_some() {}
     }
 }
@@ -365,7 +465,7 @@ mod tests {
     #[test]
     fn the_bound_is_in_bytes_and_one_large_frame_always_fits() {
         let metrics = Arc::new(Metrics::new());
-        let (tx, mut rx) = outbox(1000, 100, metrics.clone());
+        let (tx, mut rx) = outbox(1000, 100, None, metrics.clone());
         assert_eq!(tx.push(frame(10_000)), Pushed::Queued, "one large frame");
         // What follows a large initial sync still fits behind it...
         assert_eq!(tx.push(frame(60)), Pushed::Queued);
@@ -374,7 +474,7 @@ mod tests {
         // ...but not a second large frame.
         assert_eq!(tx.push(frame(100)), Pushed::Full);
         assert_eq!(metrics.outbound_queued_bytes.get(), 10_120);
-        assert_eq!(rx.try_recv().map(|f| f.len()), Some(10_000));
+        assert_eq!(rx.try_recv().map(|(f, _)| f.len()), Some(10_000));
         assert_eq!(
             tx.push(frame(100)),
             Pushed::Full,
@@ -396,11 +496,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_writer_is_woken_by_a_push_and_ends_with_the_last_sender() {
-        let (tx, mut rx) = outbox(10, 1000, Arc::new(Metrics::new()));
+        let (tx, mut rx) = outbox(10, 1000, None, Arc::new(Metrics::new()));
         let second = tx.clone();
         let writer = tokio::spawn(async move {
             let mut got = Vec::new();
-            while let Some(frame) = rx.recv().await {
+            while let Some((frame, _)) = rx.recv().await {
                 got.push(frame.len());
             }
             got
@@ -421,7 +521,7 @@ mod tests {
 
     #[test]
     fn an_empty_queue_holds_no_buffer() {
-        let (tx, mut rx) = outbox(1000, 1 << 20, Arc::new(Metrics::new()));
+        let (tx, mut rx) = outbox(1000, 1 << 20, None, Arc::new(Metrics::new()));
         for _ in 0..500 {
             tx.push(frame(1));
         }
@@ -432,7 +532,7 @@ mod tests {
 
     #[test]
     fn a_frame_count_bound_still_applies() {
-        let (tx, _rx) = outbox(2, usize::MAX, Arc::new(Metrics::new()));
+        let (tx, _rx) = outbox(2, usize::MAX, None, Arc::new(Metrics::new()));
         assert_eq!(tx.push(frame(1)), Pushed::Queued);
         assert_eq!(tx.push(frame(1)), Pushed::Queued);
         assert_eq!(tx.push(frame(1)), Pushed::Full);
@@ -440,7 +540,7 @@ mod tests {
 
     #[test]
     fn an_answer_is_pending_until_the_writer_takes_it() {
-        let (tx, mut rx) = outbox(10, 1000, Arc::new(Metrics::new()));
+        let (tx, mut rx) = outbox(10, 1000, None, Arc::new(Metrics::new()));
         let sv = Answer::SyncStep2(Bytes::from_static(&[0]));
         assert!(!tx.answer_pending(&sv));
         tx.push_answer(sv.clone(), frame(5));
@@ -453,14 +553,14 @@ mod tests {
 
     #[test]
     fn answers_leave_in_queue_order_among_other_frames() {
-        let (tx, mut rx) = outbox(10, 1000, Arc::new(Metrics::new()));
+        let (tx, mut rx) = outbox(10, 1000, None, Arc::new(Metrics::new()));
         let sv = Answer::SyncStep2(Bytes::from_static(&[0]));
         tx.push(frame(1));
         tx.push_answer(sv.clone(), frame(2));
         tx.push(frame(3));
         tx.push_answer(Answer::Awareness, frame(4));
         let mut taken = Vec::new();
-        while let Some(frame) = rx.try_recv() {
+        while let Some((frame, _)) = rx.try_recv() {
             taken.push((
                 frame.len(),
                 tx.answer_pending(&sv),
@@ -476,5 +576,189 @@ mod tests {
                 (4, false, false)
             ]
         );
+    }
+
+    /// A server socket over TCP, its outbox writing directly, and the
+    /// client's end.
+    async fn direct_pair(
+        max_frame: usize,
+    ) -> (
+        crate::websocket::WebSocket,
+        OutboxSender,
+        OutboxReceiver,
+        tokio::net::TcpStream,
+    ) {
+        use crate::limits::Metered;
+        use crate::websocket::{Transport, WebSocket};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let tcp = Metered::new(accepted.unwrap().0, Arc::default());
+        let socket = WebSocket::new(Transport::tcp(tcp), Bytes::new(), 1 << 20);
+        let direct = Direct {
+            writer: socket.writer().expect("a TCP socket"),
+            max_frame,
+        };
+        let (tx, rx) = outbox(usize::MAX, 1 << 30, Some(direct), Arc::new(Metrics::new()));
+        (socket, tx, rx, client.unwrap())
+    }
+
+    /// Counts the wakes of a task.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Wakes {
+        fn count(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    /// Hands writing to the room, as a connection with nothing to write does.
+    fn go_idle(rx: &mut OutboxReceiver, wakes: &Arc<Wakes>) {
+        let waker = std::task::Waker::from(wakes.clone());
+        let polled = rx.poll_idle(&mut Context::from_waker(&waker));
+        assert!(polled.is_pending(), "nothing queued");
+    }
+
+    /// Reads `count` binary frames (up to 64 KiB each) the server wrote.
+    async fn read_frames(client: &mut tokio::net::TcpStream, count: usize) -> Vec<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let mut frames = Vec::new();
+        for _ in 0..count {
+            let mut head = [0u8; 2];
+            client.read_exact(&mut head).await.unwrap();
+            assert_eq!(head[0], 0x82, "a whole binary frame");
+            let len = match head[1] {
+                126 => {
+                    let mut len = [0u8; 2];
+                    client.read_exact(&mut len).await.unwrap();
+                    usize::from(u16::from_be_bytes(len))
+                }
+                len => usize::from(len),
+            };
+            let mut payload = vec![0u8; len];
+            client.read_exact(&mut payload).await.unwrap();
+            frames.push(payload);
+        }
+        frames
+    }
+
+    #[tokio::test]
+    async fn a_frame_for_an_idle_connection_is_written_by_the_room_without_waking_it() {
+        let (mut socket, tx, mut rx, mut client) = direct_pair(100).await;
+        // A fresh connection owns writing (its Welcome goes first).
+        assert_eq!(tx.push(frame(3)), Pushed::Queued);
+        assert_eq!(tx.queued_bytes(), 3, "queued while the connection writes");
+        let (first, sent) = rx.try_recv().unwrap();
+        assert_eq!(sent, 0);
+        socket.queue_binary(first);
+        socket.write_out().await.unwrap();
+        let wakes = Arc::new(Wakes::default());
+        go_idle(&mut rx, &wakes);
+        let answer = Answer::Awareness;
+        assert_eq!(tx.push(Bytes::from_static(b"abc")), Pushed::Queued);
+        assert_eq!(tx.push_answer(answer.clone(), frame(5)), Pushed::Queued);
+        assert_eq!(tx.queued_bytes(), 0, "written, not queued");
+        assert!(
+            !tx.answer_pending(&answer),
+            "an answer written is not pending"
+        );
+        assert_eq!(wakes.count(), 0, "the connection's task was not woken");
+        // A frame over the direct bound is the connection's to write.
+        assert_eq!(tx.push(frame(101)), Pushed::Queued);
+        assert_eq!(wakes.count(), 1);
+        assert_eq!(tx.queued_bytes(), 101);
+        // So is a frame behind it, and writing stays the connection's.
+        assert_eq!(tx.push(frame(7)), Pushed::Queued);
+        assert_eq!(rx.claim(), None, "nothing begun");
+        while let Some((frame, _)) = rx.try_recv() {
+            socket.queue_binary(frame);
+        }
+        assert_eq!(tx.push(frame(9)), Pushed::Queued);
+        assert_eq!(tx.queued_bytes(), 9, "the connection writes: queued");
+        socket.write_out().await.unwrap();
+        let lens: Vec<usize> = read_frames(&mut client, 5)
+            .await
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(lens, [3, 3, 5, 101, 7], "in order");
+    }
+
+    /// A socket the client does not read fills up: the room's write is
+    /// partial or refused, and the connection finishes it before anything
+    /// else, every frame whole and in order.
+    #[tokio::test]
+    async fn a_full_socket_hands_the_rest_of_a_frame_to_the_connection_in_order() {
+        const LEN: usize = 40_000;
+        let (mut socket, tx, mut rx, mut client) = direct_pair(64 * 1024).await;
+        let wakes = Arc::new(Wakes::default());
+        assert_eq!(rx.claim(), None);
+        go_idle(&mut rx, &wakes);
+        let numbered = |n: u32| {
+            let mut frame = vec![(n % 251) as u8; LEN];
+            frame[..4].copy_from_slice(&n.to_be_bytes());
+            Bytes::from(frame)
+        };
+        let mut pushed = 0u32;
+        while tx.queued_bytes() == 0 {
+            assert!(pushed < 100_000, "the socket never filled");
+            assert_eq!(tx.push(numbered(pushed)), Pushed::Queued);
+            pushed += 1;
+        }
+        assert_eq!(wakes.count(), 1, "woken once the socket was full");
+        for _ in 0..3 {
+            assert_eq!(tx.push(numbered(pushed)), Pushed::Queued);
+            pushed += 1;
+        }
+        // Meanwhile the connection queued a control frame of its own.
+        socket.queue_pong(Bytes::from_static(b"p"));
+        let reader = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        // What the connection's writer does: claim, then write it all.
+        if let Some((rest, sent)) = rx.claim() {
+            assert!(sent > 0);
+            socket.resume_first(rest, sent);
+        }
+        while let Some((frame, sent)) = rx.try_recv() {
+            assert_eq!(sent, 0);
+            socket.queue_binary(frame);
+        }
+        socket.write_out().await.unwrap();
+        drop((socket, rx, tx));
+        let all = reader.await.unwrap();
+        // Parse: binary frames 0..pushed in order, the pong among them.
+        let (mut at, mut next, mut pongs) = (0, 0u32, 0);
+        while at < all.len() {
+            match all[at] {
+                0x8a => {
+                    assert_eq!(&all[at + 1..at + 3], &[1, b'p']);
+                    pongs += 1;
+                    at += 3;
+                }
+                0x82 => {
+                    assert_eq!(all[at + 1], 126);
+                    let len = usize::from(u16::from_be_bytes([all[at + 2], all[at + 3]]));
+                    assert_eq!(len, LEN);
+                    let payload = &all[at + 4..at + 4 + len];
+                    assert_eq!(payload[..4], next.to_be_bytes(), "frames in order");
+                    assert!(payload[4..].iter().all(|&b| b == (next % 251) as u8));
+                    next += 1;
+                    at += 4 + len;
+                }
+                other => panic!("byte {other:#x} at {at}: not a frame start"),
+            }
+        }
+        assert_eq!((next, pongs), (pushed, 1));
     }
 }

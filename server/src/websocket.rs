@@ -17,6 +17,10 @@
 //!   share with every member), puts the 2–10 header bytes in front and
 //!   writes all queued frames with one vectored write: no copy of a payload
 //!   into a per-connection buffer, and one system call for a batch.
+//! - The TCP stream is shared (`Arc`) with the connection's outbox, whose
+//!   pushes write whole frames to it directly ([`SocketWriter`]) while the
+//!   connection writes nothing; a frame such a write began is finished
+//!   here first ([`WebSocket::resume_first`]).
 //!
 //! The rules a server must apply to a client's frames are checked here:
 //! frames must be masked, reserved bits clear, control frames short and
@@ -29,6 +33,7 @@ use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io::{self, Cursor, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use axum::extract::FromRequestParts;
@@ -40,14 +45,14 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 use tracing::warn;
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
-use crate::limits::Metered;
+use crate::limits::{Metered, ReadMeter};
 
 /// Close code for a frame that breaks the WebSocket protocol.
 pub const PROTOCOL_ERROR: u16 = 1002;
@@ -65,19 +70,57 @@ const WRITE_SLICES: usize = 128;
 
 /// The socket under a WebSocket: the TCP stream itself when the upgrade
 /// came through [`crate::serve`] (so readiness can be awaited without a
-/// buffer), else hyper's upgraded connection.
+/// buffer, and the room can write to it directly: [`SocketWriter`]), else
+/// hyper's upgraded connection.
 pub enum Transport {
-    Tcp(Metered<TcpStream>),
+    /// The stream, shared with the outbox's direct writes, and the meter its
+    /// reads are counted in (for the message timeout).
+    Tcp {
+        stream: Arc<TcpStream>,
+        meter: Arc<ReadMeter>,
+    },
     Upgraded(TokioIo<Upgraded>),
 }
 
 impl Transport {
+    /// The TCP stream of [`crate::serve`]'s connections, its reads counted.
+    pub fn tcp(tcp: Metered<TcpStream>) -> Self {
+        let (stream, meter) = tcp.into_parts();
+        Transport::Tcp {
+            stream: Arc::new(stream),
+            meter,
+        }
+    }
+
     /// Whether a read would find something (always "maybe" for hyper's
     /// upgraded connection, which cannot tell).
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Transport::Tcp(tcp) => tcp.get_ref().poll_read_ready(cx),
+            Transport::Tcp { stream, .. } => stream.poll_read_ready(cx),
             Transport::Upgraded(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// Reads into `buf`'s spare capacity (not zeroed first); 0 at the end.
+    fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Transport::Tcp { stream, meter } => loop {
+                ready!(stream.poll_read_ready(cx))?;
+                match stream.try_read_buf(buf) {
+                    Ok(read) => {
+                        meter.add(read);
+                        return Poll::Ready(Ok(read));
+                    }
+                    // Readiness was stale (and is now cleared): wait again.
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(err) => return Poll::Ready(Err(err)),
+                }
+            },
+            Transport::Upgraded(io) => poll_read_buf(Pin::new(io), cx, buf),
         }
     }
 
@@ -87,21 +130,51 @@ impl Transport {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self {
-            Transport::Tcp(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Transport::Tcp { stream, .. } => loop {
+                ready!(stream.poll_write_ready(cx))?;
+                match stream.try_write_vectored(bufs) {
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                    written => return Poll::Ready(written),
+                }
+            },
             Transport::Upgraded(io) => Pin::new(io).poll_write_vectored(cx, bufs),
         }
     }
 }
 
-impl AsyncRead for Transport {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Transport::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Transport::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
+/// A WebSocket's TCP stream as the room's task writes to it directly,
+/// without waking the connection's task (see [`crate::outbox`]): whole
+/// binary frames, never waiting. The outbox decides when this may write
+/// (nothing else is being written on the socket) and under its lock, so
+/// every write to one socket is ordered.
+#[derive(Debug, Clone)]
+pub struct SocketWriter(Arc<TcpStream>);
+
+/// What a direct write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wrote {
+    /// The whole frame is on the socket.
+    Whole,
+    /// This many bytes of the frame (header included; maybe none) are:
+    /// the rest is the connection's to write, before anything else
+    /// ([`WebSocket::resume_first`]).
+    Part(usize),
+}
+
+impl SocketWriter {
+    /// Writes `payload` as one binary frame, as far as the socket takes it
+    /// now (one system call).
+    pub fn try_write_binary(&self, payload: &[u8]) -> io::Result<Wrote> {
+        let (head, head_len) = head(OpCode::Data(Data::Binary), payload.len());
+        let slices = [
+            IoSlice::new(&head[..usize::from(head_len)]),
+            IoSlice::new(payload),
+        ];
+        match self.0.try_write_vectored(&slices) {
+            Ok(written) if written == usize::from(head_len) + payload.len() => Ok(Wrote::Whole),
+            Ok(written) => Ok(Wrote::Part(written)),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(Wrote::Part(0)),
+            Err(err) => Err(err),
         }
     }
 }
@@ -153,16 +226,7 @@ struct Outgoing {
 impl Outgoing {
     /// A frame of `opcode` carrying `payload`, header formatted.
     fn new(opcode: OpCode, payload: Bytes) -> Self {
-        let header = FrameHeader {
-            opcode,
-            ..FrameHeader::default()
-        };
-        let mut head = [0u8; MAX_HEAD];
-        let mut cursor = Cursor::new(&mut head[..]);
-        header
-            .format(payload.len() as u64, &mut cursor)
-            .expect("an unmasked header fits in 10 bytes");
-        let head_len = cursor.position() as u8;
+        let (head, head_len) = head(opcode, payload.len());
         Self {
             head,
             head_len,
@@ -184,6 +248,22 @@ impl Outgoing {
             [&[], &self.payload[self.sent - head_len..]]
         }
     }
+}
+
+/// The header of a server frame (no mask) of `opcode` carrying `len`
+/// bytes, and its length.
+fn head(opcode: OpCode, len: usize) -> ([u8; MAX_HEAD], u8) {
+    let header = FrameHeader {
+        opcode,
+        ..FrameHeader::default()
+    };
+    let mut head = [0u8; MAX_HEAD];
+    let mut cursor = Cursor::new(&mut head[..]);
+    header
+        .format(len as u64, &mut cursor)
+        .expect("an unmasked header fits in 10 bytes");
+    let head_len = cursor.position() as u8;
+    (head, head_len)
 }
 
 /// One WebSocket, server side. Every field is empty (no allocation) while
@@ -259,7 +339,7 @@ impl WebSocket {
                 self.read.reserve(want);
             }
             // Into spare capacity, not zeroed first.
-            let polled = poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read);
+            let polled = self.io.poll_read_buf(cx, &mut self.read);
             let got = self.read.len() - filled;
             match polled {
                 Poll::Pending => {
@@ -453,6 +533,25 @@ impl WebSocket {
 
     fn queue(&mut self, opcode: OpCode, payload: Bytes) {
         self.out.push_back(Outgoing::new(opcode, payload));
+    }
+
+    /// The room's direct writer for this socket, if it is a TCP stream.
+    pub fn writer(&self) -> Option<SocketWriter> {
+        match &self.io {
+            Transport::Tcp { stream, .. } => Some(SocketWriter(stream.clone())),
+            Transport::Upgraded(_) => None,
+        }
+    }
+
+    /// Queues the rest of a binary frame a [`SocketWriter`] began (`sent`
+    /// bytes of it, header included, are on the socket) ahead of every
+    /// frame not yet begun. None may be begun: a frame begun here is
+    /// finished before the socket is handed to the room again.
+    pub fn resume_first(&mut self, payload: Bytes, sent: usize) {
+        debug_assert!(self.out.front().is_none_or(|frame| frame.sent == 0));
+        let mut frame = Outgoing::new(OpCode::Data(Data::Binary), payload);
+        frame.sent = sent;
+        self.out.push_front(frame);
     }
 
     /// Writes every queued frame, as few system calls as the socket takes;
@@ -690,7 +789,7 @@ impl Upgrade {
 fn socket_of(upgraded: Upgraded, max_message: usize) -> WebSocket {
     match upgraded.downcast::<TokioIo<Metered<TcpStream>>>() {
         Ok(parts) => WebSocket::new(
-            Transport::Tcp(parts.io.into_inner()),
+            Transport::tcp(parts.io.into_inner()),
             parts.read_buf,
             max_message,
         ),
@@ -714,8 +813,6 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -728,7 +825,7 @@ mod tests {
         let (client, accepted) = tokio::join!(client, listener.accept());
         let tcp = Metered::new(accepted.unwrap().0, Arc::default());
         (
-            WebSocket::new(Transport::Tcp(tcp), Bytes::new(), 1 << 20),
+            WebSocket::new(Transport::tcp(tcp), Bytes::new(), 1 << 20),
             client.unwrap(),
         )
     }

@@ -7,6 +7,7 @@ mod access;
 mod api;
 mod bad_input;
 mod compat;
+mod delivery;
 mod edge;
 mod extensions;
 mod faults;
