@@ -214,13 +214,22 @@ impl Drop for OutboxSender {
 
 impl OutboxSender {
     /// Queues `frame` unless the queue is at its bound (or its writer is gone).
+    /// An idle connection's frame is written to its socket here and then.
     pub fn push(&self, frame: Bytes) -> Pushed {
-        self.queue(frame, None)
+        self.queue(frame, None, true)
+    }
+
+    /// Queues `frame` for the connection's task to write, never writing it
+    /// here: for a room with more work waiting, whose next frames the
+    /// connection then gathers into one vectored write (a direct write per
+    /// frame would cost a system call per frame of a fast stream).
+    pub fn push_for_connection(&self, frame: Bytes) -> Pushed {
+        self.queue(frame, None, false)
     }
 
     /// Queues `frame` as the answer to `answer`'s request.
     pub fn push_answer(&self, answer: Answer, frame: Bytes) -> Pushed {
-        self.queue(frame, Some(answer))
+        self.queue(frame, Some(answer), true)
     }
 
     /// Whether an answer to this request waits unwritten.
@@ -240,7 +249,7 @@ impl OutboxSender {
         self.shared.lock().bytes
     }
 
-    fn queue(&self, frame: Bytes, answer: Option<Answer>) -> Pushed {
+    fn queue(&self, frame: Bytes, answer: Option<Answer>, write_here: bool) -> Pushed {
         let shared = &self.shared;
         let len = frame.len();
         let large = shared.is_large(len);
@@ -256,7 +265,8 @@ impl OutboxSender {
                 return Pushed::Full;
             }
             let mut sent = 0;
-            if let Some(writer) = &queue.writer
+            if write_here
+                && let Some(writer) = &queue.writer
                 && !queue.connection_writes
                 && queue.frames.is_empty()
                 && queue.close.is_none()
@@ -689,6 +699,37 @@ mod tests {
             .map(Vec::len)
             .collect();
         assert_eq!(lens, [3, 3, 5, 101, 7], "in order");
+    }
+
+    /// Regression (traces replay twice as dear after direct writes): a room
+    /// with more work waiting leaves frames to the connection, which
+    /// gathers them into one write, and a direct write never overtakes them.
+    #[tokio::test]
+    async fn frames_pushed_for_the_connection_are_gathered_by_it_not_written_one_by_one() {
+        let (mut socket, tx, mut rx, mut client) = direct_pair(100).await;
+        let wakes = Arc::new(Wakes::default());
+        assert_eq!(rx.claim(), None);
+        go_idle(&mut rx, &wakes);
+        for len in [4, 5, 6] {
+            assert_eq!(tx.push_for_connection(frame(len)), Pushed::Queued);
+        }
+        assert_eq!(tx.queued_bytes(), 15, "queued, not written");
+        assert!(wakes.count() >= 1, "the connection's task was woken");
+        // The room idle again: a frame behind queued ones still waits its turn.
+        assert_eq!(tx.push(frame(7)), Pushed::Queued);
+        assert_eq!(tx.queued_bytes(), 22, "behind the queued frames");
+        assert_eq!(rx.claim(), None, "nothing begun");
+        while let Some((frame, sent)) = rx.try_recv() {
+            assert_eq!(sent, 0);
+            socket.queue_binary(frame);
+        }
+        socket.write_out().await.unwrap();
+        let lens: Vec<usize> = read_frames(&mut client, 4)
+            .await
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(lens, [4, 5, 6, 7], "in order");
     }
 
     /// A socket the client does not read fills up: the room's write is

@@ -27,7 +27,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -114,11 +114,17 @@ pub struct Outbound {
     frames: OutboxSender,
     /// Where a close goes (the connection's writer sends it first).
     close: CloseSender,
+    /// The room's [`Room::write_here`].
+    write_here: Arc<AtomicBool>,
 }
 
 impl MemberQueue for Outbound {
     fn push(&mut self, frame: Bytes) -> Pushed {
-        self.frames.push(frame)
+        if self.write_here.load(Ordering::Relaxed) {
+            self.frames.push(frame)
+        } else {
+            self.frames.push_for_connection(frame)
+        }
     }
 
     fn push_answer(&mut self, answer: Answer, frame: Bytes) -> Pushed {
@@ -251,6 +257,13 @@ pub(crate) struct Room {
     rx: mpsc::Receiver<Command>,
     /// Mirror of the core's member count for readers outside the task.
     member_count: Arc<AtomicUsize>,
+    /// Whether a frame for an idle member is written to its socket by this
+    /// task at once (nothing else waits in the mailbox) or left to the
+    /// member's task (more commands wait: a fast stream's frames then go
+    /// out gathered, a vectored write per wakeup of the member instead of
+    /// a system call per frame). Shared with every member's [`Outbound`];
+    /// only this task touches it.
+    write_here: Arc<AtomicBool>,
     /// Origin of `now` for the core.
     epoch: Instant,
     /// Group-commit progress of the store.
@@ -299,6 +312,7 @@ impl Room {
             ctx,
             rx,
             member_count,
+            write_here: Arc::new(AtomicBool::new(true)),
             epoch: Instant::now(),
             tickets: VecDeque::new(),
             last_ticket: 0,
@@ -338,9 +352,13 @@ impl Room {
                 let at = self.epoch + Duration::from_millis(deadline);
                 timer.sleep.as_mut().reset(at);
             }
+            self.write_here.store(true, Ordering::Relaxed);
             tokio::select! {
                 command = self.rx.recv() => match command {
-                    Some(command) => self.handle(command).await,
+                    Some(command) => {
+                        self.write_here.store(self.rx.is_empty(), Ordering::Relaxed);
+                        self.handle(command).await
+                    }
                     None => break,
                 },
                 _ = &mut timer.sleep => {
@@ -401,6 +419,7 @@ impl Room {
                     queue: Outbound {
                         frames: member.frames,
                         close: member.close,
+                        write_here: self.write_here.clone(),
                     },
                     extensions: member.extensions,
                     can_write: member.can_write,
