@@ -190,6 +190,11 @@ impl Feed {
         }
     }
 
+    /// Whether no message from the other nodes waits to be taken.
+    pub fn is_empty(&self) -> bool {
+        self.messages.as_ref().is_none_or(|m| m.is_empty())
+    }
+
     /// The next thing to act on; waits forever on an idle feed.
     pub async fn recv(&mut self) -> Incoming {
         let Some(messages) = self.messages.as_mut() else {

@@ -636,10 +636,11 @@ mod tests {
         assert!(polled.is_pending(), "nothing queued");
     }
 
-    /// Reads `count` binary frames (up to 64 KiB each) the server wrote.
-    async fn read_frames(client: &mut tokio::net::TcpStream, count: usize) -> Vec<Vec<u8>> {
+    /// Reads `count` binary frames (up to 64 KiB each) the server wrote;
+    /// their payloads' lengths, in order.
+    async fn read_frame_lens(client: &mut tokio::net::TcpStream, count: usize) -> Vec<usize> {
         use tokio::io::AsyncReadExt;
-        let mut frames = Vec::new();
+        let mut lens = Vec::new();
         for _ in 0..count {
             let mut head = [0u8; 2];
             client.read_exact(&mut head).await.unwrap();
@@ -654,9 +655,9 @@ mod tests {
             };
             let mut payload = vec![0u8; len];
             client.read_exact(&mut payload).await.unwrap();
-            frames.push(payload);
+            lens.push(len);
         }
-        frames
+        lens
     }
 
     #[tokio::test]
@@ -693,11 +694,7 @@ mod tests {
         assert_eq!(tx.push(frame(9)), Pushed::Queued);
         assert_eq!(tx.queued_bytes(), 9, "the connection writes: queued");
         socket.write_out().await.unwrap();
-        let lens: Vec<usize> = read_frames(&mut client, 5)
-            .await
-            .iter()
-            .map(Vec::len)
-            .collect();
+        let lens = read_frame_lens(&mut client, 5).await;
         assert_eq!(lens, [3, 3, 5, 101, 7], "in order");
     }
 
@@ -724,11 +721,7 @@ mod tests {
             socket.queue_binary(frame);
         }
         socket.write_out().await.unwrap();
-        let lens: Vec<usize> = read_frames(&mut client, 4)
-            .await
-            .iter()
-            .map(Vec::len)
-            .collect();
+        let lens = read_frame_lens(&mut client, 4).await;
         assert_eq!(lens, [4, 5, 6, 7], "in order");
     }
 

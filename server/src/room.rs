@@ -38,7 +38,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
-use crate::fanout::{Fanout, Incoming, NodeKey, NodeMessage};
+use crate::fanout::{Fanout, Feed, Incoming, NodeKey, NodeMessage};
 use crate::limits::RoomTime;
 use crate::metrics::Metrics;
 use crate::outbox::{CloseSender, OutboxSender};
@@ -258,11 +258,11 @@ pub(crate) struct Room {
     /// Mirror of the core's member count for readers outside the task.
     member_count: Arc<AtomicUsize>,
     /// Whether a frame for an idle member is written to its socket by this
-    /// task at once (nothing else waits in the mailbox) or left to the
-    /// member's task (more commands wait: a fast stream's frames then go
-    /// out gathered, a vectored write per wakeup of the member instead of
-    /// a system call per frame). Shared with every member's [`Outbound`];
-    /// only this task touches it.
+    /// task at once (nothing else waits: neither the mailbox nor the other
+    /// nodes' feed holds more) or left to the member's task (more waits: a
+    /// fast stream's frames then go out gathered, a vectored write per
+    /// wakeup of the member instead of a system call per frame). Shared
+    /// with every member's [`Outbound`]; only this task touches it.
     write_here: Arc<AtomicBool>,
     /// Origin of `now` for the core.
     epoch: Instant,
@@ -356,7 +356,7 @@ impl Room {
             tokio::select! {
                 command = self.rx.recv() => match command {
                     Some(command) => {
-                        self.write_here.store(self.rx.is_empty(), Ordering::Relaxed);
+                        self.note_backlog(&feed);
                         self.handle(command).await
                     }
                     None => break,
@@ -368,7 +368,10 @@ impl Room {
                     }
                 }
                 Ok(()) = self.durability.changed(), if self.core.waits_for_disk() || self.core.publishes_pending() => self.feed_durability(),
-                incoming = feed.recv() => self.on_incoming(incoming).await,
+                incoming = feed.recv() => {
+                    self.note_backlog(&feed);
+                    self.on_incoming(incoming).await
+                }
                 _ = sleep_until(self.resync_at.unwrap_or_else(Instant::now)), if self.resync_at.is_some() => self.resync(),
                 read = async { self.resyncing.as_mut().expect("guarded").await }, if self.resyncing.is_some() => {
                     self.resyncing = None;
@@ -399,6 +402,13 @@ impl Room {
         // Whatever was still queued is answered with `Gone` as it drops.
         while self.rx.try_recv().is_ok() {}
         debug!("room closed");
+    }
+
+    /// Sets [`Self::write_here`] for what is about to be handled: direct
+    /// writes only when nothing else waits for this task.
+    fn note_backlog(&self, feed: &Feed) {
+        let idle = self.rx.is_empty() && feed.is_empty();
+        self.write_here.store(idle, Ordering::Relaxed);
     }
 
     fn now(&self) -> Now {

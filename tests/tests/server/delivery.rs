@@ -92,3 +92,43 @@ async fn a_reader_that_pauses_gets_every_update_whole_and_in_order_and_slows_no_
     assert_eq!(text.get_string(&doc.transact()), expected);
     assert!(writer.closed().is_none() && prompt.closed().is_none());
 }
+
+/// Updates in one burst, each this many bytes.
+const BURST: usize = 50;
+const BURST_BYTES: usize = 200;
+
+/// Regression (a whole-trace replay cost twice the CPU per update once the
+/// room wrote every frame to the readers' sockets itself): updates that
+/// reach the room faster than it handles them are left to an idle reader's
+/// connection, which writes them gathered, several frames per write.
+#[tokio::test]
+async fn a_burst_of_updates_reaches_an_idle_reader_gathered_not_one_write_each() {
+    let server = TestServer::start_with(|c| {
+        c.max_messages_per_sec = 1_000_000;
+        c.max_bytes_per_sec = 1 << 40;
+    })
+    .await;
+    let url = server.ws_url("burst");
+    let mut writer = Client::connect_synced(url.clone()).await;
+    let mut reader = Client::connect_synced(url).await;
+    let metrics = server.state.metrics.clone();
+    let peak_before = metrics.outbound_queue_peak_bytes.get();
+    assert!(
+        peak_before < BURST_BYTES as i64,
+        "only the small sync frames so far"
+    );
+    // Sent back to back: the room finds each next update already waiting.
+    let mut expected = String::new();
+    for i in 0..BURST {
+        let chunk = format!("{i:03}|").repeat(BURST_BYTES / 4);
+        writer.push(&chunk);
+        expected.push_str(&chunk);
+    }
+    reader.wait_text(&expected).await;
+    let peak = metrics.outbound_queue_peak_bytes.get();
+    assert!(
+        peak >= 4 * BURST_BYTES as i64,
+        "frames queued together for the reader's own write (peak {peak} bytes)"
+    );
+    assert!(writer.closed().is_none() && reader.closed().is_none());
+}
