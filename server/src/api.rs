@@ -298,14 +298,13 @@ pub async fn export(
         // A live room has the freshest state, pending parts included.
         Some(room) => {
             let state_update = room.snapshot().await?;
-            tokio::task::spawn_blocking(move || {
-                let body = snapshot::render_titled(state_update, format, &title);
-                import::release_freed_memory_after(body.as_ref().map_or(0, Vec::len));
-                body
-            })
-            .await
-            .map_err(|e| AppError::Internal(e.to_string()))?
-            .map_err(|e| AppError::Internal(e.to_string()))?
+            let documents = state.rooms.documents();
+            let body = documents
+                .run(move || snapshot::render_titled(state_update, format, &title))
+                .await
+                .map_err(|e| AppError::Internal(e.to_string()))?;
+            documents.trim_after(body.as_ref().map_or(0, Vec::len));
+            body.map_err(|e| AppError::Internal(e.to_string()))?
         }
         None => {
             // Each rebuilds a whole document: only so many at once.
@@ -321,17 +320,19 @@ pub async fn export(
                 return Err(AppError::NotFound(format!("no document named {name:?}")));
             };
             // One thread builds the document and renders it: one copy, and
-            // what it frees stays in one allocator arena.
-            tokio::task::spawn_blocking(move || {
-                let body = Document::from_updates(stored.updates.iter().map(Vec::as_slice))
-                    .and_then(|document| snapshot::render_document(&document, format, &title));
-                drop(stored);
-                import::release_freed_memory_after(body.as_ref().map_or(0, Vec::len));
-                body
-            })
-            .await
-            .map_err(|e| AppError::Internal(e.to_string()))?
-            .map_err(|e| {
+            // what it frees goes back to the allocator as the thread ends.
+            let documents = state.rooms.documents();
+            let body = documents
+                .run(move || {
+                    let body = Document::from_updates(stored.updates.iter().map(Vec::as_slice))
+                        .and_then(|document| snapshot::render_document(&document, format, &title));
+                    drop(stored);
+                    body
+                })
+                .await
+                .map_err(|e| AppError::Internal(e.to_string()))?;
+            documents.trim_after(body.as_ref().map_or(0, Vec::len));
+            body.map_err(|e| {
                 AppError::Internal(format!("stored document {name} does not render: {e}"))
             })?
         }
@@ -422,14 +423,14 @@ async fn import_into(
             .rooms
             .with_room(name, |room| async move { room.snapshot().await })
             .await?;
-        tokio::task::spawn_blocking(move || {
-            let update = import::to_update(Some(&current), format, &body);
-            import::release_freed_memory_after(body.len());
-            update
-        })
-        .await
-        .map_err(|e| AppError::Internal(e.to_string()))??
-        .into()
+        let documents = state.rooms.documents();
+        let size = body.len();
+        let update = documents
+            .run(move || import::to_update(Some(&current), format, &body))
+            .await
+            .map_err(|e| AppError::Internal(e.to_string()))?;
+        documents.trim_after(size);
+        update?.into()
     };
     let size = update.len();
     let changed = state
@@ -441,7 +442,7 @@ async fn import_into(
         .await;
     drop(update);
     // What the room's apply freed (the decoded update, its delta).
-    tokio::task::spawn_blocking(move || import::release_freed_memory_after(size));
+    state.rooms.documents().trim_after(size);
     Ok(changed?)
 }
 

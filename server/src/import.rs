@@ -15,10 +15,9 @@
 //! (`markdown::blocks`); each block is kept only in a compact JSON form
 //! until all are written, last first at one index (yrs walks a parent's
 //! children from the start for every insert, so appending in order would
-//! be quadratic). The replica is dropped before the update goes to the room,
-//! and [`release_freed_memory_after`] hands what it used back to the system:
-//! glibc keeps freed memory in the arena of the thread that freed it (here
-//! a blocking thread), where the room's worker thread would never reuse it.
+//! be quadratic). The replica is dropped before the update goes to the room;
+//! the API builds it on a document thread and trims after it (`memory`),
+//! so what it used goes back to the system.
 
 use quire_protocol::rich::json::{self, Node};
 use quire_protocol::rich::text::paragraphs;
@@ -138,23 +137,6 @@ pub fn to_update(
     }
     let update = doc.transact().encode_state_as_update_v1(&before);
     Ok(update)
-}
-
-/// Work on this many bytes or more is big enough to trim after.
-const BIG_BYTES: usize = 1024 * 1024;
-
-/// After work on `bytes` (an import, an export), returns the memory it
-/// freed to the system (glibc's `malloc_trim`; elsewhere nothing), when
-/// it was big enough to matter.
-pub fn release_freed_memory_after(bytes: usize) {
-    if bytes < BIG_BYTES {
-        return;
-    }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free pages of the allocator's own arenas.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// Appends `addition` to `content`, on a line of its own.

@@ -14,6 +14,8 @@
 //! - [`room`]: the tokio task around one document's core: its mailbox,
 //!   its storage calls, its timers; the only writer of that document's log.
 //! - [`rooms`]: the registry of live rooms; opens, evicts, shuts down.
+//! - [`memory`]: the threads that build and drop whole documents, and
+//!   what gives a closed document's memory back to the system.
 //! - [`document`]: a yrs `Doc` with panic containment and the few
 //!   operations Quire needs (apply and return the delta, diff, state).
 //! - [`items`]: the update checks (`quire_protocol::update`) under the
@@ -40,6 +42,7 @@ pub mod items {
     pub use quire_protocol::update::*;
 }
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod outbox;
 pub mod request_body;

@@ -397,6 +397,8 @@ mod remote {
 
 fn serve(config: Config) -> anyhow::Result<()> {
     config.check().map_err(anyhow::Error::msg)?;
+    // Before any thread starts: what evicted documents freed goes back.
+    quire_server::memory::fix_allocator_thresholds();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let (store, fanout) = open_cluster(&config).await?;

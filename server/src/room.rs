@@ -38,8 +38,10 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
+use crate::document::Document;
 use crate::fanout::{Fanout, Feed, Incoming, NodeKey, NodeMessage};
 use crate::limits::RoomTime;
+use crate::memory::DocumentThreads;
 use crate::metrics::Metrics;
 use crate::outbox::{CloseSender, OutboxSender};
 use crate::room_core::pop_settled;
@@ -85,6 +87,8 @@ pub struct RoomContext {
     pub registry: Arc<dyn Departure>,
     /// The other nodes serving documents (a no-op on a single node).
     pub fanout: Arc<dyn Fanout>,
+    /// Where the document is loaded: a thread that ends with the load.
+    pub documents: DocumentThreads,
 }
 
 /// The registry's side of a room leaving it (`rooms.rs` implements it).
@@ -328,7 +332,10 @@ impl Room {
         (room, handle)
     }
 
-    pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    ///
+    /// Returns the document as the room ends, for the registry to drop
+    /// where its memory goes back to the system.
+    pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Option<Document> {
         // Follow the other nodes before loading: what they publish from
         // here on comes through the feed, what came before is in the store.
         let mut feed = self.ctx.fanout.follow(&self.name).await;
@@ -402,6 +409,7 @@ impl Room {
         // Whatever was still queued is answered with `Gone` as it drops.
         while self.rx.try_recv().is_ok() {}
         debug!("room closed");
+        self.core.take_document()
     }
 
     /// Sets [`Self::write_here`] for what is about to be handled: direct
@@ -770,19 +778,22 @@ impl Room {
         Ok(())
     }
 
-    /// Reads the document from storage and merges its log, off the async
-    /// threads.
+    /// Reads the document from storage and merges its log on a document
+    /// thread: off the async threads, and gone with what the merge freed.
     async fn load(&mut self) -> Result<Restored, String> {
         let store = self.ctx.store.clone();
         let name = self.name.to_string();
-        let loaded = tokio::task::spawn_blocking(move || {
-            let StoredDoc { updates, last_seq } = store
-                .load(&name)
-                .map_err(|e| e.to_string())?
-                .unwrap_or_default();
-            Ok::<_, String>((Restored::from_log(&updates)?, last_seq))
-        })
-        .await;
+        let loaded = self
+            .ctx
+            .documents
+            .run(move || {
+                let StoredDoc { updates, last_seq } = store
+                    .load(&name)
+                    .map_err(|e| e.to_string())?
+                    .unwrap_or_default();
+                Ok::<_, String>((Restored::from_log(&updates)?, last_seq))
+            })
+            .await;
         match loaded {
             Ok(Ok((restored, last_seq))) => {
                 self.last_seq = last_seq;
@@ -791,8 +802,8 @@ impl Room {
                 Ok(restored)
             }
             Ok(Err(reason)) => Err(reason),
-            Err(join) => {
-                error!(%join, "document load panicked");
+            Err(err) => {
+                error!(%err, "document load failed");
                 Err("loading the document failed".into())
             }
         }

@@ -877,6 +877,16 @@ impl<Q: MemberQueue> RoomCore<Q> {
         }
     }
 
+    /// The document, taken out as the room ends (the room is out of
+    /// service after): whoever drops it decides on which thread its memory
+    /// is freed (see `memory`).
+    pub fn take_document(&mut self) -> Option<Document> {
+        match std::mem::replace(&mut self.state, State::Failed("closed".into())) {
+            State::Ready { document, .. } => Some(document),
+            State::Failed(_) => None,
+        }
+    }
+
     // ----- the rules ------------------------------------------------------
 
     fn ready(restored: Restored) -> State {

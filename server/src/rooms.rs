@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use quire_protocol::DocName;
@@ -24,6 +23,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::fanout::Fanout;
+use crate::memory::DocumentThreads;
 use crate::metrics::Metrics;
 use crate::room::{Departure, Room, RoomContext, RoomError, RoomHandle};
 
@@ -48,6 +48,9 @@ struct Shared {
     /// The other nodes; every room follows its document there while it is
     /// open (the reader reads the streams of exactly the live rooms).
     fanout: Arc<dyn Fanout>,
+    /// Where documents are loaded and dropped (and exports and imports
+    /// built), so their memory goes back to the system once they close.
+    documents: DocumentThreads,
 }
 
 /// The map of live rooms.
@@ -56,27 +59,6 @@ struct Registry {
     map: Mutex<HashMap<DocName, RoomHandle>>,
     /// Signalled whenever a room leaves, so shutdown can wait for none.
     emptied: Notify,
-    /// Set while a return of freed memory to the system is scheduled, so
-    /// rooms leaving together cost one trim, not one each.
-    trim_scheduled: AtomicBool,
-}
-
-impl Registry {
-    /// After a room's task ended (its document dropped): gives the memory
-    /// glibc keeps in its arenas back to the system, on a blocking thread.
-    /// Without it a server that opened many documents stays at its peak
-    /// RSS after evicting them all.
-    fn release_freed_memory(self: &Arc<Self>) {
-        if self.trim_scheduled.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let registry = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            // Cleared first: a room leaving during the trim schedules another.
-            registry.trim_scheduled.store(false, Ordering::Release);
-            crate::import::release_freed_memory_after(usize::MAX);
-        });
-    }
 }
 
 impl Registry {
@@ -111,15 +93,20 @@ impl Rooms {
                 registry: Arc::new(Registry {
                     map: Mutex::new(HashMap::new()),
                     emptied: Notify::new(),
-                    trim_scheduled: AtomicBool::new(false),
                 }),
                 shutdown: watch::Sender::new(false),
                 store,
                 config,
                 metrics,
                 fanout,
+                documents: DocumentThreads::for_this_machine(),
             }),
         }
+    }
+
+    /// Where whole documents are built and dropped (see `memory`).
+    pub fn documents(&self) -> &DocumentThreads {
+        &self.shared.documents
     }
 
     pub fn store(&self) -> &Arc<dyn DocStore> {
@@ -146,6 +133,7 @@ impl Rooms {
             metrics: self.shared.metrics.clone(),
             registry: self.shared.registry.clone(),
             fanout: self.shared.fanout.clone(),
+            documents: self.shared.documents.clone(),
         }
     }
 
@@ -172,11 +160,14 @@ impl Rooms {
         self.shared.metrics.rooms.inc();
         let span = tracing::info_span!("room", doc = %name);
         let run = room.run(self.shared.shutdown.subscribe());
-        let registry = self.shared.registry.clone();
+        let documents = self.shared.documents.clone();
         tokio::spawn(
             async move {
-                run.await;
-                registry.release_freed_memory();
+                // Dropped where its memory goes back to the system: without
+                // it a server that opened many documents stays near its peak.
+                if let Some(document) = run.await {
+                    documents.release(document).await;
+                }
             }
             .instrument(span),
         );
