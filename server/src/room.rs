@@ -332,7 +332,8 @@ impl Room {
         (room, handle)
     }
 
-    ///
+    /// The room's task: loads the document, then serves its mailbox, the
+    /// other nodes' feed and its timers until it is evicted or shut down.
     /// Returns the document as the room ends, for the registry to drop
     /// where its memory goes back to the system.
     pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Option<Document> {
