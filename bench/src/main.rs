@@ -16,6 +16,9 @@
 //!   --quire-bin PATH   use this `quire` binary instead of building one
 //!   --quire-commit REV the commit PATH was built from (else: unknown, and
 //!                      its figures decide no target)
+//!   --baseline-bin PATH the issue-time `quire` (built from
+//!                      `servers::BASELINE_COMMIT`) instead of the one the
+//!                      bench builds for durability
 //!   --no-reference     skip the node reference server
 //!   --servers LIST     only these of quire,reference,y-sweet,bare
 //!   --report-only      only regenerate RESULTS.md from the JSON files
@@ -96,6 +99,7 @@ struct Args {
     quick: bool,
     quire_bin: Option<PathBuf>,
     quire_commit: Option<String>,
+    baseline_bin: Option<PathBuf>,
     reference: bool,
     report_only: bool,
     servers: Option<Vec<Kind>>,
@@ -103,7 +107,7 @@ struct Args {
 
 fn usage() -> String {
     format!(
-        "usage: quire-bench [SCENARIO...] [--quick] [--quire-bin PATH [--quire-commit REV]] [--no-reference] [--servers quire,reference,y-sweet,bare] [--report-only]\n\
+        "usage: quire-bench [SCENARIO...] [--quick] [--quire-bin PATH [--quire-commit REV]] [--baseline-bin PATH] [--no-reference] [--servers quire,reference,y-sweet,bare] [--report-only]\n\
          scenarios: {}",
         SCENARIOS.join(", ")
     )
@@ -115,6 +119,7 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
         quick: false,
         quire_bin: None,
         quire_commit: None,
+        baseline_bin: None,
         reference: true,
         report_only: false,
         servers: None,
@@ -130,6 +135,9 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
             }
             "--quire-commit" => {
                 args.quire_commit = Some(it.next().ok_or("--quire-commit needs a commit")?.into());
+            }
+            "--baseline-bin" => {
+                args.baseline_bin = Some(it.next().ok_or("--baseline-bin needs a path")?.into());
             }
             "--servers" => {
                 let list = it.next().ok_or("--servers needs a list")?;
@@ -331,6 +339,24 @@ async fn prepare(args: &Args, tmp: PathBuf) -> Result<Env, String> {
         "quire limits lifted for the bench: {}",
         quire_limit_args.join(" ")
     );
+    let baseline =
+        if kinds.contains(&Kind::Quire) && args.scenarios.iter().any(|s| s == "durability") {
+            match baseline_quire(args, &bench_bin).await {
+                Ok(baseline) => {
+                    println!(
+                        "issue-time quire measured beside it: {}",
+                        baseline.measured.describe()
+                    );
+                    Some(baseline)
+                }
+                Err(e) => {
+                    println!("skipping the issue-time quire: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
     Ok(Env {
         quire_limit_args,
         quire_bin,
@@ -340,7 +366,87 @@ async fn prepare(args: &Args, tmp: PathBuf) -> Result<Env, String> {
         ysweet,
         tmp,
         kinds,
+        baseline,
     })
+}
+
+/// The `quire` of [`servers::BASELINE_COMMIT`]: `--baseline-bin`, or built
+/// by the bench from that commit's files (`git archive`) into its own
+/// target folder next to this binary's, `$CARGO_TARGET_DIR/baseline-REV`
+/// (a few minutes the first time, a no-op after).
+async fn baseline_quire(args: &Args, bench_bin: &Path) -> Result<servers::Baseline, String> {
+    let commit = servers::BASELINE_COMMIT;
+    if let Some(bin) = &args.baseline_bin {
+        if !bin.exists() {
+            return Err(format!("{} does not exist", bin.display()));
+        }
+        let measured = servers::Measured {
+            commit: Some(commit.to_owned()),
+            dirty: None,
+            source: format!("--baseline-bin, taken to be built from {commit}"),
+        };
+        return Ok(servers::Baseline::new(bin.clone(), measured));
+    }
+    let target_dir = bench_bin
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("no target folder")?;
+    let dir = target_dir.join(format!("baseline-{commit}"));
+    let src = dir.join("src");
+    if !src.join("Cargo.lock").exists() {
+        let _ = std::fs::remove_dir_all(&src);
+        std::fs::create_dir_all(&src)
+            .map_err(|e| format!("cannot create {}: {e}", src.display()))?;
+        println!("extracting {commit} into {}", src.display());
+        let status = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("git archive {commit} | tar -x -C \"$1\""))
+            .arg("sh")
+            .arg(&src)
+            .current_dir(workspace_root())
+            .kill_on_drop(true)
+            .status()
+            .await
+            .map_err(|e| format!("cannot run git archive: {e}"))?;
+        if !status.success() || !src.join("Cargo.lock").exists() {
+            let _ = std::fs::remove_dir_all(&src);
+            return Err(format!(
+                "git archive {commit} failed ({status}): is the clone shallow?"
+            ));
+        }
+    }
+    println!(
+        "building the issue-time quire: cargo build --release --locked -p quire-server --bin quire in {}",
+        src.display()
+    );
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = tokio::process::Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "quire-server",
+            "--bin",
+            "quire",
+        ])
+        .arg("--target-dir")
+        .arg(dir.join("target"))
+        .current_dir(&src)
+        .kill_on_drop(true)
+        .status()
+        .await
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let bin = dir.join("target/release/quire");
+    if !status.success() || !bin.exists() {
+        return Err(format!("cargo build of {commit} failed ({status})"));
+    }
+    let measured = servers::Measured {
+        commit: Some(commit.to_owned()),
+        dirty: Some(false),
+        source: format!("built by the bench from {commit}'s files"),
+    };
+    Ok(servers::Baseline::new(bin, measured))
 }
 
 /// `cargo build --release -p quire-server --bin quire` into this binary's

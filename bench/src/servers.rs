@@ -133,6 +133,36 @@ pub struct Env {
     pub kinds: Vec<Kind>,
     /// Flags lifting Quire's abuse limits (see [`lift_limits`]).
     pub quire_limit_args: Vec<String>,
+    /// The issue-time `quire` ([`BASELINE_COMMIT`]) for the scenarios whose
+    /// target compares with it (durability), if it could be built.
+    pub baseline: Option<Baseline>,
+}
+
+/// Main when issue 14 was filed (the commit before the issue's benchmarks
+/// came in): what its target 5 calls "today's" saved updates/s. Measured
+/// beside the current `quire` in the same run, since a figure from another
+/// machine or day cannot decide a ratio.
+pub const BASELINE_COMMIT: &str = "b2b74f0";
+
+/// A second `quire` binary, measured in the same run as the current one.
+#[derive(Debug, Clone)]
+pub struct Baseline {
+    pub bin: PathBuf,
+    /// Which commit it was built from, and how that is known.
+    pub measured: Measured,
+    /// [`lift_limits`] for this binary (its flags may differ).
+    pub limit_args: Vec<String>,
+}
+
+impl Baseline {
+    pub fn new(bin: PathBuf, measured: Measured) -> Self {
+        let limit_args = lift_limits(&bin);
+        Self {
+            bin,
+            measured,
+            limit_args,
+        }
+    }
 }
 
 /// What the `quire` binary is built from: the files below (the crates in
@@ -239,6 +269,19 @@ pub fn lift_limits(quire: &Path) -> Vec<String> {
 }
 
 impl Env {
+    /// This environment with the baseline `quire` in place of the current
+    /// one, if there is a baseline.
+    pub fn with_baseline_quire(&self) -> Option<Env> {
+        let baseline = self.baseline.as_ref()?;
+        Some(Env {
+            quire_bin: baseline.bin.clone(),
+            measured: baseline.measured.clone(),
+            quire_limit_args: baseline.limit_args.clone(),
+            baseline: None,
+            ..self.clone()
+        })
+    }
+
     /// A fresh, empty folder for one server's data.
     pub fn data_dir(&self, name: &str) -> PathBuf {
         let dir = self.tmp.join(name);

@@ -15,6 +15,11 @@
 //! 16 unacknowledged updates each (throughput bound). The reference server
 //! has no save acknowledgement (y-leveldb writes without fsync and tells no
 //! one), so it has no column here.
+//!
+//! Each workload also runs on the issue-time `quire`
+//! ([`crate::servers::BASELINE_COMMIT`], default window) when the bench has
+//! it: issue 14's target 5 asks that 64 writers keep that server's saved
+//! updates/s, which only a measurement in the same run can decide.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -35,6 +40,9 @@ use crate::ws::{self, Frame};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Run {
+    /// Measured on the issue-time `quire`, not the current one.
+    #[serde(default)]
+    pub baseline: bool,
     pub commit_window: String,
     pub workload: String,
     pub clients: usize,
@@ -56,16 +64,25 @@ pub async fn run(ctx: &Ctx) -> Result<serde_json::Value, String> {
         return Err("durability needs Quire".into());
     }
     let seconds = ctx.pick(10.0, 2.0);
+    let baseline = ctx.env.with_baseline_quire().map(|env| Ctx {
+        env,
+        quick: ctx.quick,
+    });
     let mut runs = Vec::new();
     for (workload, clients, rooms, window) in [("serial", 1, 1, 1), ("parallel", 64, 16, 16)] {
-        for commit_window in ["10ms (default)", "0ms"] {
+        // The issue-time server first, then the current one with each window.
+        let setups = baseline
+            .iter()
+            .map(|b| (b, "2ms (default)", true))
+            .chain([(ctx, "10ms (default)", false), (ctx, "0ms", false)]);
+        for (on, commit_window, is_baseline) in setups {
             let args: Vec<&str> = if commit_window == "0ms" {
                 vec!["--commit-window", "0ms"]
             } else {
                 Vec::new()
             };
-            let run = measure(
-                ctx,
+            let mut run = measure(
+                on,
                 &args,
                 commit_window,
                 workload,
@@ -75,9 +92,15 @@ pub async fn run(ctx: &Ctx) -> Result<serde_json::Value, String> {
                 seconds,
             )
             .await;
+            run.baseline = is_baseline;
             println!(
-                "  {:<8} commit window {:<14} {:>7.0} saved updates/s  ack p50 {:>6.2} p99 {:>6.2} ms  cpu {:>5.1} µs/update ({:.0}%, harness {:.0}%, other {:.0}%)  writes/flush {}{}",
+                "  {:<8}{} commit window {:<14} {:>7.0} saved updates/s  ack p50 {:>6.2} p99 {:>6.2} ms  cpu {:>5.1} µs/update ({:.0}%, harness {:.0}%, other {:.0}%)  writes/flush {}{}",
                 workload,
+                if is_baseline {
+                    format!(" (issue-time {})", crate::servers::BASELINE_COMMIT)
+                } else {
+                    String::new()
+                },
                 commit_window,
                 run.acked_per_s,
                 run.ack_latency.p50_ms,
@@ -96,8 +119,13 @@ pub async fn run(ctx: &Ctx) -> Result<serde_json::Value, String> {
             runs.push(run);
         }
     }
-    serde_json::to_value(serde_json::json!({ "seconds": seconds, "runs": runs }))
-        .map_err(|e| e.to_string())
+    let baseline_measured = baseline.as_ref().map(|b| &b.env.measured);
+    serde_json::to_value(serde_json::json!({
+        "seconds": seconds,
+        "runs": runs,
+        "baseline": baseline_measured,
+    }))
+    .map_err(|e| e.to_string())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -112,6 +140,7 @@ async fn measure(
     seconds: f64,
 ) -> Run {
     let mut run = Run {
+        baseline: false,
         commit_window: commit_window.to_owned(),
         workload: workload.to_owned(),
         clients,
