@@ -711,7 +711,7 @@ impl Room {
         let name = self.name.to_string();
         let upto = self.last_seq;
         let read_seq = self.ctx.fanout.is_clustered().then_some(self.read_seq);
-        self.compaction = Some(tokio::task::spawn_blocking(move || {
+        let rewrite = move || {
             let compacted = match read_seq {
                 None => store.compact(&name, upto, &state),
                 Some(read_seq) => compact_shared(&*store, &name, read_seq, state),
@@ -720,7 +720,19 @@ impl Room {
                 // An optimisation only: the log is still whole.
                 warn!(%err, "compaction failed");
             }
-        }));
+        };
+        self.compaction = Some(if read_seq.is_some() {
+            // Merging other nodes' entries builds a whole document: a
+            // document thread's work (see `memory`).
+            let documents = self.ctx.documents.clone();
+            tokio::spawn(async move {
+                if let Err(err) = documents.run(rewrite).await {
+                    warn!(%err, "compaction did not run");
+                }
+            })
+        } else {
+            tokio::task::spawn_blocking(rewrite)
+        });
     }
 
     /// Before the room goes away: compact a log that grew, and wait until

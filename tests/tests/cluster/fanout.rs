@@ -261,6 +261,91 @@ async fn a_room_opening_on_node_b_while_node_a_writes_misses_nothing() {
     stop_services(pg, redis).await;
 }
 
+/// Compaction on a node whose log other nodes also write merges the
+/// entries the store holds past what the room read into the state it
+/// writes (`compact_shared`, on a document thread). Here node B's writes
+/// reach the database while Redis is away, so node A has not seen them
+/// when its own writes make it compact: a compaction that wrote A's state
+/// alone would erase them. A node started afterwards loads every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_keeps_the_writes_of_other_nodes_it_has_not_seen() {
+    let (pg, mut redis) = services().await;
+    let compacting = |c: &mut quire_server::Config| c.compact_after = 4;
+    let a = Node::start_with(pg.url(), Some(redis.url()), compacting).await;
+    // B compacts rarely (the default), so its stored writes can be counted.
+    let b = Node::start(pg.url(), Some(redis.url())).await;
+    let mut on_a = Client::connect_synced(a.url("shared-log")).await;
+    let mut on_b = Client::connect_synced(b.url("shared-log")).await;
+    on_a.send_update(&independent_insert("<0>"));
+    on_b.wait_until("node A's first write", |c| c.text().contains("<0>"))
+        .await;
+
+    redis = spawn_blocking(move || {
+        redis.kill();
+        redis
+    })
+    .await
+    .unwrap();
+    let store_url = pg.url();
+    let store = spawn_blocking(move || {
+        quire_storage::PgStore::open(&store_url, quire_storage::PgOptions::default())
+            .expect("open the postgres store")
+    })
+    .await
+    .unwrap();
+    let store = std::sync::Arc::new(store);
+    let stored = |store: std::sync::Arc<quire_storage::PgStore>| async move {
+        spawn_blocking(move || quire_storage::DocStore::info(&*store, "shared-log"))
+            .await
+            .unwrap()
+            .expect("info")
+            .map_or(0, |info| info.updates)
+    };
+    let before = stored(store.clone()).await;
+    let on_each = 20;
+    for i in 1..=on_each {
+        on_b.send_update(&independent_insert(&format!("<{i}>")));
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stored(store.clone()).await < before + on_each as u64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node B's writes were not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in on_each + 1..=2 * on_each {
+        on_a.send_update(&independent_insert(&format!("<{i}>")));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let writes = 2 * on_each + 1;
+    let reader = synced(a.url("shared-log")).await;
+    // Node A has its own writes; B's come with the resync once Redis is back.
+    redis = spawn_blocking(move || {
+        redis.start_again().expect("redis back");
+        redis
+    })
+    .await
+    .unwrap();
+    wait_for_markers(&reader, writes, "node A's reader").await;
+    reader.stop().await;
+    on_a.close().await;
+    on_b.close().await;
+    a.stop().await;
+    b.stop().await;
+    let entries = stored(store).await;
+    assert!(
+        entries < writes as u64,
+        "no compaction happened: {entries} entries for {writes} writes"
+    );
+    let c = Node::start(pg.url(), None).await;
+    let fresh = synced(c.url("shared-log")).await;
+    wait_for_markers(&fresh, writes, "a node started after the compactions").await;
+    fresh.stop().await;
+    c.stop().await;
+    stop_services(pg, redis).await;
+}
+
 /// Before: a node published a durable update only at its room's next
 /// event (the client's next message, or the presence sweep): a lone edit
 /// reached the other nodes seconds late — here never within the wait, the
