@@ -124,8 +124,9 @@ pub fn scan_tokens(update: &[u8], mut found: impl FnMut(u32, u32)) {
 
 /// The stock client handshake on a fresh connection with an empty
 /// document: send step 1, answer the server's step 1 with an empty step 2,
-/// wait for the server's step 2. Frames other than these are passed to
-/// `other` (e.g. an update that raced the handshake).
+/// wait for the server's step 2. The step 2 and every frame other than
+/// these are passed to `other` (e.g. what the room already holds, an update
+/// that raced the handshake).
 pub async fn handshake_empty(ws: &mut Ws, mut other: impl FnMut(&[u8])) -> Result<(), String> {
     ws.send(WsMessage::Binary(EMPTY_STEP1.to_vec().into()))
         .await
@@ -139,7 +140,10 @@ pub async fn handshake_empty(ws: &mut Ws, mut other: impl FnMut(&[u8])) -> Resul
                         .send(WsMessage::Binary(EMPTY_STEP2.to_vec().into()))
                         .await
                         .map_err(|e| e.to_string())?,
-                    Frame::Step2(_) => return Ok(()),
+                    Frame::Step2(_) => {
+                        other(&bytes);
+                        return Ok(());
+                    }
                     Frame::Ext(Ext::Ping(nonce)) => ws
                         .send(WsMessage::Binary(Ext::Pong(nonce).encode().into()))
                         .await
