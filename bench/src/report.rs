@@ -1552,9 +1552,35 @@ fn durability(out: &mut String, doc: &Value, targets: &mut Vec<Target>) {
         }
     }
     out.push('\n');
-    let p50 = of("serial", "default").and_then(|r| f(r, "/ack_latency/p50_ms"));
-    let parallel = of("parallel", "default").and_then(|r| f(r, "/acked_per_s"));
-    let parallel_then = of_server("parallel", "default", true).and_then(|r| f(r, "/acked_per_s"));
+    // A run that failed (a server that did not start, a writer that
+    // erred) counts for no target, and says why.
+    fn failed(r: &&Value) -> bool {
+        r.pointer("/error").and_then(Value::as_str).is_some()
+    }
+    fn sound(r: Option<&Value>) -> Option<&Value> {
+        r.filter(|r| !failed(r))
+    }
+    for r in runs.iter().filter(failed) {
+        let _ = writeln!(
+            out,
+            "- **failed**: {}{}, commit window {}: {}",
+            s(r, "/workload"),
+            if r.pointer("/baseline").and_then(Value::as_bool) == Some(true) {
+                " on the issue-time server"
+            } else {
+                ""
+            },
+            s(r, "/commit_window"),
+            s(r, "/error")
+        );
+    }
+    if runs.iter().any(|r| failed(&r)) {
+        out.push('\n');
+    }
+    let p50 = sound(of("serial", "default")).and_then(|r| f(r, "/ack_latency/p50_ms"));
+    let parallel = sound(of("parallel", "default")).and_then(|r| f(r, "/acked_per_s"));
+    let parallel_then =
+        sound(of_server("parallel", "default", true)).and_then(|r| f(r, "/acked_per_s"));
     targets.push(Target {
         text: "5. ack latency: a lone writer's saved-ack p50 ≤ 0.5 ms with default settings, while 64 writers keep at least the issue-time server's saved updates/s (same run)",
         scenario: "durability",

@@ -142,7 +142,12 @@ pub struct Env {
 /// came in): what its target 5 calls "today's" saved updates/s. Measured
 /// beside the current `quire` in the same run, since a figure from another
 /// machine or day cannot decide a ratio.
-pub const BASELINE_COMMIT: &str = "b2b74f0";
+pub const BASELINE_COMMIT: &str = "b2b74f02f41ea419d42b1a1a84b544a320b34f5b";
+
+/// [`BASELINE_COMMIT`] as tables and folder names show it.
+pub fn baseline_short() -> &'static str {
+    &BASELINE_COMMIT[..7]
+}
 
 /// A second `quire` binary, measured in the same run as the current one.
 #[derive(Debug, Clone)]

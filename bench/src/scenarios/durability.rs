@@ -107,7 +107,7 @@ pub async fn run(ctx: &Ctx) -> Result<serde_json::Value, String> {
                 "  {:<8}{} commit window {:<14} {:>7.0} saved updates/s  ack p50 {:>6.2} p99 {:>6.2} ms  cpu {:>5.1} µs/update ({:.0}%, harness {:.0}%, other {:.0}%)  writes/flush {}{}",
                 workload,
                 if is_baseline {
-                    format!(" (issue-time {})", crate::servers::BASELINE_COMMIT)
+                    format!(" (issue-time {})", crate::servers::baseline_short())
                 } else {
                     String::new()
                 },
@@ -129,11 +129,17 @@ pub async fn run(ctx: &Ctx) -> Result<serde_json::Value, String> {
             runs.push(run);
         }
     }
-    let baseline_measured = baseline.as_ref().map(|b| &b.env.measured);
+    let baseline = baseline.as_ref().map(|b| {
+        serde_json::json!({
+            "commit": b.env.measured.commit,
+            "source": b.env.measured.source,
+            "flags_added_by_the_bench": b.env.quire_limit_args,
+        })
+    });
     serde_json::to_value(serde_json::json!({
         "seconds": seconds,
         "runs": runs,
-        "baseline": baseline_measured,
+        "baseline": baseline,
     }))
     .map_err(|e| e.to_string())
 }
