@@ -35,7 +35,7 @@ use quire_protocol::DocName;
 use quire_storage::{Committed, DocStore, Seq, StoredDoc};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use crate::config::Config;
 use crate::document::Document;
@@ -725,11 +725,14 @@ impl Room {
             // Merging other nodes' entries builds a whole document: a
             // document thread's work (see `memory`).
             let documents = self.ctx.documents.clone();
-            tokio::spawn(async move {
-                if let Err(err) = documents.run(rewrite).await {
-                    warn!(%err, "compaction did not run");
+            tokio::spawn(
+                async move {
+                    if let Err(err) = documents.run(rewrite).await {
+                        warn!(%err, "compaction did not run");
+                    }
                 }
-            })
+                .in_current_span(),
+            )
         } else {
             tokio::task::spawn_blocking(rewrite)
         });
