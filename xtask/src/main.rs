@@ -57,7 +57,10 @@ Commands:
                     bench/RESULTS.md. Peers: the Yjs reference server (npm ci in
                     bench/peers), y-sweet 0.9.1 if installed (`cargo install
                     y-sweet --version 0.9.1 --locked --root
-                    ~/.cache/quire/y-sweet-0.9.1`), a bare broadcast server.
+                    ~/.cache/quire/y-sweet-0.9.1`), a bare broadcast server;
+                    durability also runs the issue-time quire (b2b74f0), which
+                    a full run builds once into $CARGO_TARGET_DIR/baseline-b2b74f0
+                    (a few minutes the first time).
   cluster [--for DURATION] [--debug] [--dir FOLDER]
                     A Quire cluster on this machine: PostgreSQL and Redis (data
                     under $CARGO_TARGET_DIR/quire-cluster, free 127.0.0.1 ports,
