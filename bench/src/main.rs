@@ -427,38 +427,7 @@ async fn baseline_quire(args: &Args, bench_bin: &Path) -> Result<servers::Baseli
         std::fs::rename(&partial, &src)
             .map_err(|e| format!("cannot rename {}: {e}", partial.display()))?;
     }
-    println!(
-        "building the issue-time quire: cargo build --release --locked -p quire-server --bin quire in {}",
-        src.display()
-    );
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let built = tokio::process::Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "quire-server",
-            "--bin",
-            "quire",
-        ])
-        .arg("--target-dir")
-        .arg(dir.join("target"))
-        .current_dir(&src)
-        .kill_on_drop(true)
-        .status()
-        .await;
-    let bin = dir.join("target/release/quire");
-    match built {
-        Ok(status) if status.success() && bin.exists() => {}
-        // Its sources never change: an earlier build is as good.
-        _ if bin.exists() => eprintln!(
-            "cargo build of {short} did not succeed; using the existing {}",
-            bin.display()
-        ),
-        Ok(status) => return Err(format!("cargo build of {short} failed ({status})")),
-        Err(e) => return Err(format!("cannot run cargo: {e}")),
-    }
+    let bin = cargo_build_quire(&src, &dir.join("target"), &["--locked"]).await?;
     let measured = servers::Measured {
         commit: Some(short.to_owned()),
         dirty: Some(false),
@@ -467,43 +436,51 @@ async fn baseline_quire(args: &Args, bench_bin: &Path) -> Result<servers::Baseli
     Ok(servers::Baseline::new(bin, measured))
 }
 
-/// `cargo build --release -p quire-server --bin quire` into this binary's
-/// target folder; a no-op when it is up to date.
+/// `cargo build --release -p quire-server --bin quire` of the work tree
+/// into this binary's target folder; a no-op when it is up to date.
 async fn build_quire(bench_bin: &Path) -> Result<PathBuf, String> {
-    let profile_dir = bench_bin.parent().ok_or("no folder for the bench binary")?;
-    let target_dir = profile_dir.parent().ok_or("no target folder")?;
-    let quire = profile_dir.join("quire");
-    println!("building quire: cargo build --release -p quire-server --bin quire");
+    let target_dir = bench_bin
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("no target folder")?;
+    cargo_build_quire(&workspace_root(), target_dir, &[]).await
+}
+
+/// `cargo build --release -p quire-server --bin quire` (plus `extra`) of
+/// the workspace at `workspace` into `target_dir`, returning the binary.
+/// If cargo fails or is missing, a binary an earlier build left is used,
+/// with a warning.
+async fn cargo_build_quire(
+    workspace: &Path,
+    target_dir: &Path,
+    extra: &[&str],
+) -> Result<PathBuf, String> {
+    let quire = target_dir.join("release/quire");
+    println!(
+        "building quire: cargo build --release -p quire-server --bin quire {}in {}",
+        extra.iter().map(|a| format!("{a} ")).collect::<String>(),
+        workspace.display()
+    );
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = tokio::process::Command::new(cargo)
         .args(["build", "--release", "-p", "quire-server", "--bin", "quire"])
+        .args(extra)
         .arg("--target-dir")
         .arg(target_dir)
-        .current_dir(workspace_root())
+        .current_dir(workspace)
         .kill_on_drop(true)
         .status()
         .await;
-    match status {
-        Ok(s) if s.success() => Ok(quire),
-        Ok(s) if quire.exists() => {
-            eprintln!(
-                "cargo build failed ({s}); using the existing {}",
-                quire.display()
-            );
-            Ok(quire)
-        }
-        Ok(s) => Err(format!(
-            "cargo build failed ({s}) and {} is missing",
-            quire.display()
-        )),
-        Err(e) if quire.exists() => {
-            eprintln!(
-                "cannot run cargo ({e}); using the existing {}",
-                quire.display()
-            );
-            Ok(quire)
-        }
-        Err(e) => Err(format!("cannot run cargo: {e}")),
+    let failure = match status {
+        Ok(s) if s.success() => return Ok(quire),
+        Ok(s) => format!("cargo build failed ({s})"),
+        Err(e) => format!("cannot run cargo ({e})"),
+    };
+    if quire.exists() {
+        eprintln!("{failure}; using the existing {}", quire.display());
+        Ok(quire)
+    } else {
+        Err(format!("{failure} and {} is missing", quire.display()))
     }
 }
 

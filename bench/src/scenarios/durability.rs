@@ -231,8 +231,10 @@ async fn writer(
     let text = doc.get_or_insert_text(format!("writer-{id}"));
     let mut integrated = Ok(());
     ws::handshake_empty(&mut socket, |frame| {
-        if let Frame::Step2(update) | Frame::Update(update) = ws::classify(frame) {
-            integrated = integrated.clone().and(integrate(&doc, update));
+        if let Frame::Step2(update) | Frame::Update(update) = ws::classify(frame)
+            && integrated.is_ok()
+        {
+            integrated = integrate(&doc, update);
         }
     })
     .await?;
