@@ -13,8 +13,9 @@
 //!   [`MemberQueue`] (a full queue cuts that member off with 4408);
 //! - **storage**: [`Output::Append`] is carried out at once, on the room's
 //!   task (see ARCHITECTURE.md, "Rooms", for why and what it costs);
-//!   compaction runs on a blocking thread; the store's durability watch is
-//!   turned into [`RoomCore::durable`];
+//!   compaction runs on a blocking thread (in cluster mode, where it may
+//!   merge other nodes' entries, on a document thread); the store's
+//!   durability watch is turned into [`RoomCore::durable`];
 //! - **time**: every input carries a [`Now`] read from tokio's clock
 //!   (monotonic, since the room started) and the wall clock; the core says
 //!   when it next needs [`RoomCore::tick`];
@@ -280,6 +281,10 @@ pub(crate) struct Room {
     last_seq: Seq,
     /// The log rewrite in progress, if any (one at a time).
     compaction: Option<tokio::task::JoinHandle<()>>,
+    /// The chat log's trim in progress, if any: one at a time (each keeps
+    /// the newest records, so one that is skipped loses nothing), and
+    /// waited for before the room goes, so no store work outlives it.
+    chat_trim: Option<tokio::task::JoinHandle<()>>,
     /// Set once the room has left the registry: the task ends.
     closed: bool,
     /// The newest seq read from the store (load, resync): where a resync
@@ -322,6 +327,7 @@ impl Room {
             last_ticket: 0,
             last_seq: 0,
             compaction: None,
+            chat_trim: None,
             closed: false,
             read_seq: 0,
             known_stored: false,
@@ -500,6 +506,16 @@ impl Room {
             Command::Delete { reply } => {
                 self.core.delete(self.now());
                 self.carry_out().await;
+                // A rewrite finishing after the deletion would write the
+                // deleted log back (and in cluster mode merge it into a
+                // document recreated meanwhile); a chat trim still running
+                // would work on the chat being deleted.
+                for running in [self.compaction.take(), self.chat_trim.take()]
+                    .into_iter()
+                    .flatten()
+                {
+                    let _ = running.await;
+                }
                 let deleted = self.delete().await;
                 if deleted.is_ok() {
                     self.ctx.fanout.publish(&self.name, NodeMessage::Deleted);
@@ -541,17 +557,20 @@ impl Room {
                         warn!(%err, "could not store a chat message");
                     }
                     // Off the room's task: a shared store answers over the network.
+                    if self.chat_trim.as_ref().is_some_and(|t| !t.is_finished()) {
+                        continue;
+                    }
                     let store = self.ctx.store.clone();
                     let name = self.name.to_string();
                     let (keep, bytes) = (
                         self.ctx.config.chat_history,
                         self.ctx.config.chat_history_bytes,
                     );
-                    tokio::task::spawn_blocking(move || {
+                    self.chat_trim = Some(tokio::task::spawn_blocking(move || {
                         if let Err(err) = store.trim_chat(&name, keep, bytes) {
                             warn!(%err, "could not trim the chat log");
                         }
-                    });
+                    }));
                 }
                 Output::Compact { state } => self.compact(state).await,
                 Output::Reload => {
@@ -702,9 +721,17 @@ impl Room {
     /// stored now, while new appends land after it, and every step of it
     /// leaves a log that merges to the same document.
     async fn compact(&mut self, state: Vec<u8>) {
-        // One rewrite at a time: the previous one almost always finished
-        // long ago; if not, wait for it rather than let the log grow.
+        // One rewrite at a time. The previous one almost always finished
+        // long ago; if not (in cluster mode it may wait for a document
+        // thread behind loads), the room does not wait for it: this one is
+        // dropped, as a failed one would be, and the log stays longer
+        // until the core asks again.
         if let Some(running) = self.compaction.take() {
+            if !running.is_finished() {
+                debug!("the previous compaction is still running; skipping this one");
+                self.compaction = Some(running);
+                return;
+            }
             let _ = running.await;
         }
         let store = self.ctx.store.clone();
@@ -747,6 +774,9 @@ impl Room {
         self.core.prepare_to_close();
         self.carry_out().await;
         if let Some(running) = self.compaction.take() {
+            let _ = running.await;
+        }
+        if let Some(running) = self.chat_trim.take() {
             let _ = running.await;
         }
         if self.core.unavailable().is_some() {
