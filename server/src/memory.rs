@@ -117,9 +117,11 @@ impl DocumentThreads {
             .acquire()
             .await
             .expect("the semaphore is never closed");
+        // What the work logs names its document, as on the room's task.
+        let span = tracing::Span::current();
         let thread = std::thread::Builder::new()
             .name("quire-document".into())
-            .spawn(job)
+            .spawn(move || span.in_scope(job))
             .map_err(DocumentThreadError::Spawn)?;
         // Joining blocks: a blocking-pool thread waits for the end instead.
         tokio::task::spawn_blocking(move || thread.join())
