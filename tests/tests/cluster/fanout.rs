@@ -11,6 +11,7 @@ use quire_tests::services::{Postgres, Redis};
 use quire_tests::{Client, WAIT, http};
 use tokio::sync::broadcast;
 use tokio::task::spawn_blocking;
+use yrs::updates::decoder::Decode;
 use yrs::{GetString, Text, Transact, WriteTxn, XmlElementPrelim, XmlFragment, XmlTextPrelim};
 
 use crate::node::Node;
@@ -296,20 +297,36 @@ async fn a_compaction_keeps_the_writes_of_other_nodes_it_has_not_seen() {
     .await
     .unwrap();
     let store = std::sync::Arc::new(store);
+    // The stored log: how many entries it has, and the text it merges to.
     let stored = |store: std::sync::Arc<quire_storage::PgStore>| async move {
-        spawn_blocking(move || quire_storage::DocStore::info(&*store, "shared-log"))
-            .await
-            .unwrap()
-            .expect("info")
-            .map_or(0, |info| info.updates)
+        spawn_blocking(move || {
+            use quire_storage::DocStore;
+            let entries = store
+                .info("shared-log")
+                .expect("info")
+                .map_or(0, |info| info.updates);
+            let doc = yrs::Doc::new();
+            let text = doc.get_or_insert_text("content");
+            let log = store.load("shared-log").expect("load").unwrap_or_default();
+            for entry in &log.updates {
+                let update = yrs::Update::decode_v1(entry).expect("a stored entry decodes");
+                doc.transact_mut()
+                    .apply_update(update)
+                    .expect("a stored entry applies");
+            }
+            let merged = text.get_string(&doc.transact());
+            (entries, merged)
+        })
+        .await
+        .unwrap()
     };
-    let before = stored(store.clone()).await;
+    let (before, _) = stored(store.clone()).await;
     let on_each = 20;
     for i in 1..=on_each {
         on_b.send_update(&independent_insert(&format!("<{i}>")));
     }
     let deadline = tokio::time::Instant::now() + WAIT;
-    while stored(store.clone()).await < before + on_each as u64 {
+    while stored(store.clone()).await.0 < before + on_each as u64 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "node B's writes were not stored"
@@ -320,13 +337,25 @@ async fn a_compaction_keeps_the_writes_of_other_nodes_it_has_not_seen() {
         on_a.send_update(&independent_insert(&format!("<{i}>")));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // Node A compacted while Redis was away: fewer entries than writes
-    // (node B, on the default threshold, compacts only when it closes).
+    // Node A compacted while Redis was away: once every write of A is in
+    // the stored log, it has fewer entries than writes (node B, on the
+    // default threshold, compacts only when it closes). Counting alone
+    // would also pass while A's last writes were still uncommitted.
+    let on_a_markers: Vec<String> = (on_each + 1..=2 * on_each)
+        .map(|i| format!("<{i}>"))
+        .collect();
     let deadline = tokio::time::Instant::now() + WAIT;
-    while stored(store.clone()).await >= before + 2 * on_each as u64 {
+    loop {
+        let (entries, text) = stored(store.clone()).await;
+        let all_of_a = on_a_markers.iter().all(|m| text.contains(m.as_str()));
+        if all_of_a && entries < before + 2 * on_each as u64 {
+            break;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "node A did not compact while Redis was away"
+            "node A did not compact while Redis was away: {entries} entries for \
+             {before} + {} writes, all of A's writes stored: {all_of_a}",
+            2 * on_each
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
