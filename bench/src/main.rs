@@ -399,7 +399,10 @@ async fn baseline_quire(args: &Args, bench_bin: &Path) -> Result<servers::Baseli
         .ok_or("no target folder")?;
     let dir = target_dir.join(format!("baseline-{short}"));
     let src = dir.join("src");
-    if !src.exists() {
+    // A tree without its lock file was left half-made (an interrupted
+    // extraction of an earlier bench): made again.
+    if !src.join("Cargo.lock").exists() {
+        let _ = std::fs::remove_dir_all(&src);
         // Extracted aside and renamed once whole: an interrupted
         // extraction is never taken for a source tree.
         let partial = dir.join("src.partial");
@@ -427,7 +430,18 @@ async fn baseline_quire(args: &Args, bench_bin: &Path) -> Result<servers::Baseli
         std::fs::rename(&partial, &src)
             .map_err(|e| format!("cannot rename {}: {e}", partial.display()))?;
     }
-    let bin = cargo_build_quire(&src, &dir.join("target"), &["--locked"]).await?;
+    // Its sources never change: an earlier build of them is as good.
+    let bin = match cargo_build_quire(&src, &dir.join("target"), &["--locked"]).await {
+        Ok(bin) => bin,
+        Err(failure) => {
+            let earlier = dir.join("target/release/quire");
+            if !earlier.exists() {
+                return Err(format!("{failure}, and no earlier build is there"));
+            }
+            eprintln!("{failure}; using the earlier build {}", earlier.display());
+            earlier
+        }
+    };
     let measured = servers::Measured {
         commit: Some(short.to_owned()),
         dirty: Some(false),
@@ -448,8 +462,8 @@ async fn build_quire(bench_bin: &Path) -> Result<PathBuf, String> {
 
 /// `cargo build --release -p quire-server --bin quire` (plus `extra`) of
 /// the workspace at `workspace` into `target_dir`, returning the binary.
-/// If cargo fails or is missing, a binary an earlier build left is used,
-/// with a warning.
+/// A failed build is an error: for the work tree, an earlier binary would
+/// be measured as the current commit.
 async fn cargo_build_quire(
     workspace: &Path,
     target_dir: &Path,
@@ -471,16 +485,13 @@ async fn cargo_build_quire(
         .kill_on_drop(true)
         .status()
         .await;
-    let failure = match status {
-        Ok(s) if s.success() => return Ok(quire),
-        Ok(s) => format!("cargo build failed ({s})"),
-        Err(e) => format!("cannot run cargo ({e})"),
-    };
-    if quire.exists() {
-        eprintln!("{failure}; using the existing {}", quire.display());
-        Ok(quire)
-    } else {
-        Err(format!("{failure} and {} is missing", quire.display()))
+    match status {
+        Ok(s) if s.success() => Ok(quire),
+        Ok(s) => Err(format!(
+            "cargo build of {} failed ({s})",
+            workspace.display()
+        )),
+        Err(e) => Err(format!("cannot run cargo ({e})")),
     }
 }
 
