@@ -445,7 +445,7 @@ async fn baseline_quire(args: &Args, bench_bin: &Path) -> Result<servers::Baseli
     let measured = servers::Measured {
         commit: Some(short.to_owned()),
         dirty: Some(false),
-        source: format!("built by the bench from {short}'s files"),
+        source: format!("{} {short}'s files", servers::BUILT_BY_THE_BENCH),
     };
     Ok(servers::Baseline::new(bin, measured))
 }

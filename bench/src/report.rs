@@ -1577,15 +1577,12 @@ fn durability(out: &mut String, doc: &Value, targets: &mut Vec<Target>) {
     if runs.iter().any(|r| failed(&r)) {
         out.push('\n');
     }
-    let baseline_built_here = doc
-        .pointer("/results/baseline/dirty")
-        .and_then(Value::as_bool)
-        == Some(false);
-    if !baseline_built_here
-        && let Some(source) = doc
-            .pointer("/results/baseline/source")
-            .and_then(Value::as_str)
-    {
+    let baseline_source = doc
+        .pointer("/results/baseline/source")
+        .and_then(Value::as_str);
+    let baseline_built_here =
+        baseline_source.is_some_and(|s| s.starts_with(servers::BUILT_BY_THE_BENCH));
+    if !baseline_built_here && let Some(source) = baseline_source {
         let _ = writeln!(
             out,
             "The issue-time server was not built by the bench ({source}): target 5 is not decided from it.\n"

@@ -200,6 +200,10 @@ pub fn server_sources_dirty() -> Option<bool> {
     git(&args).map(|out| !out.is_empty())
 }
 
+/// How [`Measured::source`] begins for a binary the bench built itself
+/// (anything else was given on the command line and is taken on trust).
+pub const BUILT_BY_THE_BENCH: &str = "built by the bench from";
+
 /// The commit of the `quire` binary measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Measured {
@@ -218,7 +222,7 @@ impl Measured {
         Self {
             commit: git(&["rev-parse", "--short", "HEAD"]),
             dirty: server_sources_dirty(),
-            source: "built by the bench from the work tree".into(),
+            source: format!("{BUILT_BY_THE_BENCH} the work tree"),
         }
     }
 
