@@ -721,17 +721,12 @@ impl Room {
     /// stored now, while new appends land after it, and every step of it
     /// leaves a log that merges to the same document.
     async fn compact(&mut self, state: Vec<u8>) {
-        // One rewrite at a time. The previous one almost always finished
-        // long ago; if not (in cluster mode it may wait for a document
-        // thread behind loads), the room does not wait for it: this one is
-        // dropped, as a failed one would be, and the log stays longer
-        // until the core asks again.
+        // One rewrite at a time: the previous one almost always finished
+        // long ago; if not, wait for it rather than let the log grow (a
+        // skipped one leaves it long until the core asks again, a whole
+        // threshold later). In cluster mode the wait can include one for a
+        // document thread behind loads.
         if let Some(running) = self.compaction.take() {
-            if !running.is_finished() {
-                debug!("the previous compaction is still running; skipping this one");
-                self.compaction = Some(running);
-                return;
-            }
             let _ = running.await;
         }
         let store = self.ctx.store.clone();
