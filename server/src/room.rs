@@ -510,12 +510,7 @@ impl Room {
                 // deleted log back (and in cluster mode merge it into a
                 // document recreated meanwhile); a chat trim still running
                 // would work on the chat being deleted.
-                for running in [self.compaction.take(), self.chat_trim.take()]
-                    .into_iter()
-                    .flatten()
-                {
-                    let _ = running.await;
-                }
+                self.settle_store_work().await;
                 let deleted = self.delete().await;
                 if deleted.is_ok() {
                     self.ctx.fanout.publish(&self.name, NodeMessage::Deleted);
@@ -556,10 +551,10 @@ impl Room {
                     {
                         warn!(%err, "could not store a chat message");
                     }
-                    // Off the room's task: a shared store answers over the network.
                     if self.chat_trim.as_ref().is_some_and(|t| !t.is_finished()) {
                         continue;
                     }
+                    // Off the room's task: a shared store answers over the network.
                     let store = self.ctx.store.clone();
                     let name = self.name.to_string();
                     let (keep, bytes) = (
@@ -760,6 +755,17 @@ impl Room {
         });
     }
 
+    /// Waits for the store work running off the room's task (a compaction,
+    /// a chat trim) to end.
+    async fn settle_store_work(&mut self) {
+        for running in [self.compaction.take(), self.chat_trim.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = running.await;
+        }
+    }
+
     /// Before the room goes away: compact a log that grew, and wait until
     /// every update it stored is on disk.
     async fn finish_storage(&mut self) {
@@ -768,12 +774,7 @@ impl Room {
         }
         self.core.prepare_to_close();
         self.carry_out().await;
-        if let Some(running) = self.compaction.take() {
-            let _ = running.await;
-        }
-        if let Some(running) = self.chat_trim.take() {
-            let _ = running.await;
-        }
+        self.settle_store_work().await;
         if self.core.unavailable().is_some() {
             return;
         }
