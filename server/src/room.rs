@@ -19,8 +19,9 @@
 //! - **time**: every input carries a [`Now`] read from tokio's clock
 //!   (monotonic, since the room started) and the wall clock; the core says
 //!   when it next needs [`RoomCore::tick`];
-//! - **leaving**: on eviction, shutdown or deletion it finishes storage and
-//!   leaves the registry through [`RoomContext::registry`];
+//! - **leaving**: on eviction, shutdown or deletion it finishes storage
+//!   (publishing what became durable meanwhile) and leaves the registry
+//!   through [`RoomContext::registry`];
 //! - **other nodes** (cluster mode): the room follows its document on the
 //!   [`Fanout`] *before* loading, hands the core's [`Output::Publish`] to
 //!   it, feeds what other nodes publish to [`RoomCore::remote`], and on a
@@ -766,8 +767,9 @@ impl Room {
         }
     }
 
-    /// Before the room goes away: compact a log that grew, and wait until
-    /// every update it stored is on disk.
+    /// Before the room goes away: compact a log that grew, wait until
+    /// every update it stored is on disk, and publish what that made
+    /// durable.
     async fn finish_storage(&mut self) {
         if let Some(running) = self.compaction.take() {
             let _ = running.await;
@@ -780,12 +782,21 @@ impl Room {
         }
         let last_ticket = self.last_ticket;
         let mut durability = self.ctx.store.durability();
-        let flushed = tokio::time::timeout(
-            FLUSH_TIMEOUT,
-            durability.wait_for(|c| c.ticket >= last_ticket),
-        )
-        .await;
-        if !matches!(flushed, Ok(Ok(_))) {
+        let flushed = matches!(
+            tokio::time::timeout(
+                FLUSH_TIMEOUT,
+                durability.wait_for(|c| c.ticket >= last_ticket),
+            )
+            .await,
+            Ok(Ok(_))
+        );
+        if flushed {
+            // What became durable during the wait is published now: the
+            // room is about to go, and the other nodes' rooms would hear
+            // of those updates from nowhere else.
+            self.feed_durability();
+            self.carry_out().await;
+        } else {
             warn!("updates were not confirmed on disk in time");
         }
     }

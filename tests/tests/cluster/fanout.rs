@@ -407,6 +407,35 @@ async fn a_lone_edit_reaches_other_nodes_without_waiting_for_the_rooms_next_even
     stop_services(pg, redis).await;
 }
 
+/// Before: a room that went away (its grace period over) before the
+/// COMMIT of its last writes waited for that COMMIT, then left without
+/// publishing them: the other nodes' rooms never heard of them until
+/// something made them read the database. CI hit it with a stock npm
+/// client that wrote and quit on a loaded machine; here a commit window
+/// longer than the grace period makes it certain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_that_leaves_before_its_last_commit_still_publishes_it() {
+    let (pg, redis) = services().await;
+    let a = Node::start_with(pg.url(), Some(redis.url()), |c| {
+        // Stock clients' writes wait out the window; the grace is 200 ms.
+        c.commit_window = Duration::from_secs(2);
+    })
+    .await;
+    let b = Node::start(pg.url(), Some(redis.url())).await;
+    let reader = synced(b.url("quitter")).await;
+    let mut writer = Client::connect_synced(a.url("quitter")).await;
+    writer.push("written just before quitting");
+    writer.close().await;
+    converge(&[&reader], "node B's client", |t| {
+        t == "written just before quitting"
+    })
+    .await;
+    reader.stop().await;
+    a.stop().await;
+    b.stop().await;
+    stop_services(pg, redis).await;
+}
+
 /// Deletes `doc` through the node at `addr`, which must accept.
 async fn delete_doc(addr: std::net::SocketAddr, doc: &str) {
     let deleted = http::request(addr, "DELETE", &format!("/api/docs/{doc}"), b"").await;
