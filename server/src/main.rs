@@ -399,7 +399,10 @@ fn serve(config: Config) -> anyhow::Result<()> {
     config.check().map_err(anyhow::Error::msg)?;
     // Before any thread starts: what evicted documents freed goes back.
     quire_server::memory::fix_allocator_thresholds();
-    let runtime = tokio::runtime::Runtime::new()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_keep_alive(quire_server::memory::BLOCKING_THREAD_KEEP_ALIVE)
+        .build()?;
     runtime.block_on(async move {
         let (store, fanout) = open_cluster(&config).await?;
         let listener = tokio::net::TcpListener::bind(config.addr)

@@ -56,6 +56,14 @@ pub fn fix_allocator_thresholds() {
     }
 }
 
+/// How long an idle thread of tokio's blocking pool lives (tokio's default
+/// is 10 s). Each keeps its stack and its thread cache resident, and the
+/// blocking work around documents (stored chat read, sled compaction,
+/// joining document threads) can leave several behind after a burst of
+/// loads: `quire serve` lets them go after a second. A thread is started
+/// again in tens of microseconds when work comes back.
+pub const BLOCKING_THREAD_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A document thread could not run its work.
 #[derive(Debug, Error)]
 pub enum DocumentThreadError {
